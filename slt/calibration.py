@@ -1,0 +1,512 @@
+"""Choosing the step size (and localization): a cheap default and a careful calibration.
+
+Two tools:
+
+* :func:`default_step_size` — what :func:`slt.estimate_llc` uses when no step size is given. A short
+  pilot measures how strongly the minibatch gradient pushes the chain and picks the step whose
+  *predicted* discretization bias is about 10% (exact for quadratic losses, see below). Cheap, but only
+  a first guess: it cannot see slow mixing.
+* :func:`calibrate` — runs chains over a halving ladder of step sizes, each for the same simulated time
+  (``steps * step_size`` fixed), and recommends the largest step whose estimate barely moves when the
+  step halves.
+
+The bias model behind both: for SGLD on a quadratic potential with Hessian eigenvalues :math:`a_i`,
+the stationary variance along :math:`i` is :math:`1 / (a_i (1 - \\varepsilon a_i / 4))`, so each stiff
+direction inflates :math:`\\hat\\lambda` by a factor :math:`\\approx 1 + \\varepsilon a_i / 4`. Summed, the
+absolute bias is about :math:`(\\varepsilon / 8)\\, \\mathbb{E}\\lVert n\\beta \\nabla L_B\\rVert^2`, minibatch
+gradient noise included. Singular models are not quadratic, which is why :func:`calibrate` measures the
+bias instead of predicting it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt._guard import isolated_rng
+from slt._serialize import to_jsonable
+from slt.llc import LLCSettings, _resolve_device, default_n_beta, summarize_run, validate_settings
+from slt.losses import LossFn
+from slt.sampling import PosteriorSampler
+from slt.sampling.flat import Mask
+from slt.warnings import ChainDivergenceError, ConvergenceWarning
+
+__all__ = ["default_step_size", "calibrate", "CalibrationResult", "top_curvature", "bias_indicator"]
+
+#: Predicted relative bias the default step size aims for.
+DEFAULT_TARGET_BIAS = 0.1
+
+
+def top_curvature(posterior: PosteriorSampler, iterations: int = 12) -> float:
+    """Largest Hessian eigenvalue of the loss at :math:`w^*`, by power iteration.
+
+    Hessian-vector products are central differences of gradients on the first full-data batch, so any
+    model that supports ``backward()`` works.
+    """
+    fm = posterior.flat_model
+    batch = next(iter(posterior.data.full_batches()))
+    center = fm.center
+    generator = torch.Generator(device=center.device).manual_seed(12345)
+    v = torch.randn(center.shape, generator=generator, dtype=center.dtype, device=center.device)
+    v /= v.norm()
+    scale = max(float(center.norm()) / math.sqrt(center.numel()), 1.0)
+    h = (1e-3 if center.dtype == torch.float32 else 1e-5) * scale
+    eigenvalue = 0.0
+    try:
+        for _ in range(iterations):
+            fm.load(center + h * v)
+            _, g_plus = fm.loss_and_grad(batch)
+            g_plus = g_plus.clone()
+            fm.load(center - h * v)
+            _, g_minus = fm.loss_and_grad(batch)
+            hv = (g_plus - g_minus) / (2 * h)
+            eigenvalue = float(torch.dot(hv, v))
+            norm = float(hv.norm())
+            if not math.isfinite(norm) or norm == 0.0:
+                break
+            v = hv / norm
+    finally:
+        fm.load(center)
+    return abs(eigenvalue) if math.isfinite(eigenvalue) else 0.0
+
+
+def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, llc: float) -> float:
+    """Predicted relative step-size bias :math:`\\varepsilon\\, n\\beta^2\\, \\mathbb{E}\\lVert\\nabla L_B\\rVert^2 / (8 \\hat\\lambda)`.
+
+    Exact to first order for quadratic losses (minibatch noise included); a rough guide for singular
+    models. NaN entries (diverged chains) are ignored.
+    """
+    mean_sq = float(np.nanmean(grad_norm_sq)) if np.isfinite(grad_norm_sq).any() else float("nan")
+    if not llc > 0:
+        return float("nan")
+    return step_size * n_beta**2 * mean_sq / (8.0 * llc)
+
+
+def default_step_size(
+    posterior: PosteriorSampler,
+    *,
+    n_beta: float,
+    localization: float,
+    sampler: str | ModuleType = "sgld",
+    sampler_options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    target_bias: float = DEFAULT_TARGET_BIAS,
+    pilot_steps: int = 200,
+    rounds: int = 2,
+) -> tuple[float, str]:
+    """Choose a step size from a short pilot run.
+
+    1. Start from :math:`0.1 / (n\\beta\\, h_{max} + \\gamma)`, with :math:`h_{max}` the top Hessian
+       eigenvalue of the loss at :math:`w^*` (2.5% bias along the stiffest direction of a quadratic).
+    2. Run two pilot chains of ``pilot_steps`` steps; on divergence divide the step by 10 and retry.
+    3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
+       ``target_bias``; repeat ``rounds`` times.
+
+    Returns
+    -------
+    step_size : float
+    source : str
+        A one-line account of how the step was chosen, stored in the result's settings.
+    """
+    curvature = top_curvature(posterior)
+    step = 0.1 / (n_beta * curvature + max(localization, 1e-12))
+    step = min(step, 1.0)
+    history = [f"start {step:.3g} from curvature {curvature:.3g}"]
+    for r in range(rounds):
+        for _ in range(6):
+            run = posterior.run(
+                n_beta=n_beta,
+                localization=localization,
+                step_size=step,
+                sampler=sampler,
+                sampler_options=sampler_options,
+                num_chains=2,
+                num_draws=pilot_steps,
+                num_burnin=0,
+                seed=seed + 7919 * (r + 1),
+            )
+            if not run.diverged.any():
+                break
+            step /= 10
+            history.append(f"diverged, {step:.3g}")
+        else:
+            raise ChainDivergenceError(
+                "pilot chains diverged even at step size "
+                f"{step:.3g}; check that the loss is finite near the trained weights"
+            )
+        half = pilot_steps // 2
+        llc = n_beta * float(np.mean(run.loss_trace[:, half:]) - posterior.init_loss)
+        indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
+        if not math.isfinite(indicator) or indicator <= 0:
+            history.append("pilot estimate not positive; kept")
+            break
+        step *= target_bias / indicator
+        history.append(f"{step:.3g}")
+    source = f"auto (pilot: predicted bias {target_bias:.0%}; " + " -> ".join(history) + ")"
+    return float(step), source
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` tried and what it recommends.
+
+    Attributes
+    ----------
+    step_size : float
+        Recommended step size.
+    localization : float
+        Recommended localization.
+    num_burnin, num_draws : int
+        Chain lengths that were long enough at the recommended step during calibration.
+    llc_extrapolated : float
+        Estimate extrapolated to step size 0 by a weighted linear fit over the healthy steps at the
+        recommended localization (NaN with fewer than two).
+    llc_extrapolated_stderr : float
+        Its standard error.
+    table : list of dict
+        One row per setting tried: ``step_size``, ``localization``, ``num_steps``, ``llc_mean``,
+        ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``bias_estimate`` (relative
+        change when the step halves, times two), ``healthy``, ``stable``, ``note``.
+    criteria : str
+        The rule that made the recommendation.
+    """
+
+    step_size: float
+    localization: float
+    num_burnin: int
+    num_draws: int
+    llc_extrapolated: float
+    llc_extrapolated_stderr: float
+    table: list[dict[str, Any]]
+    criteria: str
+    n_beta: float = float("nan")
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self):  # noqa: ANN201 - pandas is imported lazily
+        """The table of every setting tried, as a pandas ``DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+    def estimate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`slt.estimate_llc` with the recommended settings."""
+        return {
+            "step_size": self.step_size,
+            "localization": self.localization,
+            "num_burnin": self.num_burnin,
+            "num_draws": self.num_draws,
+            "n_beta": self.n_beta,
+        }
+
+    def plot(self, ax=None):  # noqa: ANN001, ANN201 - matplotlib is imported lazily
+        """:math:`\\hat\\lambda` against step size for each localization, the recommendation marked."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+        else:
+            fig = ax.figure
+        for i, loc in enumerate(sorted({row["localization"] for row in self.table})):
+            rows = sorted((r for r in self.table if r["localization"] == loc), key=lambda r: r["step_size"])
+            x = np.array([r["step_size"] for r in rows])
+            y = np.array([r["llc_mean"] for r in rows], dtype=float)
+            e = np.array([r["llc_stderr"] for r in rows], dtype=float)
+            ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", color=f"C{i}", capsize=3, label=f"γ = {loc:g}")
+            bad = np.array([not r["healthy"] for r in rows])
+            if bad.any():
+                ax.scatter(x[bad], y[bad], marker="x", color="k", zorder=3, label="unhealthy" if i == 0 else None)
+        ax.axvline(self.step_size, color="k", ls="--", lw=0.8, label="recommended")
+        if math.isfinite(self.llc_extrapolated):
+            ax.axhline(self.llc_extrapolated, color="0.4", ls=":", lw=1, label="extrapolated to ε→0")
+        ax.set(xscale="log", xlabel="step size ε", ylabel=r"$\hat\lambda$", title="calibration")
+        ax.legend(fontsize=7)
+        return fig
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dictionary."""
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationResult:
+        """Rebuild from :meth:`to_dict` output."""
+        values = dict(data)
+        for key in ("llc_extrapolated", "llc_extrapolated_stderr", "n_beta"):
+            values[key] = float("nan") if values.get(key) is None else float(values[key])
+        values["table"] = [
+            {k: (float("nan") if v is None else v) for k, v in row.items()} for row in values["table"]
+        ]
+        return cls(**values)
+
+    def to_json(self, path: str | PathLike[str]) -> None:
+        """Write :meth:`to_dict` to a JSON file."""
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh)
+
+
+def calibrate(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: str | LossFn,
+    n_beta: float | None = None,
+    step_sizes: Sequence[float] | None = None,
+    localizations: Sequence[float] = (1.0,),
+    num_chains: int = 4,
+    base_steps: int = 400,
+    tolerance: float = 0.1,
+    batch_size: int | None = None,
+    sampler: str | ModuleType = "sgld",
+    sampler_options: Mapping[str, Any] | None = None,
+    mask: Mask = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    chain_mode: str = "auto",
+    progress: bool = True,
+) -> CalibrationResult:
+    """Recommend a step size (and localization) by running short chains over a grid.
+
+    Criteria, applied to each setting in turn:
+
+    1. **No divergence**: every chain keeps a finite loss.
+    2. **Agreement between chains**: split R-hat of the per-draw estimates below 1.1 (with two or more
+       chains).
+    3. **Flat trace after burn-in**: the last quarter of the draws does not drift from the first
+       (``|trend_z| < 4``).
+    4. **Step-size stability**: halving the step moves the estimate by little. With bias linear in the
+       step, twice the change is the bias of the larger step; a setting is *stable* when that bias plus
+       one standard error of it is at most ``tolerance`` times the estimate (so a comparison drowned in
+       noise never vouches for a step).
+
+    Every step size runs for the same simulated time (``num_steps * step_size`` is constant: the
+    largest step runs ``base_steps`` steps, half burn-in, half draws), so smaller steps are not
+    penalized for mixing less. The recommendation is the largest step size that is healthy (1-3) and
+    stable (4) at the smallest healthy localization; if none is stable, the smallest healthy step, with
+    a warning.
+
+    Parameters
+    ----------
+    model, data, loss_fn, n_beta, batch_size, sampler, sampler_options, mask, seed, device, chain_mode
+        As in :func:`slt.estimate_llc`.
+    step_sizes : sequence of float, optional
+        Steps to try. Default: a halving ladder of five steps from four times
+        :func:`default_step_size` down to a quarter of it.
+    localizations : sequence of float
+        Localization strengths to try (each with every step size).
+    num_chains : int
+        Chains per setting.
+    base_steps : int
+        Steps (burn-in plus draws) at the largest step size.
+    tolerance : float
+        Largest acceptable relative bias for the stability criterion.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    validate_settings(n_beta=n_beta, num_chains=num_chains)
+    if not localizations:
+        raise ValueError("localizations is empty; pass at least one value such as (1.0,)")
+    for loc in localizations:
+        validate_settings(localization=loc)
+    if step_sizes is not None:
+        if len(step_sizes) == 0:
+            raise ValueError("step_sizes is empty; pass at least one or leave it None")
+        for s in step_sizes:
+            validate_settings(step_size=s)
+    if base_steps < 8:
+        raise ValueError(f"base_steps must be at least 8, got {base_steps}")
+    device = _resolve_device(model, device)
+    table: list[dict[str, Any]] = []
+    with isolated_rng(seed, (device,)):
+        posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
+        if step_sizes is None:
+            guess, _ = default_step_size(
+                posterior, n_beta=nb, localization=min(localizations), sampler=sampler,
+                sampler_options=sampler_options, seed=seed,
+            )
+            steps_grid = [guess * 4 / 2**k for k in range(5)]
+        else:
+            steps_grid = sorted((float(s) for s in step_sizes), reverse=True)
+        largest = max(steps_grid)
+        total = sum(max(8, round(base_steps * largest / s)) for s in steps_grid) * len(localizations)
+        bar = _bar(progress, total * num_chains)
+        try:
+            for loc in sorted(localizations):
+                for step in steps_grid:
+                    num_steps = max(8, round(base_steps * largest / step))
+                    burn = num_steps // 2
+                    row = _try_setting(
+                        posterior, nb, loc, step, num_chains, burn, num_steps - burn, sampler,
+                        sampler_options, seed, chain_mode,
+                    )
+                    table.append(row)
+                    if bar is not None:
+                        bar.update(num_steps * num_chains)
+        finally:
+            if bar is not None:
+                bar.close()
+    _mark_stability(table, tolerance)
+    return _recommend(table, nb, tolerance, posterior.n, dict(sampler=str(getattr(sampler, "name", sampler)),
+                                                              batch_size=posterior.batch_size, seed=seed))
+
+
+def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler, options, seed, chain_mode):
+    row: dict[str, Any] = {
+        "step_size": step,
+        "localization": loc,
+        "num_steps": burn + draws,
+        "llc_mean": float("nan"),
+        "llc_stderr": float("nan"),
+        "rhat": float("nan"),
+        "trend_z": float("nan"),
+        "chains_diverged": num_chains,
+        "bias_indicator": float("nan"),
+        "bias_estimate": float("nan"),
+        "healthy": False,
+        "stable": False,
+        "note": "",
+    }
+    run = posterior.run(
+        n_beta=n_beta, localization=loc, step_size=step, sampler=sampler, sampler_options=options,
+        num_chains=num_chains, num_draws=draws, num_burnin=burn, seed=seed, chain_mode=chain_mode,
+    )
+    settings = LLCSettings(
+        n_beta=n_beta, n_beta_source="", localization=loc, step_size=step, step_size_source="calibrate",
+        sampler=str(getattr(sampler, "name", sampler)), sampler_options=dict(options or {}),
+        num_chains=num_chains, num_draws=draws, num_burnin=burn, num_steps_bw_draws=1,
+        batch_size=posterior.batch_size, seed=seed, chain_mode=run.chain_mode,
+        num_params=posterior.num_params, device=str(posterior.device),
+    )
+    row["chains_diverged"] = int(run.diverged.sum())
+    if run.diverged.any():
+        row["note"] = "diverged"
+        if run.diverged.all():
+            return row
+    result = summarize_run(run, posterior, settings, warn=False)
+    d = result.diagnostics
+    row.update(
+        llc_mean=result.mean,
+        llc_stderr=result.stderr,
+        rhat=d.rhat,
+        trend_z=d.trend_z,
+        bias_indicator=bias_indicator(step, n_beta, run.grad_norm_sq, result.mean),
+    )
+    problems = []
+    if run.diverged.any():
+        problems.append("diverged")
+    if math.isfinite(d.rhat) and d.rhat > 1.1:
+        problems.append(f"R-hat {d.rhat:.2f}")
+    if math.isfinite(d.trend_z) and abs(d.trend_z) > 4:
+        problems.append(f"trend z {d.trend_z:.1f}")
+    if result.mean <= 0:
+        problems.append("estimate not positive")
+    row["healthy"] = not problems
+    row["note"] = ", ".join(problems)
+    return row
+
+
+def _mark_stability(table: list[dict[str, Any]], tolerance: float) -> None:
+    for loc in {r["localization"] for r in table}:
+        rows = sorted((r for r in table if r["localization"] == loc), key=lambda r: -r["step_size"])
+        for big, small in zip(rows[:-1], rows[1:]):
+            if not (big["healthy"] and small["healthy"]):
+                continue
+            ratio = big["step_size"] / small["step_size"]
+            factor = ratio / (ratio - 1)
+            # bias linear in the step: bias(big) = (llc(big) - llc(small)) * ratio / (ratio - 1)
+            bias = (big["llc_mean"] - small["llc_mean"]) * factor
+            noise = factor * math.hypot(_nz(big["llc_stderr"]), _nz(small["llc_stderr"]))
+            big["bias_estimate"] = bias / small["llc_mean"]
+            # one-sigma upper bound on the bias: a noisy comparison cannot vouch for a step
+            big["stable"] = abs(bias) + noise <= tolerance * abs(small["llc_mean"])
+
+
+def _nz(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def _recommend(table, n_beta, tolerance, n, settings) -> CalibrationResult:
+    usable = [r for r in table if r["chains_diverged"] == 0]
+    if not usable:
+        raise ChainDivergenceError(
+            "every setting tried had diverging chains ("
+            + "; ".join(f"ε={r['step_size']:.2g}, γ={r['localization']:g}" for r in table)
+            + "); try smaller step sizes or a larger localization"
+        )
+    healthy_locs = sorted({r["localization"] for r in usable if r["healthy"]})
+    loc = healthy_locs[0] if healthy_locs else min(r["localization"] for r in usable)
+    rows = sorted((r for r in table if r["localization"] == loc), key=lambda r: -r["step_size"])
+    stable = [r for r in rows if r["healthy"] and r["stable"]]
+    healthy = [r for r in rows if r["healthy"]]
+    if stable:
+        chosen = stable[0]
+        criteria = (
+            f"largest step at γ={loc:g} that is healthy and whose estimated bias (from halving the step), "
+            f"plus one standard error, is within {tolerance:.0%}"
+        )
+    else:
+        chosen = healthy[-1] if healthy else [r for r in rows if r["chains_diverged"] == 0][-1]
+        if healthy:
+            criteria = (
+                f"no step was stable within {tolerance:.0%}; recommending the smallest healthy step at γ={loc:g}"
+            )
+            advice = "Try smaller steps or longer chains (base_steps)."
+        else:
+            criteria = f"no setting was healthy; recommending the smallest step that did not diverge at γ={loc:g}"
+            advice = f"Its chains were not converged ({chosen['note']}): raise base_steps."
+        warnings.warn(
+            f"calibrate: {criteria} ({chosen['step_size']:.3g}). {advice}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    lam0, lam0_se = _extrapolate(healthy)
+    burn = chosen["num_steps"] // 2
+    return CalibrationResult(
+        step_size=chosen["step_size"],
+        localization=loc,
+        num_burnin=burn,
+        num_draws=chosen["num_steps"] - burn,
+        llc_extrapolated=lam0,
+        llc_extrapolated_stderr=lam0_se,
+        table=table,
+        criteria=criteria,
+        n_beta=n_beta,
+        settings={**settings, "n": n, "tolerance": tolerance},
+    )
+
+
+def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """Weighted least squares of llc = a + b * step over ``rows``; returns (a, stderr of a)."""
+    if len(rows) < 2:
+        return float("nan"), float("nan")
+    x = np.array([r["step_size"] for r in rows])
+    y = np.array([r["llc_mean"] for r in rows])
+    se = np.array([r["llc_stderr"] for r in rows], dtype=float)
+    se = np.where(np.isfinite(se) & (se > 0), se, np.nanmax(np.append(se[np.isfinite(se)], 1.0)))
+    w = 1 / se**2
+    design = np.stack([np.ones_like(x), x], axis=1)
+    cov = np.linalg.pinv(design.T @ (design * w[:, None]))
+    coef = cov @ design.T @ (w * y)
+    return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
+
+
+def _bar(progress: bool, total: int) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="calibrate", unit="step", leave=False)
+

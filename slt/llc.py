@@ -1,0 +1,527 @@
+"""The local learning coefficient estimator.
+
+.. math::
+
+    \\hat\\lambda(w^*) = n\\beta \\big( \\mathbb{E}_w[L_n(w)] - L_n(w^*) \\big)
+
+with the expectation over the localized tempered posterior, approximated per chain by the mean
+minibatch loss over the draws after burn-in. :math:`L_n(w^*)` is computed exactly over the full data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt._guard import isolated_rng
+from slt._serialize import array_from_json, to_jsonable
+from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz
+from slt.losses import LossFn
+from slt.sampling import PosteriorSampler
+from slt.sampling.driver import ChainRun, Observable
+from slt.sampling.flat import Mask
+from slt.warnings import (
+    ChainDivergenceError,
+    ConvergenceWarning,
+    DivergenceWarning,
+    NotAMinimumWarning,
+)
+
+__all__ = [
+    "estimate_llc",
+    "LLCResult",
+    "LLCSettings",
+    "default_n_beta",
+    "validate_settings",
+    "summarize_run",
+]
+
+
+def default_n_beta(n: int) -> float:
+    """The default inverse temperature times sample size, :math:`n\\beta^* = n / \\log n`.
+
+    For ``n < 3`` (where :math:`\\log n \\le 1`) this returns ``n``.
+    """
+    if n < 3:
+        return float(n)
+    return n / math.log(n)
+
+
+@dataclass
+class LLCSettings:
+    """Every setting an estimate used, including those slt chose."""
+
+    n_beta: float
+    n_beta_source: str
+    localization: float
+    step_size: float
+    step_size_source: str
+    sampler: str
+    sampler_options: dict[str, Any]
+    num_chains: int
+    num_draws: int
+    num_burnin: int
+    num_steps_bw_draws: int
+    batch_size: int | None
+    seed: int
+    chain_mode: str
+    num_params: int
+    device: str
+    control_variate: bool = False
+
+
+@dataclass
+class LLCResult:
+    """A local learning coefficient estimate with its traces and diagnostics.
+
+    Attributes
+    ----------
+    mean : float
+        :math:`\\hat\\lambda`, the mean of the per-chain estimates over healthy chains.
+    std : float
+        Standard deviation of the per-chain estimates (NaN with one healthy chain).
+    stderr : float
+        Standard error of ``mean``: ``std / sqrt(healthy chains)``.
+    per_chain : ndarray, shape (chains,)
+        Per-chain estimates (NaN for diverged chains).
+    trace : ndarray, shape (chains, draws)
+        Per-draw estimates :math:`n\\beta (L_B(w_t) - L_n(w^*))`.
+    loss_trace : ndarray, shape (chains, draws)
+        Minibatch loss at each draw.
+    burnin_loss_trace : ndarray, shape (chains, burn-in steps)
+        Minibatch loss during burn-in (not used in the estimate).
+    init_loss : float
+        :math:`L_n(w^*)` over the full data.
+    n : int
+        Number of training samples.
+    settings : LLCSettings
+        Every setting used.
+    diagnostics : ChainDiagnostics
+        ESS, split R-hat, trend and divergences.
+    observables : dict of str to ndarray
+        Per-draw observables, shape ``(chains, draws, ...)``.
+    seconds : float
+        Wall time of the sampling.
+    """
+
+    mean: float
+    std: float
+    stderr: float
+    per_chain: np.ndarray
+    trace: np.ndarray
+    loss_trace: np.ndarray
+    burnin_loss_trace: np.ndarray
+    init_loss: float
+    n: int
+    settings: LLCSettings
+    diagnostics: ChainDiagnostics
+    observables: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = float("nan")
+
+    def __repr__(self) -> str:
+        d = self.diagnostics
+        return (
+            f"LLCResult(llc={self.mean:.4g} ± {self.stderr:.2g} (stderr), chains={len(self.per_chain)}, "
+            f"diverged={int(d.diverged.sum())}, rhat={d.rhat:.3f}, ess={d.ess:.0f})"
+        )
+
+    @property
+    def n_beta(self) -> float:
+        """The inverse temperature times sample size used."""
+        return self.settings.n_beta
+
+    def summary(self):  # noqa: ANN201 - pandas is imported lazily
+        """One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings."""
+        import pandas as pd
+
+        s, d = self.settings, self.diagnostics
+        row = {
+            "llc_mean": self.mean,
+            "llc_std": self.std,
+            "llc_stderr": self.stderr,
+            "ess": d.ess,
+            "rhat": d.rhat,
+            "trend_z": d.trend_z,
+            "chains_diverged": int(d.diverged.sum()),
+            "init_loss": self.init_loss,
+            "n": self.n,
+            "n_beta": s.n_beta,
+            "localization": s.localization,
+            "step_size": s.step_size,
+            "sampler": s.sampler,
+            "num_chains": s.num_chains,
+            "num_draws": s.num_draws,
+            "num_burnin": s.num_burnin,
+            "seconds": self.seconds,
+        }
+        return pd.DataFrame([row])
+
+    def to_inference_data(self):  # noqa: ANN201 - arviz is imported lazily
+        """An arviz ``InferenceData`` with ``llc`` and ``loss`` (and observables) in its posterior group."""
+        az = import_arviz()
+        posterior = {"llc": self.trace, "loss": self.loss_trace}
+        for name, values in self.observables.items():
+            posterior[name] = values
+        return az.from_dict(posterior=posterior, attrs={"init_loss": self.init_loss, "n_beta": self.n_beta})
+
+    def plot(self, ax=None):  # noqa: ANN001, ANN201 - matplotlib is imported lazily
+        """Trace figure: loss per chain (burn-in shaded) and the running per-chain estimate.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+        else:
+            axes = np.ravel(ax)
+            fig = axes[0].figure
+        burn = self.burnin_loss_trace.shape[1]
+        every = self.settings.num_steps_bw_draws
+        for c in range(self.loss_trace.shape[0]):
+            color = f"C{c % 10}"
+            steps = burn + every * np.arange(self.loss_trace.shape[1])
+            if burn:
+                axes[0].plot(np.arange(burn), self.burnin_loss_trace[c], color=color, alpha=0.35, lw=0.8)
+            axes[0].plot(steps, self.loss_trace[c], color=color, lw=0.8, label=f"chain {c}")
+            running = np.cumsum(self.trace[c]) / np.arange(1, self.trace.shape[1] + 1)
+            axes[1].plot(steps, running, color=color, lw=1.0)
+        if burn:
+            axes[0].axvspan(0, burn, color="0.9", zorder=-1, label="burn-in")
+        axes[0].axhline(self.init_loss, color="k", ls="--", lw=0.8, label="$L_n(w^*)$")
+        axes[0].set(xlabel="step", ylabel="minibatch loss", title="loss trace")
+        axes[0].legend(fontsize=7, loc="best")
+        axes[1].axhline(self.mean, color="k", ls="--", lw=0.8)
+        axes[1].set(
+            xlabel="step",
+            ylabel=r"running $\hat\lambda$",
+            title=rf"$\hat\lambda$ = {self.mean:.3g} ± {self.stderr:.2g}",
+        )
+        return fig
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dictionary (NaN stored as ``None``); see :meth:`from_dict`."""
+        data = to_jsonable(self)
+        data["diagnostics"]["diverged"] = [bool(x) for x in self.diagnostics.diverged]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LLCResult:
+        """Rebuild a result from :meth:`to_dict` output."""
+        diag = data["diagnostics"]
+        return cls(
+            mean=_float(data["mean"]),
+            std=_float(data["std"]),
+            stderr=_float(data["stderr"]),
+            per_chain=array_from_json(data["per_chain"]),
+            trace=array_from_json(data["trace"]),
+            loss_trace=array_from_json(data["loss_trace"]),
+            burnin_loss_trace=array_from_json(data["burnin_loss_trace"]),
+            init_loss=_float(data["init_loss"]),
+            n=int(data["n"]),
+            settings=LLCSettings(**data["settings"]),
+            diagnostics=ChainDiagnostics(
+                ess=_float(diag["ess"]),
+                rhat=_float(diag["rhat"]),
+                trend_z=_float(diag["trend_z"]),
+                diverged=np.array(diag["diverged"], dtype=bool),
+                divergence_step=np.array(diag["divergence_step"], dtype=np.int64),
+            ),
+            observables={k: array_from_json(v) for k, v in data.get("observables", {}).items()},
+            seconds=_float(data.get("seconds")),
+        )
+
+    def to_json(self, path: str | PathLike[str]) -> None:
+        """Write :meth:`to_dict` to a JSON file."""
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh)
+
+    @classmethod
+    def from_json(cls, path: str | PathLike[str]) -> LLCResult:
+        """Read a result written by :meth:`to_json`."""
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def validate_settings(
+    *,
+    n_beta: float | None = None,
+    localization: float | None = None,
+    step_size: float | None = None,
+    num_chains: int | None = None,
+    num_draws: int | None = None,
+    num_burnin: int | None = None,
+    num_steps_bw_draws: int | None = None,
+) -> None:
+    """Raise ``ValueError`` with a suggestion for any out-of-range sampling setting."""
+    if n_beta is not None and not (math.isfinite(n_beta) and n_beta > 0):
+        raise ValueError(f"n_beta must be a positive number, got {n_beta}; leave it None for n/log n")
+    if localization is not None and not (math.isfinite(localization) and localization >= 0):
+        raise ValueError(f"localization must be >= 0, got {localization}; 1.0 is a common choice")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(
+            f"step_size must be a positive number, got {step_size}; leave it None for the default "
+            "or use slt.calibrate to choose one"
+        )
+    for name, value, low in (
+        ("num_chains", num_chains, 1),
+        ("num_draws", num_draws, 1),
+        ("num_burnin", num_burnin, 0),
+        ("num_steps_bw_draws", num_steps_bw_draws, 1),
+    ):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def summarize_run(
+    run: ChainRun, sampler: PosteriorSampler, settings: LLCSettings, *, warn: bool = True
+) -> LLCResult:
+    """Turn a :class:`~slt.sampling.ChainRun` into an :class:`LLCResult`, warning about unhealthy chains."""
+    baseline = run.reference_loss_trace if run.reference_loss_trace is not None else sampler.init_loss
+    trace = settings.n_beta * (run.loss_trace - baseline)
+    diagnostics = diagnose(trace, run.divergence_step)
+    healthy = diagnostics.healthy_chains
+    if healthy.size == 0:
+        steps = ", ".join(str(int(s)) for s in run.divergence_step)
+        raise ChainDivergenceError(
+            f"all {len(run.divergence_step)} chains diverged (non-finite loss at steps {steps}) with "
+            f"step_size={settings.step_size:.3g}; try a smaller step size (for example "
+            f"{settings.step_size / 10:.3g}) or use slt.calibrate"
+        )
+    per_chain = np.full(trace.shape[0], np.nan)
+    per_chain[healthy] = trace[healthy].mean(axis=1)
+    mean = float(per_chain[healthy].mean())
+    std = float(per_chain[healthy].std(ddof=1)) if healthy.size > 1 else float("nan")
+    stderr = std / math.sqrt(healthy.size) if healthy.size > 1 else float("nan")
+    if warn:
+        _warn_about(diagnostics, mean, stderr, settings)
+    return LLCResult(
+        mean=mean,
+        std=std,
+        stderr=stderr,
+        per_chain=per_chain,
+        trace=trace,
+        loss_trace=run.loss_trace,
+        burnin_loss_trace=run.burnin_loss_trace,
+        init_loss=sampler.init_loss,
+        n=sampler.n,
+        settings=settings,
+        diagnostics=diagnostics,
+        observables=run.observables,
+        seconds=run.seconds,
+    )
+
+
+def _warn_about(d: ChainDiagnostics, mean: float, stderr: float, s: LLCSettings) -> None:
+    if d.diverged.any():
+        bad = np.flatnonzero(d.diverged)
+        where = ", ".join(f"chain {c} at step {d.divergence_step[c]}" for c in bad)
+        warnings.warn(
+            f"{len(bad)} of {len(d.diverged)} chains diverged ({where}); the estimate uses the other "
+            f"{len(d.diverged) - len(bad)}. A smaller step size (now {s.step_size:.3g}) usually helps.",
+            DivergenceWarning,
+            stacklevel=4,
+        )
+    threshold = 2 * stderr if math.isfinite(stderr) else 0.0
+    if mean < -threshold:
+        warnings.warn(
+            f"the estimated LLC is negative ({mean:.4g} ± {stderr:.2g}): the chains found lower loss than "
+            "at the trained weights, so they are not a local minimum. Train longer, raise localization "
+            "or lower the step size.",
+            NotAMinimumWarning,
+            stacklevel=4,
+        )
+    if math.isfinite(d.rhat) and d.rhat > 1.1:
+        warnings.warn(
+            f"chains disagree (split R-hat {d.rhat:.2f} > 1.1): run longer chains or use slt.calibrate",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: str | LossFn,
+    n_beta: float | None = None,
+    localization: float = 1.0,
+    step_size: float | None = None,
+    num_chains: int = 4,
+    num_draws: int = 1000,
+    num_burnin: int | None = None,
+    num_steps_bw_draws: int = 1,
+    batch_size: int | None = None,
+    sampler: str | ModuleType = "sgld",
+    sampler_options: Mapping[str, Any] | None = None,
+    mask: Mask = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    chain_mode: str = "auto",
+    observables: Mapping[str, Observable] | None = None,
+    control_variate: bool = True,
+    progress: bool = True,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model; its weights are :math:`w^*`. It is copied and left exactly as it was
+        (weights, gradients, train/eval mode, ``requires_grad``), as are the global RNG states.
+    data : tuple of Tensor, Dataset or DataLoader
+        Training data. In-memory tensors are fastest.
+    loss_fn : str or callable
+        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``; the mean
+        negative log-likelihood per sample is what the theory assumes.
+    n_beta : float, optional
+        Inverse temperature times sample size; default ``n / log n``.
+    localization : float
+        Strength :math:`\\gamma` of the pull towards :math:`w^*`.
+    step_size : float, optional
+        Sampler step size. By default chosen from the curvature of the loss at :math:`w^*` (see
+        :func:`slt.calibration.default_step_size`); :func:`slt.calibrate` chooses more carefully.
+    num_chains, num_draws : int
+        Chains, and draws per chain that enter the estimate.
+    num_burnin : int, optional
+        Steps discarded at the start of each chain; default ``num_draws * num_steps_bw_draws``.
+    num_steps_bw_draws : int
+        Sampler steps per recorded draw.
+    batch_size : int, optional
+        Minibatch size (default ``min(n, 256)``); not allowed with a ``DataLoader``.
+    sampler : {"sgld", "rmsprop_sgld", "sgnht"} or module
+        The kernel; see :mod:`slt.samplers`.
+    sampler_options : dict, optional
+        Extra keyword arguments of the kernel's ``step`` (``alpha``, ``delta``, ``adapt_steps``,
+        ``diffusion``). For ``"rmsprop_sgld"``, ``adapt_steps`` defaults to ``num_burnin``: the
+        preconditioner adapts during burn-in and is then frozen, which keeps the draws unbiased.
+    mask : list of str or dict of str to bool Tensor, optional
+        Sample only these parameters (names or module prefixes) or entries: the weight-restricted LLC.
+    seed : int
+        Seed of every random choice; the same seed gives the same numbers on the same machine.
+    device : torch.device or str, optional
+        Where to sample; default the model's device.
+    chain_mode : {"auto", "sequential", "vectorized"}
+        Run chains one after another or batched with ``torch.func.vmap``; ``"auto"`` picks the faster
+        for the model size and device.
+    observables : dict of str to callable, optional
+        ``fn(model)`` evaluated on the sampled model at every draw.
+    control_variate : bool
+        Subtract the loss of :math:`w^*` *on the same minibatch* at each draw instead of
+        :math:`L_n(w^*)`. Both are unbiased; the paired difference cancels the minibatch-to-minibatch
+        noise of the loss, which otherwise dominates the variance (it is multiplied by
+        :math:`n\beta`). Costs one forward pass per draw.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    LLCResult
+
+    Raises
+    ------
+    ValueError
+        On empty data, a non-scalar or non-finite loss at :math:`w^*`, a model without trainable
+        parameters, an empty mask, or out-of-range settings.
+    slt.warnings.ChainDivergenceError
+        When every chain diverges.
+    """
+    validate_settings(
+        n_beta=n_beta,
+        localization=localization,
+        step_size=step_size,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        num_steps_bw_draws=num_steps_bw_draws,
+    )
+    if num_burnin is None:
+        num_burnin = num_draws * num_steps_bw_draws
+    device = _resolve_device(model, device)
+    sampler_options = with_default_adaptation(sampler, sampler_options, num_burnin)
+    with isolated_rng(seed, (device,)):
+        posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        n_beta_value, n_beta_source = (
+            (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
+        )
+        if step_size is None:
+            from slt.calibration import default_step_size
+
+            step_size, step_size_source = default_step_size(
+                posterior, n_beta=n_beta_value, localization=localization, sampler=sampler, seed=seed
+            )
+        else:
+            step_size_source = "given"
+        run = posterior.run(
+            n_beta=n_beta_value,
+            localization=localization,
+            step_size=step_size,
+            sampler=sampler,
+            sampler_options=sampler_options,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            num_steps_bw_draws=num_steps_bw_draws,
+            seed=seed,
+            chain_mode=chain_mode,
+            observables=observables,
+            control_variate=control_variate,
+            progress="LLC" if progress else False,
+        )
+    settings = LLCSettings(
+        n_beta=n_beta_value,
+        n_beta_source=n_beta_source,
+        localization=float(localization),
+        step_size=float(step_size),
+        step_size_source=step_size_source,
+        sampler=sampler if isinstance(sampler, str) else sampler.name,
+        sampler_options=dict(sampler_options or {}),
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        num_steps_bw_draws=num_steps_bw_draws,
+        batch_size=posterior.batch_size,
+        seed=seed,
+        chain_mode=run.chain_mode,
+        num_params=posterior.num_params,
+        device=str(device),
+        control_variate=control_variate,
+    )
+    return summarize_run(run, posterior, settings)
+
+
+def with_default_adaptation(
+    sampler: str | ModuleType, options: Mapping[str, Any] | None, num_burnin: int
+) -> dict[str, Any]:
+    """Freeze the RMSProp preconditioner at the end of burn-in unless told otherwise."""
+    options = dict(options or {})
+    if getattr(sampler, "name", sampler) == "rmsprop_sgld" and num_burnin > 0:
+        options.setdefault("adapt_steps", num_burnin)
+    return options
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    raise ValueError(
+        "the model has no parameters at all; slt estimates the learning coefficient of trainable weights"
+    )
+

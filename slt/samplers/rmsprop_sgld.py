@@ -1,0 +1,95 @@
+"""RMSProp-preconditioned SGLD (Li et al., 2016), as used for LLC estimation in devinterp.
+
+The preconditioner is built from the minibatch *loss* gradient :math:`g = \\nabla L_B(w)`:
+
+.. math::
+
+    v \\leftarrow \\alpha v + (1 - \\alpha) g^2, \\qquad
+    G = 1 / (\\sqrt{\\hat v} + \\delta), \\qquad
+    w \\leftarrow w - \\tfrac{\\varepsilon}{2} G \\odot \\big[n\\beta g + \\gamma (w - w^*)\\big]
+        + \\sqrt{\\varepsilon G} \\odot \\xi
+
+where :math:`\\hat v = v / (1 - \\alpha^t)` is the bias-corrected average (as in Adam), so the first
+steps are not taken with the huge preconditioner :math:`1/\\delta`. The derivative of :math:`G` with
+respect to :math:`w` is neglected, as in the original method.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
+
+__all__ = ["RMSPropSGLDState", "init", "step", "name"]
+
+name = "rmsprop_sgld"
+
+
+class RMSPropSGLDState(NamedTuple):
+    """State of a preconditioned chain: position, running mean of squared gradients, adaptation count."""
+
+    position: Tensor
+    square_avg: Tensor
+    count: int
+
+
+def init(position: Tensor) -> RMSPropSGLDState:
+    """Start a chain at ``position`` with an empty squared-gradient average."""
+    position = position.detach().clone()
+    return RMSPropSGLDState(position=position, square_avg=torch.zeros_like(position), count=0)
+
+
+def step(
+    state: RMSPropSGLDState,
+    loss_grad: Tensor,
+    target: LocalPosterior,
+    generator: torch.Generator | None,
+    *,
+    step_size: float,
+    alpha: float = 0.99,
+    delta: float = 0.1,
+    adapt_steps: int | None = None,
+) -> RMSPropSGLDState:
+    """Advance one preconditioned SGLD step.
+
+    Parameters
+    ----------
+    state : RMSPropSGLDState
+        Current state.
+    loss_grad : Tensor
+        Gradient of the minibatch mean loss at ``state.position``.
+    target : LocalPosterior
+        The localized tempered posterior.
+    generator : torch.Generator or None
+        Source of the Gaussian noise.
+    step_size : float
+        The step size :math:`\\varepsilon`.
+    alpha : float
+        Decay of the squared-gradient average.
+    delta : float
+        Damping :math:`\\delta` added to :math:`\\sqrt{\\hat v}`; bounds the preconditioner by
+        :math:`1/\\delta`.
+
+    Returns
+    -------
+    RMSPropSGLDState
+        The new state.
+    """
+    if adapt_steps is None or state.count < adapt_steps:
+        count = state.count + 1
+        square_avg = torch.mul(state.square_avg, alpha).addcmul_(loss_grad, loss_grad, value=1 - alpha)
+    else:
+        count, square_avg = state.count, state.square_avg
+    precond = torch.div(square_avg, 1 - alpha**count).sqrt_().add_(delta).reciprocal_()
+    increment = potential_grad(state.position, loss_grad, target)
+    increment.mul_(precond).mul_(-0.5 * step_size)
+    noise = gaussian_noise(increment, generator)
+    noise.mul_(precond.mul_(step_size).sqrt_())
+    increment.add_(noise)
+    masked(increment, target)
+    return RMSPropSGLDState(
+        position=torch.add(state.position, increment), square_avg=square_avg, count=count
+    )

@@ -1,0 +1,29 @@
+"""Warning categories slt emits, so they can be filtered or turned into errors one by one."""
+
+__all__ = [
+    "SLTWarning",
+    "DivergenceWarning",
+    "NotAMinimumWarning",
+    "ConvergenceWarning",
+    "ChainDivergenceError",
+]
+
+
+class SLTWarning(UserWarning):
+    """Base class of every warning slt emits."""
+
+
+class DivergenceWarning(SLTWarning):
+    """Some chains hit a non-finite loss; the estimate uses the others."""
+
+
+class NotAMinimumWarning(SLTWarning):
+    """The estimate is significantly negative: the trained weights are not a local minimum."""
+
+
+class ConvergenceWarning(SLTWarning):
+    """A diagnostic (R-hat, effective sample size, trend) says the chains have not converged."""
+
+
+class ChainDivergenceError(RuntimeError):
+    """Every chain hit a non-finite loss."""

@@ -1,0 +1,47 @@
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def gaussian_nll(model, batch):
+    """Negative log-likelihood per sample of unit-variance Gaussian noise (up to a constant)."""
+    x, y = batch
+    return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
+
+
+class Quadratic(nn.Module):
+    """A bare parameter vector; pair with ``quadratic_loss`` for L(w) = ||w||^2."""
+
+    def __init__(self, d: int, dtype=torch.float64):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=dtype))
+
+    def forward(self, x):
+        return x
+
+
+def quadratic_loss(model, batch):
+    return (model.w**2).sum()
+
+
+@pytest.fixture
+def tiny_regression():
+    """A small trained-looking MLP on synthetic regression data."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(200, 1, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+    return model, x, y

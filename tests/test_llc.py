@@ -1,0 +1,343 @@
+"""estimate_llc: results, reproducibility, non-intrusiveness and bad input."""
+
+import copy
+import json
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import slt
+from tests.conftest import Quadratic, quadratic_loss
+
+# the short chains used for API checks are flagged as unconverged; that warning is tested on its own
+pytestmark = pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
+
+FAST = dict(num_chains=2, num_draws=30, num_burnin=10, step_size=1e-4, progress=False)
+
+
+def test_result_holds_estimate_traces_settings_and_diagnostics(tiny_regression):
+    model, x, y = tiny_regression
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_chains=3, num_draws=40, num_burnin=20,
+                              step_size=1e-4, progress=False)
+    assert result.trace.shape == (3, 40) and result.loss_trace.shape == (3, 40)
+    assert result.burnin_loss_trace.shape == (3, 20)
+    assert result.per_chain == pytest.approx(result.trace.mean(axis=1))
+    assert result.mean == pytest.approx(result.per_chain.mean())
+    assert result.stderr == pytest.approx(result.per_chain.std(ddof=1) / np.sqrt(3))
+    assert result.n == 200 and result.settings.n_beta == pytest.approx(200 / np.log(200))
+    assert result.settings.n_beta_source == "n/log n"
+    assert result.settings.step_size_source == "given"
+    assert result.settings.num_params == sum(p.numel() for p in model.parameters())
+    expected_init = nn.functional.mse_loss(model(x), y).item()
+    assert result.init_loss == pytest.approx(expected_init, rel=1e-5)
+    assert np.isfinite(result.diagnostics.ess) and np.isfinite(result.diagnostics.rhat)
+    assert not result.diagnostics.diverged.any()
+    row = result.summary()
+    assert list(row["llc_mean"]) == [result.mean] and row.shape[0] == 1
+    assert "llc=" in repr(result)
+
+
+def test_burn_in_never_enters_the_estimate(tiny_regression):
+    model, x, y = tiny_regression
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", **FAST)
+    # the burn-in losses are kept for plots but are not part of the per-draw trace
+    assert result.trace.shape[1] == FAST["num_draws"]
+    assert not np.isin(result.burnin_loss_trace, result.loss_trace).all()
+
+
+def test_json_round_trip_and_arviz_and_plot(tiny_regression, tmp_path):
+    model, x, y = tiny_regression
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", observables={"w0": lambda m: m[0].weight[0, 0]},
+                              **FAST)
+    text = json.dumps(result.to_dict())
+    back = slt.LLCResult.from_dict(json.loads(text))
+    assert back.mean == result.mean and back.settings == result.settings
+    np.testing.assert_array_equal(back.trace, result.trace)
+    np.testing.assert_array_equal(back.observables["w0"], result.observables["w0"])
+    np.testing.assert_array_equal(back.diagnostics.diverged, result.diagnostics.diverged)
+    path = tmp_path / "r.json"
+    result.to_json(path)
+    assert slt.LLCResult.from_json(path).per_chain == pytest.approx(result.per_chain)
+    idata = result.to_inference_data()
+    assert idata.posterior["llc"].shape == (2, 30)
+    assert idata.posterior["w0"].shape == (2, 30)
+    fig = result.plot()
+    fig.savefig(tmp_path / "trace.png")
+    assert (tmp_path / "trace.png").stat().st_size > 1000
+
+
+def test_observables_are_recorded_per_draw(tiny_regression):
+    model, x, y = tiny_regression
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", observables={"norm": lambda m: m[0].weight.norm()},
+                              **FAST)
+    values = result.observables["norm"]
+    assert values.shape == (2, 30)
+    assert np.all(np.abs(values - model[0].weight.norm().item()) < 0.5)
+    assert len(np.unique(values)) > 10
+
+
+@pytest.mark.parametrize("mode", ["sequential", "vectorized"])
+def test_same_seed_same_numbers_and_other_seeds_differ(tiny_regression, mode):
+    model, x, y = tiny_regression
+    kw = dict(FAST, chain_mode=mode)
+    a = slt.estimate_llc(model, (x, y), loss_fn="mse", seed=3, **kw)
+    b = slt.estimate_llc(model, (x, y), loss_fn="mse", seed=3, **kw)
+    c = slt.estimate_llc(model, (x, y), loss_fn="mse", seed=4, **kw)
+    np.testing.assert_array_equal(a.trace, b.trace)
+    assert a.mean == b.mean
+    assert not np.array_equal(a.trace, c.trace)
+    assert a.settings.chain_mode == mode
+
+
+def test_default_step_size_is_chosen_and_explained(tiny_regression):
+    model, x, y = tiny_regression
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_chains=2, num_draws=50, progress=False)
+    assert result.settings.step_size > 0
+    assert result.settings.step_size_source.startswith("auto (pilot")
+    assert result.settings.num_burnin == 50
+
+
+class Recorder(nn.Module):
+    """A model with dropout, batch norm, a frozen layer and stale gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(3, 6)
+        self.frozen.requires_grad_(False)
+        self.bn = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(self.drop(self.bn(self.frozen(x))))
+
+
+def _snapshot(model, optimizer):
+    return {
+        "state": copy.deepcopy(model.state_dict()),
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "torch_rng": torch.get_rng_state().clone(),
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
+    }
+
+
+def _assert_same(before, after):
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+    for k, v in before["grads"].items():
+        assert (v is None and after["grads"][k] is None) or torch.equal(v, after["grads"][k]), k
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["training"] == after["training"]
+    assert str(before["optimizer"]) == str(after["optimizer"])
+    assert torch.equal(before["torch_rng"], after["torch_rng"])
+    for a, b in zip(before["numpy_rng"], after["numpy_rng"]):
+        assert np.array_equal(a, b)
+    assert before["python_rng"] == after["python_rng"]
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.SLTWarning")
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop_sgld", "sgnht"])
+def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
+    torch.manual_seed(0)
+    np.random.seed(1)
+    random.seed(2)
+    model = Recorder()
+    model.train()
+    model.bn.eval()  # a mixed-mode model
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    before = _snapshot(model, optimizer)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    slt.estimate_llc(model, loader, loss_fn="mse", sampler=sampler, **FAST)
+    slt.estimate_llc(model, (x, y), loss_fn="mse", sampler=sampler, num_chains=2, num_draws=20, progress=False)
+    slt.calibrate(model, (x, y), loss_fn="mse", step_sizes=[1e-4, 5e-5], num_chains=2, base_steps=16,
+                  sampler=sampler, progress=False)
+    _assert_same(before, _snapshot(model, optimizer))
+
+
+class ListDataset(Dataset):
+    def __init__(self, x, y):
+        self.items = list(zip(x, y))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_every_data_form_gives_the_same_sample_size_and_initial_loss(tiny_regression):
+    model, x, y = tiny_regression
+    forms = [
+        (x, y),
+        TensorDataset(x, y),
+        ListDataset(x, y),
+        DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
+    ]
+    results = [slt.estimate_llc(model, data, loss_fn="mse", **FAST) for data in forms]
+    for r in results:
+        assert r.n == 200
+        assert r.init_loss == pytest.approx(results[0].init_loss, rel=1e-5)
+        assert np.isfinite(r.mean)
+
+
+def test_mask_restricts_sampling_to_named_parameters(tiny_regression):
+    model, x, y = tiny_regression
+    head = slt.estimate_llc(model, (x, y), loss_fn="mse", mask=["2"], **FAST)
+    assert head.settings.num_params == 9
+    weight_only = slt.estimate_llc(model, (x, y), loss_fn="mse", mask=["0.weight"], **FAST)
+    assert weight_only.settings.num_params == 24
+    entries = {"0.weight": torch.zeros(8, 3, dtype=torch.bool)}
+    entries["0.weight"][0, :2] = True
+    partial = slt.estimate_llc(model, (x, y), loss_fn="mse", mask=entries,
+                               observables={"w": lambda m: m[0].weight.detach().clone()}, **FAST)
+    assert partial.settings.num_params == 2
+    moved = partial.observables["w"] != model[0].weight.detach().numpy()
+    assert moved[..., 0, :2].any() and not moved[..., 1:, :].any() and not moved[..., 0, 2].any()
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_empty_data_is_rejected(tiny_regression):
+    model, _, _ = tiny_regression
+    with pytest.raises(ValueError, match="data is empty"):
+        slt.estimate_llc(model, (torch.zeros(0, 3), torch.zeros(0, 1)), loss_fn="mse", **FAST)
+    with pytest.raises(ValueError, match="data is empty"):
+        slt.estimate_llc(model, ListDataset([], []), loss_fn="mse", **FAST)
+
+
+def test_non_scalar_loss_is_rejected(tiny_regression):
+    model, x, y = tiny_regression
+    with pytest.raises(ValueError, match=r"scalar mean loss.*\.mean\(\)"):
+        slt.estimate_llc(model, (x, y), loss_fn=lambda m, b: (m(b[0]) - b[1]) ** 2, **FAST)
+
+
+def test_model_without_trainable_parameters_is_rejected(tiny_regression):
+    model, x, y = tiny_regression
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        slt.estimate_llc(frozen, (x, y), loss_fn="mse", **FAST)
+
+
+def test_empty_or_unknown_mask_is_rejected(tiny_regression):
+    model, x, y = tiny_regression
+    with pytest.raises(ValueError, match="mask is empty"):
+        slt.estimate_llc(model, (x, y), loss_fn="mse", mask=[], **FAST)
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        slt.estimate_llc(model, (x, y), loss_fn="mse", mask=["decoder"], **FAST)
+    with pytest.raises(ValueError, match="selects no parameter entries"):
+        slt.estimate_llc(model, (x, y), loss_fn="mse", mask={"0.bias": torch.zeros(8, dtype=torch.bool)}, **FAST)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("n_beta", 0.0, "n_beta must be a positive number"),
+        ("n_beta", -3.0, "n_beta must be a positive number"),
+        ("step_size", 0.0, "step_size must be a positive number.*calibrate"),
+        ("step_size", -1e-3, "step_size must be a positive number"),
+        ("num_draws", 0, "num_draws must be an integer >= 1"),
+        ("num_chains", 0, "num_chains must be an integer >= 1"),
+        ("localization", -1.0, "localization must be >= 0"),
+    ],
+)
+def test_out_of_range_settings_are_rejected(tiny_regression, setting, value, message):
+    model, x, y = tiny_regression
+    kwargs = dict(FAST)
+    kwargs[setting] = value
+    with pytest.raises(ValueError, match=message):
+        slt.estimate_llc(model, (x, y), loss_fn="mse", **kwargs)
+
+
+def test_unknown_loss_and_wrong_batch_layout_are_explained(tiny_regression):
+    model, x, y = tiny_regression
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        slt.estimate_llc(model, (x, y), loss_fn="l1", **FAST)
+    with pytest.raises(ValueError, match=r"expects batches of \(inputs, targets\)"):
+        slt.estimate_llc(model, (x, y, y), loss_fn="mse", **FAST)
+
+
+def test_non_finite_loss_at_the_trained_weights_is_rejected(tiny_regression):
+    model, x, y = tiny_regression
+    y = y.clone()
+    y[3] = float("nan")
+    with pytest.raises(ValueError, match="loss at the trained weights is not finite"):
+        slt.estimate_llc(model, (x, y), loss_fn="mse", **FAST)
+
+
+class Cliff(nn.Module):
+    """A quadratic bowl whose loss is NaN beyond w = 0.3: chains that wander there diverge."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x
+
+
+def cliff_loss(model, batch):
+    w = model.w[0]
+    return torch.where(w > 0.3, torch.tensor(float("nan")), w**2)
+
+
+def test_diverging_chains_are_reported_and_excluded():
+    kwargs = dict(n_beta=1.0, localization=0.0, step_size=2e-3, num_chains=8, num_draws=150, num_burnin=50,
+                  progress=False, seed=0)
+    with pytest.warns(slt.DivergenceWarning, match=r"chains diverged \(chain \d+ at step \d+"):
+        result = slt.estimate_llc(Cliff(), torch.zeros(4, 1), loss_fn=cliff_loss, **kwargs)
+    d = result.diagnostics
+    assert 0 < d.diverged.sum() < 8
+    assert np.all(d.divergence_step[d.diverged] >= 0) and np.all(d.divergence_step[~d.diverged] == -1)
+    assert np.isnan(result.per_chain[d.diverged]).all()
+    assert result.mean == pytest.approx(np.nanmean(result.per_chain))
+    first = int(np.flatnonzero(d.diverged)[0])
+    step = d.divergence_step[first]
+    if step >= 50:
+        assert np.isnan(result.loss_trace[first, step - 50 :]).all()
+
+
+def test_all_chains_diverging_raises_with_a_smaller_step_suggestion():
+    with pytest.raises(slt.ChainDivergenceError, match="all 2 chains diverged.*smaller step size"):
+        slt.estimate_llc(Cliff(), torch.zeros(4, 1), loss_fn=cliff_loss, n_beta=1.0, localization=0.0,
+                         step_size=10.0, num_chains=2, num_draws=20, num_burnin=0, progress=False)
+
+
+def test_negative_estimate_warns_that_w_star_is_not_a_minimum():
+    model = Quadratic(3)
+    with torch.no_grad():
+        model.w.fill_(1.0)
+    with pytest.warns(slt.NotAMinimumWarning, match="not a local minimum"):
+        result = slt.estimate_llc(model, torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=50.0,
+                                  localization=0.1, step_size=1e-3, num_chains=4, num_draws=200,
+                                  num_burnin=50, progress=False)
+    assert result.mean < 0
+
+
+def test_healthy_estimate_emits_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        slt.estimate_llc(Quadratic(5), torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
+                         num_chains=4, num_draws=500, num_burnin=200, progress=False)
+
+
+def test_unconverged_chains_warn_with_r_hat():
+    model = Quadratic(5)
+    with pytest.warns(slt.ConvergenceWarning, match=r"split R-hat \d\.\d+ > 1\.1"):
+        # a nearly flat bowl: each chain random-walks on its own and the chains disagree
+        slt.estimate_llc(model, torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=0.01, localization=0.01,
+                         step_size=1e-3, num_chains=4, num_draws=200, num_burnin=0, progress=False)
