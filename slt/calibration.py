@@ -134,6 +134,7 @@ def default_step_size(
                 num_draws=pilot_steps,
                 num_burnin=0,
                 seed=seed + 7919 * (r + 1),
+                record_grad_norm=True,
             )
             if not run.diverged.any():
                 break
@@ -382,6 +383,7 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
     run = posterior.run(
         n_beta=n_beta, localization=loc, step_size=step, sampler=sampler, sampler_options=options,
         num_chains=num_chains, num_draws=draws, num_burnin=burn, seed=seed, chain_mode=chain_mode,
+        record_grad_norm=True,
     )
     settings = LLCSettings(
         n_beta=n_beta, n_beta_source="", localization=loc, step_size=step, step_size_source="calibrate",

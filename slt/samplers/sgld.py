@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
+from slt.samplers.base import LocalPosterior, gaussian_noise, masked
 
 __all__ = ["SGLDState", "init", "step", "name"]
 
@@ -62,8 +62,10 @@ def step(
     SGLDState
         The new state; ``state`` is left unchanged.
     """
-    increment = potential_grad(state.position, loss_grad, target)
-    increment.mul_(-0.5 * step_size)
+    # w - (eps/2) * (n_beta * g + gamma * (w - w*)) + sqrt(eps) * xi, in as few tensor ops as possible
+    increment = torch.mul(loss_grad, -0.5 * step_size * target.n_beta)
+    if target.localization:
+        increment.add_(torch.sub(state.position, target.center), alpha=-0.5 * step_size * target.localization)
     increment.add_(gaussian_noise(increment, generator), alpha=math.sqrt(step_size))
     masked(increment, target)
-    return SGLDState(position=torch.add(state.position, increment))
+    return SGLDState(position=increment.add_(state.position))
