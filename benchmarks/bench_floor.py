@@ -43,8 +43,9 @@ def dln_100() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     return model, linear_regression_data(model, 10_000)
 
 
-def floor_seconds_per_step(model: nn.Module, data, batch_size: int, steps: int, step_size: float,
-                           n_beta: float) -> float:
+def floor_seconds_per_step(
+    model: nn.Module, data, batch_size: int, steps: int, step_size: float, n_beta: float
+) -> float:
     """A plain SGLD loop on a copy of the model: the least work any implementation can do."""
     import copy
 
@@ -67,8 +68,17 @@ def floor_seconds_per_step(model: nn.Module, data, batch_size: int, steps: int, 
 def slt_seconds_per_step(model, data, batch_size, steps, step_size, n_beta, chains, control_variate):
     start = time.perf_counter()
     result = slt.estimate_llc(
-        model, data, loss_fn="mse", n_beta=n_beta, step_size=step_size, num_chains=chains, num_draws=steps,
-        num_burnin=0, batch_size=batch_size, chain_mode="sequential", control_variate=control_variate,
+        model,
+        data,
+        loss_fn="mse",
+        n_beta=n_beta,
+        step_size=step_size,
+        num_chains=chains,
+        num_draws=steps,
+        num_burnin=0,
+        batch_size=batch_size,
+        chain_mode="sequential",
+        control_variate=control_variate,
         progress=False,
     )
     total = time.perf_counter() - start
@@ -76,7 +86,9 @@ def slt_seconds_per_step(model, data, batch_size, steps, step_size, n_beta, chai
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--chains", type=int, default=4)
@@ -91,12 +103,16 @@ def main() -> None:
         floors, plain, with_cv, whole = [], [], [], []
         for _ in range(args.repeats):
             floors.append(floor_seconds_per_step(model, data, args.batch_size, args.steps, 1e-6, n_beta))
-            chains_only, call = slt_seconds_per_step(model, data, args.batch_size, args.steps // args.chains,
-                                                     1e-6, n_beta, args.chains, False)
+            chains_only, call = slt_seconds_per_step(
+                model, data, args.batch_size, args.steps // args.chains, 1e-6, n_beta, args.chains, False
+            )
             plain.append(chains_only)
             whole.append(call)
-            with_cv.append(slt_seconds_per_step(model, data, args.batch_size, args.steps // args.chains,
-                                                1e-6, n_beta, args.chains, True)[0])
+            with_cv.append(
+                slt_seconds_per_step(
+                    model, data, args.batch_size, args.steps // args.chains, 1e-6, n_beta, args.chains, True
+                )[0]
+            )
         row = {
             "model": name,
             "parameters": n_params,
@@ -112,18 +128,26 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row, indent=1))
     RESULTS.mkdir(exist_ok=True)
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": args.steps}
+    meta = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "steps": args.steps,
+    }
     (RESULTS / "floor.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# slt against the floor (plain SGLD loop), CPU, one thread",
         "",
-        "| model | params | floor µs/step | slt µs/chain-step | ratio | with control variate | ratio | whole call ratio |",
+        "| model | params | floor µs/step | slt µs/chain-step | ratio "
+        "| with control variate | ratio | whole call ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['parameters']} | {r['floor_us_per_step']:.0f} | {r['slt_us_per_chain_step']:.0f} "
+            f"| {r['model']} | {r['parameters']} | {r['floor_us_per_step']:.0f} "
+            f"| {r['slt_us_per_chain_step']:.0f} "
             f"| {r['ratio_to_floor']:.2f} | {r['slt_control_variate_us_per_chain_step']:.0f} "
             f"| {r['ratio_to_floor_control_variate']:.2f} | {r['ratio_whole_call_to_floor']:.2f} |"
         )

@@ -44,8 +44,10 @@ def main() -> None:
 
     x, y = make_data()
     model = train(x, y)
-    print(f"trained: {sum(p.numel() for p in model.parameters())} parameters, "
-          f"train MSE {nn.functional.mse_loss(model(x), y).item():.4f}")
+    print(
+        f"trained: {sum(p.numel() for p in model.parameters())} parameters, "
+        f"train MSE {nn.functional.mse_loss(model(x), y).item():.4f}"
+    )
 
     result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_chains=4, num_draws=1000)
     print(result.summary().T.to_string(header=False))

@@ -104,17 +104,21 @@ class TensorData(DataSource):
         self.eval_batch_size = eval_batch_size
 
     def full_batches(self) -> Iterator[Batch]:
+        """Consecutive slices of ``eval_batch_size`` samples."""
         for start in range(0, self.n, self.eval_batch_size):
             yield tuple(t[start : start + self.eval_batch_size] for t in self.tensors)
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
+        """Minibatches from a random partition fixed for the chain (see ``_PartitionStream``)."""
         return _PartitionStream(self.tensors, generator, batch_size)
 
     def stacked_stream(
         self, generator: torch.Generator, batch_size: int | None, num_chains: int
     ) -> Minibatches:
-        """Like :meth:`stream`, but each call returns tensors of shape ``(num_chains, batch, ...)``:
-        one partition shared by the chains, each chain visiting its batches in its own order."""
+        """Like :meth:`stream`, but each call returns tensors of shape ``(num_chains, batch, ...)``.
+
+        One partition is shared by the chains; each chain visits its batches in its own order.
+        """
         return _PartitionStream(self.tensors, generator, batch_size, num_chains=num_chains)
 
 
@@ -132,6 +136,7 @@ class Minibatches:
     index: Any = None
 
     def __call__(self) -> Batch:
+        """The next minibatch."""
         raise NotImplementedError
 
     def batch(self, index: int) -> Batch:
@@ -248,14 +253,16 @@ class LoaderData(DataSource):
         self.eval_batch_size = eval_batch_size
 
     def full_batches(self) -> Iterator[Batch]:
+        """One pass of the loader (or of the dataset in order)."""
         if self._loader is not None:
             loader = self._loader
         else:
-            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size, shuffle=False)  # type: ignore[arg-type]
+            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size)  # type: ignore[arg-type]
         for batch in loader:
             yield move_to(batch, self.device)
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
+        """The user's loader as configured, or a shuffling loader over the dataset seeded by ``generator``."""
         if self._loader is not None:
             loader = self._loader
         else:

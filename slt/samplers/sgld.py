@@ -1,11 +1,11 @@
-"""Stochastic gradient Langevin dynamics (Welling & Teh, 2011) with a localizing prior.
+r"""Stochastic gradient Langevin dynamics (Welling & Teh, 2011) with a localizing prior.
 
-One step, with step size :math:`\\varepsilon` and :math:`\\xi \\sim N(0, I)`:
+One step, with step size :math:`\varepsilon` and :math:`\xi \sim N(0, I)`:
 
 .. math::
 
-    w \\leftarrow w - \\tfrac{\\varepsilon}{2}\\big[n\\beta \\nabla L_B(w) + \\gamma (w - w^*)\\big]
-        + \\sqrt{\\varepsilon}\\, \\xi
+    w \leftarrow w - \tfrac{\varepsilon}{2}\big[n\beta \nabla L_B(w) + \gamma (w - w^*)\big]
+        + \sqrt{\varepsilon}\, \xi
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def step(
     *,
     step_size: float,
 ) -> SGLDState:
-    """Advance one SGLD step.
+    r"""Advance one SGLD step.
 
     Parameters
     ----------
@@ -55,7 +55,7 @@ def step(
     generator : torch.Generator or None
         Source of the Gaussian noise.
     step_size : float
-        The step size :math:`\\varepsilon`.
+        The step size :math:`\varepsilon`.
 
     Returns
     -------

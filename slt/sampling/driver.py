@@ -80,7 +80,7 @@ class ChainRun:
 
     @property
     def diverged(self) -> np.ndarray:
-        """Boolean per chain: did the chain hit a non-finite loss?"""
+        """Boolean per chain: whether the chain hit a non-finite loss."""
         return self.divergence_step >= 0
 
 
@@ -229,8 +229,16 @@ class PosteriorSampler:
         )
         mode = self.choose_mode(chain_mode, num_chains)
         seeds = chain_seeds(seed, num_chains + 1)
-        plan = _Plan(num_chains, num_burnin, num_draws, num_steps_bw_draws, step_size, observables or {},
-                     control_variate, record_grad_norm)
+        plan = _Plan(
+            num_chains,
+            num_burnin,
+            num_draws,
+            num_steps_bw_draws,
+            step_size,
+            observables or {},
+            control_variate,
+            record_grad_norm,
+        )
         bar = _progress_bar(progress, num_chains * plan.total)
         start = time.perf_counter()
         record = None
@@ -353,7 +361,9 @@ class _ReferenceLosses:
         self.stream = stream
         self.cache: dict[int, Tensor] = {}
         num_batches = getattr(stream, "num_batches", 0)
-        self.table = torch.full((num_batches,), float("nan"), dtype=flat_model.flat.dtype, device=flat_model.device)
+        self.table = torch.full(
+            (num_batches,), float("nan"), dtype=flat_model.flat.dtype, device=flat_model.device
+        )
         self.known = torch.zeros(num_batches, dtype=torch.bool, device=flat_model.device)
 
     def _at_center(self, batch: Any) -> Tensor:
@@ -417,7 +427,8 @@ class _Record:
         self.grad_sq = torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
         self.reference = (
             torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
-            if plan.control_variate else None
+            if plan.control_variate
+            else None
         )
         self.divergence = np.full(plan.num_chains, -1, dtype=np.int64)
         self.observed: dict[str, list[list[np.ndarray]]] = {

@@ -27,7 +27,10 @@ def test_isotropic_quadratic_matches_the_exact_discretized_expectation():
     )
     assert result.mean == pytest.approx(expected, rel=0.02)
     # the step-size bias is real: the continuous-time value is 2.4% lower and excluded by the error bar
-    assert abs(result.mean - expected) < 4 * result.stderr + 1e-9 or abs(result.mean - expected) < 0.01 * expected
+    assert (
+        abs(result.mean - expected) < 4 * result.stderr + 1e-9
+        or abs(result.mean - expected) < 0.01 * expected
+    )
 
 
 def test_step_is_pure_and_follows_the_update_rule():
