@@ -54,7 +54,9 @@ class RayExecutor:
     address : str, optional
         Cluster address for ``ray.init`` (``"auto"``, ``"ray://head:10001"``). Without one, an already
         initialized Ray is used, else the cluster named by ``RAY_ADDRESS``, else a local Ray started for
-        this executor (and stopped by :meth:`shutdown`).
+        this executor (and stopped by :meth:`shutdown`), whose workers get this process's import path.
+        On a remote cluster, ship your code with ``init_kwargs={"runtime_env": {"working_dir": ...}}``
+        (or install it there): workers import the model factory, data and loss functions by name.
     num_cpus : float
         CPUs reserved per task.
     num_gpus : float
@@ -94,7 +96,10 @@ class RayExecutor:
                 'executor="ray" needs Ray: pip install "slt[ray]" (or pip install "ray>=2.9")'
             ) from exc
         if not ray.is_initialized():
-            ray.init(address=self.address, **self.init_kwargs)
+            kwargs = dict(self.init_kwargs)
+            if self.address is None and not os.environ.get("RAY_ADDRESS"):
+                kwargs["runtime_env"] = _with_local_path(kwargs.get("runtime_env"))
+            ray.init(address=self.address, **kwargs)
             self._started_ray = True
         self._ray = ray
         return ray
@@ -132,6 +137,17 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _with_local_path(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    """Give the workers of a local Ray this process's import path (as :func:`process_pool` does)."""
+    runtime_env = dict(runtime_env or {})
+    env_vars = dict(runtime_env.get("env_vars", {}))
+    if "PYTHONPATH" not in env_vars:
+        paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+        env_vars["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if os.path.isdir(p))
+        runtime_env["env_vars"] = env_vars
+    return runtime_env
 
 
 def resolve_executor(executor: Any) -> tuple[Any, bool]:

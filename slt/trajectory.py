@@ -94,7 +94,9 @@ def analyze_checkpoints(
         Held-out data for the test loss (with ``"loss"`` in ``measures``).
     seed : int
         Base seed. Checkpoint ``step`` uses :func:`slt.measures.checkpoint_seed` ``(seed, step)``, so
-        serial, pooled and Ray runs give identical numbers, whatever the order.
+        serial, pooled and Ray runs give identical numbers, whatever the order (bit for bit when the
+        processes use the same number of torch threads: multi-threaded reductions of large models
+        can differ in the last bits).
     progress : bool
         Show a progress bar (with ETA) over checkpoints.
     dos_settings : dict, optional
@@ -244,7 +246,7 @@ def _run(
                     try:
                         outcome = future.result()
                     except Exception as exc:  # the worker itself died or could not run the task
-                        outcome = Outcome(status="failed", error=f"the worker failed: {format_error(exc)}")
+                        outcome = Outcome(status="failed", error=_worker_failure(exc))
                     commit(checkpoint, cid, outcome)
             except BaseException:
                 for future in futures:
@@ -259,14 +261,24 @@ def _run(
     return written
 
 
+def _worker_failure(exc: BaseException) -> str:
+    message = f"the worker failed: {format_error(exc)}"
+    if "pickle" in message.lower():
+        message += (
+            "; with worker processes, model_factory, data and loss_fn must be picklable (functions defined "
+            "at module level in an importable module, not lambdas or local functions)"
+        )
+    return message
+
+
 def _latest_per_step(rows: Iterable[StoredResult]) -> list[StoredResult]:
-    """One row per step: a finished one if any, else the latest attempt."""
-    best: dict[int, StoredResult] = {}
+    """One row per step: the latest (a step can have several rows when its file was replaced)."""
+    latest: dict[int, StoredResult] = {}
     for row in rows:
-        current = best.get(row.step)
-        if current is None or (row.ok, row.finished) >= (current.ok, current.finished):
-            best[row.step] = row
-    return [best[s] for s in sorted(best)]
+        current = latest.get(row.step)
+        if current is None or row.finished >= current.finished:
+            latest[row.step] = row
+    return [latest[s] for s in sorted(latest)]
 
 
 @dataclass
@@ -407,7 +419,7 @@ class Trajectory:
     def load(
         cls, store: str | os.PathLike[str] | ResultStore, settings_hash: str | None = None
     ) -> Trajectory:
-        """Read a trajectory back from a result store.
+        """Read a trajectory back from a result store: the latest result of each step.
 
         Parameters
         ----------

@@ -166,3 +166,25 @@ def test_model_from_a_python_file_and_a_pickled_checkpoint_needs_allow_pickle(tm
     assert "--allow-pickle" in capsys.readouterr().err
     assert cli.main([*argv, "--allow-pickle"]) == 0
     assert "unpickling" in capsys.readouterr().err  # the opt-in still warns
+
+
+@pytest.mark.slow  # starts a local Ray (the process pool is compared in test_trajectory.py)
+def test_the_ray_option_gives_the_serial_results(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    train_and_save(tmp_path / "ckpts", count=4)
+    argv = [
+        "analyze", "ckpts", "--model", "tests.sweep_fixtures:make_model",
+        "--data", "tests.sweep_fixtures:regression_data", "--loss", "tests.sweep_fixtures:gaussian_nll",
+        "--no-progress", *TINY_ARGS,
+    ]  # fmt: skip
+    assert cli.main([*argv, "--out", "serial.sqlite"]) == 0
+    assert cli.main([*argv, "--out", "ray.sqlite", "--ray"]) == 0  # a local Ray, stopped afterwards
+    import ray
+
+    assert not ray.is_initialized()
+    serial = Trajectory.load("serial.sqlite")
+    assert np.isfinite(serial.llc_mean).all()
+    on_ray = Trajectory.load("ray.sqlite")
+    np.testing.assert_array_equal(on_ray.llc_mean, serial.llc_mean)
+    np.testing.assert_array_equal(on_ray.llc_stderr, serial.llc_stderr)

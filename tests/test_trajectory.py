@@ -316,6 +316,25 @@ def test_rerun_skips_finished_work_and_new_settings_get_new_rows(tmp_path):
     )
 
 
+def test_a_replaced_file_is_measured_again_and_loading_shows_the_latest(tmp_path):
+    paths = train_and_save(tmp_path / "ckpts", count=2)
+    store_path = tmp_path / "r.sqlite"
+    first = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), store=store_path, **SWEEP)
+    torch.manual_seed(1)
+    torch.save(make_model().state_dict(), paths[1])  # the run was restarted and overwrote step 5
+    later = time.time() + 5
+    os.utime(paths[1], (later, later))
+    second = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), store=store_path, **SWEEP)
+    assert second.records[0].finished == first.records[0].finished
+    assert second.records[1].finished > first.records[1].finished
+    assert second.llc_mean[1] != first.llc_mean[1]
+    with ResultStore(store_path) as store:
+        assert store.count() == 3
+    loaded = Trajectory.load(store_path)
+    np.testing.assert_array_equal(loaded.steps, [0, 5])
+    np.testing.assert_array_equal(loaded.llc_mean, second.llc_mean)
+
+
 def test_a_serial_sweep_leaves_the_callers_random_streams_alone(tmp_path):
     train_and_save(tmp_path / "ckpts", count=2)
     torch.manual_seed(123)
