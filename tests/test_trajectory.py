@@ -130,6 +130,7 @@ def test_sigkill_midway_then_rerun_completes_with_exactly_the_uninterrupted_resu
         before = {r.checkpoint_id: r.finished for r in store.results(run.settings_hash)}
         assert all(status == "done" for status in store.statuses(run.settings_hash).values())
     assert 3 <= len(before) < 20, f"the kill did not land midway ({len(before)} results committed)"
+    print(f"killed with {len(before)} of 20 results committed")
 
     resumed = analyze_checkpoints(
         folder, make_model_slowly, regression_data(), test_data=held_out_data(), store=store_path, **SWEEP
