@@ -6,8 +6,13 @@ choose hyperparameters, and check the answer against models whose learning coeff
 
 from slt import oracles, samplers
 from slt.calibration import CalibrationResult, calibrate, default_step_size
+from slt.checkpoints import CheckpointError, UnsafeCheckpointWarning, load_state_dict, resolve_checkpoints
 from slt.diagnostics import ChainDiagnostics
+from slt.executors import RayExecutor, process_pool
 from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
+from slt.monitor import LLCMonitor
+from slt.store import ResultStore
+from slt.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -34,4 +39,15 @@ __all__ = [
     "NotAMinimumWarning",
     "ConvergenceWarning",
     "ChainDivergenceError",
+    "analyze_checkpoints",
+    "Trajectory",
+    "ResultStore",
+    "LLCMonitor",
+    "RayExecutor",
+    "process_pool",
+    "resolve_checkpoints",
+    "load_state_dict",
+    "CheckpointError",
+    "CheckpointFailedWarning",
+    "UnsafeCheckpointWarning",
 ]
