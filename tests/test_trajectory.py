@@ -339,14 +339,14 @@ def test_a_replaced_file_is_measured_again_and_loading_shows_the_latest(tmp_path
 def test_a_serial_sweep_leaves_the_callers_random_streams_alone(tmp_path):
     train_and_save(tmp_path / "ckpts", count=2)
     torch.manual_seed(123)
-    np.random.seed(123)  # noqa: NPY002 - the legacy global stream is what must stay untouched
+    np.random.seed(123)
     random.seed(123)
-    expected = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(123)
-    np.random.seed(123)  # noqa: NPY002
+    np.random.seed(123)
     random.seed(123)
     analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), store=None, **SWEEP)
-    got = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
