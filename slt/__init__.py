@@ -7,6 +7,7 @@ choose hyperparameters, and check the answer against models whose learning coeff
 from slt import oracles, samplers
 from slt.calibration import CalibrationResult, calibrate, default_step_size
 from slt.diagnostics import ChainDiagnostics
+from slt.dos import DOSResult, estimate_dos
 from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
 from slt.warnings import (
     ChainDivergenceError,
@@ -20,6 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "estimate_llc",
+    "estimate_dos",
+    "DOSResult",
     "LLCResult",
     "LLCSettings",
     "calibrate",
