@@ -1,7 +1,7 @@
-"""Density-of-states curves: how the volume of near-optimal weights grows with the loss threshold.
+r"""Density-of-states curves: how the volume of near-optimal weights grows with the loss threshold.
 
 :func:`estimate_dos` samples a ladder of temperatures around the trained weights, reweights the pooled
-samples with MBAR and fits :math:`\\ln v(t) = \\ln c + (\\lambda - 1)\\ln t + (m - 1)\\ln(-\\ln t)` on the
+samples with MBAR and fits :math:`\ln v(t) = \ln c + (\lambda - 1)\ln t + (m - 1)\ln(-\ln t)` on the
 small-:math:`t` window, returning a :class:`DOSResult`.
 
 Modules: :mod:`~slt.dos.ladder` (temperatures, step-size rule, sampling), :mod:`~slt.dos.mbar`

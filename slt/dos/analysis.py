@@ -1,19 +1,19 @@
-"""From pooled ladder samples of :math:`t = L_n(w) - L_n(w^*)` to a density-of-states curve and its fit.
+r"""From pooled ladder samples of :math:`t = L_n(w) - L_n(w^*)` to a density-of-states curve and its fit.
 
 Pure numpy: :func:`analyze` takes the samples of a :class:`~slt.dos.ladder.LadderRun` and returns a
 :class:`DOSAnalysis`. Steps:
 
 1. Bin every sample on a fine grid (``subdivisions`` fine bins per output bin, log-spaced for
-   :math:`t > 0`, linear for :math:`t \\le 0`) per chain and rung.
+   :math:`t > 0`, linear for :math:`t \le 0`) per chain and rung.
 2. Solve MBAR (:mod:`slt.dos.mbar`) on the fine bins; each sample's weight under the localizer alone
-   is :math:`W(t) = 1/\\sum_l N_l e^{f_l - x_l t}`.
-3. :math:`\\hat v(t)` on log-spaced output bins (``bins_per_decade`` per decade) is the summed weight in
+   is :math:`W(t) = 1/\sum_l N_l e^{f_l - x_l t}`.
+3. :math:`\hat v(t)` on log-spaced output bins (``bins_per_decade`` per decade) is the summed weight in
    the bin divided by its width, normalized so that the weights of all samples sum to one; the
-   cumulative volume :math:`\\hat V(\\epsilon)` sums the weights of samples with :math:`t < \\epsilon`.
-4. Fit :math:`\\ln \\hat v = \\ln c + (\\lambda - 1)\\ln t + (m - 1)\\ln(-\\ln t)` (see :func:`fit_log_density`)
+   cumulative volume :math:`\hat V(\epsilon)` sums the weights of samples with :math:`t < \epsilon`.
+4. Fit :math:`\ln \hat v = \ln c + (\lambda - 1)\ln t + (m - 1)\ln(-\ln t)` (see :func:`fit_log_density`)
    on the fit window (see :func:`default_fit_window`).
 5. Bootstrap over whole chains (chain columns are resampled with replacement, MBAR re-solved) for
-   confidence bands and standard errors of :math:`\\lambda` and :math:`m`.
+   confidence bands and standard errors of :math:`\lambda` and :math:`m`.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ _MIN_BINS = {"power": 3, "log": 4, "log2": 5}
 
 @dataclass
 class FitResult:
-    """A least-squares fit of :math:`\\ln\\hat v` on the fit window.
+    r"""A least-squares fit of :math:`\ln\hat v` on the fit window.
 
     Attributes
     ----------
     llc : float
-        :math:`\\lambda`: one plus the coefficient of :math:`\\ln t`.
+        :math:`\lambda`: one plus the coefficient of :math:`\ln t`.
     multiplicity : float
-        :math:`m`: one plus the coefficient of :math:`\\ln(-\\ln t)` (exactly 1 for ``form="power"``).
+        :math:`m`: one plus the coefficient of :math:`\ln(-\ln t)` (exactly 1 for ``form="power"``).
     coefficients : ndarray
         ``[ln c, λ - 1]``, then ``m - 1`` for ``"log"`` and ``"log2"``, then ``b`` for ``"log2"``.
     form : str
@@ -71,11 +71,11 @@ class FitResult:
 
 
 def design_matrix(t: np.ndarray, form: str) -> np.ndarray:
-    """Columns of the fit: ``1, ln t`` (``"power"``), ``+ ln(-ln t)`` (``"log"``), ``+ 1/(-ln t)`` (``"log2"``).
+    r"""Fit columns: ``1, ln t`` (``"power"``), ``+ ln(-ln t)`` (``"log"``), ``+ 1/(-ln t)`` (``"log2"``).
 
     ``"log2"`` adds the next lower-order term of the expansion:
-    :math:`\\ln[(-\\ln t)^{m-1}(1 + b'/(-\\ln t) + \\dots)] = (m-1)\\ln(-\\ln t) + b'/(-\\ln t) + \\dots`,
-    which absorbs most of the bias of the three-term form when :math:`m \\ge 3`.
+    :math:`\ln[(-\ln t)^{m-1}(1 + b'/(-\ln t) + \dots)] = (m-1)\ln(-\ln t) + b'/(-\ln t) + \dots`,
+    which absorbs most of the bias of the three-term form when :math:`m \ge 3`.
     """
     if form not in FIT_FORMS:
         raise ValueError(f"fit_form must be one of {FIT_FORMS}, got {form!r}")
@@ -88,7 +88,9 @@ def design_matrix(t: np.ndarray, form: str) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def fit_log_density(t: np.ndarray, log_density: np.ndarray, weights: np.ndarray, form: str = "log") -> FitResult:
+def fit_log_density(
+    t: np.ndarray, log_density: np.ndarray, weights: np.ndarray, form: str = "log"
+) -> FitResult:
     r"""Weighted least squares of ``log_density`` on :func:`design_matrix` columns, with :math:`m \ge 1`.
 
     The multiplicity is a positive integer in theory; when the free fit gives :math:`m < 1` (it does
@@ -169,7 +171,7 @@ def _fine_edges(t: np.ndarray, bins_per_decade: int, subdivisions: int) -> tuple
         )
     low = math.floor(math.log10(positive.min()) * bins_per_decade) / bins_per_decade
     high = math.ceil(math.log10(positive.max()) * bins_per_decade + 1e-9) / bins_per_decade
-    n_coarse = max(int(round((high - low) * bins_per_decade)), 1)
+    n_coarse = max(round((high - low) * bins_per_decade), 1)
     coarse = np.logspace(low, low + n_coarse / bins_per_decade, n_coarse + 1)
     fine_positive = np.logspace(low, low + n_coarse / bins_per_decade, n_coarse * subdivisions + 1)
     nonpositive = t[t <= 0]
@@ -237,11 +239,11 @@ def _lse(values: np.ndarray, axis: int | None = None) -> np.ndarray:
 def default_fit_window(
     t: np.ndarray, temperatures: np.ndarray, centres: np.ndarray, bin_counts: np.ndarray, min_count: int
 ) -> tuple[float, float]:
-    """The default small-:math:`t` fit window ``(t_lo, t_hi)``.
+    r"""The default small-:math:`t` fit window ``(t_lo, t_hi)``.
 
     * ``t_hi`` is the mean :math:`t` of the hottest rung (beyond it the curve is sampled only by that
-      rung's upper tail), at most :data:`MAX_FIT_T` (the asymptotic form needs :math:`-\\ln t` well
-      above 1: at :math:`t = 10^{-2}` the next correction, of order :math:`1/(-\\ln t)`, is about 0.2);
+      rung's upper tail), at most :data:`MAX_FIT_T` (the asymptotic form needs :math:`-\ln t` well
+      above 1: at :math:`t = 10^{-2}` the next correction, of order :math:`1/(-\ln t)`, is about 0.2);
     * ``t_lo`` is the centre of the lowest bin from which every bin up to ``t_hi`` holds at least
       :data:`FIT_MIN_COUNT` samples (``min_count`` when fewer than five bins do). Sparser bins lie in
       the far lower tail of the coldest rungs, where draws are strongly correlated: on
@@ -308,7 +310,8 @@ def analyze(
     counts, sums = _bin(t, fine, first_positive)
     total_counts = counts.sum(0)  # (rungs, fine)
     multiplicity = total_counts.sum(0)
-    t_bar = np.where(multiplicity > 0, sums.sum((0, 1)) / np.maximum(multiplicity, 1), 0.5 * (fine[:-1] + fine[1:]))
+    midpoints = 0.5 * (fine[:-1] + fine[1:])
+    t_bar = np.where(multiplicity > 0, sums.sum((0, 1)) / np.maximum(multiplicity, 1), midpoints)
     f = solve_free_energies(t_bar, total_counts, temperatures)
     centres = np.sqrt(coarse[:-1] * coarse[1:])
     widths = np.diff(coarse)
@@ -392,10 +395,10 @@ def _nanstd(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
-class _quiet_nan_warnings:  # noqa: N801 - used as a context manager
+class _quiet_nan_warnings:
     """Silence numpy's "All-NaN slice" warning for bins no resample reached."""
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         import warnings
 
         self._ctx = warnings.catch_warnings()
@@ -403,5 +406,5 @@ class _quiet_nan_warnings:  # noqa: N801 - used as a context manager
         warnings.simplefilter("ignore", RuntimeWarning)
         return self
 
-    def __exit__(self, *exc):  # noqa: ANN204
+    def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)

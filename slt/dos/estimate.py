@@ -20,9 +20,9 @@ from slt.dos.ladder import (
     as_temperatures,
     default_temperatures,
     reference_temperature,
-    rung_step_sizes,
     run_exchange_ladder,
     run_sgmcmc_ladder,
+    rung_step_sizes,
 )
 from slt.dos.result import DOSResult, DOSSettings, build_result
 from slt.llc import _resolve_device, validate_settings
@@ -69,13 +69,13 @@ def estimate_dos(
     chain_mode: str = "auto",
     progress: bool = True,
 ) -> DOSResult:
-    """Estimate the density of states of the loss near ``model``'s weights, and read λ and m from it.
+    r"""Estimate the density of states of the loss near ``model``'s weights, and read λ and m from it.
 
     Chains run at a ladder of inverse temperatures :math:`x_k`, all with the Gaussian localizer
-    :math:`N(w^*, I/\\gamma)`, and record :math:`t = L_n(w) - L_n(w^*)`. MBAR reweighting of the pooled
-    samples gives :math:`\\ln \\hat v(t)` up to a constant; a fit of
-    :math:`\\ln v = \\ln c + (\\lambda - 1)\\ln t + (m - 1)\\ln(-\\ln t)` on the small-:math:`t` window gives
-    :math:`\\lambda` and its multiplicity :math:`m`. Bootstrap over whole chains gives bands and errors.
+    :math:`N(w^*, I/\gamma)`, and record :math:`t = L_n(w) - L_n(w^*)`. MBAR reweighting of the pooled
+    samples gives :math:`\ln \hat v(t)` up to a constant; a fit of
+    :math:`\ln v = \ln c + (\lambda - 1)\ln t + (m - 1)\ln(-\ln t)` on the small-:math:`t` window gives
+    :math:`\lambda` and its multiplicity :math:`m`. Bootstrap over whole chains gives bands and errors.
 
     Parameters
     ----------
@@ -87,18 +87,18 @@ def estimate_dos(
     loss_fn : str or callable
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
     temperatures : sequence of float, optional
-        The ladder :math:`x_k = n\\beta_k` (sorted for you; 0 samples the localizer alone). Default
+        The ladder :math:`x_k = n\beta_k` (sorted for you; 0 samples the localizer alone). Default
         :func:`slt.dos.ladder.default_temperatures`: ``num_rungs`` rungs spaced geometrically from
-        :math:`n\\beta^*/30` to :math:`30\\, n\\beta^*`, :math:`n\\beta^* = n/\\log n`.
+        :math:`n\beta^*/30` to :math:`30\, n\beta^*`, :math:`n\beta^* = n/\log n`.
     num_rungs : int
         Rungs of the default ladder (ignored with ``temperatures``).
     localization : float
-        :math:`\\gamma`, shared by every rung.
+        :math:`\gamma`, shared by every rung.
     step_size : float, optional
-        Step at the reference rung (the geometric centre of the ladder, :math:`n\\beta^*` by default);
+        Step at the reference rung (the geometric centre of the ladder, :math:`n\beta^*` by default);
         rung :math:`k` uses ``step_size * x_ref / x_k``, capped at ``0.1 / localization``
         (:func:`slt.dos.ladder.rung_step_sizes`). Default: for MALA
-        :math:`1 / ((x_{ref} h + \\gamma)\\, d^{1/3})` with :math:`h` the top Hessian eigenvalue at
+        :math:`1 / ((x_{ref} h + \gamma)\, d^{1/3})` with :math:`h` the top Hessian eigenvalue at
         :math:`w^*`, then adapted; for SG-MCMC :func:`slt.calibration.default_step_size` at
         :math:`x_{ref}`.
     num_chains : int
@@ -133,8 +133,8 @@ def estimate_dos(
     fit_window : (float, float), optional
         ``(t_low, t_high)`` of the fit; default :func:`slt.dos.analysis.default_fit_window`.
     fit_form : {"log", "log2", "power"}
-        ``"log"``: :math:`\\ln c + (\\lambda-1)\\ln t + (m-1)\\ln(-\\ln t)`; ``"log2"`` adds the next
-        lower-order term :math:`b/(-\\ln t)`; ``"power"`` fixes :math:`m = 1`.
+        ``"log"``: :math:`\ln c + (\lambda-1)\ln t + (m-1)\ln(-\ln t)`; ``"log2"`` adds the next
+        lower-order term :math:`b/(-\ln t)`; ``"power"`` fixes :math:`m = 1`.
     bins_per_decade : int
         Output bins per decade of :math:`t`.
     min_count : int
@@ -179,18 +179,23 @@ def estimate_dos(
         num_burnin=num_burnin,
         num_steps_bw_draws=num_steps_bw_draws,
     )
-    _validate_dos_settings(num_rungs, fit_form, bins_per_decade, min_count, num_bootstrap, fit_window, sampler)
+    _validate_dos_settings(
+        num_rungs, fit_form, bins_per_decade, min_count, num_bootstrap, fit_window, sampler
+    )
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
     device = _resolve_device(model, device)
     with isolated_rng(seed, (device,)):
         posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
         if temperatures is None:
-            ladder, ladder_source = default_temperatures(posterior.n, num_rungs), f"geometric, {num_rungs} rungs around n/log n"
+            ladder = default_temperatures(posterior.n, num_rungs)
+            ladder_source = f"geometric, {num_rungs} rungs around n/log n"
         else:
             ladder, ladder_source = as_temperatures(temperatures), "given"
         if np.any(ladder == 0) and localization <= 0:
-            raise ValueError("a rung at temperature 0 needs localization > 0 (the prior must be normalizable)")
+            raise ValueError(
+                "a rung at temperature 0 needs localization > 0 (the prior must be normalizable)"
+            )
         reference = reference_temperature(ladder)
         work = posterior.n * posterior.num_params
         name = sampler if isinstance(sampler, str) else getattr(sampler, "name", "custom")
@@ -198,7 +203,9 @@ def estimate_dos(
             name = "mala" if isinstance(posterior.data, TensorData) and work <= FULL_BATCH_WORK else "sgld"
         use_mala = name == "mala"
         if step_size is None:
-            step_value, step_source = _default_step(posterior, use_mala, reference, localization, sampler, seed)
+            step_value, step_source = _default_step(
+                posterior, use_mala, reference, localization, sampler, seed
+            )
         else:
             step_value, step_source = float(step_size), "given"
         steps = rung_step_sizes(step_value, reference, ladder, localization)
@@ -274,7 +281,7 @@ def estimate_dos(
         device=str(device),
     )
     result = build_result(analysis, run.t, ladder, run.step_sizes, run.acceptance, run.swap_acceptance,
-                          posterior.init_loss, posterior.n, settings, run.seconds)
+                          run.round_trips, posterior.init_loss, posterior.n, settings, run.seconds)
     check_result(result)
     return result
 
@@ -293,7 +300,9 @@ def _default_step(posterior, use_mala, reference, localization, sampler, seed) -
     return step, source + " at the reference rung"
 
 
-def _validate_dos_settings(num_rungs, fit_form, bins_per_decade, min_count, num_bootstrap, fit_window, sampler):
+def _validate_dos_settings(
+    num_rungs, fit_form, bins_per_decade, min_count, num_bootstrap, fit_window, sampler
+) -> None:
     for label, value, low in (
         ("num_rungs", num_rungs, 2),
         ("bins_per_decade", bins_per_decade, 1),

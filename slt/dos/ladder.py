@@ -1,6 +1,6 @@
-"""Sampling a ladder of inverse temperatures :math:`x_1 < \\dots < x_K` around the trained weights.
+r"""Sampling a ladder of inverse temperatures :math:`x_1 < \dots < x_K` around the trained weights.
 
-Every rung samples :math:`p_k(w) \\propto \\exp(-x_k L_n(w) - \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2)` and
+Every rung samples :math:`p_k(w) \propto \exp(-x_k L_n(w) - \tfrac{\gamma}{2}\lVert w - w^*\rVert^2)` and
 records :math:`t = L_n(w) - L_n(w^*)` at each draw. Two back ends:
 
 * :func:`run_exchange_ladder` (``sampler="mala"``): all rungs and chains advance together as one batch of
@@ -68,6 +68,9 @@ class LadderRun:
         Mean Metropolis acceptance probability over the draws (NaN for unadjusted samplers).
     swap_acceptance : ndarray, shape (rungs - 1,)
         Share of accepted replica swaps between rungs ``k`` and ``k+1`` (NaN without swaps).
+    round_trips : ndarray, shape (chains,)
+        Replica round trips hottest -> coldest -> hottest rung per chain column over the whole run,
+        burn-in included (NaN without swaps).
     diverged : ndarray of bool, shape (rungs, chains)
         Chains that hit a non-finite loss.
     chain_mode : str
@@ -80,16 +83,19 @@ class LadderRun:
     step_sizes: np.ndarray
     acceptance: np.ndarray
     swap_acceptance: np.ndarray
+    round_trips: np.ndarray
     diverged: np.ndarray
     chain_mode: str
     seconds: float
 
 
-def default_temperatures(n: int, num_rungs: int = DEFAULT_NUM_RUNGS, span: float = DEFAULT_SPAN) -> np.ndarray:
-    """A geometric ladder from :math:`n\\beta^*/\\text{span}` to :math:`\\text{span}\\cdot n\\beta^*`.
+def default_temperatures(
+    n: int, num_rungs: int = DEFAULT_NUM_RUNGS, span: float = DEFAULT_SPAN
+) -> np.ndarray:
+    r"""A geometric ladder from :math:`n\beta^*/\text{span}` to :math:`\text{span}\cdot n\beta^*`.
 
-    :math:`n\\beta^* = n / \\log n` is the inverse temperature of :func:`slt.estimate_llc`; with the defaults
-    (12 rungs, span 30) neighbouring rungs differ by a factor :math:`900^{1/11} \\approx 1.86`.
+    :math:`n\beta^* = n / \log n` is the inverse temperature of :func:`slt.estimate_llc`; with the defaults
+    (12 rungs, span 30) neighbouring rungs differ by a factor :math:`900^{1/11} \approx 1.86`.
     """
     centre = default_n_beta(n)
     if num_rungs == 1:
@@ -98,18 +104,23 @@ def default_temperatures(n: int, num_rungs: int = DEFAULT_NUM_RUNGS, span: float
 
 
 def reference_temperature(temperatures: np.ndarray) -> float:
-    """The rung the step-size rule and the default fit window refer to: the geometric centre of the
-    positive temperatures (:math:`n\\beta^*` for the default ladder), snapped to the nearest rung."""
+    r"""The reference rung of the step-size rule.
+
+    The geometric centre of the positive temperatures (:math:`n\beta^*` for the default ladder),
+    snapped to the nearest rung.
+    """
     positive = temperatures[temperatures > 0]
     centre = math.exp(float(np.mean(np.log(positive))))
     return float(positive[np.argmin(np.abs(np.log(positive) - math.log(centre)))])
 
 
-def rung_step_sizes(step_size: float, reference: float, temperatures: np.ndarray, localization: float) -> np.ndarray:
-    """The per-rung step-size rule: :math:`\\varepsilon_k = \\varepsilon\\, x_{ref} / x_k`, capped.
+def rung_step_sizes(
+    step_size: float, reference: float, temperatures: np.ndarray, localization: float
+) -> np.ndarray:
+    r"""The per-rung step-size rule: :math:`\varepsilon_k = \varepsilon\, x_{ref} / x_k`, capped.
 
     The loss term of the potential has curvature proportional to :math:`x_k`, so keeping
-    :math:`\\varepsilon_k x_k` fixed gives every rung the same predicted discretization bias (and, for
+    :math:`\varepsilon_k x_k` fixed gives every rung the same predicted discretization bias (and, for
     MALA, roughly the same acceptance rate). Hotter rungs therefore take larger steps, up to
     ``0.1 / localization`` where the localizer's own curvature takes over (and for :math:`x_k = 0`).
     """
@@ -245,6 +256,9 @@ def run_exchange_ladder(
     swap_tries = torch.zeros(max(rungs - 1, 0), dtype=torch.float64, device=device)
     late_log_eps = torch.zeros_like(log_eps)
     late_count = 0
+    replica = torch.arange(rungs, device=device).unsqueeze(-1).expand(rungs, chains).clone()
+    label = torch.zeros(rungs, chains, dtype=torch.long, device=device)
+    trips = torch.zeros(chains, dtype=torch.long, device=device)
     bar = _bar(progress, total)
     try:
         for step in range(total):
@@ -265,10 +279,9 @@ def run_exchange_ladder(
             if swaps and rungs > 1:
                 loss_grid = state.loss.reshape(rungs, chains)
                 source, accepted = exchange.neighbour_swaps(loss_grid, x, generator, parity=step % 2)
-                state = mala.MALAState(*(
-                    exchange.apply_permutation(v.reshape(rungs, chains, *v.shape[1:]), source).reshape(v.shape)
-                    for v in state
-                ))
+                state = mala.MALAState(*(_swap(v, source, rungs, chains) for v in state))
+                replica = exchange.apply_permutation(replica, source)
+                label, trips = exchange.count_round_trips(replica, label, trips)
                 if not burning:
                     tried = torch.arange(rungs - 1, device=device) % 2 == step % 2
                     swap_sum += accepted.double().mean(-1)
@@ -293,10 +306,16 @@ def run_exchange_ladder(
         step_sizes=log_eps.exp().double().cpu().numpy(),
         acceptance=(accept_sum / sampled_steps).cpu().numpy(),
         swap_acceptance=swap_rate,
+        round_trips=trips.cpu().numpy().astype(float) if swaps and rungs > 1 else np.full(chains, math.nan),
         diverged=np.zeros((rungs, chains), dtype=bool),
         chain_mode=full_loss.mode,
         seconds=time.perf_counter() - start,
     )
+
+
+def _swap(values: Tensor, source: Tensor, rungs: int, chains: int) -> Tensor:
+    grid = values.reshape(rungs, chains, *values.shape[1:])
+    return exchange.apply_permutation(grid, source).reshape(values.shape)
 
 
 # -- back end 2: one set of SG-MCMC chains per rung -------------------------------------------
@@ -360,13 +379,14 @@ def run_sgmcmc_ladder(
         step_sizes=np.asarray(step_sizes, dtype=float),
         acceptance=np.full(rungs, math.nan),
         swap_acceptance=np.full(max(rungs - 1, 0), math.nan),
+        round_trips=np.full(num_chains, math.nan),
         diverged=np.stack(diverged),
         chain_mode="vectorized" if modes == {"vectorized"} else "sequential",
         seconds=time.perf_counter() - start,
     )
 
 
-def _full_data_loss(posterior: PosteriorSampler):  # noqa: ANN202 - an observable
+def _full_data_loss(posterior: PosteriorSampler):
     """An observable ``fn(model) -> float``: the mean loss over the full data (as ``init_loss``)."""
 
     def full_loss(module: torch.nn.Module) -> float:

@@ -1,16 +1,16 @@
-"""Multistate reweighting (MBAR, equivalently binless WHAM) of samples pooled over a temperature ladder.
+r"""Multistate reweighting (MBAR, equivalently binless WHAM) of samples pooled over a temperature ladder.
 
-Rung :math:`k` has reduced potential :math:`u_k(w) = x_k\\, t(w)` plus the localizer, which every rung
+Rung :math:`k` has reduced potential :math:`u_k(w) = x_k\, t(w)` plus the localizer, which every rung
 shares and which therefore cancels. The MBAR free energies :math:`f_k` solve
 
 .. math::
 
-    f_k = -\\log \\sum_n \\frac{e^{-x_k t_n}}{\\sum_l N_l\\, e^{f_l - x_l t_n}},
+    f_k = -\log \sum_n \frac{e^{-x_k t_n}}{\sum_l N_l\, e^{f_l - x_l t_n}},
 
 the stationary point of the convex function
-:math:`F(f) = \\sum_n \\log \\sum_k N_k e^{f_k - x_k t_n} - \\sum_k N_k f_k` (Shirts & Chodera 2008), which
+:math:`F(f) = \sum_n \log \sum_k N_k e^{f_k - x_k t_n} - \sum_k N_k f_k` (Shirts & Chodera 2008), which
 this module minimizes by Newton's method with :math:`f_0 = 0`. Each sample then carries the weight
-:math:`W_n = 1 / \\sum_l N_l e^{f_l - x_l t_n}` under the localizer alone, so a histogram of :math:`t_n`
+:math:`W_n = 1 / \sum_l N_l e^{f_l - x_l t_n}` under the localizer alone, so a histogram of :math:`t_n`
 weighted by :math:`W_n` estimates the density of states :math:`v(t)` up to a constant.
 
 Everything works on *binned* samples: ``t`` holds the mean of each fine bin and ``counts[k, g]`` the
@@ -28,7 +28,7 @@ __all__ = ["solve_free_energies", "log_weights", "overlap_matrix"]
 
 
 def _log_terms(f: np.ndarray, log_n: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """:math:`\\log N_k + f_k - x_k t_g`, shape ``(bins, rungs)``."""
+    r""":math:`\log N_k + f_k - x_k t_g`, shape ``(bins, rungs)``."""
     return log_n[None, :] + f[None, :] - np.outer(t, x)
 
 
@@ -112,7 +112,7 @@ def _objective(f, log_n, x, t, multiplicity, n_k) -> float:
 
 
 def log_weights(f: np.ndarray, n_k: np.ndarray, temperatures: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """:math:`\\log W(t) = -\\log \\sum_l N_l e^{f_l - x_l t}`: the log weight of a sample at ``t``."""
+    r""":math:`\log W(t) = -\log \sum_l N_l e^{f_l - x_l t}`: the log weight of a sample at ``t``."""
     with np.errstate(divide="ignore"):
         log_n = np.log(np.asarray(n_k, dtype=float))
     return -logsumexp(_log_terms(np.asarray(f), log_n, np.asarray(temperatures, dtype=float), np.asarray(t)),
@@ -120,10 +120,10 @@ def log_weights(f: np.ndarray, n_k: np.ndarray, temperatures: np.ndarray, t: np.
 
 
 def overlap_matrix(f: np.ndarray, t: np.ndarray, counts: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
-    """The MBAR overlap matrix between rungs.
+    r"""The MBAR overlap matrix between rungs.
 
     With :math:`w_{nk} = e^{f_k - x_k t_n} W_n` (the normalized weight of sample :math:`n` in state
-    :math:`k`), :math:`O_{kl} = N_l \\sum_n w_{nk} w_{nl}`; rows sum to one. Neighbouring rungs whose
+    :math:`k`), :math:`O_{kl} = N_l \sum_n w_{nk} w_{nl}`; rows sum to one. Neighbouring rungs whose
     entry is below about 0.03 share too few samples for reweighting to be trusted (Klimovich, Shirts &
     Mobley 2015).
     """

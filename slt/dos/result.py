@@ -49,11 +49,11 @@ class DOSSettings:
 
 @dataclass
 class DOSResult:
-    """A density-of-states curve :math:`\\hat v(t)` of :math:`t = L_n(w) - L_n(w^*)` near the trained weights.
+    r"""A density-of-states curve :math:`\hat v(t)` of :math:`t = L_n(w) - L_n(w^*)` near the trained weights.
 
-    :math:`v(t) = \\int \\delta(t - [L_n(w) - L_n(w^*)])\\, \\varphi(w)\\, dw` with :math:`\\varphi` the Gaussian
-    localizer :math:`N(w^*, I/\\gamma)`. As :math:`t \\to 0`,
-    :math:`v(t) \\approx c\\, t^{\\lambda - 1} (-\\ln t)^{m - 1}`.
+    :math:`v(t) = \int \delta(t - [L_n(w) - L_n(w^*)])\, \varphi(w)\, dw` with :math:`\varphi` the Gaussian
+    localizer :math:`N(w^*, I/\gamma)`. As :math:`t \to 0`,
+    :math:`v(t) \approx c\, t^{\lambda - 1} (-\ln t)^{m - 1}`.
 
     Attributes
     ----------
@@ -61,19 +61,19 @@ class DOSResult:
         Geometric centres of the log-spaced bins.
     bin_edges : ndarray, shape (bins + 1,)
     log_density : ndarray, shape (bins,)
-        :math:`\\ln \\hat v(t)` up to a constant (weights of all samples sum to one); NaN where a bin
+        :math:`\ln \hat v(t)` up to a constant (weights of all samples sum to one); NaN where a bin
         has fewer than ``settings.min_count`` samples.
     log_density_lower, log_density_upper : ndarray, shape (bins,)
         2.5% and 97.5% bootstrap percentiles (whole chains resampled; each resampled curve aligned to
         the estimate over the fit window, so the band shows the uncertainty of the shape).
     log_volume : ndarray, shape (bins,)
-        :math:`\\ln \\hat V(\\epsilon)` at each bin's upper edge: the reweighted share of the localizer's
-        mass with :math:`t < \\epsilon`, relative to the sampled range (absolute when the ladder includes
+        :math:`\ln \hat V(\epsilon)` at each bin's upper edge: the reweighted share of the localizer's
+        mass with :math:`t < \epsilon`, relative to the sampled range (absolute when the ladder includes
         temperature 0).
     bin_counts, effective_counts : ndarray, shape (bins,)
         Raw samples per bin, and their effective number under the reweighting.
     llc, multiplicity : float
-        :math:`\\lambda` and :math:`m` from the fit of ``fit_form`` on ``fit_window`` (``m = 1`` for
+        :math:`\lambda` and :math:`m` from the fit of ``fit_form`` on ``fit_window`` (``m = 1`` for
         ``"power"``).
     llc_stderr, multiplicity_stderr : float
         Bootstrap standard deviations.
@@ -82,23 +82,26 @@ class DOSResult:
     fit_coefficients : ndarray
         See :class:`slt.dos.analysis.FitResult`.
     slope, slope_stderr : float
-        Slope of a straight line through :math:`\\ln\\hat v` against :math:`\\ln t` on the fit window
-        (:math:`\\lambda - 1` when :math:`m = 1`).
+        Slope of a straight line through :math:`\ln\hat v` against :math:`\ln t` on the fit window
+        (:math:`\lambda - 1` when :math:`m = 1`).
     temperatures : ndarray, shape (rungs,)
-        Inverse temperatures :math:`x_k = n\\beta_k` of the ladder.
+        Inverse temperatures :math:`x_k = n\beta_k` of the ladder.
     rung_llc, rung_llc_stderr : ndarray, shape (rungs,)
-        :math:`x_k\\, \\mathbb{E}_{x_k}[t]` per rung (what :func:`slt.estimate_llc` would report at
-        :math:`n\\beta = x_k`) and its standard error over chains.
+        :math:`x_k\, \mathbb{E}_{x_k}[t]` per rung (what :func:`slt.estimate_llc` would report at
+        :math:`n\beta = x_k`) and its standard error over chains.
     step_sizes, acceptance : ndarray, shape (rungs,)
         Step each rung used, and its mean Metropolis acceptance (NaN for unadjusted samplers).
     swap_acceptance : ndarray, shape (rungs - 1,)
         Accepted share of replica swaps between neighbours (NaN without swaps).
+    round_trips : ndarray, shape (chains,)
+        Replica round trips between the hottest and coldest rungs per chain column (NaN without
+        swaps); fewer than one means the cold rungs may still remember their start at :math:`w^*`.
     overlap : ndarray, shape (rungs, rungs)
         MBAR overlap matrix (rows sum to 1).
     free_energies : ndarray, shape (rungs,)
-        MBAR :math:`f_k = -\\ln Z(x_k)/Z(x_1)`.
+        MBAR :math:`f_k = -\ln Z(x_k)/Z(x_1)`.
     nonpositive_share : float
-        Share of all draws with :math:`t \\le 0` (loss at or below that of the trained weights).
+        Share of all draws with :math:`t \le 0` (loss at or below that of the trained weights).
     samples : ndarray, shape (rungs, chains, draws)
         Every :math:`t` drawn; :meth:`refit` re-analyzes them.
     init_loss : float
@@ -133,6 +136,7 @@ class DOSResult:
     step_sizes: np.ndarray
     acceptance: np.ndarray
     swap_acceptance: np.ndarray
+    round_trips: np.ndarray
     overlap: np.ndarray
     free_energies: np.ndarray
     nonpositive_share: float
@@ -158,18 +162,18 @@ class DOSResult:
 
     @property
     def in_fit_window(self) -> np.ndarray:
-        """Boolean per bin: is the bin part of the fit?"""
+        """Boolean per bin: True for the bins the fit used."""
         lo, hi = self.fit_window
         return (self.t >= lo * (1 - 1e-12)) & (self.t <= hi * (1 + 1e-12)) & np.isfinite(self.log_density)
 
     def fitted_log_density(self, t: np.ndarray | None = None) -> np.ndarray:
-        """The fitted :math:`\\ln v` at ``t`` (default: the bin centres)."""
+        r"""The fitted :math:`\ln v` at ``t`` (default: the bin centres)."""
         t = self.t if t is None else np.asarray(t, dtype=float)
         return design_matrix(t, self.fit_form) @ self.fit_coefficients
 
     # -- tables ------------------------------------------------------------------------------
 
-    def summary(self):  # noqa: ANN201 - pandas is imported lazily
+    def summary(self):
         """One row of a pandas ``DataFrame``: λ and m with their errors, the fit window and main settings."""
         import pandas as pd
 
@@ -185,7 +189,10 @@ class DOSResult:
             "fit_t_high": self.fit_window[1],
             "fit_form": self.fit_form,
             "fit_bins": int(self.in_fit_window.sum()),
-            "min_neighbour_overlap": float(self.neighbour_overlap.min()) if len(self.temperatures) > 1 else math.nan,
+            "median_round_trips": float(np.median(self.round_trips)),
+            "min_neighbour_overlap": (
+                float(self.neighbour_overlap.min()) if len(self.temperatures) > 1 else math.nan
+            ),
             "nonpositive_share": self.nonpositive_share,
             "init_loss": self.init_loss,
             "n": self.n,
@@ -200,8 +207,8 @@ class DOSResult:
         }
         return pd.DataFrame([row])
 
-    def rung_table(self):  # noqa: ANN201 - pandas is imported lazily
-        """One row per rung: temperature, step size, acceptance, :math:`x\\,\\mathbb{E}_x[t]`, overlap with the next."""
+    def rung_table(self):
+        r"""One row per rung: temperature, step, acceptance, :math:`x\,\mathbb{E}_x[t]`, overlaps."""
         import pandas as pd
 
         rungs = len(self.temperatures)
@@ -250,13 +257,16 @@ class DOSResult:
             num_bootstrap=s.num_bootstrap if num_bootstrap is None else num_bootstrap,
         )
         return build_result(analysis, self.samples, self.temperatures, self.step_sizes, self.acceptance,
-                            self.swap_acceptance, self.init_loss, self.n, settings, self.seconds)
+                            self.swap_acceptance, self.round_trips, self.init_loss, self.n, settings,
+                            self.seconds)
 
     # -- plots -------------------------------------------------------------------------------
 
-    def plot(self, ax=None, *, label: str | None = None):  # noqa: ANN001, ANN201 - matplotlib is lazy
-        """Two panels: :math:`\\ln\\hat v` against :math:`t` (log-log, bootstrap band, fitted line over the
-        window), and :math:`x\\,\\mathbb{E}_x[t]` against :math:`x` with the fitted :math:`\\lambda`.
+    def plot(self, ax=None, *, label: str | None = None):
+        r"""Plot the curve and the per-rung estimates.
+
+        Left: :math:`\ln\hat v` against :math:`t` (log-log, bootstrap band, fitted line over the
+        window); right: :math:`x\,\mathbb{E}_x[t]` against :math:`x` with the fitted :math:`\lambda`.
 
         Parameters
         ----------
@@ -297,8 +307,9 @@ class DOSResult:
                     title="density of states")
         axes[0].legend(fontsize=8, loc="best")
         positive = self.temperatures > 0
-        axes[1].errorbar(self.temperatures[positive], self.rung_llc[positive], yerr=self.rung_llc_stderr[positive],
-                         fmt="o-", ms=3, lw=1, color=color, label=r"$x\,\mathbb{E}_x[t]$")
+        axes[1].errorbar(self.temperatures[positive], self.rung_llc[positive],
+                         yerr=self.rung_llc_stderr[positive], fmt="o-", ms=3, lw=1, color=color,
+                         label=r"$x\,\mathbb{E}_x[t]$")
         if math.isfinite(self.llc):
             axes[1].axhline(self.llc, color="k", ls="--", lw=1, label=rf"DOS fit $\lambda$={self.llc:.3g}")
         axes[1].set_xscale("log")
@@ -327,8 +338,7 @@ class DOSResult:
                 values[f.name] = raw
             elif f.name == "n":
                 values[f.name] = int(raw)
-            elif f.name in ("llc", "llc_stderr", "multiplicity", "multiplicity_stderr", "slope", "slope_stderr",
-                            "nonpositive_share", "init_loss", "seconds"):
+            elif f.name in _FLOAT_FIELDS:
                 values[f.name] = _float(raw)
             else:
                 values[f.name] = array_from_json(raw)
@@ -346,12 +356,18 @@ class DOSResult:
             return cls.from_dict(json.load(fh))
 
 
+_FLOAT_FIELDS = (
+    "llc", "llc_stderr", "multiplicity", "multiplicity_stderr", "slope", "slope_stderr", "nonpositive_share",
+    "init_loss", "seconds",
+)
+
+
 def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
 def rung_estimates(samples: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:math:`x_k \\mathbb{E}_{x_k}[t]` per rung (mean of per-chain means) and its standard error."""
+    r""":math:`x_k \mathbb{E}_{x_k}[t]` per rung (mean of per-chain means) and its standard error."""
     with np.errstate(invalid="ignore"):
         per_chain = np.nanmean(np.where(np.isfinite(samples), samples, np.nan), axis=2)  # (rungs, chains)
     mean = np.nanmean(per_chain, axis=1)
@@ -367,6 +383,7 @@ def build_result(
     step_sizes: np.ndarray,
     acceptance: np.ndarray,
     swap_acceptance: np.ndarray,
+    round_trips: np.ndarray,
     init_loss: float,
     n: int,
     settings: DOSSettings,
@@ -399,6 +416,7 @@ def build_result(
         step_sizes=np.asarray(step_sizes, dtype=float),
         acceptance=np.asarray(acceptance, dtype=float),
         swap_acceptance=np.asarray(swap_acceptance, dtype=float),
+        round_trips=np.asarray(round_trips, dtype=float),
         overlap=a.overlap,
         free_energies=a.free_energies,
         nonpositive_share=a.nonpositive_share,

@@ -1,16 +1,17 @@
-"""Metropolis-adjusted Langevin algorithm (MALA) with a localizing prior, one inverse temperature per chain.
+r"""Metropolis-adjusted Langevin algorithm (MALA) with a localizing prior, one inverse temperature per chain.
 
 A Langevin proposal followed by a Metropolis-Hastings test samples the localized tempered posterior
 *exactly*, whatever the step size (the step only sets how fast the chain mixes). With
-:math:`U(w) = n\\beta\\, L(w) + \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2`, step size :math:`\\varepsilon`
-and :math:`\\xi \\sim N(0, I)`:
+:math:`U(w) = n\beta\, L(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2`, step size :math:`\varepsilon`
+and :math:`\xi \sim N(0, I)`:
 
 .. math::
 
-    w' = w - \\tfrac{\\varepsilon}{2}\\nabla U(w) + \\sqrt{\\varepsilon}\\, \\xi, \\qquad
-    \\log\\alpha = U(w) - U(w') + \\log q(w \\mid w') - \\log q(w' \\mid w),
+    w' = w - \tfrac{\varepsilon}{2}\nabla U(w) + \sqrt{\varepsilon}\, \xi, \qquad
+    \log\alpha = U(w) - U(w') + \log q(w \mid w') - \log q(w' \mid w),
 
-with :math:`q(b \\mid a) \\propto \\exp(-\\lVert b - a + \\tfrac{\\varepsilon}{2}\\nabla U(a)\\rVert^2 / 2\\varepsilon)`.
+with the Langevin proposal density
+:math:`q(b \mid a) \propto \exp(-\lVert b - a + \tfrac{\varepsilon}{2}\nabla U(a)\rVert^2 / 2\varepsilon)`.
 The test needs the *exact* loss at both points, so MALA runs on the full data (a minibatch loss in
 the test would bias the chain).
 
@@ -60,7 +61,7 @@ def init(position: Tensor, loss: Tensor, loss_grad: Tensor) -> MALAState:
 
 
 def potential(position: Tensor, loss: Tensor, target: LocalPosterior) -> Tensor:
-    """:math:`U(w) = n\\beta L(w) + \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2` per chain."""
+    r""":math:`U(w) = n\beta L(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2` per chain."""
     offset = _masked(position - target.center, target)
     n_beta = _per_chain(target.n_beta, loss)
     return n_beta * loss + 0.5 * target.localization * offset.square().sum(-1)
@@ -76,7 +77,7 @@ def _drift(state_position: Tensor, loss_grad: Tensor, target: LocalPosterior) ->
 
 def propose(state: MALAState, target: LocalPosterior, generator: torch.Generator | None, *,
             step_size: Scalar) -> Tensor:
-    """The Langevin proposal :math:`w - \\tfrac{\\varepsilon}{2}\\nabla U(w) + \\sqrt{\\varepsilon}\\xi`.
+    r"""The Langevin proposal :math:`w - \tfrac{\varepsilon}{2}\nabla U(w) + \sqrt{\varepsilon}\xi`.
 
     Parameters
     ----------
@@ -107,7 +108,7 @@ def accept(
     *,
     step_size: Scalar,
 ) -> tuple[MALAState, Tensor]:
-    """Metropolis-Hastings test of ``proposal`` against ``state``.
+    r"""Metropolis-Hastings test of ``proposal`` against ``state``.
 
     A proposal whose loss is not finite is always rejected.
 
@@ -116,7 +117,7 @@ def accept(
     state : MALAState
         The new state (proposal where accepted, else the old state); inputs are not modified.
     accept_prob : Tensor, shape (chains,)
-        :math:`\\min(1, \\alpha)` per chain (0 for non-finite proposals).
+        :math:`\min(1, \alpha)` per chain (0 for non-finite proposals).
     """
     eps = _column(step_size, state.position)
     forward = proposal - state.position + 0.5 * eps * _drift(state.position, state.loss_grad, target)
