@@ -47,6 +47,7 @@ FIT_MIN_COUNT = 100
 #: Effective samples in a bin beyond which it gets no more weight in the fit.
 FIT_WEIGHT_CAP = 100.0
 _MIN_BINS = {"power": 3, "log": 4, "log2": 5}
+_BOOTSTRAP_CHUNK = 25
 
 
 @dataclass
@@ -338,9 +339,12 @@ def analyze(
         rng = np.random.default_rng(seed)
         chains = t.shape[1]
         curves, boot_llc, boot_m, boot_slope = [], [], [], []
-        for _ in range(num_bootstrap):
-            picks = rng.multinomial(chains, np.full(chains, 1.0 / chains))
-            resampled = np.tensordot(picks, counts, axes=(0, 0))
+        picks = rng.multinomial(chains, np.full(chains, 1.0 / chains), size=num_bootstrap)
+        flat_counts = counts.reshape(chains, -1)
+        for b in range(num_bootstrap):
+            if b % _BOOTSTRAP_CHUNK == 0:  # resampled counts of a chunk of resamples in one product
+                block = (picks[b : b + _BOOTSTRAP_CHUNK] @ flat_counts).reshape(-1, *counts.shape[1:])
+            resampled = block[b % _BOOTSTRAP_CHUNK]
             if np.any(resampled.sum(1) == 0):
                 continue
             f_b = solve_free_energies(t_bar, resampled, temperatures, initial=f)

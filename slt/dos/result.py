@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -220,7 +221,7 @@ class DOSResult:
             "acceptance": self.acceptance,
             "x_mean_t": self.rung_llc,
             "x_mean_t_stderr": self.rung_llc_stderr,
-            "mean_t": np.nanmean(self.samples, axis=(1, 2)),
+            "mean_t": self.rung_llc / np.where(self.temperatures > 0, self.temperatures, np.nan),
             "overlap_with_next": overlap,
             "swap_acceptance_with_next": swaps,
             "free_energy": self.free_energies,
@@ -368,11 +369,12 @@ def _float(value: Any) -> float:
 
 def rung_estimates(samples: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r""":math:`x_k \mathbb{E}_{x_k}[t]` per rung (mean of per-chain means) and its standard error."""
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # chains or rungs without finite draws give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
         per_chain = np.nanmean(np.where(np.isfinite(samples), samples, np.nan), axis=2)  # (rungs, chains)
-    mean = np.nanmean(per_chain, axis=1)
-    count = np.isfinite(per_chain).sum(1)
-    std = np.array([np.nanstd(row, ddof=1) if c > 1 else np.nan for row, c in zip(per_chain, count)])
+        mean = np.nanmean(per_chain, axis=1)
+        count = np.isfinite(per_chain).sum(1)
+        std = np.array([np.nanstd(row, ddof=1) if c > 1 else np.nan for row, c in zip(per_chain, count)])
     return temperatures * mean, temperatures * std / np.sqrt(np.maximum(count, 1))
 
 
