@@ -10,8 +10,9 @@ Pure numpy: :func:`analyze` takes the samples of a :class:`~slt.dos.ladder.Ladde
 3. :math:`\hat v(t)` on log-spaced output bins (``bins_per_decade`` per decade) is the summed weight in
    the bin divided by its width, normalized so that the weights of all samples sum to one; the
    cumulative volume :math:`\hat V(\epsilon)` sums the weights of samples with :math:`t < \epsilon`.
-4. Fit :math:`\ln \hat v = \ln c + (\lambda - 1)\ln t + (m - 1)\ln(-\ln t)` (see :func:`fit_log_density`)
-   on the fit window (see :func:`default_fit_window`).
+4. Fit :math:`\ln \hat v = \ln c + (\lambda - 1)\ln t + (m - 1)\ln(-\ln t)` with :math:`m \ge 1` (see
+   :func:`fit_log_density`) on the fit window (see :func:`default_fit_window`), weighting each bin by
+   its effective number of samples, capped at 100.
 5. Bootstrap over whole chains (chain columns are resampled with replacement, MBAR re-solved) for
    confidence bands and standard errors of :math:`\lambda` and :math:`m`.
 """

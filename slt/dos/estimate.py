@@ -115,8 +115,11 @@ def estimate_dos(
     sampler : {"auto", "mala", "sgld", "rmsprop_sgld", "sgnht"} or module
         ``"mala"``: Metropolis-adjusted Langevin on the full-data loss with replica swaps between
         neighbouring rungs (exact at any step size). The others run one set of minibatch chains per
-        rung through :class:`slt.sampling.PosteriorSampler` (faster per step on large data, but
-        biased by the step size). ``"auto"`` picks ``"mala"`` for in-memory data with
+        rung through :class:`slt.sampling.PosteriorSampler`: cheaper per step on large data, but biased
+        by the step size and without swaps, so cold rungs of singular models stay near :math:`w^*`
+        (measured on :math:`K = w_1^2 w_2^2`: per-rung :math:`x\,\mathbb{E}_x[t]` fell to 0.006 at
+        :math:`x = 10^8` against 0.45 exact; on reduced-rank regression with :math:`\lambda = 6` the fit
+        gave 3.9). ``"auto"`` picks ``"mala"`` for in-memory data with
         ``n * num_params <= FULL_BATCH_WORK``, else ``"sgld"``.
     sampler_options : dict, optional
         Extra keyword arguments of an SG-MCMC kernel's ``step``.
@@ -127,7 +130,11 @@ def estimate_dos(
     exact_loss : bool, optional
         SG-MCMC only: record the exact full-data loss at each draw (one pass over the data per draw)
         instead of the minibatch loss minus the loss of :math:`w^*` on the same minibatch. Default:
-        exact while ``n * num_params <= EXACT_LOSS_WORK``.
+        exact while ``n * num_params <= EXACT_LOSS_WORK``. The paired minibatch difference is unbiased
+        but noisy where it matters: at a trained minimum the minibatch gradient at :math:`w^*` is not
+        zero, so the noise shrinks like :math:`\sqrt t` while :math:`t` shrinks like :math:`t`. On a
+        33-parameter MLP (n = 500, batch 50, same chains) its median relative error grew from 12% on
+        the hottest rung to 80% on the coldest, and λ from a power-law fit fell from 5.4 to 4.1.
     mask : list of str or dict of str to bool Tensor, optional
         Sample only these parameters (the weight-restricted density of states).
     fit_window : (float, float), optional
