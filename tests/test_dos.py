@@ -126,6 +126,22 @@ def test_reduced_rank_regression_matches_aoyagi_and_estimate_llc():
     assert dos.fit_window[1] / dos.fit_window[0] > 100  # the fit spans at least two decades of t
 
 
+@pytest.mark.slow
+def test_cumulative_volume_is_absolute_with_a_rung_at_temperature_zero():
+    """With x = 0 on the ladder the weights are normalized by the localizer itself: for L = ||w||^2 in
+    d = 4 with γ = 1, V(ε) = P(χ²_4 < ε), over ten decades of V."""
+    from scipy.stats import chi2
+
+    result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss,
+                              temperatures=[0, 1, 3, 10, 30, 100, 300, 1000], num_chains=8, num_draws=500,
+                              num_bootstrap=0, progress=False)
+    upper = result.bin_edges[1:]
+    check = (upper >= 2e-4) & (upper <= 20)
+    assert check.sum() >= 40
+    exact = np.log(chi2.cdf(upper[check], 4))
+    assert np.max(np.abs(result.log_volume[check] - exact)) < 0.2
+
+
 # -- API ---------------------------------------------------------------------------------------
 
 

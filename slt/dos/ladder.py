@@ -295,6 +295,7 @@ def run_exchange_ladder(
                 bar.update(64)
     finally:
         if bar is not None:
+            bar.update(total % 64)
             bar.close()
         fm.load(fm.center)
     sampled_steps = max(total - num_burnin, 1)
