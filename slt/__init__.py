@@ -8,6 +8,7 @@ from slt import oracles, samplers
 from slt.calibration import CalibrationResult, calibrate, default_step_size
 from slt.checkpoints import CheckpointError, UnsafeCheckpointWarning, load_state_dict, resolve_checkpoints
 from slt.diagnostics import ChainDiagnostics
+from slt.dos import DOSResult, estimate_dos
 from slt.executors import RayExecutor, process_pool
 from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
 from slt.monitor import LLCMonitor
@@ -25,6 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "estimate_llc",
+    "estimate_dos",
+    "DOSResult",
     "LLCResult",
     "LLCSettings",
     "calibrate",
