@@ -352,7 +352,7 @@ def test_mala_rejects_the_non_finite_region_instead_of_diverging():
 @pytest.mark.parametrize("sampler", ["mala", "sgld"])
 def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
     torch.manual_seed(0)
-    np.random.seed(1)  # noqa: NPY002 - the global stream is what must stay untouched
+    np.random.seed(1)
     random.seed(2)
     model = Recorder()
     model.train()

@@ -456,43 +456,16 @@ def test_dos_measure_needs_estimate_dos(tmp_path, monkeypatch):
 
 
 def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, monkeypatch):
-    """The plumbing, with a stand-in that records its calls (the estimator is tested in test_dos.py)."""
     train_and_save(tmp_path / "ckpts", count=2)
     calls = []
+    real_estimate_dos = slt.estimate_dos
 
-    class FakeDOS:
-        def __init__(self, llc):
-            self.llc, self.multiplicity = llc, 1.0
+    def recording_estimate_dos(model, data, *, loss_fn, seed, progress=True, **settings):
+        calls.append((seed, settings, progress))
+        return real_estimate_dos(model, data, loss_fn=loss_fn, seed=seed, progress=progress, **settings)
 
-        def to_dict(self):
-            return {"llc": self.llc, "multiplicity": self.multiplicity}
-
-    def fake_estimate_dos(model, data, *, loss_fn, seed, temperatures=None, progress=True):
-        calls.append((seed, temperatures, progress))
-        return FakeDOS(float(sum(p.detach().abs().sum() for p in model.parameters())))
-
-    monkeypatch.setattr(slt, "estimate_dos", fake_estimate_dos, raising=False)
-    trajectory = analyze_checkpoints(
-        tmp_path / "ckpts",
-        make_model,
-        regression_data(),
-        loss_fn=gaussian_nll,
-        measures=("llc", "dos"),
-        dos_settings={"temperatures": [1.0, 2.0]},
-        store=None,
-        progress=False,
-        **TINY,
-    )
-    assert calls == [(checkpoint_seed(0, s, 1), [1.0, 2.0], False) for s in (0, 5)]
-    assert trajectory.dos == [{"llc": v, "multiplicity": 1.0} for v in trajectory.column("dos_llc")]
-    assert np.isfinite(trajectory.llc_mean).all()
-    fig = trajectory.plot()
-    assert any(line.get_label() == r"$\lambda$ (DOS fit)" for line in fig.axes[0].lines)
-
-
-@pytest.mark.skipif(not hasattr(slt, "estimate_dos"), reason="slt.estimate_dos lands with the DOS branch")
-def test_dos_measure_with_the_real_estimator(tmp_path):
-    train_and_save(tmp_path / "ckpts", count=2)
+    monkeypatch.setattr(slt, "estimate_dos", recording_estimate_dos)
+    settings = {"num_chains": 2, "num_draws": 40}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short ladders may warn about overlap: this checks the plumbing only
         trajectory = analyze_checkpoints(
@@ -500,11 +473,18 @@ def test_dos_measure_with_the_real_estimator(tmp_path):
             make_model,
             regression_data(),
             loss_fn=gaussian_nll,
-            measures="dos",
-            store=None,
+            measures=("llc", "dos"),
+            dos_settings=settings,
+            store=tmp_path / "dos.sqlite",
             progress=False,
-            dos_settings={"num_chains": 2, "num_draws": 40},
+            **TINY,
         )
+    assert calls == [(checkpoint_seed(0, s, 1), settings, False) for s in (0, 5)]
     assert trajectory.ok.all(), trajectory.failures
-    assert all(d is not None for d in trajectory.dos)
-    assert np.isfinite(trajectory.column("dos_llc")).all()
+    results = trajectory.dos
+    assert all(isinstance(d, slt.DOSResult) for d in results)
+    np.testing.assert_array_equal(trajectory.column("dos_llc"), [d.llc for d in results])
+    assert all(np.isfinite(d.rung_llc).all() for d in results)
+    assert np.isfinite(trajectory.llc_mean).all()
+    reloaded = slt.Trajectory.load(tmp_path / "dos.sqlite")
+    np.testing.assert_array_equal(reloaded.dos[1].log_density, results[1].log_density)

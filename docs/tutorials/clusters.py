@@ -50,13 +50,12 @@ workdir = Path(tempfile.mkdtemp())
 sys.path.insert(0, str(workdir))
 # processes started by submitit (or a shell) find the module through PYTHONPATH
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
-import toyrun  # noqa: E402
+import toyrun
 
 # %% [markdown]
 # Train briefly and save a checkpoint every 40 steps as safetensors (the step is read from the name).
-
 # %%
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
 ckpt_dir = workdir / "checkpoints"
 ckpt_dir.mkdir()
@@ -114,7 +113,7 @@ print("same as serial:", list(pooled.llc_mean) == list(serial.llc_mean))
 # GPUs per task on a real cluster.
 
 # %%
-import ray  # noqa: E402
+import ray
 
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 on_ray = slt.analyze_checkpoints(ckpt_dir, toyrun.make_model, toyrun.make_data(), executor="ray",
@@ -136,7 +135,7 @@ print("same as serial:", list(on_ray.llc_mean) == list(serial.llc_mean))
 # ```
 
 # %%
-import submitit  # noqa: E402
+import submitit
 
 executor = submitit.AutoExecutor(folder=workdir / "submitit", cluster="local")
 executor.update_parameters(timeout_min=10)
@@ -159,7 +158,7 @@ print(f"largest difference from serial: {difference:.2g}")
 # ```
 
 # %%
-import subprocess  # noqa: E402
+import subprocess
 
 run = subprocess.run(
     [sys.executable, "-m", "slt", "analyze", str(ckpt_dir), "--model", "toyrun:make_model",

@@ -96,7 +96,7 @@ fig = trajectory.plot()
 # training batch with `trainer.global_step`.
 
 # %%
-import lightning as L  # noqa: E402
+import lightning as L
 
 
 class Classifier(L.LightningModule):
