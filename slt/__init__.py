@@ -18,7 +18,9 @@ from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
     DivergenceWarning,
+    FitWarning,
     NotAMinimumWarning,
+    OverlapWarning,
     SLTWarning,
 )
 
@@ -41,6 +43,8 @@ __all__ = [
     "DivergenceWarning",
     "NotAMinimumWarning",
     "ConvergenceWarning",
+    "OverlapWarning",
+    "FitWarning",
     "ChainDivergenceError",
     "analyze_checkpoints",
     "Trajectory",

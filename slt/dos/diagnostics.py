@@ -13,8 +13,9 @@ from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
     DivergenceWarning,
+    FitWarning,
     NotAMinimumWarning,
-    SLTWarning,
+    OverlapWarning,
 )
 
 __all__ = ["OverlapWarning", "FitWarning", "check_result", "check_divergences", "MIN_ROUND_TRIPS"]
@@ -23,14 +24,6 @@ __all__ = ["OverlapWarning", "FitWarning", "check_result", "check_divergences", 
 MIN_FIT_DECADES = 2.0
 #: Median replica round trips (hottest -> coldest -> hottest rung) below which a warning is raised.
 MIN_ROUND_TRIPS = 1
-
-class OverlapWarning(SLTWarning):
-    """Neighbouring rungs of the temperature ladder share too few samples for reweighting to be trusted."""
-
-
-class FitWarning(SLTWarning):
-    """The density of states could not be fitted on the window (too few populated bins)."""
-
 
 def check_divergences(diverged: np.ndarray, temperatures: np.ndarray, step_sizes: np.ndarray) -> None:
     """Raise if every chain of a rung diverged; warn if some did."""
