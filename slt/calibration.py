@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from slt._guard import isolated_rng
+from slt._plotting import panels
 from slt._serialize import to_jsonable
 from slt.llc import LLCSettings, _resolve_device, default_n_beta, summarize_run, validate_settings
 from slt.losses import LossFn
@@ -215,12 +216,7 @@ class CalibrationResult:
 
     def plot(self, ax=None):
         r""":math:`\hat\lambda` against step size for each localization, the recommendation marked."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
-        else:
-            fig = ax.figure
+        fig, (ax,) = panels(ax, 1, figsize=(5.5, 3.8))
         for i, loc in enumerate(sorted({row["localization"] for row in self.table})):
             rows = sorted((r for r in self.table if r["localization"] == loc), key=lambda r: r["step_size"])
             x = np.array([r["step_size"] for r in rows])

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from slt._guard import isolated_rng
+from slt._plotting import panels
 from slt._serialize import array_from_json, to_jsonable
 from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz
 from slt.losses import LossFn
@@ -181,13 +182,7 @@ class LLCResult:
         -------
         matplotlib.figure.Figure
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-        else:
-            axes = np.ravel(ax)
-            fig = axes[0].figure
+        fig, axes = panels(ax, 2, figsize=(10, 3.6))
         burn = self.burnin_loss_trace.shape[1]
         every = self.settings.num_steps_bw_draws
         for c in range(self.loss_trace.shape[0]):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from slt._plotting import panels
 from slt._serialize import array_from_json, to_jsonable
 from slt.dos.analysis import DOSAnalysis, analyze, design_matrix
 
@@ -279,13 +280,7 @@ class DOSResult:
         -------
         matplotlib.figure.Figure
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-        else:
-            axes = np.ravel(ax)
-            fig = axes[0].figure
+        fig, axes = panels(ax, 2, figsize=(10, 3.8))
         ok = np.isfinite(self.log_density)
         log10e = 1 / math.log(10)
         color = axes[0]._get_lines.get_next_color()
