@@ -204,10 +204,12 @@ class _PartitionStream(Minibatches):
         if self._pos == self.num_batches:
             self._pos = 0
             if self.num_chains is None:
-                self._order = torch.randperm(self.num_batches, generator=self.generator).tolist()
+                order = torch.randperm(self.num_batches, generator=self.generator, device=self.device)
+                self._order = order.tolist()
             else:
-                keys = torch.rand(self.num_chains, self.num_batches, generator=self.generator)
-                self._order = keys.argsort(dim=1).to(self.device)
+                shape = (self.num_chains, self.num_batches)
+                keys = torch.rand(shape, generator=self.generator, device=self.device)
+                self._order = keys.argsort(dim=1)
         k = self._pos
         self._pos += 1
         if self.num_chains is None:
