@@ -343,6 +343,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             worst = max(errors)
             out[family][config] = {
                 "mean_abs_rel_error": float(np.mean([e for e, _ in errors])),
+                "median_abs_rel_error": float(np.median([e for e, _ in errors])),
                 "worst_abs_rel_error": worst[0],
                 "worst_case": worst[1],
                 "cases": len(errors),

@@ -132,6 +132,9 @@ def time_peer(case: dict[str, Any], settings: dict[str, Any], device: str) -> fl
 
 
 def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, device: str, peer: bool):
+    """Time slt, devinterp (when ``peer``) and the floor on one model; see the module docstring."""
+    if draws < 2:
+        raise ValueError(f"draws must be at least 2 (a long and a short run are compared), got {draws}")
     n = len(case["data"][0])
     settings = {
         "n_beta": n / math.log(n),
@@ -148,7 +151,11 @@ def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, devi
         time_peer(case, warm, device)
     loss = LOSSES[case["loss"]]
     floor_seconds_per_step(case["model"], case["data"], case["batch_size"], 20, 1e-6, 1.0, loss, device)
+    # a short run beside each long one separates the per-step cost from the fixed cost of a call
+    short = {**settings, "num_draws": max(1, draws // 5)}
+    short_steps = chains * short["num_draws"]
     slt_wall, slt_chain, peer_wall, floors, ratios, mode = [], [], [], [], [], ""
+    slt_short, peer_short, marginal_ratios = [], [], []
     for r in range(repeats):
         order = ("slt", "peer") if r % 2 == 0 else ("peer", "slt")
         times: dict[str, float] = {}
@@ -159,9 +166,17 @@ def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, devi
                 slt_wall.append(wall)
                 slt_chain.append(chain)
                 times["slt"] = wall
+                collect()
+                slt_short.append(time_slt(case, short, device)[0])
             elif peer:
                 times["peer"] = time_peer(case, settings, device)
                 peer_wall.append(times["peer"])
+                collect()
+                peer_short.append(time_peer(case, short, device))
+        if peer:
+            marginal_ratios.append(
+                (peer_wall[-1] - peer_short[-1]) / max(slt_wall[-1] - slt_short[-1], 1e-12)
+            )
         collect()
         floors.append(
             floor_seconds_per_step(
@@ -194,8 +209,21 @@ def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, devi
         "slt_seconds_all": slt_wall,
         "floor_us_all": [f * 1e6 for f in floors],
     }
+    extra = max(steps - short_steps, 1)  # draws >= 2 keeps this positive
+    slt_marginal = median([(w - s) / extra for w, s in zip(slt_wall, slt_short)])
+    row.update(
+        slt_marginal_us_per_chain_step=slt_marginal * 1e6,
+        slt_fixed_seconds=median([s - (w - s) / extra * short_steps for w, s in zip(slt_wall, slt_short)]),
+        short_draws=short["num_draws"],
+    )
     if peer:
+        peer_marginal = median([(w - s) / extra for w, s in zip(peer_wall, peer_short)])
         row.update(
+            peer_marginal_us_per_chain_step=peer_marginal * 1e6,
+            peer_fixed_seconds=median(
+                [s - (w - s) / extra * short_steps for w, s in zip(peer_wall, peer_short)]
+            ),
+            marginal_speedup_vs_peer=median(marginal_ratios),
             peer_seconds=median(peer_wall),
             peer_us_per_chain_step=median(peer_wall) / steps * 1e6,
             speedup_vs_peer=median(ratios),

@@ -37,22 +37,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="device for the speed and scaling benchmarks")
     parser.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-peer", action="store_true", help="skip devinterp even if it is installed")
+    parser.add_argument(
+        "--results", default=str(HERE / "results"), help="folder for the JSON files and report"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     common = ["--quick"] if args.quick else []
+    results = Path(args.results)
+    suffix = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
     peer = ["--no-peer"] if args.no_peer else []
     start = time.perf_counter()
     if "accuracy" in args.only:
         print("== accuracy ==", flush=True)
         configs = [c for c in bench_accuracy.CONFIGS if not (args.no_peer and c.startswith("devinterp"))]
-        bench_accuracy.main([*common, "--configs", *configs])
+        bench_accuracy.main([*common, "--configs", *configs, "--output", str(results / "accuracy.json")])
     if "speed" in args.only:
         print("== speed ==", flush=True)
-        bench_speed.main(common + peer + ["--device", args.device])
+        out = str(results / f"speed{suffix}.json")
+        bench_speed.main([*common, *peer, "--device", args.device, "--output", out])
     if "scaling" in args.only:
         print("== scaling ==", flush=True)
-        bench_scaling.main(common + peer + ["--device", args.device])
-    report.main([])
+        out = str(results / f"scaling{suffix}.json")
+        bench_scaling.main([*common, *peer, "--device", args.device, "--output", out])
+    report.main(["--results", str(results)])
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
 
 
