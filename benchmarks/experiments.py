@@ -10,6 +10,9 @@
 4. ``pilot``: the default step for ``rmsprop_sgld`` on a normal crossing (gradient exactly zero at w*).
 5. ``calibrate_rmsprop`` (not run by default; ~10 more minutes): ``calibrate(sampler="rmsprop_sgld")``
    then ``estimate_llc`` with its recommendation, on the three small deep linear networks.
+6. ``compile`` (not run by default): the floor's work (forward, backward, SGLD update on one fixed batch)
+   as one ``torch.compile``-d function of a flat parameter vector, against the floor itself, alternating:
+   can a compiled step go under the floor?
 
 Run: PYTHONPATH=. python benchmarks/experiments.py [--only mixing preconditioner corrected pilot]
 Writes benchmarks/results/experiments.json (about 10 minutes on one quiet core).
@@ -85,6 +88,80 @@ def preconditioned_energy_ratio(model, data, n: int, steps: int = 1000) -> tuple
     return step, sum(ratios) / len(ratios)
 
 
+def compiled_step_seconds(model, batch, loss_fn, steps: int, step_size: float, n_beta: float) -> float:
+    """Seconds per step of forward + backward + SGLD update compiled into one function of flat weights."""
+    from torch.func import functional_call, grad_and_value
+
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    numels = [p.numel() for p in model.parameters()]
+    center = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    class _LossOf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *batch_tensors):
+            return loss_fn(self.model, batch_tensors)
+
+    wrapper = _LossOf()
+
+    def potential(w):
+        pieces = torch.split(w, numels)
+        params = {"model." + n: v.view(s) for n, v, s in zip(names, pieces, shapes)}
+        return functional_call(wrapper, params, batch)
+
+    gradient = grad_and_value(potential)
+
+    def step(w, noise):
+        g, value = gradient(w)
+        return w - 0.5 * step_size * (n_beta * g + (w - center)) + math.sqrt(step_size) * noise, value
+
+    torch.compiler.reset()  # each call compiles afresh (and stays under the recompile limit)
+    compiled = torch.compile(step)
+    w = center.clone()
+    for _ in range(20):
+        w, _ = compiled(w, torch.randn_like(w))
+    start = time.perf_counter()
+    for _ in range(steps):
+        w, _ = compiled(w, torch.randn_like(w))
+    return (time.perf_counter() - start) / steps
+
+
+def compile_experiment() -> list[dict[str, Any]]:
+    from bench_floor import floor_seconds_per_step
+    from common import LOSSES, TinyTransformer, mlp_with_params, num_params, regression_problem, token_problem
+
+    dln = deep_linear_network([10, 5, 10], 1)
+    small, medium = mlp_with_params(1_000), mlp_with_params(10_000)
+    problems = [
+        ("dln-100", dln, linear_regression_data(dln, 10_000), "gaussian_nll", 256, 1500),
+        ("mlp-1k", small, regression_problem(small, 10_000), "gaussian_nll", 256, 1500),
+        ("mlp-10k", medium, regression_problem(medium, 10_000), "gaussian_nll", 256, 1000),
+        ("transformer-110k", TinyTransformer(), token_problem(2048), "next_token", 64, 60),
+    ]
+    rows = []
+    for name, model, data, loss, batch_size, steps in problems:
+        batch = tuple(t[:batch_size] for t in data)
+        n_beta = len(data[0]) / math.log(len(data[0]))
+        compiled, floor = [], []
+        for _ in range(3):
+            compiled.append(compiled_step_seconds(model, batch, LOSSES[loss], steps, 1e-7, n_beta))
+            floor.append(floor_seconds_per_step(model, data, batch_size, steps, 1e-7, n_beta, LOSSES[loss]))
+        ratios = sorted(c / f for c, f in zip(compiled, floor))
+        row = {
+            "model": name,
+            "parameters": num_params(model),
+            "compiled_us_per_step": sorted(compiled)[1] * 1e6,
+            "floor_us_per_step": sorted(floor)[1] * 1e6,
+            "ratio_compiled_to_floor": ratios[1],
+        }
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ]
         out.setdefault("dln", {})[key] = row
         print(f"[{time.perf_counter() - start:6.1f}s] {key}: {row}", flush=True)
+    if "compile" in args.only:
+        out["compile"] = compile_experiment()
     if "calibrate_rmsprop" in args.only:
         for widths, rank, n in CASES:
             model = deep_linear_network(widths, rank)
