@@ -50,7 +50,7 @@ def main() -> None:
     )
 
     calibration = slt.calibrate(model, (x, y), loss_fn="mse")
-    columns = ["step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "stable"]
+    columns = ["kind", "step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "stable"]
     print("\ncalibration (each step size run for the same simulated time):")
     print(calibration.summary()[columns].to_string(index=False))
     print(f"recommended step size {calibration.step_size:.3g}: {calibration.criteria}\n")

@@ -38,7 +38,14 @@ from torch import nn
 from slt._guard import isolated_rng
 from slt._plotting import panels
 from slt._serialize import to_jsonable
-from slt.llc import LLCSettings, _resolve_device, default_n_beta, summarize_run, validate_settings
+from slt.llc import (
+    LLCSettings,
+    _resolve_device,
+    default_n_beta,
+    summarize_run,
+    validate_settings,
+    with_default_adaptation,
+)
 from slt.losses import LossFn
 from slt.sampling import PosteriorSampler
 from slt.sampling.flat import Mask
@@ -48,6 +55,8 @@ __all__ = ["default_step_size", "calibrate", "CalibrationResult", "top_curvature
 
 #: Predicted relative bias the default step size aims for.
 DEFAULT_TARGET_BIAS = 0.05
+#: Largest factor by which one pilot round may change the step size.
+MAX_PILOT_FACTOR = 10.0
 
 
 def top_curvature(posterior: PosteriorSampler, iterations: int = 12) -> float:
@@ -89,7 +98,9 @@ def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, ll
     :math:`\varepsilon\, n\beta^2\, \mathbb{E}\lVert\nabla L_B\rVert^2 / (8 \hat\lambda)`.
 
     Exact to first order for quadratic losses (minibatch noise included); a rough guide for singular
-    models. NaN entries (diverged chains) are ignored.
+    models. For preconditioned samplers pass :math:`\sum_i G_i g_i^2` (what the driver records as
+    ``grad_norm_sq``): their bias scales with the preconditioned energy, measured 5.5-6x the raw one on
+    small deep linear networks. NaN entries (diverged chains) are ignored.
     """
     mean_sq = float(np.nanmean(grad_norm_sq)) if np.isfinite(grad_norm_sq).any() else float("nan")
     if not llc > 0:
@@ -115,7 +126,8 @@ def default_step_size(
        eigenvalue of the loss at :math:`w^*` (2.5% bias along the stiffest direction of a quadratic).
     2. Run two pilot chains of ``pilot_steps`` steps; on divergence divide the step by 10 and retry.
     3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
-       ``target_bias``; repeat ``rounds`` times.
+       ``target_bias`` (changing it by at most a factor of 10 per round); repeat ``rounds`` times. A
+       pilot whose estimate is not positive keeps the step and warns.
 
     Returns
     -------
@@ -155,8 +167,17 @@ def default_step_size(
         indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
         if not math.isfinite(indicator) or indicator <= 0:
             history.append("pilot estimate not positive; kept")
+            warnings.warn(
+                f"the pilot run could not size the step: its estimate was not positive ({llc:.3g}), so the "
+                f"step stays at {step:.3g}. The trained weights may not be a minimum, or the chains did not "
+                "move; pass step_size or use slt.calibrate",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
             break
-        step *= target_bias / indicator
+        # one round moves the step by at most MAX_PILOT_FACTOR: a single noisy pilot must not collapse it
+        factor = min(max(target_bias / indicator, 1 / MAX_PILOT_FACTOR), MAX_PILOT_FACTOR)
+        step *= factor
         history.append(f"{step:.3g}")
     source = f"auto (pilot: predicted bias {target_bias:.0%}; " + " -> ".join(history) + ")"
     return float(step), source
@@ -176,7 +197,7 @@ class CalibrationResult:
         Chain lengths that were long enough at the recommended step during calibration.
     llc_extrapolated : float
         Estimate extrapolated to step size 0 by a weighted linear fit over the healthy steps at the
-        recommended localization (NaN with fewer than two).
+        recommended localization no larger than twice the recommended step (NaN with fewer than two).
     llc_extrapolated_stderr : float
         Its standard error.
     table : list of dict
@@ -217,8 +238,9 @@ class CalibrationResult:
     def plot(self, ax=None):
         r""":math:`\hat\lambda` against step size for each localization, the recommendation marked."""
         fig, (ax,) = panels(ax, 1, figsize=(5.5, 3.8))
-        for i, loc in enumerate(sorted({row["localization"] for row in self.table})):
-            rows = sorted((r for r in self.table if r["localization"] == loc), key=lambda r: r["step_size"])
+        ladder = [r for r in self.table if r.get("kind", "step") == "step"]
+        for i, loc in enumerate(sorted({row["localization"] for row in ladder})):
+            rows = sorted((r for r in ladder if r["localization"] == loc), key=lambda r: r["step_size"])
             x = np.array([r["step_size"] for r in rows])
             y = np.array([r["llc_mean"] for r in rows], dtype=float)
             e = np.array([r["llc_stderr"] for r in rows], dtype=float)
@@ -268,6 +290,8 @@ def calibrate(
     localizations: Sequence[float] = (1.0,),
     num_chains: int = 4,
     base_steps: int = 1000,
+    max_steps: int = 64_000,
+    check_length: bool = True,
     tolerance: float = 0.1,
     batch_size: int | None = None,
     sampler: str | ModuleType = "sgld",
@@ -278,25 +302,32 @@ def calibrate(
     chain_mode: str = "auto",
     progress: bool = True,
 ) -> CalibrationResult:
-    """Recommend a step size (and localization) by running short chains over a grid.
+    """Recommend a step size, a chain length (and a localization) by running chains and measuring.
 
-    Criteria, applied to each setting in turn:
+    Two stages, for each localization:
 
-    1. **No divergence**: every chain keeps a finite loss.
-    2. **Agreement between chains**: split R-hat of the per-draw estimates below 1.1 (with two or more
-       chains).
-    3. **Flat trace after burn-in**: the last quarter of the draws does not drift from the first
-       (``|trend_z| < 4``).
-    4. **Step-size stability**: halving the step moves the estimate by little. With bias linear in the
-       step, twice the change is the bias of the larger step; a setting is *stable* when that bias plus
-       one standard error of it is at most ``tolerance`` times the estimate (so a comparison drowned in
-       noise never vouches for a step).
+    1. **Chain length.** At a reference step (the pilot's :func:`default_step_size`, or the middle of
+       ``step_sizes``), chains of ``base_steps`` steps (half burn-in, half draws) are compared with chains
+       twice as long, doubling until the estimate moves by less than ``tolerance`` (plus one standard
+       error), up to ``max_steps``. Chains that are too short underestimate: they have not yet spread from
+       the trained weights into the flat directions of a singular model, and no within-run diagnostic
+       reliably sees it (measured: 20-65% low on deep linear networks with R-hat below 1.06).
+    2. **Step size.** Every step of the ladder runs for the same simulated time as the reference
+       (``num_steps * step_size`` constant), so smaller steps are not penalized for mixing less. Each is
+       judged by:
 
-    Every step size runs for the same simulated time (``num_steps * step_size`` is constant: the
-    largest step runs ``base_steps`` steps, half burn-in, half draws), so smaller steps are not
-    penalized for mixing less. The recommendation is the largest step size that is healthy (1-3) and
-    stable (4) at the smallest healthy localization; if none is stable, the smallest healthy step, with
-    a warning.
+       a. **No divergence**: every chain keeps a finite loss.
+       b. **Agreement between chains**: split R-hat of the per-draw estimates below 1.1.
+       c. **Flat trace after burn-in**: the last quarter of the draws does not drift from the first
+          (``|trend_z| < 4``).
+       d. **Step-size stability**: halving the step moves the estimate by little. With bias linear in the
+          step, twice the change is the bias of the larger step; a setting is *stable* when that bias plus
+          one standard error of it is at most ``tolerance`` times the estimate (so a comparison drowned in
+          noise never vouches for a step).
+
+    The recommendation is the largest step that is healthy (a-c) and stable (d) at the smallest healthy
+    localization, with the chain length used for it; if none is stable, the smallest healthy step, with a
+    warning.
 
     Parameters
     ----------
@@ -310,9 +341,13 @@ def calibrate(
     num_chains : int
         Chains per setting.
     base_steps : int
-        Steps (burn-in plus draws) at the largest step size.
+        Shortest chain (burn-in plus draws) of the length check at the reference step.
+    max_steps : int
+        Longest chain the length check may try at the reference step.
+    check_length : bool
+        Run stage 1. Without it the reference step runs ``base_steps`` steps.
     tolerance : float
-        Largest acceptable relative bias for the stability criterion.
+        Largest acceptable relative change, for both the length check and step stability.
     progress : bool
         Show a progress bar.
 
@@ -332,13 +367,16 @@ def calibrate(
             validate_settings(step_size=s)
     if base_steps < 8:
         raise ValueError(f"base_steps must be at least 8, got {base_steps}")
+    if max_steps < base_steps:
+        raise ValueError(f"max_steps ({max_steps}) must be at least base_steps ({base_steps})")
     device = _resolve_device(model, device)
     table: list[dict[str, Any]] = []
+    length_converged = True
     with isolated_rng(seed, (device,)):
         posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
         if step_sizes is None:
-            guess, _ = default_step_size(
+            reference, _ = default_step_size(
                 posterior,
                 n_beta=nb,
                 localization=min(localizations),
@@ -346,44 +384,85 @@ def calibrate(
                 sampler_options=sampler_options,
                 seed=seed,
             )
-            steps_grid = [guess * 4 / 2**k for k in range(5)]
+            steps_grid = [reference * 4 / 2**k for k in range(5)]
         else:
             steps_grid = sorted((float(s) for s in step_sizes), reverse=True)
-        largest = max(steps_grid)
-        total = sum(max(8, round(base_steps * largest / s)) for s in steps_grid) * len(localizations)
-        bar = _bar(progress, total * num_chains)
+            reference = steps_grid[len(steps_grid) // 2]
+
+        bar = _bar(progress)
+
+        def run(loc: float, step: float, num_steps: int, kind: str) -> dict[str, Any]:
+            burn = num_steps // 2
+            row = _try_setting(
+                posterior, nb, loc, step, num_chains, burn, num_steps - burn, sampler, sampler_options, seed,
+                chain_mode,
+            )
+            row["kind"] = kind
+            if bar is not None:
+                bar.update(num_steps * num_chains)
+            return row
+
         try:
             for loc in sorted(localizations):
-                for step in steps_grid:
-                    num_steps = max(8, round(base_steps * largest / step))
-                    burn = num_steps // 2
-                    row = _try_setting(
-                        posterior,
-                        nb,
-                        loc,
-                        step,
-                        num_chains,
-                        burn,
-                        num_steps - burn,
-                        sampler,
-                        sampler_options,
-                        seed,
-                        chain_mode,
+                length, done = base_steps, {}
+                if check_length:
+                    length, rows, converged = _find_length(
+                        run, loc, reference, base_steps, max_steps, tolerance
                     )
-                    table.append(row)
-                    if bar is not None:
-                        bar.update(num_steps * num_chains)
+                    length_converged &= converged
+                    table.extend(rows)
+                    done[(reference, length)] = rows[-1]
+                for step in steps_grid:
+                    num_steps = max(8, round(length * reference / step))
+                    if (step, num_steps) in done:  # the length check already ran this setting
+                        table.append(dict(done[(step, num_steps)], kind="step"))
+                    else:
+                        table.append(run(loc, step, num_steps, "step"))
         finally:
             if bar is not None:
                 bar.close()
+    if not length_converged:
+        warnings.warn(
+            f"calibrate: the estimate still moved by more than {tolerance:.0%} when the chains doubled to "
+            f"max_steps={max_steps} steps at step size {reference:.3g}; the recommendation uses the longest "
+            "chains tried. Raise max_steps, or expect the estimate to be biased low",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     _mark_stability(table, tolerance)
     return _recommend(
         table,
         nb,
         tolerance,
         posterior.n,
-        dict(sampler=str(getattr(sampler, "name", sampler)), batch_size=posterior.batch_size, seed=seed),
+        dict(sampler=str(getattr(sampler, "name", sampler)), batch_size=posterior.batch_size, seed=seed,
+             reference_step=reference, length_converged=length_converged),
     )
+
+
+def _find_length(run, loc, step, base_steps, max_steps, tolerance):
+    """Double the chain length at ``step`` until the estimate moves by less than ``tolerance``.
+
+    Returns the length whose estimate agreed with the one at half the length, the rows run, and whether
+    such a length was found within ``max_steps`` (a divergence stops the search without blaming the
+    length: the ladder then reports the step as unhealthy).
+    """
+    short = run(loc, step, base_steps, "length")
+    rows, length = [short], base_steps
+    while 2 * length <= max_steps:
+        long = run(loc, step, 2 * length, "length")
+        rows.append(long)
+        if short["chains_diverged"] or long["chains_diverged"]:
+            long["note"] = ", ".join(filter(None, [long["note"], "length check stopped by divergence"]))
+            return 2 * length, rows, True  # not a length problem: the step itself is reported unhealthy
+        change = abs(long["llc_mean"] - short["llc_mean"])
+        noise = math.hypot(_nz(long["llc_stderr"]), _nz(short["llc_stderr"]))
+        long["bias_estimate"] = (long["llc_mean"] - short["llc_mean"]) / long["llc_mean"]
+        if change + noise <= tolerance * abs(long["llc_mean"]):
+            long["stable"] = True
+            return 2 * length, rows, True
+        short, length = long, 2 * length
+    return length, rows, False
 
 
 def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler, options, seed, chain_mode):
@@ -402,6 +481,7 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         "stable": False,
         "note": "",
     }
+    options = with_default_adaptation(sampler, options, burn)
     run = posterior.run(
         n_beta=n_beta,
         localization=loc,
@@ -413,6 +493,7 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         num_burnin=burn,
         seed=seed,
         chain_mode=chain_mode,
+        control_variate=True,
         record_grad_norm=True,
     )
     settings = LLCSettings(
@@ -432,6 +513,7 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
         device=str(posterior.device),
+        control_variate=True,
     )
     row["chains_diverged"] = int(run.diverged.sum())
     if run.diverged.any():
@@ -462,8 +544,9 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
 
 
 def _mark_stability(table: list[dict[str, Any]], tolerance: float) -> None:
-    for loc in {r["localization"] for r in table}:
-        rows = sorted((r for r in table if r["localization"] == loc), key=lambda r: -r["step_size"])
+    ladder = [r for r in table if r.get("kind", "step") == "step"]
+    for loc in {r["localization"] for r in ladder}:
+        rows = sorted((r for r in ladder if r["localization"] == loc), key=lambda r: -r["step_size"])
         for big, small in itertools.pairwise(rows):
             if not (big["healthy"] and small["healthy"]):
                 continue
@@ -481,7 +564,8 @@ def _nz(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def _recommend(table, n_beta, tolerance, n, settings) -> CalibrationResult:
+def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
+    table = [r for r in full_table if r.get("kind", "step") == "step"]
     usable = [r for r in table if r["chains_diverged"] == 0]
     if not usable:
         raise ChainDivergenceError(
@@ -518,7 +602,9 @@ def _recommend(table, n_beta, tolerance, n, settings) -> CalibrationResult:
             ConvergenceWarning,
             stacklevel=3,
         )
-    lam0, lam0_se = _extrapolate(healthy)
+    # the bias is linear in the step only for small steps: fit the recommendation, the steps below it
+    # and one halving above it
+    lam0, lam0_se = _extrapolate([r for r in healthy if r["step_size"] <= 2 * chosen["step_size"]])
     burn = chosen["num_steps"] // 2
     return CalibrationResult(
         step_size=chosen["step_size"],
@@ -527,7 +613,7 @@ def _recommend(table, n_beta, tolerance, n, settings) -> CalibrationResult:
         num_draws=chosen["num_steps"] - burn,
         llc_extrapolated=lam0,
         llc_extrapolated_stderr=lam0_se,
-        table=table,
+        table=full_table,
         criteria=criteria,
         n_beta=n_beta,
         settings={**settings, "n": n, "tolerance": tolerance},
@@ -549,9 +635,9 @@ def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float]:
     return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
 
 
-def _bar(progress: bool, total: int) -> Any:
+def _bar(progress: bool) -> Any:
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="calibrate", unit="step", leave=False)
+    return tqdm(desc="calibrate", unit="step", leave=False)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainDiagnostics", "diagnose", "trend_z", "import_arviz"]
+__all__ = ["ChainDiagnostics", "diagnose", "trend_z", "trend_threshold", "import_arviz"]
 
 
 @dataclass
@@ -87,6 +87,19 @@ def trend_z(trace: np.ndarray) -> float:
     if se == 0:
         return 0.0 if mean_diff == 0 else float(np.sign(mean_diff) * np.inf)
     return float(mean_diff / se)
+
+
+def trend_threshold(num_chains: int, p_value: float = 0.005) -> float:
+    """|trend_z| above which a drift is significant at two-sided level ``p_value``.
+
+    With three or more chains ``trend_z`` is a t statistic with ``num_chains - 1`` degrees of freedom
+    (four chains: 7.5; eight: 4.0; sixteen: 3.3); with fewer it is treated as normal (2.8).
+    """
+    from scipy import stats
+
+    if num_chains >= 3:
+        return float(stats.t.ppf(1 - p_value / 2, num_chains - 1))
+    return float(stats.norm.ppf(1 - p_value / 2))
 
 
 def diagnose(trace: np.ndarray, divergence_step: np.ndarray) -> ChainDiagnostics:

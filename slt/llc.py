@@ -26,7 +26,7 @@ from torch import nn
 from slt._guard import isolated_rng
 from slt._plotting import panels
 from slt._serialize import array_from_json, to_jsonable
-from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz
+from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz, trend_threshold
 from slt.losses import LossFn
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import ChainRun, Observable
@@ -345,6 +345,17 @@ def _warn_about(d: ChainDiagnostics, mean: float, stderr: float, s: LLCSettings)
     if math.isfinite(d.rhat) and d.rhat > 1.1:
         warnings.warn(
             f"chains disagree (split R-hat {d.rhat:.2f} > 1.1): run longer chains or use slt.calibrate",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    healthy = int((~d.diverged).sum())
+    if math.isfinite(d.trend_z) and abs(d.trend_z) > trend_threshold(healthy):
+        direction = "rising" if d.trend_z > 0 else "falling"
+        warnings.warn(
+            f"the estimate was still {direction} during the draws (trend z = {d.trend_z:.1f}): the chains "
+            "had not reached equilibrium, so the estimate is biased "
+            f"{'low' if d.trend_z > 0 else 'high'}. Run longer chains (more num_burnin and num_draws) or "
+            "use slt.calibrate, which also checks the chain length",
             ConvergenceWarning,
             stacklevel=4,
         )

@@ -33,9 +33,14 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
         progress=False,
     )
     assert cal.step_size == 1e-3
-    rows = {r["step_size"]: r for r in cal.table}
-    assert [r["num_steps"] for r in cal.table] == [2000, 4000, 8000, 16000]  # the same simulated time
-    assert all(r["healthy"] for r in cal.table)
+    ladder = [r for r in cal.table if r["kind"] == "step"]
+    length_check = [r for r in cal.table if r["kind"] == "length"]
+    # the length check at the middle step (1e-3) stops once doubling 2000 steps changes nothing
+    assert [(r["step_size"], r["num_steps"]) for r in length_check] == [(1e-3, 2000), (1e-3, 4000)]
+    assert length_check[-1]["stable"] and cal.settings["length_converged"]
+    assert [r["num_steps"] for r in ladder] == [1000, 2000, 4000, 8000]  # the same simulated time
+    rows = {r["step_size"]: r for r in ladder}
+    assert all(r["healthy"] for r in ladder)
     # the bias measured by halving tracks the exact one
     assert rows[4e-3]["bias_estimate"] == pytest.approx(2 * (1.25 - 1.1117) / 1.1117, abs=0.05)
     assert not rows[4e-3]["stable"] and not rows[2e-3]["stable"] and rows[1e-3]["stable"]
@@ -45,8 +50,8 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     assert cal.estimate_kwargs() == {
         "step_size": 1e-3,
         "localization": 1.0,
-        "num_burnin": 4000,
-        "num_draws": 4000,
+        "num_burnin": 2000,
+        "num_draws": 2000,
         "n_beta": 100.0,
     }
 
@@ -62,6 +67,7 @@ def test_result_table_plot_and_json_round_trip(tmp_path):
         localizations=[1.0, 10.0],
         num_chains=4,
         base_steps=200,
+        check_length=False,
         progress=False,
     )
     frame = cal.summary()
@@ -88,9 +94,30 @@ def test_smallest_healthy_localization_is_recommended():
         localizations=[10.0, 1.0],
         num_chains=4,
         base_steps=400,
+        check_length=False,
         progress=False,
     )
     assert cal.localization == 1.0
+
+
+def test_chains_too_short_to_converge_are_reported():
+    # relaxation takes about 2 / (ε a) = 1000 steps here; the length check may only go to 64
+    with pytest.warns(slt.ConvergenceWarning) as caught:
+        cal = slt.calibrate(
+            Quadratic(4),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_sizes=[1e-5],
+            num_chains=4,
+            base_steps=16,
+            max_steps=64,
+            progress=False,
+        )
+    messages = [str(w.message) for w in caught]
+    assert any("still moved by more than 10% when the chains doubled" in m for m in messages)
+    assert not cal.settings["length_converged"]
+    assert [r["num_steps"] for r in cal.table if r["kind"] == "length"] == [16, 32, 64]
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
@@ -99,7 +126,14 @@ def test_default_grid_brackets_the_pilot_step(tiny_regression):
     posterior = PosteriorSampler(model, (x, y), "mse")
     guess, source = slt.default_step_size(posterior, n_beta=50.0, localization=1.0)
     cal = slt.calibrate(
-        model, (x, y), loss_fn="mse", n_beta=50.0, num_chains=2, base_steps=40, progress=False
+        model,
+        (x, y),
+        loss_fn="mse",
+        n_beta=50.0,
+        num_chains=2,
+        base_steps=40,
+        check_length=False,
+        progress=False,
     )
     steps = sorted(r["step_size"] for r in cal.table)
     assert steps == pytest.approx([guess / 4, guess / 2, guess, guess * 2, guess * 4])

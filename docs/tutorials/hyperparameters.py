@@ -49,7 +49,7 @@ for _ in range(1500):
 
 # %%
 calibration = slt.calibrate(model, (x, y), loss_fn="mse", progress=False)
-calibration.summary()[["step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "healthy", "stable", "note"]]
+calibration.summary()[["kind", "step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "healthy", "stable", "note"]]
 
 # %%
 print(calibration.criteria)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
 
-__all__ = ["RMSPropSGLDState", "init", "step", "name"]
+__all__ = ["RMSPropSGLDState", "init", "step", "preconditioner", "name"]
 
 name = "rmsprop_sgld"
 
@@ -40,6 +40,20 @@ def init(position: Tensor) -> RMSPropSGLDState:
     """Start a chain at ``position`` with an empty squared-gradient average."""
     position = position.detach().clone()
     return RMSPropSGLDState(position=position, square_avg=torch.zeros_like(position), count=0)
+
+
+def preconditioner(
+    state: RMSPropSGLDState, *, alpha: float = 0.99, delta: float = 0.1, **_: object
+) -> Tensor:
+    r"""The diagonal preconditioner :math:`G = 1/(\sqrt{\hat v} + \delta)` of ``state``.
+
+    Before any step (``count == 0``) it is :math:`1/\delta`. The step-size bias of a preconditioned chain
+    scales with :math:`\sum_i G_i g_i^2`, not :math:`\lVert g\rVert^2`; the driver uses this to report
+    it (see :func:`slt.calibration.bias_indicator`).
+    """
+    if state.count == 0:
+        return torch.full_like(state.square_avg, 1.0 / delta)
+    return torch.div(state.square_avg, 1 - alpha**state.count).sqrt_().add_(delta).reciprocal_()
 
 
 def step(
@@ -83,7 +97,7 @@ def step(
         square_avg = torch.mul(state.square_avg, alpha).addcmul_(loss_grad, loss_grad, value=1 - alpha)
     else:
         count, square_avg = state.count, state.square_avg
-    precond = torch.div(square_avg, 1 - alpha**count).sqrt_().add_(delta).reciprocal_()
+    precond = preconditioner(RMSPropSGLDState(state.position, square_avg, count), alpha=alpha, delta=delta)
     increment = potential_grad(state.position, loss_grad, target)
     increment.mul_(precond).mul_(-0.5 * step_size)
     noise = gaussian_noise(increment, generator)

@@ -53,7 +53,8 @@ class ChainRun:
     burnin_loss_trace : ndarray, shape (chains, burn-in steps)
         Minibatch loss at each burn-in step.
     grad_norm_sq : ndarray, shape (chains, draws)
-        Squared norm of the minibatch loss gradient at each draw (NaN after divergence).
+        Squared norm of the minibatch loss gradient at each draw, weighted by the kernel's
+        preconditioner when it has one (NaN after divergence; recorded on request).
     reference_loss_trace : ndarray or None, shape (chains, draws)
         Loss of :math:`w^*` on each draw's minibatch (with ``control_variate=True``).
     divergence_step : ndarray of int, shape (chains,)
@@ -283,7 +284,7 @@ class PosteriorSampler:
                 draw = plan.draw_index(t)
                 if draw is not None:
                     if plan.record_grad_norm:
-                        record.grad_sq[c, draw] = torch.dot(grad, grad)
+                        record.grad_sq[c, draw] = _gradient_energy(kernel, state, grad, options)
                     for name, fn in plan.observables.items():
                         with torch.no_grad():
                             record.observed[name][c].append(_to_numpy(fn(fm.module)))
@@ -323,7 +324,7 @@ class PosteriorSampler:
             draw = plan.draw_index(t)
             if draw is not None:
                 if plan.record_grad_norm:
-                    record.grad_sq[:, draw] = grad.square().sum(-1)
+                    record.grad_sq[:, draw] = _gradient_energy(kernel, state, grad, options)
                 if plan.observables:
                     with torch.no_grad():
                         for c in range(plan.num_chains):
@@ -468,6 +469,14 @@ VECTORIZE_CPU_MIN_CHAINS = 8
 VECTORIZE_CPU_MAX_WORK = 10_000_000  # parameters times batch size
 #: On CUDA, vectorize unless the stacked parameters of all chains get large.
 VECTORIZE_CUDA_PARAMS = 50_000_000
+
+
+def _gradient_energy(kernel: ModuleType, state: Any, grad: Tensor, options: Mapping[str, Any]) -> Tensor:
+    r""":math:`\sum_i G_i g_i^2` per chain, with ``G`` the kernel's preconditioner (1 when it has none)."""
+    precondition = getattr(kernel, "preconditioner", None)
+    if precondition is None:
+        return grad.square().sum(-1)
+    return (precondition(state, **options) * grad.square()).sum(-1)
 
 
 def _first_nonfinite(values: Tensor) -> int | None:
