@@ -8,6 +8,7 @@ from slt import oracles, samplers
 from slt.calibration import CalibrationResult, calibrate, default_step_size
 from slt.diagnostics import ChainDiagnostics
 from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
+from slt.transitions import Transition, detect_transitions, plot_transitions
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -27,6 +28,9 @@ __all__ = [
     "default_step_size",
     "default_n_beta",
     "ChainDiagnostics",
+    "detect_transitions",
+    "Transition",
+    "plot_transitions",
     "oracles",
     "samplers",
     "SLTWarning",

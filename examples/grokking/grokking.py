@@ -1,0 +1,334 @@
+"""Grokking on modular addition: train, save checkpoints, measure the LLC at each, flag the transitions.
+
+The model and optimizer of DESIGN.md §5: (a + b) mod 53 from 30% of all pairs, a 12-dimensional embedding
+of each operand, Linear(12→48) per operand summed, GELU, Linear(48→53); full-batch AdamW (lr 5e-3,
+betas (0.9, 0.98)). Weight decay 1.0 groks; weight decay 0.3, the negative control, memorizes and does
+not generalize within 10k steps.
+
+Run from the repository root (one seed, both weight decays, about 5 minutes on one CPU core):
+
+    PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
+
+Writes, per run, the checkpoints (``.safetensors``) and ``metrics.json`` (accuracy and loss per
+checkpoint, the LLC curve, the detected events), and for the whole call ``grokking.png`` and
+``events.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import slt
+from slt.transitions import Transition, detect_transitions, plot_transitions, transitions_markdown
+
+P = 53
+
+#: LLC settings for this model, chosen by measurement (examples/grokking/README.md): the mean
+#: cross-entropy as the loss, n*beta = n / log n, and SGLD with a fixed step size for all checkpoints.
+LLC_SETTINGS = dict(
+    loss_fn="cross_entropy",
+    localization=100.0,
+    step_size=5e-3,
+    num_chains=4,
+    num_draws=200,
+    num_burnin=100,
+    batch_size=None,
+    control_variate=False,
+    progress=False,
+)
+
+
+class ModularMLP(nn.Module):
+    """Embed each operand (12 dims), Linear(12→48) per operand, sum, GELU, Linear(48→p)."""
+
+    def __init__(self, p: int = P, embed: int = 12, hidden: int = 48):
+        super().__init__()
+        self.embed = nn.Embedding(p, embed)
+        self.left = nn.Linear(embed, hidden)
+        self.right = nn.Linear(embed, hidden)
+        self.out = nn.Linear(hidden, p)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        e = self.embed(pairs)
+        return self.out(nn.functional.gelu(self.left(e[:, 0]) + self.right(e[:, 1])))
+
+
+def modular_addition(p: int = P, train_fraction: float = 0.3, seed: int = 0):
+    """All pairs (a, b) with labels (a + b) mod p, split at random: ((x_train, y_train), (x_test, y_test))."""
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
+    y = (x[:, 0] + x[:, 1]) % p
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
+    n_train = int(train_fraction * p * p)
+    train, test = perm[:n_train], perm[n_train:]
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def checkpoint_steps(total: int, num_log: int = 40, num_linear: int = 50) -> list[int]:
+    """Log-spaced steps from 1 to ``total`` merged with ``num_linear`` evenly spaced ones."""
+    log_steps = np.unique(np.round(np.geomspace(1, total, num_log)).astype(int))
+    linear_steps = np.round(np.linspace(total / num_linear, total, num_linear)).astype(int)
+    return sorted({int(s) for s in np.concatenate([log_steps, linear_steps])})
+
+
+@dataclass
+class RunRecord:
+    """One training run: where its checkpoints are and what was measured at each."""
+
+    seed: int
+    weight_decay: float
+    folder: str
+    steps: list[int] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    train_seconds: float = float("nan")
+    llc: list[float] = field(default_factory=list)
+    llc_stderr: list[float] = field(default_factory=list)
+    llc_seconds: float = float("nan")
+    events: list[dict] = field(default_factory=list)
+
+    def checkpoint(self, step: int) -> Path:
+        return Path(self.folder) / f"step_{step:06d}.safetensors"
+
+    def save(self) -> None:
+        (Path(self.folder) / "metrics.json").write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RunRecord:
+        return cls(**json.loads((Path(folder) / "metrics.json").read_text()))
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = model(x)
+    return float((logits.argmax(1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
+
+
+def train(
+    folder: str | Path,
+    *,
+    seed: int,
+    weight_decay: float,
+    total_steps: int = 10_000,
+    steps: list[int] | None = None,
+    lr: float = 5e-3,
+) -> RunRecord:
+    """Train one run and save a checkpoint and its accuracies and losses at each of ``steps``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = steps if steps is not None else checkpoint_steps(total_steps)
+    (x_train, y_train), (x_test, y_test) = modular_addition(seed=seed)
+    torch.manual_seed(seed)
+    model = ModularMLP()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    record = RunRecord(seed=seed, weight_decay=weight_decay, folder=str(folder))
+    wanted = set(steps)
+    start = time.perf_counter()
+    for step in range(1, max(steps) + 1):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x_train), y_train).backward()
+        optimizer.step()
+        if step in wanted:
+            save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, record.checkpoint(step))
+            train_acc, train_loss = _evaluate(model, x_train, y_train)
+            test_acc, test_loss = _evaluate(model, x_test, y_test)
+            record.steps.append(step)
+            record.train_acc.append(train_acc)
+            record.test_acc.append(test_acc)
+            record.train_loss.append(train_loss)
+            record.test_loss.append(test_loss)
+    record.train_seconds = time.perf_counter() - start
+    record.save()
+    return record
+
+
+def load_checkpoint(path: str | Path) -> ModularMLP:
+    model = ModularMLP()
+    model.load_state_dict(load_file(str(path)))
+    return model
+
+
+def llc_curve(record: RunRecord, **settings) -> RunRecord:
+    """λ̂ and its standard error at every checkpoint of ``record`` (``slt.estimate_llc`` in a loop)."""
+    options = {**LLC_SETTINGS, **settings}
+    (x_train, y_train), _ = modular_addition(seed=record.seed)
+    record.llc, record.llc_stderr = [], []
+    start = time.perf_counter()
+    for i, step in enumerate(record.steps):
+        model = load_checkpoint(record.checkpoint(step))
+        result = slt.estimate_llc(model, (x_train, y_train), seed=1000 * record.seed + i, **options)
+        record.llc.append(result.mean)
+        record.llc_stderr.append(result.stderr)
+    record.llc_seconds = time.perf_counter() - start
+    record.save()
+    return record
+
+
+def crossing(steps: list[int], values: list[float], level: float) -> float:
+    """First step where ``values`` reaches ``level`` (linear interpolation in log step); NaN if never."""
+    v = np.asarray(values)
+    above = np.flatnonzero(v >= level)
+    if len(above) == 0:
+        return float("nan")
+    i = int(above[0])
+    if i == 0:
+        return float(steps[0])
+    x0, x1 = math.log(steps[i - 1]), math.log(steps[i])
+    t = (level - v[i - 1]) / (v[i] - v[i - 1])
+    return float(math.exp(x0 + t * (x1 - x0)))
+
+
+def grokking_window(record: RunRecord) -> tuple[int, int] | None:
+    """Checkpoint positions (index before, index after) bracketing test accuracy's climb 10% → 90%.
+
+    Returns the index of the last checkpoint below 10% and of the first at or above 90% (after it), or
+    None when the run never reaches 90%.
+    """
+    acc = np.asarray(record.test_acc)
+    reached = np.flatnonzero(acc >= 0.9)
+    if len(reached) == 0:
+        return None
+    hi = int(reached[0])
+    below = np.flatnonzero(acc[:hi] < 0.1)
+    lo = int(below[-1]) if len(below) else 0
+    return lo, hi
+
+
+def memorized_at(record: RunRecord, threshold: float = 0.99) -> int | None:
+    """Index of the first checkpoint with train accuracy at or above ``threshold``."""
+    idx = np.flatnonzero(np.asarray(record.train_acc) >= threshold)
+    return int(idx[0]) if len(idx) else None
+
+
+def detect(record: RunRecord, **options) -> list[Transition]:
+    """Transitions of λ̂ over the checkpoints of ``record``."""
+    events = detect_transitions((record.steps, record.llc, record.llc_stderr), measure="llc", **options)
+    record.events = [e.to_dict() for e in events]
+    record.save()
+    return events
+
+
+def check_grokking_claim(record: RunRecord, events: list[Transition]) -> dict:
+    """Is there a falling-λ̂ event whose steepest step lies in the 10%→90% climb (± one checkpoint)?"""
+    window = grokking_window(record)
+    if window is None:
+        return {"grokked": False, "hit": None}
+    lo, hi = window
+    hits = [e for e in events if e.direction == "fall" and lo - 1 <= e.step_index <= hi + 1]
+    return {
+        "grokked": True,
+        "climb_steps": (record.steps[lo], record.steps[hi]),
+        "test_acc_10": crossing(record.steps, record.test_acc, 0.1),
+        "test_acc_90": crossing(record.steps, record.test_acc, 0.9),
+        "hit": bool(hits),
+        "event": hits[0].to_dict() if hits else None,
+    }
+
+
+def check_control_claim(record: RunRecord, events: list[Transition]) -> dict:
+    """Does the control show a falling-λ̂ event after it memorized (train accuracy ≥ 99%)?"""
+    memorized = memorized_at(record)
+    late_falls = [
+        e for e in events if e.direction == "fall" and memorized is not None and e.step_index > memorized
+    ]
+    return {
+        "memorized_step": record.steps[memorized] if memorized is not None else None,
+        "late_falls": [e.to_dict() for e in late_falls],
+        "ok": memorized is not None and not late_falls,
+    }
+
+
+def plot_runs(runs: list[tuple[RunRecord, list[Transition]]], path: str | Path) -> None:
+    """One column per run: accuracies, losses, and λ̂ ± stderr with the flagged events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        3, len(runs), figsize=(5.2 * len(runs), 8.4), sharex=True, squeeze=False, constrained_layout=True
+    )
+    for col, (rec, events) in enumerate(runs):
+        steps = np.asarray(rec.steps)
+        ax = axes[0, col]
+        ax.plot(steps, rec.train_acc, label="train", color="C0")
+        ax.plot(steps, rec.test_acc, label="test", color="C1")
+        ax.set(ylabel="accuracy", xscale="log", title=f"seed {rec.seed}, weight decay {rec.weight_decay:g}")
+        ax.legend(fontsize=8, loc="center left")
+        ax = axes[1, col]
+        ax.plot(steps, rec.train_loss, label="train", color="C0")
+        ax.plot(steps, rec.test_loss, label="test", color="C1")
+        ax.set(ylabel="cross-entropy", yscale="log")
+        ax.legend(fontsize=8)
+        ax = axes[2, col]
+        llc, err = np.asarray(rec.llc), np.asarray(rec.llc_stderr)
+        ax.plot(steps, llc, color="k", lw=1)
+        ax.fill_between(steps, llc - err, llc + err, color="0.6", alpha=0.5, lw=0)
+        ax.set(ylabel=r"$\hat\lambda$ ± stderr", xlabel="step")
+        for row in range(3):
+            plot_transitions(axes[row, col], events, annotate=row == 2)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="grokking-output", help="output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    parser.add_argument("--steps", type=int, default=10_000, help="training steps")
+    parser.add_argument("--control-weight-decay", type=float, default=0.3)
+    parser.add_argument("--reuse", action="store_true", help="reuse finished training runs and LLC curves")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary = []
+    figure_runs = []
+    tables = []
+    for seed in args.seeds:
+        for wd in (1.0, args.control_weight_decay):
+            folder = out / f"seed{seed}_wd{wd:g}"
+            if args.reuse and (folder / "metrics.json").exists():
+                record = RunRecord.load(folder)
+            else:
+                record = train(folder, seed=seed, weight_decay=wd, total_steps=args.steps)
+            if not (args.reuse and len(record.llc) == len(record.steps)):
+                record = llc_curve(record)
+            events = detect(record)
+            check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)
+            row = {
+                "seed": seed,
+                "weight_decay": wd,
+                "checkpoints": len(record.steps),
+                "train_seconds": record.train_seconds,
+                "llc_seconds": record.llc_seconds,
+                **check,
+            }
+            summary.append(row)
+            print(json.dumps(row, default=str), flush=True)
+            tables.append(f"### seed {seed}, weight decay {wd:g}\n\n" + transitions_markdown(events))
+            if seed == args.seeds[0]:
+                figure_runs.append((record, events))
+    plot_runs(figure_runs, out / "grokking.png")
+    (out / "events.md").write_text("# Transitions of the LLC\n\n" + "\n".join(tables))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {out / 'grokking.png'}, {out / 'events.md'} and {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
