@@ -8,7 +8,7 @@ level to another faster than it drifts around that place, and says where, how mu
    (``log10(step)`` or ``step``) with a weighted least-squares cost, so residuals count in units of the
    per-checkpoint error bars.
 2. *Candidates.* Every break, and every run of segments between two segments (its *flanks*), is a
-   candidate change; its edges may move two checkpoints to fit the change best.
+   candidate change; it may reach two checkpoints into its flanks to fit the change best.
 3. *Gates.* The change measured against straight lines through the nearest checkpoints of each flank,
    minus what the steeper flank trend explains, must be ``min_snr`` standard errors and
    ``min_rel_change`` of the level, and the run must move faster than its flanks. Drift whose slope
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _AXES = ("log", "linear")
-#: How far (in checkpoints) the edges of a candidate event may move from the segmentation's breaks.
+#: How far (in checkpoints) a candidate change may reach into its flank segments.
 REFINE = 2
 _VALUE_SUFFIXES = ("", "_mean", "_value")
 _ERROR_SUFFIXES = ("_stderr", "_se", "_err", "_error", "_std_err")
@@ -457,10 +457,12 @@ def _find_events(
             lo, hi = bounds[left], bounds[right + 1]
             base0, base1 = bounds[left + 1] - 1, bounds[right]
             best: _Event | None = None
-            for s0 in range(-REFINE, REFINE + 1):
-                for s1 in range(-REFINE, REFINE + 1):
-                    i0, i1 = base0 + s0, base1 + s1
-                    if i0 >= i1 or i0 < lo + 2 or i1 > hi - 3:
+            # the change may start up to REFINE checkpoints before the left flank ends and end up to REFINE
+            # after the right flank starts: breaks often leave a checkpoint of a ramp in a flank
+            for s0 in range(REFINE + 1):
+                for s1 in range(REFINE + 1):
+                    i0, i1 = base0 - s0, base1 + s1
+                    if i0 < lo + 2 or i1 > hi - 3:
                         continue
                     cand = _evaluate(x, fit.sums, i0, i1, lo, hi, flank_window)
                     if cand is not None and (best is None or cand.snr > best.snr):
@@ -485,10 +487,10 @@ def _find_events(
 def _evaluate(
     x: np.ndarray, sums: np.ndarray, i0: int, i1: int, lo: int, hi: int, window: int
 ) -> _Event | None:
-    """Score a change between checkpoints ``i0`` and ``i1``.
+    """Score a change from checkpoint ``i0`` to checkpoint ``i1``.
 
-    The levels beside it come from lines through up to ``window`` checkpoints on each side, within
-    ``[lo, hi)``.
+    The levels before and after are read at ``x[i0]`` and ``x[i1]`` off lines through up to ``window``
+    checkpoints ending at ``i0`` (not before ``lo``) and starting at ``i1`` (before ``hi``).
     """
     a, b = max(lo, i0 + 1 - window), min(hi, i1 + window)
     if i0 + 1 - a < 3 or b - i1 < 3:
@@ -659,9 +661,9 @@ def detect_transitions(
     per segment (a custom ``ruptures`` cost; the flank lines are also fitted this way).
 
     *Candidates and their size.* For each pair of segments (left flank, right flank), the change runs
-    from the last checkpoint of the left flank to the first of the right one; both edges may move by up
-    to two checkpoints, keeping the placement with the largest snr (segment breaks often cut a ramp
-    one checkpoint off). The levels before and after come from straight lines through the
+    from the last checkpoint of the left flank to the first of the right one; it may also reach up to
+    two checkpoints further into either flank, keeping the placement with the largest snr (breaks often
+    leave a checkpoint of a ramp in a flank). The levels before and after come from straight lines through the
     ``flank_window`` checkpoints of each flank nearest the change (their variances scaled up by the
     reduced chi-square of the fit when above 1). The *background* is the steeper flank slope in the
     change's direction (zero if neither flank moves that way); the *excess* is the change minus the

@@ -248,3 +248,30 @@ def test_synthetic_suite_recall_and_false_alarms():
             false += sc.false_detections
             series += sc.series
         assert false / series <= 0.05, (mode, false, series)
+
+
+def test_log_value_scale_weighs_relative_changes():
+    n = len(STEPS)
+    rng = np.random.default_rng(4)
+    idx = np.arange(n)
+    # 100 -> 10 over twelve checkpoints, a plateau, then 10 -> 1 within two; 2% error bars
+    log_truth = np.interp(idx, [0, 12, 24, 40, 42, n - 1], [2, 2, 1, 1, 0, 0])
+    truth = 10**log_truth
+    values = truth * (1 + 0.02 * rng.standard_normal(n))
+    errors = 0.02 * truth
+    events = detect_transitions((STEPS, values, errors), value_scale="log", n_bootstrap=0)
+    assert [e.direction for e in events] == ["fall", "fall"]
+    gentle, sudden = events
+    assert gentle.level_before == pytest.approx(100, rel=0.1) and gentle.level_after == pytest.approx(
+        10, rel=0.1
+    )
+    assert sudden.level_before == pytest.approx(10, rel=0.1) and sudden.level_after == pytest.approx(
+        1, rel=0.1
+    )
+    assert sudden.delta == pytest.approx(sudden.level_after - sudden.level_before)
+    assert sudden.rel_delta == pytest.approx(sudden.delta / sudden.level_before)
+    assert 39 <= sudden.step_index <= 43
+    # in decades of the measure per decade of steps, the sudden fall is the steep one
+    assert abs(sudden.peak_slope) > 3 * abs(gentle.peak_slope)
+    with pytest.raises(ValueError, match="positive values"):
+        detect_transitions((STEPS, values - 50, errors), value_scale="log")

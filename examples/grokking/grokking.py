@@ -212,8 +212,15 @@ def memorized_at(record: RunRecord, threshold: float = 0.99) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
+#: How the example reads transitions off the λ̂ curve: on the log step axis, on log λ̂ (λ̂ falls by two
+#: to three decades over a run, so a fall from 10 to 1 should weigh like one from 100 to 10), with error
+#: bars known to come from LLC_SETTINGS["num_chains"] chains.
+DETECT_SETTINGS = dict(axis="log", value_scale="log", error_dof=LLC_SETTINGS["num_chains"] - 1)
+
+
 def detect(record: RunRecord, **options) -> list[Transition]:
     """Transitions of λ̂ over the checkpoints of ``record``."""
+    options = {**DETECT_SETTINGS, **options}
     events = detect_transitions((record.steps, record.llc, record.llc_stderr), measure="llc", **options)
     record.events = [e.to_dict() for e in events]
     record.save()
@@ -227,6 +234,7 @@ def check_grokking_claim(record: RunRecord, events: list[Transition]) -> dict:
         return {"grokked": False, "hit": None}
     lo, hi = window
     hits = [e for e in events if e.direction == "fall" and lo - 1 <= e.step_index <= hi + 1]
+    hits.sort(key=lambda e: e.rel_delta)  # the largest relative fall first
     return {
         "grokked": True,
         "climb_steps": (record.steps[lo], record.steps[hi]),
