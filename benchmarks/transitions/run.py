@@ -2,9 +2,10 @@
 
 Run from the repository root:
 
-    PYTHONPATH=. python benchmarks/transitions/run.py [--series 200] [--null-series 400] [--seed 0]
+    PYTHONPATH=. python benchmarks/transitions/run.py [--series 200] [--null-series 300] [--seed 0]
+    PYTHONPATH=. python benchmarks/transitions/run.py --baseline     # plain piecewise-constant PELT
 
-Writes ``benchmarks/results/transitions.json`` and ``benchmarks/results/transitions.md``.
+Writes ``benchmarks/results/transitions.{json,md}`` (or ``transitions_baseline.{json,md}``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmarks.transitions.synthetic import (
     SIZES,
     TOLERANCE,
     Scores,
+    plain_pelt_detector,
     score,
     slt_detector,
 )
@@ -31,9 +33,11 @@ from benchmarks.transitions.synthetic import (
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def run_suite(num_series: int, num_null: int, seed: int, detector_options: dict | None = None) -> dict:
+def run_suite(
+    num_series: int, num_null: int, seed: int, detector_options: dict | None = None, baseline: bool = False
+) -> dict:
     """Score every family under both error models; returns a JSON-ready dictionary."""
-    detector = slt_detector(**(detector_options or {}))
+    detector = plain_pelt_detector() if baseline else slt_detector(**(detector_options or {}))
     out: dict = {"signal": {}, "null": {}}
     for m, mode in enumerate(ERROR_MODES):
         for f, family in enumerate(SIGNAL_FAMILIES):
@@ -107,8 +111,14 @@ def markdown(result: dict) -> str:
     lines = [
         "# Transition detector on the synthetic suite",
         "",
-        f"`slt.detect_transitions` with {result['detector_options'] or 'its defaults'} (no bootstrap), "
-        f"{result['num_series']} series per signal family and {result['num_null']} per null family and error "
+        (
+            "The baseline (piecewise-constant PELT on the values, breaks kept at 3 standard errors) on "
+            if result.get("baseline")
+            else f"`slt.detect_transitions` with {result['detector_options'] or 'its defaults'} "
+            "(no bootstrap), "
+        )
+        + f"{result['num_series']} series per signal family and {result['num_null']} per null family and "
+        "error "
         f"model, seed {result['seed']}; a detection counts when its steepest step lies within "
         f"±{TOLERANCE:g} checkpoints of the planted change (of its ramp) with the right direction. "
         f"Measured on {result['machine']} in {result['seconds']:.0f} s.",
@@ -160,7 +170,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--series", type=int, default=200, help="series per signal family and error model")
-    parser.add_argument("--null-series", type=int, default=400, help="series per null family and error model")
+    parser.add_argument("--null-series", type=int, default=300, help="series per null family and error model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS), help="folder for transitions.json and transitions.md")
     parser.add_argument(
@@ -170,11 +180,15 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="detector option, for example --option min_snr=4 (repeatable)",
     )
+    parser.add_argument(
+        "--baseline", action="store_true", help="score the plain piecewise-constant PELT baseline instead"
+    )
     args = parser.parse_args()
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     start = time.perf_counter()
-    result = run_suite(args.series, args.null_series, args.seed, options)
+    result = run_suite(args.series, args.null_series, args.seed, options, baseline=args.baseline)
     result.update(
+        baseline=args.baseline,
         num_series=args.series,
         num_null=args.null_series,
         seed=args.seed,
@@ -184,8 +198,9 @@ def main() -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "transitions.json").write_text(json.dumps(result, indent=1))
-    (out / "transitions.md").write_text(markdown(result))
+    name = "transitions_baseline" if args.baseline else "transitions"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

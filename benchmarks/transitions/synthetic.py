@@ -243,6 +243,35 @@ def slt_detector(**kwargs) -> Detector:
     return detect
 
 
+def plain_pelt_detector(min_snr: float = 3.0) -> Detector:
+    """The baseline: piecewise-constant PELT (``ruptures``, L2 cost, BIC-like penalty) on the values,
+    every break kept when its jump between segment means is ``min_snr`` standard errors.
+
+    What one would write first; it has no notion of drift, which is what the suite's null families
+    probe.
+    """
+    import ruptures
+
+    def detect(s: SyntheticSeries) -> tuple[list[float], list[int]]:
+        n = len(s.values)
+        sigma2 = float(np.median(s.errors**2))
+        bounds = [
+            0,
+            *ruptures.Pelt(model="l2", min_size=2, jump=1).fit(s.values).predict(pen=2 * sigma2 * np.log(n)),
+        ]
+        positions, directions = [], []
+        for a, b, c in zip(bounds[:-2], bounds[1:-1], bounds[2:]):
+            left, right = s.values[a:b], s.values[b:c]
+            var = np.sum(s.errors[a:b] ** 2) / (b - a) ** 2 + np.sum(s.errors[b:c] ** 2) / (c - b) ** 2
+            jump = right.mean() - left.mean()
+            if abs(jump) >= min_snr * np.sqrt(var):
+                positions.append(b - 0.5)
+                directions.append(1 if jump > 0 else -1)
+        return positions, directions
+
+    return detect
+
+
 def score(
     detector: Detector,
     family: str,

@@ -219,11 +219,10 @@ DETECT_SETTINGS = dict(axis="log", value_scale="log", error_dof=LLC_SETTINGS["nu
 
 
 def detect(record: RunRecord, **options) -> list[Transition]:
-    """Transitions of λ̂ over the checkpoints of ``record``."""
+    """Transitions of λ̂ over the checkpoints of ``record`` (also kept in ``record.events``)."""
     options = {**DETECT_SETTINGS, **options}
     events = detect_transitions((record.steps, record.llc, record.llc_stderr), measure="llc", **options)
     record.events = [e.to_dict() for e in events]
-    record.save()
     return events
 
 
@@ -245,16 +244,25 @@ def check_grokking_claim(record: RunRecord, events: list[Transition]) -> dict:
     }
 
 
+def loss_settled_at(record: RunRecord, factor: float = 10.0) -> int:
+    """Index of the first checkpoint whose train loss is within ``factor`` of the run's lowest."""
+    loss = np.asarray(record.train_loss)
+    return int(np.flatnonzero(loss <= factor * loss.min())[0])
+
+
 def check_control_claim(record: RunRecord, events: list[Transition]) -> dict:
-    """Does the control show a falling-λ̂ event after it memorized (train accuracy ≥ 99%)?"""
+    """Falling-λ̂ events of the control after it memorized (train accuracy ≥ 99%), and after its train
+    loss settled (within 10x of its lowest value)."""
     memorized = memorized_at(record)
-    late_falls = [
-        e for e in events if e.direction == "fall" and memorized is not None and e.step_index > memorized
-    ]
+    settled = loss_settled_at(record)
+    falls = [e for e in events if e.direction == "fall"]
+    after_memorizing = [e for e in falls if memorized is not None and e.step_index > memorized]
     return {
         "memorized_step": record.steps[memorized] if memorized is not None else None,
-        "late_falls": [e.to_dict() for e in late_falls],
-        "ok": memorized is not None and not late_falls,
+        "loss_settled_step": record.steps[settled],
+        "falls_after_memorizing": [e.to_dict() for e in after_memorizing],
+        "falls_after_loss_settled": [e.to_dict() for e in falls if e.step_index > settled],
+        "ok": memorized is not None and not after_memorizing,
     }
 
 
@@ -284,7 +292,9 @@ def plot_runs(runs: list[tuple[RunRecord, list[Transition]]], path: str | Path) 
         llc, err = np.asarray(rec.llc), np.asarray(rec.llc_stderr)
         ax.plot(steps, llc, color="k", lw=1)
         ax.fill_between(steps, llc - err, llc + err, color="0.6", alpha=0.5, lw=0)
-        ax.set(ylabel=r"$\hat\lambda$ ± stderr", xlabel="step")
+        ax.set(ylabel=r"$\hat\lambda$ ± stderr (log scale, as analyzed)", xlabel="step")
+        if (llc > 0).all():
+            ax.set_yscale("log")
         for row in range(3):
             plot_transitions(axes[row, col], events, annotate=row == 2)
     fig.savefig(path, dpi=120)
@@ -318,6 +328,7 @@ def main() -> None:
             if not (args.reuse and len(record.llc) == len(record.steps)):
                 record = llc_curve(record)
             events = detect(record)
+            record.save()
             check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)
             row = {
                 "seed": seed,
@@ -333,9 +344,68 @@ def main() -> None:
             if seed == args.seeds[0]:
                 figure_runs.append((record, events))
     plot_runs(figure_runs, out / "grokking.png")
-    (out / "events.md").write_text("# Transitions of the LLC\n\n" + "\n".join(tables))
+    header = (
+        "# Transitions of the LLC\n\nDetected on log10 λ̂ against log10 step (`DETECT_SETTINGS`): delta and "
+        "levels in λ̂ units, peak slope in decades of λ̂ per decade of steps.\n\n"
+    )
+    (out / "events.md").write_text(header + "\n".join(tables))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"wrote {out / 'grokking.png'}, {out / 'events.md'} and {out / 'summary.json'}")
+    (out / "study.md").write_text(study_markdown(summary))
+    print(study_markdown(summary))
+    print(f"wrote {out / 'grokking.png'}, {out / 'events.md'}, {out / 'study.md'} and {out / 'summary.json'}")
+
+
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def study_markdown(summary: list[dict]) -> str:
+    """Per-seed table: when each run groks, where λ̂ falls, and what the control does."""
+    grok = [r for r in summary if r["weight_decay"] == 1.0]
+    ctrl = [r for r in summary if r["weight_decay"] != 1.0]
+    lines = [
+        "## Grokking runs (weight decay 1.0)",
+        "",
+        "| seed | test acc 10% | test acc 90% | climb between checkpoints | steepest λ̂ fall | λ̂ fall (rel.) "
+        "| snr | confidence | hit | train s | LLC s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in grok:
+        ev = r.get("event") or {}
+        climb = r.get("climb_steps")
+        hit_text = ("yes" if r["hit"] else "no") if r["grokked"] else "–"
+        lines.append(
+            f"| {r['seed']} | {_fmt(r.get('test_acc_10'))} | {_fmt(r.get('test_acc_90'))} | "
+            f"{f'{climb[0]}–{climb[1]}' if climb else 'never reaches 90%'} | {_fmt(ev.get('step'))} | "
+            f"{_fmt(ev.get('rel_delta'), '+.0%')} | {_fmt(ev.get('snr'), '.1f')} | "
+            f"{_fmt(ev.get('confidence'), '.0%')} | {hit_text} | "
+            f"{r['train_seconds']:.0f} | {r['llc_seconds']:.0f} |"
+        )
+    hits = sum(bool(r.get("hit")) for r in grok)
+    lines += [
+        "",
+        f"Falling-λ̂ event in the 10%→90% climb (± one checkpoint): {hits} of {len(grok)} seeds.",
+        "",
+    ]
+    lines += [
+        "## Controls (no grokking)",
+        "",
+        "| seed | memorized (train acc ≥ 99%) | loss settled | falls after memorizing (steepest step, rel.) "
+        "| falls after the loss settled | train s | LLC s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ctrl:
+        after = (
+            ", ".join(f"{e['step']:.0f} ({e['rel_delta']:+.0%})" for e in r["falls_after_memorizing"])
+            or "none"
+        )
+        settled = ", ".join(f"{e['step']:.0f} ({e['rel_delta']:+.0%})" for e in r["falls_after_loss_settled"])
+        lines.append(
+            f"| {r['seed']} | {r['memorized_step']} | {r['loss_settled_step']} | {after} | "
+            f"{settled or 'none'} | "
+            f"{r['train_seconds']:.0f} | {r['llc_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
