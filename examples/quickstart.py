@@ -1,4 +1,4 @@
-"""Quickstart: train a small MLP, estimate its local learning coefficient, print the table, save the plot.
+"""Quickstart: train a small MLP, calibrate the sampler, estimate the LLC, print the table, save the plots.
 
 Run: python examples/quickstart.py [--out DIR]
 """
@@ -44,15 +44,23 @@ def main() -> None:
 
     x, y = make_data()
     model = train(x, y)
-    print(f"trained: {sum(p.numel() for p in model.parameters())} parameters, "
-          f"train MSE {nn.functional.mse_loss(model(x), y).item():.4f}")
+    print(
+        f"trained: {sum(p.numel() for p in model.parameters())} parameters, "
+        f"train MSE {nn.functional.mse_loss(model(x), y).item():.4f}"
+    )
 
-    result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_chains=4, num_draws=1000)
+    calibration = slt.calibrate(model, (x, y), loss_fn="mse")
+    columns = ["step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "stable"]
+    print("\ncalibration (each step size run for the same simulated time):")
+    print(calibration.summary()[columns].to_string(index=False))
+    print(f"recommended step size {calibration.step_size:.3g}: {calibration.criteria}\n")
+
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", **calibration.estimate_kwargs())
     print(result.summary().T.to_string(header=False))
-    print(f"step size: {result.settings.step_size_source}")
     result.plot().savefig(out / "llc_trace.png", dpi=120)
+    calibration.plot().savefig(out / "calibration.png", dpi=120)
     result.to_json(out / "llc.json")
-    print(f"wrote {out / 'llc_trace.png'} and {out / 'llc.json'}")
+    print(f"\nwrote {out / 'llc_trace.png'}, {out / 'calibration.png'} and {out / 'llc.json'}")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,22 @@ choose hyperparameters, and check the answer against models whose learning coeff
 
 from slt import oracles, samplers
 from slt.calibration import CalibrationResult, calibrate, default_step_size
+from slt.checkpoints import CheckpointError, UnsafeCheckpointWarning, load_state_dict, resolve_checkpoints
 from slt.diagnostics import ChainDiagnostics
+from slt.dos import DOSResult, estimate_dos
+from slt.executors import RayExecutor, process_pool
 from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
+from slt.monitor import LLCMonitor
+from slt.store import ResultStore
+from slt.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
 from slt.transitions import Transition, detect_transitions, plot_transitions
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
     DivergenceWarning,
+    FitWarning,
     NotAMinimumWarning,
+    OverlapWarning,
     SLTWarning,
 )
 
@@ -21,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "estimate_llc",
+    "estimate_dos",
+    "DOSResult",
     "LLCResult",
     "LLCSettings",
     "calibrate",
@@ -37,5 +47,18 @@ __all__ = [
     "DivergenceWarning",
     "NotAMinimumWarning",
     "ConvergenceWarning",
+    "OverlapWarning",
+    "FitWarning",
     "ChainDivergenceError",
+    "analyze_checkpoints",
+    "Trajectory",
+    "ResultStore",
+    "LLCMonitor",
+    "RayExecutor",
+    "process_pool",
+    "resolve_checkpoints",
+    "load_state_dict",
+    "CheckpointError",
+    "CheckpointFailedWarning",
+    "UnsafeCheckpointWarning",
 ]

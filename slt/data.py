@@ -7,16 +7,27 @@ stream of shuffled minibatches for the chains.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["DataSource", "TensorData", "LoaderData", "as_data_source", "batch_length", "move_to"]
+__all__ = [
+    "DataSource",
+    "TensorData",
+    "LoaderData",
+    "Minibatches",
+    "as_data_source",
+    "batch_length",
+    "move_to",
+]
 
 Batch = Any
+
+#: Data up to this size is copied in shuffled order once per epoch, then sliced without copies.
+SHUFFLED_COPY_BYTES = 256 * 2**20
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:
@@ -63,8 +74,8 @@ class DataSource:
         """Yield batches that together cover every sample exactly once."""
         raise NotImplementedError
 
-    def stream(self, generator: torch.Generator, batch_size: int | None) -> Callable[[], Batch]:
-        """Return a function that returns the next shuffled minibatch each time it is called."""
+    def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
+        """Return an endless supply of shuffled minibatches for one chain."""
         raise NotImplementedError
 
 
@@ -93,63 +104,119 @@ class TensorData(DataSource):
         self.eval_batch_size = eval_batch_size
 
     def full_batches(self) -> Iterator[Batch]:
+        """Consecutive slices of ``eval_batch_size`` samples."""
         for start in range(0, self.n, self.eval_batch_size):
             yield tuple(t[start : start + self.eval_batch_size] for t in self.tensors)
 
-    def stream(self, generator: torch.Generator, batch_size: int | None) -> Callable[[], Batch]:
-        tensors, n = self.tensors, self.n
-        assert tensors is not None
-        if batch_size is None or batch_size >= n:
-            return lambda: tensors
-        device = tensors[0].device
-        state = {"perm": torch.randperm(n, generator=generator, device=device), "pos": 0}
-
-        def next_batch() -> Batch:
-            pos = state["pos"]
-            if pos + batch_size > n:
-                state["perm"] = torch.randperm(n, generator=generator, device=device)
-                pos = 0
-            idx = state["perm"][pos : pos + batch_size]
-            state["pos"] = pos + batch_size
-            return tuple(t[idx] for t in tensors)
-
-        return next_batch
+    def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
+        """Minibatches from a random partition fixed for the chain (see ``_PartitionStream``)."""
+        return _PartitionStream(self.tensors, generator, batch_size)
 
     def stacked_stream(
         self, generator: torch.Generator, batch_size: int | None, num_chains: int
-    ) -> Callable[[], Batch]:
+    ) -> Minibatches:
         """Like :meth:`stream`, but each call returns tensors of shape ``(num_chains, batch, ...)``.
 
-        Every epoch draws one permutation and a random starting offset per chain, and chain ``c``
-        reads the permutation cyclically from its offset. Each chain thus still sees every sample once
-        per epoch (so minibatch noise in the loss averages out over an epoch, as in :meth:`stream`),
-        chains see different batches at each step, and no per-chain sort is needed.
+        One partition is shared by the chains; each chain visits its batches in its own order.
         """
-        tensors, n = self.tensors, self.n
+        return _PartitionStream(self.tensors, generator, batch_size, num_chains=num_chains)
+
+
+class Minibatches:
+    """An endless supply of minibatches: call it for the next one.
+
+    Attributes
+    ----------
+    index : int, Tensor or None
+        Identity of the batch returned last (a tensor of one id per chain for stacked streams), or
+        ``None`` when batches have no stable identity (data loaders). Batches with the same id hold the
+        same samples, so a quantity computed once per id (the loss of :math:`w^*`) can be reused.
+    """
+
+    index: Any = None
+
+    def __call__(self) -> Batch:
+        """The next minibatch."""
+        raise NotImplementedError
+
+    def batch(self, index: int) -> Batch:
+        """The (unstacked) batch with id ``index``."""
+        raise NotImplementedError
+
+
+class _PartitionStream(Minibatches):
+    """Minibatches from a fixed random partition of in-memory tensors.
+
+    The samples are shuffled once and cut into ``n // batch_size`` batches (the remainder is left out
+    of this chain); each epoch visits every batch once in a fresh random order. Every sample is thus used
+    once per epoch (the minibatch noise of the loss averages out over an epoch), batches have stable
+    ids, and taking a batch is a slice with no copy. Data above ``SHUFFLED_COPY_BYTES`` is not copied:
+    each batch is gathered through the permutation instead. A batch size of at least ``n`` gives the
+    full data every step. With ``num_chains``, every chain shares the partition but draws its own order.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...] | None,
+        generator: torch.Generator,
+        batch_size: int | None,
+        num_chains: int | None = None,
+    ):
         assert tensors is not None
+        n = int(tensors[0].shape[0])
+        self.generator = generator
+        self.num_chains = num_chains
+        self.device = tensors[0].device
         if batch_size is None or batch_size >= n:
-            stacked = tuple(t.unsqueeze(0).expand(num_chains, *t.shape) for t in tensors)
-            return lambda: stacked
-        device = tensors[0].device
-        steps_per_epoch = n // batch_size
-        window = torch.arange(batch_size, device=device)
+            self.batch_size, self.num_batches = n, 1
+            self._blocks: tuple[Tensor, ...] | None = tuple(t.unsqueeze(0) for t in tensors)
+            self._perm = None
+        else:
+            self.batch_size, self.num_batches = batch_size, n // batch_size
+            used = self.num_batches * batch_size
+            perm = torch.randperm(n, generator=generator, device=self.device)[:used]
+            if sum(t.numel() * t.element_size() for t in tensors) <= SHUFFLED_COPY_BYTES:
+                self._blocks = tuple(
+                    t.index_select(0, perm).view(self.num_batches, batch_size, *t.shape[1:]) for t in tensors
+                )
+                self._perm = None
+            else:
+                self._blocks = None
+                self._perm = perm.view(self.num_batches, batch_size)
+                self._tensors = tensors
+        self._order: list[int] | Tensor = []
+        self._pos = self.num_batches
 
-        def new_epoch() -> dict[str, Any]:
-            perm = torch.randperm(n, generator=generator, device=device)
-            offsets = torch.randint(n, (num_chains, 1), generator=generator, device=device)
-            return {"perm": perm, "start": offsets + window, "k": 0}
+    def batch(self, index: int) -> Batch:
+        if self._blocks is not None:
+            return tuple(block[index] for block in self._blocks)
+        idx = self._perm[index]  # type: ignore[index]
+        return tuple(t.index_select(0, idx) for t in self._tensors)
 
-        state = new_epoch()
+    def _stacked(self, ids: Tensor) -> Batch:
+        if self._blocks is not None:
+            return tuple(block.index_select(0, ids) for block in self._blocks)
+        idx = self._perm.index_select(0, ids).reshape(-1)  # type: ignore[union-attr]
+        shape = (len(ids), self.batch_size)
+        return tuple(t.index_select(0, idx).view(*shape, *t.shape[1:]) for t in self._tensors)
 
-        def next_batch() -> Batch:
-            nonlocal state
-            if state["k"] == steps_per_epoch:
-                state = new_epoch()
-            idx = state["perm"][(state["start"] + state["k"] * batch_size) % n]
-            state["k"] += 1
-            return tuple(t[idx] for t in tensors)
-
-        return next_batch
+    def __call__(self) -> Batch:
+        if self._pos == self.num_batches:
+            self._pos = 0
+            if self.num_chains is None:
+                order = torch.randperm(self.num_batches, generator=self.generator, device=self.device)
+                self._order = order.tolist()
+            else:
+                shape = (self.num_chains, self.num_batches)
+                keys = torch.rand(shape, generator=self.generator, device=self.device)
+                self._order = keys.argsort(dim=1)
+        k = self._pos
+        self._pos += 1
+        if self.num_chains is None:
+            self.index = self._order[k]  # type: ignore[index]
+            return self.batch(self.index)
+        self.index = self._order[:, k]  # type: ignore[index,call-overload]
+        return self._stacked(self.index)
 
 
 class LoaderData(DataSource):
@@ -188,38 +255,47 @@ class LoaderData(DataSource):
         self.eval_batch_size = eval_batch_size
 
     def full_batches(self) -> Iterator[Batch]:
+        """One pass of the loader (or of the dataset in order)."""
         if self._loader is not None:
             loader = self._loader
         else:
-            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size, shuffle=False)  # type: ignore[arg-type]
+            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size)  # type: ignore[arg-type]
         for batch in loader:
             yield move_to(batch, self.device)
 
-    def stream(self, generator: torch.Generator, batch_size: int | None) -> Callable[[], Batch]:
+    def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
+        """The user's loader as configured, or a shuffling loader over the dataset seeded by ``generator``."""
         if self._loader is not None:
             loader = self._loader
         else:
-            cpu_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
             loader = DataLoader(
                 self._dataset,  # type: ignore[arg-type]
                 batch_size=batch_size or 256,
                 shuffle=True,
-                generator=cpu_generator,
+                generator=torch.Generator().manual_seed(seed),
             )
-        state = {"it": iter(loader)}
+        return _LoaderStream(loader, self.device)
 
-        def next_batch() -> Batch:
+
+class _LoaderStream(Minibatches):
+    """Cycles through a data loader forever; its batches have no stable identity."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader = loader
+        self.device = device
+        self._it = iter(loader)
+
+    def __call__(self) -> Batch:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
             try:
-                batch = next(state["it"])
+                batch = next(self._it)
             except StopIteration:
-                state["it"] = iter(loader)
-                try:
-                    batch = next(state["it"])
-                except StopIteration:
-                    raise ValueError("data is empty: the data loader yields no batches") from None
-            return move_to(batch, self.device)
-
-        return next_batch
+                raise ValueError("data is empty: the data loader yields no batches") from None
+        return move_to(batch, self.device)
 
 
 def as_data_source(data: Any, device: torch.device, batch_size: int | None = None) -> DataSource:

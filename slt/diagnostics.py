@@ -56,7 +56,7 @@ def _arviz_stat(name: str, trace: np.ndarray) -> float:
     return float(value)
 
 
-def import_arviz():  # noqa: ANN201 - returns the module
+def import_arviz():
     """Import arviz without its import-time ``FutureWarning`` about the 1.0 refactor."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

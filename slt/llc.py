@@ -1,8 +1,8 @@
-"""The local learning coefficient estimator.
+r"""The local learning coefficient estimator.
 
 .. math::
 
-    \\hat\\lambda(w^*) = n\\beta \\big( \\mathbb{E}_w[L_n(w)] - L_n(w^*) \\big)
+    \hat\lambda(w^*) = n\beta \big( \mathbb{E}_w[L_n(w)] - L_n(w^*) \big)
 
 with the expectation over the localized tempered posterior, approximated per chain by the mean
 minibatch loss over the draws after burn-in. :math:`L_n(w^*)` is computed exactly over the full data.
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from slt._guard import isolated_rng
+from slt._plotting import panels
 from slt._serialize import array_from_json, to_jsonable
 from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz
 from slt.losses import LossFn
@@ -48,9 +49,9 @@ __all__ = [
 
 
 def default_n_beta(n: int) -> float:
-    """The default inverse temperature times sample size, :math:`n\\beta^* = n / \\log n`.
+    r"""The default inverse temperature times sample size, :math:`n\beta^* = n / \log n`.
 
-    For ``n < 3`` (where :math:`\\log n \\le 1`) this returns ``n``.
+    For ``n < 3`` (where :math:`\log n \le 1`) this returns ``n``.
     """
     if n < 3:
         return float(n)
@@ -82,12 +83,12 @@ class LLCSettings:
 
 @dataclass
 class LLCResult:
-    """A local learning coefficient estimate with its traces and diagnostics.
+    r"""A local learning coefficient estimate with its traces and diagnostics.
 
     Attributes
     ----------
     mean : float
-        :math:`\\hat\\lambda`, the mean of the per-chain estimates over healthy chains.
+        :math:`\hat\lambda`, the mean of the per-chain estimates over healthy chains.
     std : float
         Standard deviation of the per-chain estimates (NaN with one healthy chain).
     stderr : float
@@ -95,7 +96,7 @@ class LLCResult:
     per_chain : ndarray, shape (chains,)
         Per-chain estimates (NaN for diverged chains).
     trace : ndarray, shape (chains, draws)
-        Per-draw estimates :math:`n\\beta (L_B(w_t) - L_n(w^*))`.
+        Per-draw estimates :math:`n\beta (L_B(w_t) - L_n(w^*))`.
     loss_trace : ndarray, shape (chains, draws)
         Minibatch loss at each draw.
     burnin_loss_trace : ndarray, shape (chains, burn-in steps)
@@ -140,7 +141,7 @@ class LLCResult:
         """The inverse temperature times sample size used."""
         return self.settings.n_beta
 
-    def summary(self):  # noqa: ANN201 - pandas is imported lazily
+    def summary(self):
         """One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings."""
         import pandas as pd
 
@@ -166,7 +167,7 @@ class LLCResult:
         }
         return pd.DataFrame([row])
 
-    def to_inference_data(self):  # noqa: ANN201 - arviz is imported lazily
+    def to_inference_data(self):
         """An arviz ``InferenceData`` with ``llc`` and ``loss`` (and observables) in its posterior group."""
         az = import_arviz()
         posterior = {"llc": self.trace, "loss": self.loss_trace}
@@ -174,20 +175,14 @@ class LLCResult:
             posterior[name] = values
         return az.from_dict(posterior=posterior, attrs={"init_loss": self.init_loss, "n_beta": self.n_beta})
 
-    def plot(self, ax=None):  # noqa: ANN001, ANN201 - matplotlib is imported lazily
+    def plot(self, ax=None):
         """Trace figure: loss per chain (burn-in shaded) and the running per-chain estimate.
 
         Returns
         -------
         matplotlib.figure.Figure
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-        else:
-            axes = np.ravel(ax)
-            fig = axes[0].figure
+        fig, axes = panels(ax, 2, figsize=(10, 3.6))
         burn = self.burnin_loss_trace.shape[1]
         every = self.settings.num_steps_bw_draws
         for c in range(self.loss_trace.shape[0]):
@@ -378,7 +373,7 @@ def estimate_llc(
     control_variate: bool = True,
     progress: bool = True,
 ) -> LLCResult:
-    """Estimate the local learning coefficient of ``model`` at its current weights.
+    r"""Estimate the local learning coefficient of ``model`` at its current weights.
 
     Parameters
     ----------
@@ -393,7 +388,7 @@ def estimate_llc(
     n_beta : float, optional
         Inverse temperature times sample size; default ``n / log n``.
     localization : float
-        Strength :math:`\\gamma` of the pull towards :math:`w^*`.
+        Strength :math:`\gamma` of the pull towards :math:`w^*`.
     step_size : float, optional
         Sampler step size. By default chosen from the curvature of the loss at :math:`w^*` (see
         :func:`slt.calibration.default_step_size`); :func:`slt.calibrate` chooses more carefully.
@@ -524,4 +519,3 @@ def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torc
     raise ValueError(
         "the model has no parameters at all; slt estimates the learning coefficient of trainable weights"
     )
-

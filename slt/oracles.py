@@ -1,16 +1,17 @@
-"""Models whose learning coefficient is known in closed form, and small factories for them.
+r"""Models whose learning coefficient is known in closed form, and small factories for them.
 
 Tests, benchmarks and tutorials share these as one source of truth.
 
 * Two-layer reduced-rank regression (Aoyagi & Watanabe, 2005): :func:`rrr_lambda`.
 * Deep linear networks (Aoyagi, 2024): :func:`dln_lambda`, :func:`deep_linear_network`.
-* Normal crossings :math:`K(w) = \\prod_i w_i^{2k_i}`: :func:`normal_crossing_lambda`,
+* Normal crossings :math:`K(w) = \prod_i w_i^{2k_i}`: :func:`normal_crossing_lambda`,
   :class:`NormalCrossing`.
 * One-hidden-layer tanh networks with zero true function: :func:`tanh_lambda`, :func:`tanh_network`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -60,12 +61,12 @@ def rrr_lambda(m_in: int, hidden: int, n_out: int, rank: int) -> tuple[float, in
 
 
 def dln_lambda(widths: Sequence[int], rank: int) -> tuple[float, int]:
-    """Learning coefficient and multiplicity of a deep linear network (Aoyagi, 2024).
+    r"""Learning coefficient and multiplicity of a deep linear network (Aoyagi, 2024).
 
     Parameters
     ----------
     widths : sequence of int
-        Layer widths :math:`H_0` (input), :math:`H_1, \\dots, H_L` (output); at least two.
+        Layer widths :math:`H_0` (input), :math:`H_1, \dots, H_L` (output); at least two.
     rank : int
         Rank r of the true end-to-end matrix, at most the smallest width.
 
@@ -77,16 +78,16 @@ def dln_lambda(widths: Sequence[int], rank: int) -> tuple[float, int]:
 
     Notes
     -----
-    With :math:`M_j = H_j - r`, :math:`\\Sigma` is the set of the :math:`\\ell + 1` smallest :math:`M_j`
-    satisfying :math:`\\max_\\Sigma M < \\min_{\\bar\\Sigma} M`, :math:`\\sum_\\Sigma M \\ge \\ell \\max_\\Sigma M`
-    and :math:`\\sum_\\Sigma M < \\ell \\min_{\\bar\\Sigma} M`. With :math:`S = \\sum_\\Sigma M_j`,
-    :math:`\\bar M = \\lceil S/\\ell \\rceil`, :math:`a = S - (\\bar M - 1)\\ell`:
+    With :math:`M_j = H_j - r`, :math:`\Sigma` is the set of the :math:`\ell + 1` smallest :math:`M_j`
+    satisfying :math:`\max_\Sigma M < \min_{\bar\Sigma} M`, :math:`\sum_\Sigma M \ge \ell \max_\Sigma M`
+    and :math:`\sum_\Sigma M < \ell \min_{\bar\Sigma} M`. With :math:`S = \sum_\Sigma M_j`,
+    :math:`\bar M = \lceil S/\ell \rceil`, :math:`a = S - (\bar M - 1)\ell`:
 
     .. math::
 
-        \\lambda = \\frac{r(H_0 + H_L) - r^2}{2} + \\frac{a(\\ell - a)}{4\\ell}
-            - \\frac{\\ell(\\ell - 1)}{4}\\Big(\\frac{S}{\\ell}\\Big)^2
-            + \\frac12 \\sum_{i < j \\in \\Sigma} M_i M_j, \\qquad m = a(\\ell - a) + 1.
+        \lambda = \frac{r(H_0 + H_L) - r^2}{2} + \frac{a(\ell - a)}{4\ell}
+            - \frac{\ell(\ell - 1)}{4}\Big(\frac{S}{\ell}\Big)^2
+            + \frac12 \sum_{i < j \in \Sigma} M_i M_j, \qquad m = a(\ell - a) + 1.
     """
     widths = [int(w) for w in widths]
     if len(widths) < 2:
@@ -126,10 +127,14 @@ def _check_widths(widths: Sequence[int], rank: int) -> None:
         raise ValueError(f"rank must lie in [0, {min(widths)}] for widths {list(widths)}, got {rank}")
 
 
-def normal_crossing_lambda(powers: Sequence[int], prior_powers: Sequence[float] | None = None) -> tuple[float, int]:
-    """Learning coefficient of :math:`K(w) = \\prod_i w_i^{2k_i}` with prior density :math:`\\propto \\prod_i |w_i|^{h_i}`.
+def normal_crossing_lambda(
+    powers: Sequence[int], prior_powers: Sequence[float] | None = None
+) -> tuple[float, int]:
+    r"""Learning coefficient of a normal crossing.
 
-    :math:`\\lambda = \\min_i (h_i + 1) / (2 k_i)`, and m is the number of indices attaining the minimum.
+    :math:`K(w) = \prod_i w_i^{2k_i}` with prior density :math:`\propto \prod_i |w_i|^{h_i}`.
+
+    :math:`\lambda = \min_i (h_i + 1) / (2 k_i)`, and m is the number of indices attaining the minimum.
     Coordinates with :math:`k_i = 0` do not enter :math:`K` and are skipped.
     """
     h = list(prior_powers) if prior_powers is not None else [0.0] * len(powers)
@@ -144,9 +149,9 @@ def normal_crossing_lambda(powers: Sequence[int], prior_powers: Sequence[float] 
 
 
 def tanh_lambda(hidden: int) -> float:
-    """Learning coefficient of :math:`f(x) = \\sum_{h \\le H} a_h \\tanh(b_h x)` at the true function 0.
+    r"""Learning coefficient of :math:`f(x) = \sum_{h \le H} a_h \tanh(b_h x)` at the true function 0.
 
-    :math:`\\lambda = (H + i^2 + i) / (4i + 2)` with :math:`i = \\lfloor\\sqrt{H}\\rfloor`.
+    :math:`\lambda = (H + i^2 + i) / (4i + 2)` with :math:`i = \lfloor\sqrt{H}\rfloor`.
     """
     if hidden < 1:
         raise ValueError("hidden must be at least 1")
@@ -168,7 +173,7 @@ def deep_linear_network(
     _check_widths(widths, rank)
     generator = torch.Generator().manual_seed(seed)
     layers = []
-    for h_in, h_out in zip(widths[:-1], widths[1:]):
+    for h_in, h_out in itertools.pairwise(widths):
         layer = nn.Linear(h_in, h_out, bias=False)
         weight = torch.randn(h_out, h_in, generator=generator, dtype=torch.float64) * scale / math.sqrt(h_in)
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
@@ -196,18 +201,23 @@ def linear_regression_data(
 
 
 class NormalCrossing(nn.Module):
-    """Regression model :math:`f(x, w) = x \\prod_i w_i^{k_i}`, initialized at the true parameter w = 0.
+    r"""Regression model :math:`f(x, w) = x \prod_i w_i^{k_i}`, initialized at the true parameter w = 0.
 
-    With data :math:`y = \\text{noise}` and mean-squared loss, :math:`K(w) \\propto \\prod_i w_i^{2k_i}`.
+    With data :math:`y = \text{noise}` and mean-squared loss, :math:`K(w) \propto \prod_i w_i^{2k_i}`.
     """
 
-    def __init__(self, powers: Sequence[int], init: Sequence[float] | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, powers: Sequence[int], init: Sequence[float] | None = None, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         self.powers = tuple(int(k) for k in powers)
-        start = torch.zeros(len(self.powers), dtype=dtype) if init is None else torch.tensor(init, dtype=dtype)
+        start = (
+            torch.zeros(len(self.powers), dtype=dtype) if init is None else torch.tensor(init, dtype=dtype)
+        )
         self.w = nn.Parameter(start)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` times the product of the weights raised to their powers."""
         product = torch.ones((), dtype=self.w.dtype, device=self.w.device)
         for i, k in enumerate(self.powers):
             product = product * self.w[i] ** k
@@ -217,7 +227,10 @@ class NormalCrossing(nn.Module):
 def regression_data(
     n: int, *, noise: float = 1.0, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor]:
-    """Scalar data for :class:`NormalCrossing` and :func:`tanh_network`: ``x ~ U[-1, 1]``, ``y = noise * N(0, 1)``."""
+    """Scalar data for :class:`NormalCrossing` and :func:`tanh_network`.
+
+    ``x ~ U[-1, 1]`` and ``y = noise * N(0, 1)``: the true function is 0.
+    """
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, generator=generator, dtype=dtype) * 2 - 1
     y = noise * torch.randn(n, 1, generator=generator, dtype=dtype)
@@ -225,8 +238,10 @@ def regression_data(
 
 
 def tanh_network(hidden: int, *, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """:math:`f(x) = \\sum_h a_h \\tanh(b_h x)` at the most singular true parameter (all weights 0)."""
-    net = nn.Sequential(nn.Linear(1, hidden, bias=False), nn.Tanh(), nn.Linear(hidden, 1, bias=False)).to(dtype)
+    r""":math:`f(x) = \sum_h a_h \tanh(b_h x)` at the most singular true parameter (all weights 0)."""
+    net = nn.Sequential(nn.Linear(1, hidden, bias=False), nn.Tanh(), nn.Linear(hidden, 1, bias=False)).to(
+        dtype
+    )
     for p in net.parameters():
         nn.init.zeros_(p)
     return net

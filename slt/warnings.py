@@ -5,6 +5,8 @@ __all__ = [
     "DivergenceWarning",
     "NotAMinimumWarning",
     "ConvergenceWarning",
+    "OverlapWarning",
+    "FitWarning",
     "ChainDivergenceError",
 ]
 
@@ -23,6 +25,14 @@ class NotAMinimumWarning(SLTWarning):
 
 class ConvergenceWarning(SLTWarning):
     """A diagnostic (R-hat, effective sample size, trend) says the chains have not converged."""
+
+
+class OverlapWarning(SLTWarning):
+    """Neighbouring rungs of the temperature ladder share too few samples for reweighting to be trusted."""
+
+
+class FitWarning(SLTWarning):
+    """The density of states could not be fitted on the window (too few populated bins)."""
 
 
 class ChainDivergenceError(RuntimeError):

@@ -22,8 +22,16 @@ FAST = dict(num_chains=2, num_draws=30, num_burnin=10, step_size=1e-4, progress=
 
 def test_result_holds_estimate_traces_settings_and_diagnostics(tiny_regression):
     model, x, y = tiny_regression
-    result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_chains=3, num_draws=40, num_burnin=20,
-                              step_size=1e-4, progress=False)
+    result = slt.estimate_llc(
+        model,
+        (x, y),
+        loss_fn="mse",
+        num_chains=3,
+        num_draws=40,
+        num_burnin=20,
+        step_size=1e-4,
+        progress=False,
+    )
     assert result.trace.shape == (3, 40) and result.loss_trace.shape == (3, 40)
     assert result.burnin_loss_trace.shape == (3, 20)
     assert result.per_chain == pytest.approx(result.trace.mean(axis=1))
@@ -52,8 +60,9 @@ def test_burn_in_never_enters_the_estimate(tiny_regression):
 
 def test_json_round_trip_and_arviz_and_plot(tiny_regression, tmp_path):
     model, x, y = tiny_regression
-    result = slt.estimate_llc(model, (x, y), loss_fn="mse", observables={"w0": lambda m: m[0].weight[0, 0]},
-                              **FAST)
+    result = slt.estimate_llc(
+        model, (x, y), loss_fn="mse", observables={"w0": lambda m: m[0].weight[0, 0]}, **FAST
+    )
     text = json.dumps(result.to_dict())
     back = slt.LLCResult.from_dict(json.loads(text))
     assert back.mean == result.mean and back.settings == result.settings
@@ -73,8 +82,9 @@ def test_json_round_trip_and_arviz_and_plot(tiny_regression, tmp_path):
 
 def test_observables_are_recorded_per_draw(tiny_regression):
     model, x, y = tiny_regression
-    result = slt.estimate_llc(model, (x, y), loss_fn="mse", observables={"norm": lambda m: m[0].weight.norm()},
-                              **FAST)
+    result = slt.estimate_llc(
+        model, (x, y), loss_fn="mse", observables={"norm": lambda m: m[0].weight.norm()}, **FAST
+    )
     values = result.observables["norm"]
     assert values.shape == (2, 30)
     assert np.all(np.abs(values - model[0].weight.norm().item()) < 0.5)
@@ -162,9 +172,19 @@ def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
     before = _snapshot(model, optimizer)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     slt.estimate_llc(model, loader, loss_fn="mse", sampler=sampler, **FAST)
-    slt.estimate_llc(model, (x, y), loss_fn="mse", sampler=sampler, num_chains=2, num_draws=20, progress=False)
-    slt.calibrate(model, (x, y), loss_fn="mse", step_sizes=[1e-4, 5e-5], num_chains=2, base_steps=16,
-                  sampler=sampler, progress=False)
+    slt.estimate_llc(
+        model, (x, y), loss_fn="mse", sampler=sampler, num_chains=2, num_draws=20, progress=False
+    )
+    slt.calibrate(
+        model,
+        (x, y),
+        loss_fn="mse",
+        step_sizes=[1e-4, 5e-5],
+        num_chains=2,
+        base_steps=16,
+        sampler=sampler,
+        progress=False,
+    )
     _assert_same(before, _snapshot(model, optimizer))
 
 
@@ -202,8 +222,14 @@ def test_mask_restricts_sampling_to_named_parameters(tiny_regression):
     assert weight_only.settings.num_params == 24
     entries = {"0.weight": torch.zeros(8, 3, dtype=torch.bool)}
     entries["0.weight"][0, :2] = True
-    partial = slt.estimate_llc(model, (x, y), loss_fn="mse", mask=entries,
-                               observables={"w": lambda m: m[0].weight.detach().clone()}, **FAST)
+    partial = slt.estimate_llc(
+        model,
+        (x, y),
+        loss_fn="mse",
+        mask=entries,
+        observables={"w": lambda m: m[0].weight.detach().clone()},
+        **FAST,
+    )
     assert partial.settings.num_params == 2
     moved = partial.observables["w"] != model[0].weight.detach().numpy()
     assert moved[..., 0, :2].any() and not moved[..., 1:, :].any() and not moved[..., 0, 2].any()
@@ -240,7 +266,9 @@ def test_empty_or_unknown_mask_is_rejected(tiny_regression):
     with pytest.raises(ValueError, match="matches no trainable parameter"):
         slt.estimate_llc(model, (x, y), loss_fn="mse", mask=["decoder"], **FAST)
     with pytest.raises(ValueError, match="selects no parameter entries"):
-        slt.estimate_llc(model, (x, y), loss_fn="mse", mask={"0.bias": torch.zeros(8, dtype=torch.bool)}, **FAST)
+        slt.estimate_llc(
+            model, (x, y), loss_fn="mse", mask={"0.bias": torch.zeros(8, dtype=torch.bool)}, **FAST
+        )
 
 
 @pytest.mark.parametrize(
@@ -296,8 +324,16 @@ def cliff_loss(model, batch):
 
 
 def test_diverging_chains_are_reported_and_excluded():
-    kwargs = dict(n_beta=1.0, localization=0.0, step_size=2e-3, num_chains=8, num_draws=150, num_burnin=50,
-                  progress=False, seed=0)
+    kwargs = dict(
+        n_beta=1.0,
+        localization=0.0,
+        step_size=2e-3,
+        num_chains=8,
+        num_draws=150,
+        num_burnin=50,
+        progress=False,
+        seed=0,
+    )
     with pytest.warns(slt.DivergenceWarning, match=r"chains diverged \(chain \d+ at step \d+"):
         result = slt.estimate_llc(Cliff(), torch.zeros(4, 1), loss_fn=cliff_loss, **kwargs)
     d = result.diagnostics
@@ -313,8 +349,18 @@ def test_diverging_chains_are_reported_and_excluded():
 
 def test_all_chains_diverging_raises_with_a_smaller_step_suggestion():
     with pytest.raises(slt.ChainDivergenceError, match="all 2 chains diverged.*smaller step size"):
-        slt.estimate_llc(Cliff(), torch.zeros(4, 1), loss_fn=cliff_loss, n_beta=1.0, localization=0.0,
-                         step_size=10.0, num_chains=2, num_draws=20, num_burnin=0, progress=False)
+        slt.estimate_llc(
+            Cliff(),
+            torch.zeros(4, 1),
+            loss_fn=cliff_loss,
+            n_beta=1.0,
+            localization=0.0,
+            step_size=10.0,
+            num_chains=2,
+            num_draws=20,
+            num_burnin=0,
+            progress=False,
+        )
 
 
 def test_negative_estimate_warns_that_w_star_is_not_a_minimum():
@@ -322,22 +368,50 @@ def test_negative_estimate_warns_that_w_star_is_not_a_minimum():
     with torch.no_grad():
         model.w.fill_(1.0)
     with pytest.warns(slt.NotAMinimumWarning, match="not a local minimum"):
-        result = slt.estimate_llc(model, torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=50.0,
-                                  localization=0.1, step_size=1e-3, num_chains=4, num_draws=200,
-                                  num_burnin=50, progress=False)
+        result = slt.estimate_llc(
+            model,
+            torch.zeros(4, 1),
+            loss_fn=quadratic_loss,
+            n_beta=50.0,
+            localization=0.1,
+            step_size=1e-3,
+            num_chains=4,
+            num_draws=200,
+            num_burnin=50,
+            progress=False,
+        )
     assert result.mean < 0
 
 
 def test_healthy_estimate_emits_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        slt.estimate_llc(Quadratic(5), torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
-                         num_chains=4, num_draws=500, num_burnin=200, progress=False)
+        slt.estimate_llc(
+            Quadratic(5),
+            torch.zeros(4, 1),
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_size=1e-3,
+            num_chains=4,
+            num_draws=500,
+            num_burnin=200,
+            progress=False,
+        )
 
 
 def test_unconverged_chains_warn_with_r_hat():
     model = Quadratic(5)
     with pytest.warns(slt.ConvergenceWarning, match=r"split R-hat \d\.\d+ > 1\.1"):
         # a nearly flat bowl: each chain random-walks on its own and the chains disagree
-        slt.estimate_llc(model, torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=0.01, localization=0.01,
-                         step_size=1e-3, num_chains=4, num_draws=200, num_burnin=0, progress=False)
+        slt.estimate_llc(
+            model,
+            torch.zeros(4, 1),
+            loss_fn=quadratic_loss,
+            n_beta=0.01,
+            localization=0.01,
+            step_size=1e-3,
+            num_chains=4,
+            num_draws=200,
+            num_burnin=0,
+            progress=False,
+        )

@@ -10,7 +10,9 @@ def test_multilayer_formula_reduces_to_two_layer_formula_for_all_widths_up_to_6(
     checked = 0
     for m, h, n in itertools.product(range(1, 7), repeat=3):
         for r in range(0, min(m, h, n) + 1):
-            assert oracles.dln_lambda([m, h, n], r) == pytest.approx(oracles.rrr_lambda(m, h, n, r), abs=1e-12)
+            assert oracles.dln_lambda([m, h, n], r) == pytest.approx(
+                oracles.rrr_lambda(m, h, n, r), abs=1e-12
+            )
             lam, mult = oracles.dln_lambda([m, h, n], r)
             assert (lam, mult)[1] == oracles.rrr_lambda(m, h, n, r)[1]
             checked += 1

@@ -35,6 +35,4 @@ def get_kernel(name: str | ModuleType) -> ModuleType:
     try:
         return KERNELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown sampler {name!r}; choose one of {', '.join(map(repr, KERNELS))}"
-        ) from None
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(map(repr, KERNELS))}") from None

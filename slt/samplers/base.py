@@ -1,10 +1,10 @@
-"""Shared pieces of the SG-MCMC kernels: the target posterior and the kernel protocol.
+r"""Shared pieces of the SG-MCMC kernels: the target posterior and the kernel protocol.
 
 Every kernel in :mod:`slt.samplers` samples the localized, tempered posterior
 
 .. math::
 
-    p(w) \\propto \\exp\\big(-n\\beta\\, L_n(w) - \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2\\big)
+    p(w) \propto \exp\big(-n\beta\, L_n(w) - \tfrac{\gamma}{2}\lVert w - w^*\rVert^2\big)
 
 over a *flat* parameter vector (shape ``(d,)`` for one chain or ``(chains, d)`` for a batch of chains).
 Kernels are pure functions in the style of blackjax: ``init`` builds a state ``NamedTuple`` and
@@ -23,14 +23,14 @@ __all__ = ["LocalPosterior", "Kernel", "potential_grad", "gaussian_noise"]
 
 
 class LocalPosterior(NamedTuple):
-    """The target of every kernel: a tempered posterior localized at ``center``.
+    r"""The target of every kernel: a tempered posterior localized at ``center``.
 
     Attributes
     ----------
     n_beta : float
-        Inverse temperature times sample size, :math:`n\\beta` (the weight on the mean loss).
+        Inverse temperature times sample size, :math:`n\beta` (the weight on the mean loss).
     localization : float
-        Strength :math:`\\gamma` of the Gaussian pull towards ``center``.
+        Strength :math:`\gamma` of the Gaussian pull towards ``center``.
     center : Tensor
         The trained weights :math:`w^*` as a flat vector of shape ``(d,)``.
     mask : Tensor or None
@@ -44,7 +44,7 @@ class LocalPosterior(NamedTuple):
 
 
 def potential_grad(position: Tensor, loss_grad: Tensor, target: LocalPosterior) -> Tensor:
-    """Gradient of the potential :math:`U(w) = n\\beta L(w) + \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2`.
+    r"""Gradient of the potential :math:`U(w) = n\beta L(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2`.
 
     Parameters
     ----------
@@ -58,7 +58,7 @@ def potential_grad(position: Tensor, loss_grad: Tensor, target: LocalPosterior) 
     Returns
     -------
     Tensor
-        A new tensor holding :math:`n\\beta \\nabla L + \\gamma (w - w^*)`.
+        A new tensor holding :math:`n\beta \nabla L + \gamma (w - w^*)`.
     """
     drift = torch.sub(position, target.center)
     drift.mul_(target.localization)
@@ -84,7 +84,7 @@ class Kernel(Protocol):
     name: str
 
     def init(self, position: Tensor, **hyper: Any) -> Any:  # pragma: no cover - protocol
-        ...
+        """Build the state of a chain starting at ``position``."""
 
     def step(
         self,
@@ -94,4 +94,4 @@ class Kernel(Protocol):
         generator: torch.Generator | None,
         **hyper: Any,
     ) -> Any:  # pragma: no cover - protocol
-        ...
+        """Advance one step, returning a new state."""

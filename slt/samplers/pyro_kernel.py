@@ -71,7 +71,9 @@ class SGLDKernel(MCMCKernel):
         from slt.llc import default_n_beta, validate_settings
 
         validate_settings(n_beta=n_beta, localization=localization, step_size=step_size)
-        self.posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        self.posterior = PosteriorSampler(
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device
+        )
         self.kernel = get_kernel(sampler)
         self.options = dict(sampler_options or {})
         self.step_size = float(step_size)
@@ -87,7 +89,9 @@ class SGLDKernel(MCMCKernel):
 
     def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
         """Start a fresh chain at the trained weights."""
-        self._generator = torch.Generator(device=self.posterior.device).manual_seed(chain_seeds(self.seed, 1)[0])
+        self._generator = torch.Generator(device=self.posterior.device).manual_seed(
+            chain_seeds(self.seed, 1)[0]
+        )
         self._next_batch = self.posterior.data.stream(self._generator, self.posterior.batch_size)
         self._state = self.kernel.init(self.posterior.center)
 
@@ -108,8 +112,10 @@ class SGLDKernel(MCMCKernel):
         fm = self.posterior.flat_model
         position = params["w"]
         if self._state is None or not torch.equal(self._state.position, position):
-            self._state = self._state._replace(position=position.clone()) if self._state is not None else (
-                self.kernel.init(position)
+            self._state = (
+                self._state._replace(position=position.clone())
+                if self._state is not None
+                else (self.kernel.init(position))
             )
         fm.load(self._state.position)
         loss, grad = fm.loss_and_grad(self._next_batch())

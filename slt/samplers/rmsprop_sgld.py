@@ -1,16 +1,16 @@
-"""RMSProp-preconditioned SGLD (Li et al., 2016), as used for LLC estimation in devinterp.
+r"""RMSProp-preconditioned SGLD (Li et al., 2016), as used for LLC estimation in devinterp.
 
-The preconditioner is built from the minibatch *loss* gradient :math:`g = \\nabla L_B(w)`:
+The preconditioner is built from the minibatch *loss* gradient :math:`g = \nabla L_B(w)`:
 
 .. math::
 
-    v \\leftarrow \\alpha v + (1 - \\alpha) g^2, \\qquad
-    G = 1 / (\\sqrt{\\hat v} + \\delta), \\qquad
-    w \\leftarrow w - \\tfrac{\\varepsilon}{2} G \\odot \\big[n\\beta g + \\gamma (w - w^*)\\big]
-        + \\sqrt{\\varepsilon G} \\odot \\xi
+    v \leftarrow \alpha v + (1 - \alpha) g^2, \qquad
+    G = 1 / (\sqrt{\hat v} + \delta), \qquad
+    w \leftarrow w - \tfrac{\varepsilon}{2} G \odot \big[n\beta g + \gamma (w - w^*)\big]
+        + \sqrt{\varepsilon G} \odot \xi
 
-where :math:`\\hat v = v / (1 - \\alpha^t)` is the bias-corrected average (as in Adam), so the first
-steps are not taken with the huge preconditioner :math:`1/\\delta`. The derivative of :math:`G` with
+where :math:`\hat v = v / (1 - \alpha^t)` is the bias-corrected average (as in Adam), so the first
+steps are not taken with the huge preconditioner :math:`1/\delta`. The derivative of :math:`G` with
 respect to :math:`w` is neglected, as in the original method.
 """
 
@@ -53,7 +53,7 @@ def step(
     delta: float = 0.1,
     adapt_steps: int | None = None,
 ) -> RMSPropSGLDState:
-    """Advance one preconditioned SGLD step.
+    r"""Advance one preconditioned SGLD step.
 
     Parameters
     ----------
@@ -66,12 +66,12 @@ def step(
     generator : torch.Generator or None
         Source of the Gaussian noise.
     step_size : float
-        The step size :math:`\\varepsilon`.
+        The step size :math:`\varepsilon`.
     alpha : float
         Decay of the squared-gradient average.
     delta : float
-        Damping :math:`\\delta` added to :math:`\\sqrt{\\hat v}`; bounds the preconditioner by
-        :math:`1/\\delta`.
+        Damping :math:`\delta` added to :math:`\sqrt{\hat v}`; bounds the preconditioner by
+        :math:`1/\delta`.
 
     Returns
     -------
@@ -90,6 +90,4 @@ def step(
     noise.mul_(precond.mul_(step_size).sqrt_())
     increment.add_(noise)
     masked(increment, target)
-    return RMSPropSGLDState(
-        position=torch.add(state.position, increment), square_avg=square_avg, count=count
-    )
+    return RMSPropSGLDState(position=torch.add(state.position, increment), square_avg=square_avg, count=count)

@@ -1,11 +1,11 @@
-"""Stochastic gradient Langevin dynamics (Welling & Teh, 2011) with a localizing prior.
+r"""Stochastic gradient Langevin dynamics (Welling & Teh, 2011) with a localizing prior.
 
-One step, with step size :math:`\\varepsilon` and :math:`\\xi \\sim N(0, I)`:
+One step, with step size :math:`\varepsilon` and :math:`\xi \sim N(0, I)`:
 
 .. math::
 
-    w \\leftarrow w - \\tfrac{\\varepsilon}{2}\\big[n\\beta \\nabla L_B(w) + \\gamma (w - w^*)\\big]
-        + \\sqrt{\\varepsilon}\\, \\xi
+    w \leftarrow w - \tfrac{\varepsilon}{2}\big[n\beta \nabla L_B(w) + \gamma (w - w^*)\big]
+        + \sqrt{\varepsilon}\, \xi
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
+from slt.samplers.base import LocalPosterior, gaussian_noise, masked
 
 __all__ = ["SGLDState", "init", "step", "name"]
 
@@ -42,7 +42,7 @@ def step(
     *,
     step_size: float,
 ) -> SGLDState:
-    """Advance one SGLD step.
+    r"""Advance one SGLD step.
 
     Parameters
     ----------
@@ -55,15 +55,17 @@ def step(
     generator : torch.Generator or None
         Source of the Gaussian noise.
     step_size : float
-        The step size :math:`\\varepsilon`.
+        The step size :math:`\varepsilon`.
 
     Returns
     -------
     SGLDState
         The new state; ``state`` is left unchanged.
     """
-    increment = potential_grad(state.position, loss_grad, target)
-    increment.mul_(-0.5 * step_size)
+    # w - (eps/2) * (n_beta * g + gamma * (w - w*)) + sqrt(eps) * xi, in as few tensor ops as possible
+    increment = torch.mul(loss_grad, -0.5 * step_size * target.n_beta)
+    if target.localization:
+        increment.add_(torch.sub(state.position, target.center), alpha=-0.5 * step_size * target.localization)
     increment.add_(gaussian_noise(increment, generator), alpha=math.sqrt(step_size))
     masked(increment, target)
-    return SGLDState(position=torch.add(state.position, increment))
+    return SGLDState(position=increment.add_(state.position))

@@ -1,15 +1,15 @@
-"""Stochastic gradient Nosé-Hoover thermostat (Ding et al., 2014).
+r"""Stochastic gradient Nosé-Hoover thermostat (Ding et al., 2014).
 
 Written in the learning-rate parametrization of SGHMC (Chen et al., 2014) that devinterp also uses,
-with velocity :math:`v`, thermostat :math:`\\xi`, diffusion :math:`A` and step size :math:`\\varepsilon`:
+with velocity :math:`v`, thermostat :math:`\xi`, diffusion :math:`A` and step size :math:`\varepsilon`:
 
 .. math::
 
-    v &\\leftarrow v - \\varepsilon \\nabla U(w) - \\xi v + \\sqrt{2 A \\varepsilon}\\, \\eta \\\\
-    w &\\leftarrow w + v \\\\
-    \\xi &\\leftarrow \\xi + \\lVert v \\rVert^2 / d - \\varepsilon
+    v &\leftarrow v - \varepsilon \nabla U(w) - \xi v + \sqrt{2 A \varepsilon}\, \eta \\
+    w &\leftarrow w + v \\
+    \xi &\leftarrow \xi + \lVert v \rVert^2 / d - \varepsilon
 
-where :math:`U(w) = n\\beta L_B(w) + \\tfrac{\\gamma}{2}\\lVert w - w^*\\rVert^2` and :math:`d` is the number
+where :math:`U(w) = n\beta L_B(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2` and :math:`d` is the number
 of coordinates that move. The thermostat adapts the friction so that the kinetic energy matches the
 temperature, absorbing the unknown minibatch-gradient noise.
 """
@@ -53,7 +53,7 @@ def step(
     step_size: float,
     diffusion: float = 0.01,
 ) -> SGNHTState:
-    """Advance one SGNHT step.
+    r"""Advance one SGNHT step.
 
     Parameters
     ----------
@@ -66,7 +66,7 @@ def step(
     generator : torch.Generator or None
         Source of the Gaussian noise.
     step_size : float
-        The step size (learning rate) :math:`\\varepsilon`.
+        The step size (learning rate) :math:`\varepsilon`.
     diffusion : float
         The diffusion factor :math:`A` (also the thermostat's initial value).
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from slt.data import DataSource, TensorData, as_data_source, batch_length
+from slt.data import DataSource, Minibatches, TensorData, as_data_source, batch_length
 from slt.losses import LossFn, check_scalar, resolve_loss
 from slt.samplers import LocalPosterior, get_kernel
 from slt.sampling.flat import FlatModel, Mask
@@ -80,7 +80,7 @@ class ChainRun:
 
     @property
     def diverged(self) -> np.ndarray:
-        """Boolean per chain: did the chain hit a non-finite loss?"""
+        """Boolean per chain: whether the chain hit a non-finite loss."""
         return self.divergence_step >= 0
 
 
@@ -210,6 +210,7 @@ class PosteriorSampler:
         chain_mode: str = "auto",
         observables: Mapping[str, Observable] | None = None,
         control_variate: bool = False,
+        record_grad_norm: bool = False,
         progress: bool | Any = False,
     ) -> ChainRun:
         """Run ``num_chains`` chains from :math:`w^*` and record the loss at every draw.
@@ -217,7 +218,8 @@ class PosteriorSampler:
         Each chain takes ``num_burnin`` steps, then ``num_draws * num_steps_bw_draws`` steps, recording
         a draw before every ``num_steps_bw_draws``-th step. The loss recorded at a draw is the minibatch
         loss at that position on the minibatch used for the next gradient step. With
-        ``control_variate``, the loss of :math:`w^*` on the same minibatch is recorded too.
+        ``control_variate``, the loss of :math:`w^*` on the same minibatch is recorded too; with
+        ``record_grad_norm``, the squared norm of the minibatch gradient at each draw (else NaN).
         """
         kernel = get_kernel(sampler)
         options = dict(sampler_options or {})
@@ -227,8 +229,16 @@ class PosteriorSampler:
         )
         mode = self.choose_mode(chain_mode, num_chains)
         seeds = chain_seeds(seed, num_chains + 1)
-        plan = _Plan(num_chains, num_burnin, num_draws, num_steps_bw_draws, step_size, observables or {},
-                     control_variate)
+        plan = _Plan(
+            num_chains,
+            num_burnin,
+            num_draws,
+            num_steps_bw_draws,
+            step_size,
+            observables or {},
+            control_variate,
+            record_grad_norm,
+        )
         bar = _progress_bar(progress, num_chains * plan.total)
         start = time.perf_counter()
         record = None
@@ -258,7 +268,10 @@ class PosteriorSampler:
         for c in range(plan.num_chains):
             generator = torch.Generator(device=self.device).manual_seed(seeds[c])
             next_batch = self.data.stream(generator, self.batch_size)
+            reference = _ReferenceLosses(fm, next_batch)
             state = kernel.init(fm.center)
+            losses: list[Tensor] = []  # appending is far cheaper than writing into a tensor each step
+            references: list[Tensor] = []
             checked = 0
             for t in range(plan.total):
                 fm.load(state.position)
@@ -266,27 +279,30 @@ class PosteriorSampler:
                 loss, grad = fm.loss_and_grad(batch)
                 if t == 0:
                     check_scalar(loss)
-                record.losses[c, t] = loss
+                losses.append(loss)
                 draw = plan.draw_index(t)
                 if draw is not None:
-                    record.grad_sq[c, draw] = torch.dot(grad, grad)
+                    if plan.record_grad_norm:
+                        record.grad_sq[c, draw] = torch.dot(grad, grad)
                     for name, fn in plan.observables.items():
                         with torch.no_grad():
                             record.observed[name][c].append(_to_numpy(fn(fm.module)))
                     if plan.control_variate:
-                        fm.load(fm.center)
-                        record.reference[c, draw] = fm.loss(batch)
+                        references.append(reference.single(batch))
                 state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
                 if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                     if bar is not None:
                         bar.update(t + 1 - checked)
-                    bad = _first_nonfinite(record.losses[c, checked : t + 1])
+                    bad = _first_nonfinite(torch.stack(losses[checked : t + 1]))
                     if bad is not None:
                         record.divergence[c] = checked + bad
                         if bar is not None:
                             bar.update(plan.total - t - 1)
                         break
                     checked = t + 1
+            record.losses[c, : len(losses)] = torch.stack(losses)
+            if references:
+                record.reference[c, : len(references)] = torch.stack(references)
             record.finals.append(state.position)
         return record
 
@@ -296,9 +312,8 @@ class PosteriorSampler:
         record = _Record(plan, fm.flat.dtype, self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         next_batch = self.data.stacked_stream(generator, self.batch_size, plan.num_chains)
-        loss_at = fm.functional_loss()
-        grad_and_loss = torch.func.vmap(torch.func.grad_and_value(loss_at))
-        reference_loss = torch.func.vmap(loss_at, in_dims=(None, 0))
+        reference = _ReferenceLosses(fm, next_batch)
+        grad_and_loss = torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
         state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
         checked = 0
         for t in range(plan.total):
@@ -307,7 +322,8 @@ class PosteriorSampler:
             record.losses[:, t] = loss
             draw = plan.draw_index(t)
             if draw is not None:
-                record.grad_sq[:, draw] = grad.square().sum(-1)
+                if plan.record_grad_norm:
+                    record.grad_sq[:, draw] = grad.square().sum(-1)
                 if plan.observables:
                     with torch.no_grad():
                         for c in range(plan.num_chains):
@@ -315,8 +331,7 @@ class PosteriorSampler:
                             for name, fn in plan.observables.items():
                                 record.observed[name][c].append(_to_numpy(fn(fm.module)))
                 if plan.control_variate:
-                    with torch.no_grad():
-                        record.reference[:, draw] = reference_loss(fm.center, batch)
+                    record.reference[:, draw] = reference.stacked()
             state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                 if bar is not None:
@@ -334,6 +349,47 @@ class PosteriorSampler:
         return record
 
 
+class _ReferenceLosses:
+    """Loss of :math:`w^*` on the minibatch just drawn, computed once per batch id and cached.
+
+    With in-memory data the batches form a fixed partition, so after the first epoch the control
+    variate costs nothing; with loaders (no batch ids) it costs one forward pass per draw.
+    """
+
+    def __init__(self, flat_model: FlatModel, stream: Minibatches):
+        self.fm = flat_model
+        self.stream = stream
+        self.cache: dict[int, Tensor] = {}
+        num_batches = getattr(stream, "num_batches", 0)
+        self.table = torch.full(
+            (num_batches,), float("nan"), dtype=flat_model.flat.dtype, device=flat_model.device
+        )
+        self.known = torch.zeros(num_batches, dtype=torch.bool, device=flat_model.device)
+
+    def _at_center(self, batch: Any) -> Tensor:
+        # the caller reloads the chain's position before its next forward pass
+        self.fm.load(self.fm.center)
+        return self.fm.loss(batch)
+
+    def single(self, batch: Any) -> Tensor:
+        index = self.stream.index
+        if index is None:
+            return self._at_center(batch)
+        value = self.cache.get(index)
+        if value is None:
+            value = self.cache[index] = self._at_center(batch)
+        return value
+
+    def stacked(self) -> Tensor:
+        ids = self.stream.index
+        if not bool(self.known[ids].all()):
+            for k in ids.unique().tolist():
+                if not self.known[k]:
+                    self.table[k] = self._at_center(self.stream.batch(k))
+                    self.known[k] = True
+        return self.table[ids]
+
+
 @dataclass
 class _Plan:
     """The schedule of one set of chains."""
@@ -345,6 +401,7 @@ class _Plan:
     step_size: float
     observables: Mapping[str, Observable]
     control_variate: bool
+    record_grad_norm: bool
 
     @property
     def total(self) -> int:
@@ -370,7 +427,8 @@ class _Record:
         self.grad_sq = torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
         self.reference = (
             torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
-            if plan.control_variate else None
+            if plan.control_variate
+            else None
         )
         self.divergence = np.full(plan.num_chains, -1, dtype=np.int64)
         self.observed: dict[str, list[list[np.ndarray]]] = {

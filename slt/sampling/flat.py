@@ -19,7 +19,7 @@ from slt.losses import LossFn, check_scalar
 
 __all__ = ["FlatModel", "Mask", "select_parameters"]
 
-Mask = Union[Sequence[str], Mapping[str, Tensor], None]
+Mask = Union[Sequence[str], Mapping[str, Tensor], None]  # noqa: UP007 - a runtime alias
 
 
 def select_parameters(
@@ -110,7 +110,9 @@ class FlatModel:
         0/1 vector over ``flat`` for partly-sampled parameters.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, mask: Mask = None, device: torch.device | None = None):
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, mask: Mask = None, device: torch.device | None = None
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -152,7 +154,8 @@ class FlatModel:
         self.coordinate_mask: Tensor | None = None
         if elementwise:
             pieces = [
-                elementwise[n].reshape(-1).to(self.device, dtype) if n in elementwise
+                elementwise[n].reshape(-1).to(self.device, dtype)
+                if n in elementwise
                 else torch.ones(k, dtype=dtype, device=self.device)
                 for n, k in zip(self.names, self.numels)
             ]

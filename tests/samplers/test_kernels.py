@@ -8,9 +8,7 @@ from slt.samplers import KERNELS, LocalPosterior, get_kernel
 from tests.conftest import Quadratic, quadratic_loss
 
 
-@pytest.mark.parametrize(
-    ("sampler", "step"), [("sgld", 2e-4), ("rmsprop_sgld", 2e-5), ("sgnht", 2e-5)]
-)
+@pytest.mark.parametrize(("sampler", "step"), [("sgld", 2e-4), ("rmsprop_sgld", 2e-5), ("sgnht", 2e-5)])
 def test_kernel_recovers_half_the_dimension_on_a_quadratic(sampler, step):
     d, n_beta = 6, 200.0
     expected = (d / 2) * (2 * n_beta) / (2 * n_beta + 1.0)

@@ -15,8 +15,17 @@ def test_pyro_mcmc_drives_the_same_chain_as_the_native_driver():
     mcmc.run()
     samples = mcmc.get_samples()
     assert samples["w"].shape == (400, 3) and samples["loss"].shape == (400,)
-    native = slt.estimate_llc(Quadratic(3), torch.zeros(8, 1), num_chains=1, num_draws=400, num_burnin=100,
-                              chain_mode="sequential", progress=False, control_variate=False, **kwargs)
+    native = slt.estimate_llc(
+        Quadratic(3),
+        torch.zeros(8, 1),
+        num_chains=1,
+        num_draws=400,
+        num_burnin=100,
+        chain_mode="sequential",
+        progress=False,
+        control_variate=False,
+        **kwargs,
+    )
     # identical kernel, generator and schedule: the very same losses
     np.testing.assert_allclose(samples["loss"].numpy(), native.loss_trace[0], rtol=1e-12)
     llc = kernel.n_beta * (samples["loss"].mean().item() - kernel.init_loss)
@@ -25,8 +34,15 @@ def test_pyro_mcmc_drives_the_same_chain_as_the_native_driver():
 
 def test_pyro_samples_have_the_stationary_variance_of_the_target():
     n_beta, gamma, eps, d = 50.0, 1.0, 4e-3, 3
-    kernel = SGLDKernel(Quadratic(d), torch.zeros(8, 1), loss_fn=quadratic_loss, n_beta=n_beta,
-                        localization=gamma, step_size=eps, seed=0)
+    kernel = SGLDKernel(
+        Quadratic(d),
+        torch.zeros(8, 1),
+        loss_fn=quadratic_loss,
+        n_beta=n_beta,
+        localization=gamma,
+        step_size=eps,
+        seed=0,
+    )
     mcmc = MCMC(kernel, num_samples=10000, warmup_steps=200, disable_progbar=True)
     mcmc.run()
     w = mcmc.get_samples()["w"]

@@ -1,0 +1,115 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Choosing hyperparameters
+#
+# SGLD estimates depend on the step size $\varepsilon$: too large and the chain samples a distribution
+# wider than the posterior (the estimate is biased upwards, or the chain diverges); too small and the
+# chain does not move far enough in the steps it has (the estimate is too low and the chains disagree).
+# `slt.calibrate` finds the step in between by measuring, not guessing.
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+import slt
+
+torch.set_num_threads(1)
+torch.manual_seed(1)
+
+n = 4000
+x = torch.randn(n, 8)
+y = torch.tanh(x @ torch.randn(8, 1)) + 0.1 * torch.randn(n, 1)
+model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+for _ in range(1500):
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+
+# %% [markdown]
+# ## Calibrate
+#
+# `calibrate` runs chains over a halving ladder of step sizes. Each step size runs for the *same
+# simulated time* (half the step, twice the steps), so small steps are not penalized for moving less. With
+# a bias linear in the step, halving the step changes the estimate by half the bias of the larger step:
+# `bias_estimate` is that measured bias. The recommendation is the largest healthy step whose bias, plus
+# one standard error, is within 10%.
+
+# %%
+calibration = slt.calibrate(model, (x, y), loss_fn="mse", progress=False)
+calibration.summary()[["step_size", "num_steps", "llc_mean", "llc_stderr", "rhat", "bias_estimate", "healthy", "stable", "note"]]
+
+# %%
+print(calibration.criteria)
+print(calibration.estimate_kwargs())
+fig = calibration.plot()
+
+# %% [markdown]
+# Use the recommendation as keyword arguments of `estimate_llc`:
+
+# %%
+result = slt.estimate_llc(model, (x, y), loss_fn="mse", progress=False, **calibration.estimate_kwargs())
+result.summary()[["llc_mean", "llc_stderr", "rhat", "ess", "step_size", "num_draws"]]
+
+# %% [markdown]
+# ## What a bad chain looks like
+#
+# **Step too large.** The loss climbs far above the level the calibrated chains settle at, and the
+# estimate is inflated (or the chains diverge, which slt reports and excludes):
+
+# %%
+import warnings
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    too_large = slt.estimate_llc(model, (x, y), loss_fn="mse", step_size=calibration.step_size * 4,
+                                 num_draws=500, progress=False)
+print(too_large)
+for w in caught:
+    print(type(w.message).__name__, ":", w.message)
+
+# %% [markdown]
+# **Step too small.** The chains are still climbing when the draws begin: the running estimates keep
+# rising, the trend statistic is large and R-hat flags the disagreement.
+
+# %%
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    too_small = slt.estimate_llc(model, (x, y), loss_fn="mse", step_size=calibration.step_size / 50,
+                                 num_draws=500, progress=False)
+print(too_small, "trend z =", round(too_small.diagnostics.trend_z, 1))
+for w in caught:
+    print(type(w.message).__name__, ":", w.message)
+
+# %%
+fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
+too_large.plot(ax=axes[0])
+too_small.plot(ax=axes[1])
+axes[0, 0].set_title("step ×4: loss trace")
+axes[1, 0].set_title("step ÷50: loss trace")
+
+# %% [markdown]
+# ## What to change
+#
+# | symptom | likely cause | what to try |
+# |---|---|---|
+# | chains diverge (`DivergenceWarning`) | step too large | a smaller `step_size`, or `calibrate` |
+# | estimate moves when the step halves | step-size bias | the step `calibrate` recommends |
+# | R-hat > 1.1, large `trend_z` | chains too short for the step | more `num_burnin`/`num_draws`, a larger step |
+# | negative estimate (`NotAMinimumWarning`) | $w^*$ is not a local minimum | train longer; raise `localization` |
+# | estimate changes with `localization` | the posterior leaves the basin | compare a few values with `calibrate(localizations=[...])` |
+#
+# `calibrate(localizations=[1, 10, 100])` also runs every step size at several localizations and
+# recommends the smallest localization whose chains are healthy.

@@ -1,0 +1,299 @@
+"""The ``slt`` command line: analyse a folder of checkpoints, and report on the results.
+
+::
+
+    slt analyze CKPT_DIR --model module:factory --data module:function --loss mse --out results.sqlite
+    slt report results.sqlite --out report/
+
+``module:name`` arguments name a function in an importable module (the current folder is on the path)
+or in a Python file (``path/to/file.py:name``). ``--data`` and ``--test-data`` functions are called
+with no arguments and return the data (a tuple of tensors, a dataset or a data loader); ``--model``
+is called with no arguments for every checkpoint and returns a fresh model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "import_object"]
+
+
+def import_object(spec: str, what: str) -> Any:
+    """Import ``module:name`` or ``path/to/file.py:name``; raise a clear ``ValueError`` otherwise."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what} must look like module:name or path/to/file.py:name, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise ValueError(f"{what}: no such file {module_name}")
+            if str(path.parent) not in sys.path:
+                sys.path.insert(0, str(path.parent))
+            module = importlib.import_module(path.stem)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{what}: cannot import {module_name!r} ({exc})") from exc
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ValueError(f"{what}: {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``slt`` command."""
+    parser = argparse.ArgumentParser(
+        prog="slt",
+        description="Singular learning theory for torch models: local learning coefficients over training.",
+    )
+    parser.add_argument("--version", action="version", version=f"slt {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="estimate the LLC (and losses) at every checkpoint; resumable",
+        description=(
+            "Estimate the local learning coefficient at every checkpoint in a folder (or glob) and "
+            "commit each result to an SQLite store as it finishes. Rerunning skips finished checkpoints."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    analyze.add_argument("checkpoints", metavar="CKPT_DIR", help="folder or glob pattern of checkpoint files")
+    analyze.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="function returning a fresh model of the checkpoints' architecture",
+    )
+    analyze.add_argument(
+        "--data", required=True, metavar="MODULE:FUNCTION", help="function returning the training data"
+    )
+    analyze.add_argument(
+        "--loss",
+        required=True,
+        metavar="LOSS",
+        help="mse, cross_entropy, or MODULE:FUNCTION taking (model, batch)",
+    )
+    analyze.add_argument("--out", default="slt-results.sqlite", metavar="STORE", help="SQLite result store")
+    analyze.add_argument("--test-data", metavar="MODULE:FUNCTION", help="function returning held-out data")
+    analyze.add_argument(
+        "--measures", default="llc,loss", help="comma-separated measures among llc, dos, loss"
+    )
+    where = analyze.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="local worker processes (1: run in this process)"
+    )
+    where.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: the cluster at ADDRESS, or RAY_ADDRESS, or a local Ray",
+    )
+    sampling = analyze.add_argument_group("estimator settings (see slt.estimate_llc)")
+    sampling.add_argument("--num-chains", type=int, default=4)
+    sampling.add_argument("--num-draws", type=int, default=1000)
+    sampling.add_argument("--num-burnin", type=int, default=None, help="default: num-draws")
+    sampling.add_argument(
+        "--step-size", type=float, default=None, help="fixed step size (default: chosen per checkpoint)"
+    )
+    sampling.add_argument("--n-beta", type=float, default=None, help="default: n / log n")
+    sampling.add_argument("--localization", type=float, default=1.0)
+    sampling.add_argument("--batch-size", type=int, default=None)
+    sampling.add_argument("--sampler", default="sgld", choices=["sgld", "rmsprop_sgld", "sgnht"])
+    sampling.add_argument("--device", default=None, help="torch device (default: cpu)")
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load checkpoints that pickle arbitrary objects (runs their code: trusted files only)",
+    )
+    analyze.add_argument(
+        "--state-dict-key", default=None, help="key of the state dict inside checkpoint dicts"
+    )
+    analyze.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    analyze.set_defaults(handler=_analyze)
+
+    report = commands.add_parser(
+        "report",
+        help="write plots, a CSV and a markdown table from a result store",
+        description="Write trajectory.png, trajectory.csv and trajectory.md from an slt result store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("store", metavar="STORE", help="SQLite result store written by slt analyze")
+    report.add_argument("--out", required=True, metavar="DIR", help="folder for the report (created)")
+    report.add_argument(
+        "--settings",
+        default=None,
+        metavar="HASH",
+        help="settings hash when the store holds several runs (default: the latest)",
+    )
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``slt`` command; returns the exit status (0 success, 1 some checkpoints failed, 2 error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ValueError, ImportError) as exc:
+        print(f"slt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import warnings
+
+    from slt.executors import RayExecutor, process_pool
+    from slt.trajectory import CheckpointFailedWarning, analyze_checkpoints
+
+    model_factory = import_object(args.model, "--model")
+    data = import_object(args.data, "--data")()
+    test_data = import_object(args.test_data, "--test-data")() if args.test_data else None
+    loss: Any = args.loss if args.loss in ("mse", "cross_entropy") else import_object(args.loss, "--loss")
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+    if test_data is not None and "loss" not in measures:
+        measures.append("loss")
+    settings = {
+        "num_chains": args.num_chains,
+        "num_draws": args.num_draws,
+        "num_burnin": args.num_burnin,
+        "step_size": args.step_size,
+        "n_beta": args.n_beta,
+        "localization": args.localization,
+        "batch_size": args.batch_size,
+        "sampler": args.sampler,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if args.device:
+        settings["device"] = args.device
+    if "llc" not in measures:
+        settings = {k: v for k, v in settings.items() if k == "device"}
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    executor: Any = None
+    if args.ray is not None:
+        executor = RayExecutor(args.ray or None)
+    elif args.workers > 1:
+        executor = process_pool(args.workers)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trajectory = analyze_checkpoints(
+                args.checkpoints,
+                model_factory,
+                data,
+                loss_fn=loss,
+                measures=measures,
+                store=args.out,
+                executor=executor,
+                test_data=test_data,
+                seed=args.seed,
+                progress=not args.no_progress,
+                allow_pickle=args.allow_pickle,
+                state_dict_key=args.state_dict_key,
+                **settings,
+            )
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    for w in caught:
+        if not issubclass(w.category, CheckpointFailedWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    done = int(trajectory.ok.sum())
+    print(f"{len(trajectory)} checkpoints in {args.out}: {done} done, {len(trajectory) - done} failed")
+    for row in trajectory.failures:
+        print(f"  failed step {row.step} ({row.source}): {row.error}", file=sys.stderr)
+    print(f"settings hash {trajectory.settings_hash}; next: slt report {args.out} --out DIR")
+    return 0 if not trajectory.failures else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slt.trajectory import Trajectory
+
+    trajectory = Trajectory.load(args.store, settings_hash=args.settings)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = trajectory.to_dataframe()
+    frame.to_csv(out / "trajectory.csv", index=False)
+    (out / "trajectory.md").write_text(markdown_report(trajectory, args.store))
+    fig = trajectory.plot()
+    fig.savefig(out / "trajectory.png", dpi=120)
+    plt.close(fig)
+    print(f"wrote {out / 'trajectory.png'}, {out / 'trajectory.csv'} and {out / 'trajectory.md'}")
+    return 0
+
+
+def markdown_report(trajectory: Any, store: str) -> str:
+    """A markdown page: the settings hash, counts, and one table row per checkpoint."""
+    has_test = bool((~_isnan(trajectory.test_loss)).any())
+    header = (
+        ["step", "status", "λ̂", "± stderr", "train loss"] + (["test loss"] if has_test else []) + ["note"]
+    )
+    lines = [
+        f"# slt trajectory: {os.path.basename(store)}",
+        "",
+        f"{len(trajectory)} checkpoints, {int(trajectory.ok.sum())} done, {len(trajectory.failures)} failed "
+        f"(settings hash `{trajectory.settings_hash}`).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if h not in ("status", "note") else "---" for h in header) + "|",
+    ]
+    for row, llc, err, train, test in zip(
+        trajectory.records,
+        trajectory.llc_mean,
+        trajectory.llc_stderr,
+        trajectory.train_loss,
+        trajectory.test_loss,
+    ):
+        note = (row.error or "").replace("|", "\\|").replace("\n", " ")
+        if len(note) > 160:
+            note = note[:157] + "..."
+        cells = [str(row.step), row.status, _fmt(llc), _fmt(err), _fmt(train)]
+        if has_test:
+            cells.append(_fmt(test))
+        cells.append(note)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
+def _isnan(values: Any) -> Any:
+    import numpy as np
+
+    return np.isnan(np.asarray(values, dtype=float))
+
+
+def _version() -> str:
+    from slt import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""What a sweep measures at one set of weights, and the per-checkpoint task that workers run.
+
+:func:`measure_model` computes the requested measures (``"llc"``, ``"dos"``, ``"loss"``) of a model,
+capturing the warnings they raise so that they can travel back from worker processes.
+:func:`measure_checkpoint` is the task a sweep submits per checkpoint: load the weights, build the
+model, measure, and report success or the error; it never raises, so one bad checkpoint cannot stop a
+sweep. Both the post-hoc sweep and the training-loop monitor use :func:`checkpoint_seed`, so the same
+weights at the same step get the same numbers wherever they are measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import slt.warnings as slt_warnings
+from slt._guard import isolated_rng
+from slt.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_model, tensor_bytes
+
+__all__ = [
+    "MEASURES",
+    "MeasureSpec",
+    "Outcome",
+    "SweepJob",
+    "checkpoint_seed",
+    "validate_measures",
+    "validate_llc_settings",
+    "measure_model",
+    "measure_checkpoint",
+    "describe",
+    "data_fingerprint",
+    "reemit_warnings",
+]
+
+#: The measures a sweep can take at each checkpoint.
+MEASURES = ("llc", "dos", "loss")
+#: Keyword arguments of ``estimate_llc`` that the sweep sets itself.
+_RESERVED = {"model", "data", "loss_fn", "seed", "progress"}
+
+
+def checkpoint_seed(seed: int, step: int, stream: int = 0) -> int:
+    """The seed used at training step ``step`` of a sweep seeded with ``seed``.
+
+    Derived with numpy's ``SeedSequence`` from ``(seed, step, stream)``, so it depends neither on the
+    order in which checkpoints run nor on which worker runs them, and nearby steps get unrelated
+    streams. ``stream`` separates measures (0 for the LLC, 1 for the DOS).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    words = np.random.SeedSequence([int(seed), int(step) % 2**63, int(stream)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def validate_measures(measures: str | Sequence[str]) -> tuple[str, ...]:
+    """Check the requested measures and return them as a tuple without repeats."""
+    if isinstance(measures, str):
+        measures = (measures,)
+    measures = tuple(dict.fromkeys(measures))
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"measures must be a non-empty selection of {MEASURES}, got {list(measures)}")
+    if "dos" in measures:
+        _estimate_dos()
+    return measures
+
+
+def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Check that every key is a setting of :func:`slt.estimate_llc` the sweep passes through."""
+    from slt.llc import estimate_llc, validate_settings
+
+    allowed = set(inspect.signature(estimate_llc).parameters) - _RESERVED
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        reserved = sorted(set(unknown) & _RESERVED)
+        hint = f" ({', '.join(reserved)} are set by the sweep itself)" if reserved else ""
+        raise ValueError(
+            f"unknown estimator settings {unknown}{hint}; estimate_llc accepts {sorted(allowed)}"
+        )
+    validate_settings(
+        **{k: settings[k] for k in settings if k in inspect.signature(validate_settings).parameters}
+    )
+    return dict(settings)
+
+
+def llc_defaults() -> dict[str, Any]:
+    """Default values of the :func:`slt.estimate_llc` settings a sweep passes through."""
+    from slt.llc import estimate_llc
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(estimate_llc).parameters.items()
+        if name not in _RESERVED and p.default is not inspect.Parameter.empty
+    }
+
+
+def _estimate_dos() -> Callable[..., Any]:
+    import slt
+
+    fn = getattr(slt, "estimate_dos", None)
+    if fn is None:
+        raise ValueError(
+            'measure "dos" needs slt.estimate_dos, which this version of slt does not have yet; '
+            'measure "llc" and "loss" instead, or upgrade slt'
+        )
+    return fn
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """Everything that is measured at a set of weights, apart from the weights.
+
+    Attributes
+    ----------
+    measures : tuple of str
+        Subset of :data:`MEASURES`.
+    loss_fn : str or callable
+        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch)``.
+    data : Any
+        Training data (tensors, a dataset or a data loader).
+    test_data : Any
+        Held-out data for the test loss, or ``None``.
+    llc_settings : dict
+        Keyword arguments of :func:`slt.estimate_llc`.
+    dos_settings : dict
+        Keyword arguments of ``slt.estimate_dos``.
+    """
+
+    measures: tuple[str, ...]
+    loss_fn: Any
+    data: Any
+    test_data: Any = None
+    llc_settings: dict[str, Any] = field(default_factory=dict)
+    dos_settings: dict[str, Any] = field(default_factory=dict)
+
+    def description(self) -> dict[str, Any]:
+        """JSON-able description of everything that changes the numbers (hashed by the store)."""
+        out: dict[str, Any] = {
+            "measures": sorted(self.measures),
+            "loss_fn": describe(self.loss_fn),
+            "data": data_fingerprint(self.data),
+        }
+        if "llc" in self.measures:
+            out["llc"] = describe({**llc_defaults(), **self.llc_settings})
+        if "dos" in self.measures:
+            out["dos"] = describe(self.dos_settings)
+        if "loss" in self.measures and self.test_data is not None:
+            out["test_data"] = data_fingerprint(self.test_data)
+        return out
+
+
+def measure_model(
+    model: nn.Module, spec: MeasureSpec, seed: int, step: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measure ``model`` at its current weights.
+
+    Returns
+    -------
+    summary : dict
+        Scalars: ``llc_mean``, ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
+        ``llc_chains_diverged``, ``step_size``, ``train_loss``, ``test_loss``, ``dos_llc``,
+        ``dos_multiplicity`` (those that were measured).
+    payload : dict
+        Full results: ``payload["llc"]`` (``LLCResult.to_dict()``), ``payload["dos"]``, and
+        ``payload["seeds"]``.
+    """
+    from slt.llc import estimate_llc
+    from slt.sampling import PosteriorSampler
+
+    summary: dict[str, Any] = {}
+    payload: dict[str, Any] = {"seeds": {}}
+    device = spec.llc_settings.get("device")
+    if "llc" in spec.measures:
+        llc_seed = checkpoint_seed(seed, step, 0)
+        result = estimate_llc(
+            model, spec.data, loss_fn=spec.loss_fn, seed=llc_seed, progress=False, **spec.llc_settings
+        )
+        payload["seeds"]["llc"] = llc_seed
+        payload["llc"] = result.to_dict()
+        summary.update(
+            llc_mean=result.mean,
+            llc_std=result.std,
+            llc_stderr=result.stderr,
+            llc_ess=result.diagnostics.ess,
+            llc_rhat=result.diagnostics.rhat,
+            llc_chains_diverged=int(result.diagnostics.diverged.sum()),
+            step_size=result.settings.step_size,
+            train_loss=result.init_loss,
+        )
+    if "loss" in spec.measures:
+        if "train_loss" not in summary:
+            summary["train_loss"] = PosteriorSampler(model, spec.data, spec.loss_fn, device=device).init_loss
+        if spec.test_data is not None:
+            summary["test_loss"] = PosteriorSampler(
+                model, spec.test_data, spec.loss_fn, device=device
+            ).init_loss
+    if "dos" in spec.measures:
+        estimate_dos = _estimate_dos()
+        dos_seed = checkpoint_seed(seed, step, 1)
+        kwargs = dict(spec.dos_settings)
+        if "progress" in inspect.signature(estimate_dos).parameters:
+            kwargs.setdefault("progress", False)
+        dos = estimate_dos(model, spec.data, loss_fn=spec.loss_fn, seed=dos_seed, **kwargs)
+        payload["seeds"]["dos"] = dos_seed
+        payload["dos"] = dos.to_dict() if hasattr(dos, "to_dict") else describe(dos)
+        for name in ("llc", "multiplicity"):
+            value = getattr(dos, name, None)
+            if isinstance(value, (int, float, np.floating)):
+                summary[f"dos_{name}"] = float(value)
+    return summary, payload
+
+
+@dataclass
+class Outcome:
+    """What measuring one checkpoint gave: numbers, or the error that stopped it."""
+
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = float("nan")
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """The part of a sweep that every checkpoint task shares (sent to each worker)."""
+
+    model_factory: Callable[[], nn.Module]
+    spec: MeasureSpec
+    seed: int
+    allow_pickle: bool = False
+    state_dict_key: str | None = None
+
+
+def measure_checkpoint(checkpoint: Checkpoint, job: SweepJob) -> Outcome:
+    """Load one checkpoint, measure it, and return the outcome; never raises on a bad checkpoint.
+
+    The global RNGs are seeded from the checkpoint's seed while the model is built and restored
+    afterwards, so results do not depend on the process the task runs in, and a sweep run in the
+    caller's process leaves the caller's random streams untouched.
+    """
+    start = time.perf_counter()
+    seed = checkpoint_seed(job.seed, checkpoint.step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with isolated_rng(seed):
+                state_dict = checkpoint.load_state_dict(
+                    allow_pickle=job.allow_pickle, state_dict_key=job.state_dict_key
+                )
+                model = build_model(job.model_factory, state_dict, checkpoint.source)
+            summary, payload = measure_model(model, job.spec, job.seed, checkpoint.step)
+        except Exception as exc:
+            return Outcome(
+                status="failed",
+                error=format_error(exc),
+                payload={"warnings": captured(caught), "traceback": traceback.format_exc(limit=8)},
+                seconds=time.perf_counter() - start,
+            )
+    payload["warnings"] = captured(caught)
+    return Outcome(status="done", summary=summary, payload=payload, seconds=time.perf_counter() - start)
+
+
+def format_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` of an exception, as stored for failed checkpoints."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def captured(records: Sequence[warnings.WarningMessage]) -> list[dict[str, str]]:
+    """Warnings caught while measuring, as JSON-able ``{"category", "message"}`` records."""
+    return [{"category": w.category.__name__, "message": str(w.message)} for w in records]
+
+
+def reemit_warnings(
+    per_step: Sequence[tuple[int, Sequence[Mapping[str, str]]]], *, stacklevel: int = 3
+) -> None:
+    """Re-raise caught warnings in the caller's process: one warning per category, naming the steps."""
+    by_category: dict[str, list[tuple[int, str]]] = {}
+    for step, records in per_step:
+        for record in records:
+            by_category.setdefault(record["category"], []).append((step, record["message"]))
+    total = len(per_step)
+    for name, hits in by_category.items():
+        category = _warning_class(name)
+        steps = sorted({s for s, _ in hits})
+        shown = ", ".join(map(str, steps[:10])) + (" ..." if len(steps) > 10 else "")
+        if total == 1:
+            text = f"step {steps[0]}: {hits[0][1]}"
+        else:
+            text = (
+                f"{name} at {len(steps)} of {total} checkpoints (steps {shown}); "
+                f"at step {hits[0][0]}: {hits[0][1]}"
+            )
+        warnings.warn(text, category, stacklevel=stacklevel)
+
+
+def _warning_class(name: str) -> type[Warning]:
+    """The warning class of a caught warning's name: slt's own, a built-in one, else ``UserWarning``."""
+    import builtins
+
+    own = UnsafeCheckpointWarning if name == UnsafeCheckpointWarning.__name__ else None
+    for found in (getattr(slt_warnings, name, None), own, getattr(builtins, name, None)):
+        if isinstance(found, type) and issubclass(found, Warning):
+            return found
+    return UserWarning
+
+
+# -- describing settings for the store's hash ---------------------------------------------------
+
+
+def describe(value: Any) -> Any:
+    """A JSON-able description of a setting: callables by import name, tensors by content hash."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return describe(value.item())
+    if isinstance(value, Tensor):
+        return {"tensor_sha256": hashlib.sha256(tensor_bytes(value)).hexdigest(), "shape": list(value.shape)}
+    if isinstance(value, ModuleType):
+        return getattr(value, "name", value.__name__)
+    if isinstance(value, Mapping):
+        return {str(k): describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    if isinstance(value, torch.device):
+        return str(value)
+    if callable(value):
+        module = getattr(value, "__module__", None) or type(value).__module__
+        name = getattr(value, "__qualname__", None) or type(value).__qualname__
+        return f"{module}:{name}"
+    return repr(value)
+
+
+def data_fingerprint(data: Any) -> str:
+    """Identify a data set: a content hash for tensors, the type and length for other datasets.
+
+    Changes inside a custom ``Dataset`` or ``DataLoader`` of the same length are not detected; a
+    sweep over changed data of that kind should use a new store or seed.
+    """
+    if isinstance(data, Tensor):
+        data = (data,)
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    if isinstance(data, (tuple, list)) and all(isinstance(t, Tensor) for t in data):
+        digest = hashlib.sha256()
+        for t in data:
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(tensor_bytes(t))
+        return f"tensors-sha256:{digest.hexdigest()}"
+    if isinstance(data, DataLoader):
+        dataset = describe(type(data.dataset))
+        return f"DataLoader({dataset}, len={_length(data.dataset)}, batch_size={data.batch_size})"
+    if isinstance(data, Dataset):
+        return f"{describe(type(data))}(len={_length(data)})"
+    return repr(type(data))
+
+
+def _length(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None

@@ -1,0 +1,241 @@
+"""Measure the learning coefficient during training, without changing the training run.
+
+:class:`LLCMonitor` is called as ``monitor(model, step)`` at every step of any training loop and
+measures the model every ``every`` steps. It works on a copy of the model and restores the global
+random number generators, so the training run (weights, gradients, optimizer, data order) is bit for
+bit what it would have been without it. :meth:`LLCMonitor.lightning_callback` wraps it as a PyTorch
+Lightning callback. Results go to the same SQLite store as post-hoc sweeps, and steps measured with
+the same seed give the same numbers as :func:`slt.analyze_checkpoints` on the saved weights.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from slt._guard import isolated_rng
+from slt.checkpoints import state_dict_fingerprint
+from slt.losses import LossFn
+from slt.measures import (
+    MeasureSpec,
+    captured,
+    checkpoint_seed,
+    format_error,
+    measure_model,
+    reemit_warnings,
+    validate_llc_settings,
+    validate_measures,
+)
+from slt.store import ResultStore, StoredResult, settings_hash
+from slt.trajectory import CheckpointFailedWarning, Trajectory
+
+__all__ = ["LLCMonitor", "make_lightning_callback"]
+
+
+class LLCMonitor:
+    """Estimate the LLC (and other measures) of a model being trained, every few steps.
+
+    Parameters
+    ----------
+    data : tuple of Tensor, Dataset or DataLoader
+        Training data, as for :func:`slt.estimate_llc`.
+    loss_fn : str or callable
+        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
+    every : int, collection of int, or callable
+        Measure when ``step % every == 0``, when ``step`` is in the collection (for example steps
+        spaced logarithmically), or when ``every(step)`` is true.
+    store : str, PathLike or ResultStore, optional
+        SQLite file receiving each result as it is measured. A restarted run that reaches the same
+        weights at the same step reuses the stored result instead of measuring again.
+    measures : sequence of {"llc", "dos", "loss"}
+        What to measure (see :func:`slt.analyze_checkpoints`).
+    test_data : optional
+        Held-out data for the test loss (with ``"loss"``).
+    seed : int
+        Base seed; step ``s`` uses :func:`slt.measures.checkpoint_seed` ``(seed, s)``.
+    dos_settings : dict, optional
+        Keyword arguments of ``slt.estimate_dos``.
+    on_error : {"warn", "raise"}
+        A failed measurement warns (:class:`~slt.trajectory.CheckpointFailedWarning`) and training
+        goes on, or raises.
+    **estimator_settings
+        Keyword arguments of :func:`slt.estimate_llc`.
+
+    Examples
+    --------
+    >>> monitor = slt.LLCMonitor((x, y), loss_fn="mse", every=100, num_draws=200)  # doctest: +SKIP
+    >>> for step in range(steps):  # doctest: +SKIP
+    ...     train_step(model)
+    ...     monitor(model, step)
+    >>> monitor.trajectory.plot()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        loss_fn: str | LossFn,
+        every: int | Collection[int] | Callable[[int], bool] = 100,
+        store: str | os.PathLike[str] | ResultStore | None = None,
+        measures: str | Sequence[str] = ("llc",),
+        test_data: Any = None,
+        seed: int = 0,
+        dos_settings: Mapping[str, Any] | None = None,
+        on_error: str = "warn",
+        **estimator_settings: Any,
+    ):
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f'on_error must be "warn" or "raise", got {on_error!r}')
+        if isinstance(every, bool) or (isinstance(every, int) and every < 1):
+            raise ValueError(
+                f"every must be a positive integer, a collection of steps or a callable, got {every!r}"
+            )
+        if not (isinstance(every, int) or callable(every) or isinstance(every, Collection)):
+            raise TypeError(
+                f"every must be an int, a collection of steps or a callable, got {type(every).__name__}"
+            )
+        checkpoint_seed(seed, 0)  # validates the seed
+        measures = validate_measures(measures)
+        self.spec = MeasureSpec(
+            measures=measures,
+            loss_fn=loss_fn,
+            data=data,
+            test_data=test_data,
+            llc_settings=validate_llc_settings(estimator_settings),
+            dos_settings=dict(dos_settings or {}),
+        )
+        self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
+        self.seed = seed
+        self.on_error = on_error
+        self.settings = {**self.spec.description(), "seed": seed, "model_factory": "LLCMonitor"}
+        if store is None:
+            self.store: ResultStore | None = None
+            self.settings_hash = settings_hash(self.settings)
+        else:
+            self.store = store if isinstance(store, ResultStore) else ResultStore(store)
+            self.settings_hash = self.store.register_run(self.settings)
+        self._owns_store = store is not None and not isinstance(store, ResultStore)
+        self.records: list[StoredResult] = []
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is one of the steps to measure."""
+        if isinstance(self.every, int):
+            return step % self.every == 0
+        if isinstance(self.every, frozenset):
+            return step in self.every
+        return bool(self.every(step))
+
+    def __call__(self, model: nn.Module, step: int, *, force: bool = False) -> StoredResult | None:
+        """Measure ``model`` if ``step`` is due (or ``force``); returns the stored row, else ``None``.
+
+        The model, its gradients, its mode and the global RNG states are left exactly as they were.
+        """
+        step = int(step)
+        if not (force or self.due(step)):
+            return None
+        cid = f"step={step}|monitor"
+        if self.store is not None:
+            cid = f"step={step}|weights-sha256={state_dict_fingerprint(model.state_dict())}"
+            stored = self.store.results(self.settings_hash, [cid])
+            if stored and stored[0].ok:
+                self.records.append(stored[0])
+                return stored[0]
+        row = self._measure(model, step, cid)
+        if self.store is not None:
+            self.store.record(row)
+        self.records.append(row)
+        if row.ok:
+            reemit_warnings([(step, row.payload.get("warnings", []))], stacklevel=3)
+        elif self.on_error == "warn":
+            warnings.warn(
+                f"LLCMonitor could not measure step {step}: {row.error}; training goes on",
+                CheckpointFailedWarning,
+                stacklevel=2,
+            )
+        return row
+
+    def _measure(self, model: nn.Module, step: int, cid: str) -> StoredResult:
+        import time
+
+        start = time.perf_counter()
+        devices = tuple({p.device for p in model.parameters()})
+        row = StoredResult(
+            checkpoint_id=cid,
+            settings_hash=self.settings_hash,
+            step=step,
+            source=f"{type(model).__name__} at step {step}",
+            status="done",
+        )
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            isolated_rng(checkpoint_seed(self.seed, step), devices),
+        ):
+            warnings.simplefilter("always")
+            try:
+                row.summary, row.payload = measure_model(model, self.spec, self.seed, step)
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise
+                row.status, row.error = "failed", format_error(exc)
+        row.payload["warnings"] = captured(caught)
+        row.seconds = time.perf_counter() - start
+        return row
+
+    @property
+    def trajectory(self) -> Trajectory:
+        """The measurements so far, one per step (the latest measurement of a repeated step)."""
+        by_step: dict[int, StoredResult] = {}
+        for row in self.records:
+            by_step[row.step] = row
+        return Trajectory(
+            records=[by_step[s] for s in sorted(by_step)],
+            settings=self.settings,
+            settings_hash=self.settings_hash,
+            store_path=None if self.store is None else self.store.path,
+        )
+
+    def close(self) -> None:
+        """Close the store if the monitor opened it (results are already committed)."""
+        if self._owns_store and self.store is not None:
+            self.store.close()
+
+    def lightning_callback(self) -> Any:
+        """The monitor as a PyTorch Lightning callback (see :func:`make_lightning_callback`)."""
+        return make_lightning_callback(self)
+
+
+def make_lightning_callback(monitor: LLCMonitor) -> Any:
+    """A Lightning ``Callback`` calling ``monitor(pl_module, trainer.global_step)`` after each batch.
+
+    Only the global-zero process measures in distributed training. Needs ``lightning`` (or the older
+    ``pytorch_lightning``): ``pip install "slt[lightning]"``.
+    """
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        try:
+            from pytorch_lightning import Callback
+        except ImportError as exc:
+            raise ImportError(
+                'the Lightning callback needs PyTorch Lightning: pip install "slt[lightning]"'
+            ) from exc
+
+    class LLCMonitorCallback(Callback):
+        """Calls an :class:`slt.LLCMonitor` after every training batch."""
+
+        def __init__(self, monitor: LLCMonitor):
+            self.monitor = monitor
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            if getattr(trainer, "is_global_zero", True):
+                with torch.enable_grad():
+                    self.monitor(pl_module, trainer.global_step)
+
+    return LLCMonitorCallback(monitor)

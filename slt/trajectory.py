@@ -1,0 +1,539 @@
+"""Geometry over training: measure many checkpoints, resumably and in parallel, and look at the result.
+
+:func:`analyze_checkpoints` runs one task per checkpoint (in this process, on any
+``concurrent.futures``-style executor, or on Ray), commits each result to an SQLite
+:class:`~slt.store.ResultStore` as it arrives, and skips what a previous run already finished.
+:class:`Trajectory` holds the per-checkpoint results in step order, as arrays, a data frame and a
+figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from slt.checkpoints import Checkpoint, resolve_checkpoints
+from slt.executors import iter_completed, resolve_executor
+from slt.losses import LossFn
+from slt.measures import (
+    MeasureSpec,
+    Outcome,
+    SweepJob,
+    describe,
+    format_error,
+    measure_checkpoint,
+    reemit_warnings,
+    validate_llc_settings,
+    validate_measures,
+)
+from slt.store import ResultStore, StoredResult
+from slt.warnings import SLTWarning
+
+__all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning"]
+
+
+class CheckpointFailedWarning(SLTWarning):
+    """Some checkpoints of a sweep failed; their errors are in the store and in ``Trajectory.failures``."""
+
+
+def analyze_checkpoints(
+    checkpoints: Any,
+    model_factory: Callable[[], nn.Module],
+    data: Any,
+    *,
+    loss_fn: str | LossFn,
+    measures: str | Sequence[str] = ("llc",),
+    store: str | os.PathLike[str] | ResultStore | None = "slt-results.sqlite",
+    executor: Any = None,
+    test_data: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+    dos_settings: Mapping[str, Any] | None = None,
+    allow_pickle: bool = False,
+    state_dict_key: str | None = None,
+    identity: str = "stat",
+    retry_failed: bool = True,
+    **estimator_settings: Any,
+) -> Trajectory:
+    """Measure every checkpoint of a training run, committing each result as soon as it is done.
+
+    Parameters
+    ----------
+    checkpoints : str, PathLike, list or dict
+        A folder, a glob pattern, files, state dicts or ``(step, path_or_state_dict)`` pairs (see
+        :func:`slt.checkpoints.resolve_checkpoints`). Steps of files come from their names.
+    model_factory : callable
+        ``model_factory()`` returns a fresh model of the checkpoints' architecture. With a process
+        pool or a cluster it must be importable (defined at module level), like ``data`` and
+        ``loss_fn``.
+    data : tuple of Tensor, Dataset or DataLoader
+        Training data, as for :func:`slt.estimate_llc`.
+    loss_fn : str or callable
+        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
+    measures : sequence of {"llc", "dos", "loss"}
+        ``"llc"``: :func:`slt.estimate_llc` (its result also gives the train loss at :math:`w^*`);
+        ``"dos"``: ``slt.estimate_dos`` with ``dos_settings``; ``"loss"``: the train loss at
+        :math:`w^*`, and the test loss when ``test_data`` is given.
+    store : str, PathLike, ResultStore or None
+        SQLite file that receives every result as it finishes; a rerun with the same settings skips
+        finished checkpoints. ``None`` keeps results in memory only.
+    executor : None, "ray", "ray:ADDRESS" or executor
+        ``None`` runs checkpoints one after another in this process. An object with a
+        ``concurrent.futures``-style ``submit`` (a ``ProcessPoolExecutor``, see
+        :func:`slt.executors.process_pool`; submitit; Dask) runs one task per checkpoint on it.
+        ``"ray"`` runs Ray tasks on the cluster ``ray.init`` connects to (an initialized Ray, else
+        ``RAY_ADDRESS``, else a local one); use :class:`slt.executors.RayExecutor` to reserve GPUs.
+    test_data : optional
+        Held-out data for the test loss (with ``"loss"`` in ``measures``).
+    seed : int
+        Base seed. Checkpoint ``step`` uses :func:`slt.measures.checkpoint_seed` ``(seed, step)``, so
+        serial, pooled and Ray runs give identical numbers, whatever the order (bit for bit when the
+        processes use the same number of torch threads: multi-threaded reductions of large models
+        can differ in the last bits).
+    progress : bool
+        Show a progress bar (with ETA) over checkpoints.
+    dos_settings : dict, optional
+        Keyword arguments of ``slt.estimate_dos``.
+    allow_pickle : bool
+        Allow checkpoints that pickle arbitrary objects (runs any code they contain; see
+        :func:`slt.checkpoints.load_state_dict`).
+    state_dict_key : str, optional
+        Key of the model's state dict inside checkpoint dictionaries.
+    identity : {"stat", "content"}
+        How files are recognised across reruns: path, size and modification time, or a hash of the
+        bytes (survives moving the folder; reads each file once more).
+    retry_failed : bool
+        Try checkpoints that failed in an earlier run again.
+    **estimator_settings
+        Keyword arguments of :func:`slt.estimate_llc` (``num_chains``, ``num_draws``,
+        ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). A fixed ``step_size`` keeps the
+        checkpoints comparable; by default each checkpoint picks its own.
+
+    Returns
+    -------
+    Trajectory
+        The results of these checkpoints, in step order; failed checkpoints hold their error.
+
+    Warns
+    -----
+    CheckpointFailedWarning
+        When some checkpoints failed (the others are complete).
+    SLTWarning subclasses
+        Warnings of the estimators (unconverged chains, ...), one per category, naming the steps.
+    """
+    measures = validate_measures(measures)
+    llc_settings = validate_llc_settings(estimator_settings)
+    unused = sorted(set(estimator_settings) - {"device"})
+    if "llc" not in measures and unused:
+        raise ValueError(f'estimator settings {unused} apply to the "llc" measure, which was not requested')
+    if test_data is not None and "loss" not in measures:
+        raise ValueError('test_data is used by the "loss" measure; add "loss" to measures')
+    records = resolve_checkpoints(checkpoints)
+    spec = MeasureSpec(
+        measures=measures,
+        loss_fn=loss_fn,
+        data=data,
+        test_data=test_data,
+        llc_settings=llc_settings,
+        dos_settings=dict(dos_settings or {}),
+    )
+    job = SweepJob(model_factory, spec, seed, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
+    settings = {
+        **spec.description(),
+        "seed": seed,
+        "model_factory": describe(model_factory),
+        "state_dict_key": state_dict_key,
+    }
+
+    result_store, owns_store = _open_store(store)
+    try:
+        key = result_store.register_run(settings)
+        ids = [c.identity(identity) for c in records]
+        statuses = result_store.statuses(key)
+        skip = {"done", "failed"} if not retry_failed else {"done"}
+        todo = [(c, i) for c, i in zip(records, ids) if statuses.get(i) not in skip]
+        done_now = _run(todo, job, key, result_store, executor, progress, len(records))
+        trajectory = Trajectory(
+            records=_latest_per_step(result_store.results(key, ids)),
+            settings=settings,
+            settings_hash=key,
+            store_path=None if result_store.path == ":memory:" else result_store.path,
+        )
+    finally:
+        if owns_store:
+            result_store.close()
+    reemit_warnings([(r.step, r.payload.get("warnings", [])) for r in done_now], stacklevel=3)
+    failed = [r for r in done_now if not r.ok]
+    if failed:
+        steps = ", ".join(str(r.step) for r in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        warnings.warn(
+            f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}); the others completed. "
+            f"First error (step {failed[0].step}): {failed[0].error}. See Trajectory.failures.",
+            CheckpointFailedWarning,
+            stacklevel=2,
+        )
+    return trajectory
+
+
+def _open_store(store: Any) -> tuple[ResultStore, bool]:
+    if isinstance(store, ResultStore):
+        return store, False
+    if store is None:
+        return ResultStore(":memory:"), True
+    return ResultStore(store), True
+
+
+def _run(
+    todo: list[tuple[Checkpoint, str]],
+    job: SweepJob,
+    key: str,
+    store: ResultStore,
+    executor: Any,
+    progress: bool,
+    total: int,
+) -> list[StoredResult]:
+    """Run the pending checkpoints and commit each outcome as it arrives; the only writer."""
+    from tqdm.auto import tqdm
+
+    skipped = total - len(todo)
+    bar = tqdm(
+        total=len(todo),
+        desc="checkpoints" + (f" ({skipped} already done)" if skipped else ""),
+        unit="ckpt",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    written: list[StoredResult] = []
+
+    def commit(checkpoint: Checkpoint, cid: str, outcome: Outcome) -> None:
+        row = StoredResult(
+            checkpoint_id=cid,
+            settings_hash=key,
+            step=checkpoint.step,
+            source=checkpoint.source,
+            status=outcome.status,
+            error=outcome.error,
+            summary=outcome.summary,
+            payload=outcome.payload,
+            seconds=outcome.seconds,
+        )
+        store.record(row)
+        written.append(row)
+        bar.update(1)
+        if outcome.status != "done":
+            bar.set_postfix(failed=sum(not r.ok for r in written))
+
+    pool, owned = resolve_executor(executor)
+    try:
+        if pool is None:
+            for checkpoint, cid in todo:
+                commit(checkpoint, cid, measure_checkpoint(checkpoint, job))
+        elif todo:
+            futures = {
+                pool.submit(measure_checkpoint, checkpoint, job): (checkpoint, cid)
+                for checkpoint, cid in todo
+            }
+            try:
+                for future in iter_completed(list(futures)):
+                    checkpoint, cid = futures[future]
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # the worker itself died or could not run the task
+                        outcome = Outcome(status="failed", error=_worker_failure(exc))
+                    commit(checkpoint, cid, outcome)
+            except BaseException:
+                for future in futures:
+                    cancel = getattr(future, "cancel", None)
+                    if cancel is not None:
+                        cancel()
+                raise
+    finally:
+        bar.close()
+        if owned:
+            pool.shutdown()
+    return written
+
+
+def _worker_failure(exc: BaseException) -> str:
+    message = f"the worker failed: {format_error(exc)}"
+    if "pickle" in message.lower():
+        message += (
+            "; with worker processes, model_factory, data and loss_fn must be picklable (functions defined "
+            "at module level in an importable module, not lambdas or local functions)"
+        )
+    return message
+
+
+def _latest_per_step(rows: Iterable[StoredResult]) -> list[StoredResult]:
+    """One row per step: the latest (a step can have several rows when its file was replaced)."""
+    latest: dict[int, StoredResult] = {}
+    for row in rows:
+        current = latest.get(row.step)
+        if current is None or row.finished >= current.finished:
+            latest[row.step] = row
+    return [latest[s] for s in sorted(latest)]
+
+
+@dataclass
+class Trajectory:
+    """Per-checkpoint results of a sweep, in step order.
+
+    Arrays have one entry per checkpoint; failed checkpoints and measures that were not taken hold
+    NaN. ``records`` keeps each checkpoint's full stored row.
+
+    Attributes
+    ----------
+    records : list of StoredResult
+        One row per checkpoint, sorted by step.
+    settings : dict
+        Description of the settings (hashed into ``settings_hash``).
+    settings_hash : str or None
+        Key of these settings in the store.
+    store_path : str or None
+        The SQLite file the results live in.
+    """
+
+    records: list[StoredResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_hash: str | None = None
+    store_path: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        done = int(self.ok.sum())
+        span = f"steps {self.steps[0]}..{self.steps[-1]}" if len(self) else "empty"
+        return f"Trajectory({len(self)} checkpoints, {span}, {done} done, {len(self) - done} failed)"
+
+    # -- columns ----------------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Training step of each checkpoint."""
+        return np.array([r.step for r in self.records], dtype=np.int64)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Whether each checkpoint was measured."""
+        return np.array([r.ok for r in self.records], dtype=bool)
+
+    def column(self, name: str) -> np.ndarray:
+        """A summary scalar per checkpoint (``"llc_mean"``, ``"train_loss"``, ...), NaN where missing."""
+        values = []
+        for r in self.records:
+            value = r.summary.get(name) if r.ok else None
+            values.append(math.nan if value is None else float(value))
+        return np.array(values, dtype=float)
+
+    @property
+    def llc_mean(self) -> np.ndarray:
+        """λ̂ (the LLC estimate) per checkpoint."""
+        return self.column("llc_mean")
+
+    @property
+    def llc_stderr(self) -> np.ndarray:
+        """Standard error of λ̂ (over chains) per checkpoint."""
+        return self.column("llc_stderr")
+
+    @property
+    def llc_std(self) -> np.ndarray:
+        """Standard deviation of the per-chain estimates per checkpoint."""
+        return self.column("llc_std")
+
+    @property
+    def train_loss(self) -> np.ndarray:
+        """Full-data training loss at each checkpoint's weights."""
+        return self.column("train_loss")
+
+    @property
+    def test_loss(self) -> np.ndarray:
+        """Test loss per checkpoint (NaN without test data)."""
+        return self.column("test_loss")
+
+    @property
+    def llc(self) -> list[Any]:
+        """The full :class:`slt.LLCResult` of each checkpoint (``None`` where not measured)."""
+        from slt.llc import LLCResult
+
+        return [
+            LLCResult.from_dict(r.payload["llc"]) if r.ok and "llc" in r.payload else None
+            for r in self.records
+        ]
+
+    @property
+    def dos(self) -> list[Any]:
+        """The DOS result of each checkpoint (``None`` where not measured).
+
+        Rebuilt with ``slt.DOSResult.from_dict`` when available, else the stored dictionary.
+        """
+        import slt
+
+        rebuild = getattr(getattr(slt, "DOSResult", None), "from_dict", None)
+        out = []
+        for r in self.records:
+            stored = r.payload.get("dos") if r.ok else None
+            out.append(None if stored is None else rebuild(stored) if rebuild else stored)
+        return out
+
+    @property
+    def failures(self) -> list[StoredResult]:
+        """The checkpoints that failed, each with its ``error`` message."""
+        return [r for r in self.records if not r.ok]
+
+    @property
+    def warnings(self) -> list[tuple[int, str, str]]:
+        """``(step, category, message)`` of every warning raised while measuring."""
+        return [
+            (r.step, w["category"], w["message"]) for r in self.records for w in r.payload.get("warnings", [])
+        ]
+
+    def to_dataframe(self):
+        """One row per checkpoint: step, status, source, every summary scalar, error and seconds."""
+        import pandas as pd
+
+        names: list[str] = []
+        for r in self.records:
+            names.extend(k for k in r.summary if k not in names)
+        rows = []
+        for r in self.records:
+            row: dict[str, Any] = {"step": r.step, "status": r.status}
+            for name in names:
+                value = r.summary.get(name)
+                row[name] = math.nan if value is None else value
+            row.update(error=r.error, seconds=r.seconds, source=r.source)
+            rows.append(row)
+        columns = ["step", "status", *names, "error", "seconds", "source"]
+        return pd.DataFrame(rows, columns=columns)
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, store: str | os.PathLike[str] | ResultStore, settings_hash: str | None = None
+    ) -> Trajectory:
+        """Read a trajectory back from a result store: the latest result of each step.
+
+        Parameters
+        ----------
+        store : str, PathLike or ResultStore
+            The SQLite file a sweep wrote.
+        settings_hash : str, optional
+            Which settings (hash or prefix; see ``ResultStore.runs()``) when the store holds several;
+            default the most recently used.
+        """
+        if not isinstance(store, ResultStore) and not os.path.exists(store):
+            raise ValueError(f"no result store at {os.fspath(store)}")
+        opened, owns = _open_store(store)
+        try:
+            run = opened.resolve_run(settings_hash)
+            rows = _latest_per_step(opened.results(run.settings_hash))
+        finally:
+            if owns:
+                opened.close()
+        return cls(
+            records=rows, settings=run.settings, settings_hash=run.settings_hash, store_path=opened.path
+        )
+
+    # -- plotting ---------------------------------------------------------------------------------
+
+    def plot(self, events: Iterable[Any] | None = None, *, axes: Any = None):
+        """λ̂ ± standard error against step on linear and logarithmic axes, beside the loss curves.
+
+        Parameters
+        ----------
+        events : iterable, optional
+            Transitions to mark: steps (numbers), or objects with a ``step`` attribute and optionally
+            ``start``/``end`` (shaded) and ``direction`` (``"rise"`` or ``"fall"``) such as the events
+            of a transition detector.
+        axes : array of 4 matplotlib Axes, optional
+            Where to draw (λ̂ linear, λ̂ log, loss linear, loss log); a new figure by default.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        if axes is None:
+            fig, grid = plt.subplots(2, 2, figsize=(11, 6.5), sharex="col", constrained_layout=True)
+            axes = grid.ravel()
+        else:
+            axes = np.ravel(axes)
+            fig = axes[0].figure
+        steps = self.steps.astype(float)
+        positive = steps[steps > 0]
+        linthresh = float(positive.min()) if positive.size else 1.0
+        llc, err = self.llc_mean, self.llc_stderr
+        dos_llc = self.column("dos_llc")
+        losses = {"train loss": self.train_loss, "test loss": self.test_loss}
+        for col, scale in enumerate(("linear", "log")):
+            ax_llc, ax_loss = axes[col], axes[2 + col]
+            good = np.isfinite(llc)
+            if good.any():
+                band = np.where(np.isfinite(err), err, 0.0)
+                ax_llc.plot(
+                    steps[good], llc[good], "o-", ms=3, lw=1.2, color="C0", label=r"$\hat\lambda$ (SGLD)"
+                )
+                ax_llc.fill_between(
+                    steps[good],
+                    (llc - band)[good],
+                    (llc + band)[good],
+                    color="C0",
+                    alpha=0.25,
+                    lw=0,
+                    label="± stderr",
+                )
+            if np.isfinite(dos_llc).any():
+                keep = np.isfinite(dos_llc)
+                ax_llc.plot(
+                    steps[keep], dos_llc[keep], "s--", ms=3, lw=1, color="C3", label=r"$\lambda$ (DOS fit)"
+                )
+            failed = ~self.ok
+            if failed.any():
+                for s in steps[failed]:
+                    ax_llc.axvline(s, color="C3", lw=0.6, ls=":", alpha=0.6)
+            ax_llc.set(ylabel=r"$\hat\lambda$", title=rf"$\hat\lambda$ against step ({scale} steps)")
+            for i, (name, values) in enumerate(losses.items()):
+                keep = np.isfinite(values)
+                if keep.any():
+                    ax_loss.plot(steps[keep], values[keep], "-", lw=1.2, color=f"C{i + 1}", label=name)
+            if any(np.isfinite(v).any() for v in losses.values()):
+                finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
+                if finite.size and (finite > 0).all():
+                    ax_loss.set_yscale("log")
+            ax_loss.set(xlabel="step", ylabel="loss", title=f"loss ({scale} steps)")
+            if scale == "log":
+                for ax in (ax_llc, ax_loss):
+                    ax.set_xscale("symlog", linthresh=linthresh) if (steps <= 0).any() else ax.set_xscale(
+                        "log"
+                    )
+            for ax in (ax_llc, ax_loss):
+                _mark_events(ax, events)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7, loc="best")
+        return fig
+
+
+def _mark_events(ax: Any, events: Iterable[Any] | None) -> None:
+    if not events:
+        return
+    for event in events:
+        if isinstance(event, (int, float, np.integer, np.floating)):
+            ax.axvline(float(event), color="k", lw=0.9, ls="--", alpha=0.7)
+            continue
+        direction = getattr(event, "direction", None)
+        color = {"rise": "C2", "fall": "C3"}.get(direction, "k")
+        start, end = getattr(event, "start", None), getattr(event, "end", None)
+        if start is not None and end is not None:
+            ax.axvspan(float(start), float(end), color=color, alpha=0.12, lw=0)
+        step = getattr(event, "step", None)
+        if step is not None:
+            ax.axvline(float(step), color=color, lw=0.9, ls="--", alpha=0.8)

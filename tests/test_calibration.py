@@ -1,0 +1,157 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import slt
+from slt.calibration import CalibrationResult, bias_indicator, top_curvature
+from slt.sampling import PosteriorSampler
+from tests.conftest import Quadratic, quadratic_loss
+
+DUMMY = torch.zeros(4, 1)
+
+
+def quadratic_bias(step: float, n_beta: float, gamma: float = 1.0) -> float:
+    a = 2 * n_beta + gamma
+    return 1 / (1 - step * a / 4) - 1
+
+
+def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
+    """On L = ||w||² the bias is known: 5.3% at ε = 1e-3, 11.2% at 2e-3, 25% at 4e-3 (nβ = 100)."""
+    assert quadratic_bias(1e-3, 100) == pytest.approx(0.0531, abs=1e-3)
+    assert quadratic_bias(2e-3, 100) == pytest.approx(0.1117, abs=1e-3)
+    cal = slt.calibrate(
+        Quadratic(10),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=100.0,
+        step_sizes=[4e-3, 2e-3, 1e-3, 5e-4],
+        num_chains=16,
+        base_steps=2000,
+        tolerance=0.1,
+        progress=False,
+    )
+    assert cal.step_size == 1e-3
+    rows = {r["step_size"]: r for r in cal.table}
+    assert [r["num_steps"] for r in cal.table] == [2000, 4000, 8000, 16000]  # the same simulated time
+    assert all(r["healthy"] for r in cal.table)
+    # the bias measured by halving tracks the exact one
+    assert rows[4e-3]["bias_estimate"] == pytest.approx(2 * (1.25 - 1.1117) / 1.1117, abs=0.05)
+    assert not rows[4e-3]["stable"] and not rows[2e-3]["stable"] and rows[1e-3]["stable"]
+    # extrapolation to step 0 recovers the continuous-time value (d/2)(2nβ/(2nβ+1)) = 4.975
+    assert cal.llc_extrapolated == pytest.approx(4.975, rel=0.03)
+    assert "largest step" in cal.criteria
+    assert cal.estimate_kwargs() == {
+        "step_size": 1e-3,
+        "localization": 1.0,
+        "num_burnin": 4000,
+        "num_draws": 4000,
+        "n_beta": 100.0,
+    }
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains: no stable step
+def test_result_table_plot_and_json_round_trip(tmp_path):
+    cal = slt.calibrate(
+        Quadratic(4),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=50.0,
+        step_sizes=[2e-3, 1e-3],
+        localizations=[1.0, 10.0],
+        num_chains=4,
+        base_steps=200,
+        progress=False,
+    )
+    frame = cal.summary()
+    assert len(frame) == 4 and set(frame["localization"]) == {1.0, 10.0}
+    assert {"llc_mean", "llc_stderr", "rhat", "bias_estimate", "healthy", "stable", "note"} <= set(
+        frame.columns
+    )
+    back = CalibrationResult.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.step_size == cal.step_size and back.localization == cal.localization
+    assert len(back.table) == 4
+    fig = cal.plot()
+    fig.savefig(tmp_path / "cal.png")
+    assert (tmp_path / "cal.png").stat().st_size > 1000
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains: no stable step
+def test_smallest_healthy_localization_is_recommended():
+    cal = slt.calibrate(
+        Quadratic(4),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=50.0,
+        step_sizes=[1e-3, 5e-4],
+        localizations=[10.0, 1.0],
+        num_chains=4,
+        base_steps=400,
+        progress=False,
+    )
+    assert cal.localization == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
+def test_default_grid_brackets_the_pilot_step(tiny_regression):
+    model, x, y = tiny_regression
+    posterior = PosteriorSampler(model, (x, y), "mse")
+    guess, source = slt.default_step_size(posterior, n_beta=50.0, localization=1.0)
+    cal = slt.calibrate(
+        model, (x, y), loss_fn="mse", n_beta=50.0, num_chains=2, base_steps=40, progress=False
+    )
+    steps = sorted(r["step_size"] for r in cal.table)
+    assert steps == pytest.approx([guess / 4, guess / 2, guess, guess * 2, guess * 4])
+    assert source.startswith("auto (pilot")
+
+
+def test_all_settings_diverging_raises():
+    class Cliff(Quadratic):
+        pass
+
+    def cliff_loss(model, batch):
+        return torch.where(
+            model.w.abs().max() > 0.05, torch.tensor(float("nan"), dtype=torch.float64), (model.w**2).sum()
+        )
+
+    with pytest.raises(slt.ChainDivergenceError, match="every setting tried had diverging chains"):
+        slt.calibrate(
+            Cliff(3),
+            DUMMY,
+            loss_fn=cliff_loss,
+            n_beta=1.0,
+            localizations=[0.0],
+            step_sizes=[1.0, 0.5],
+            num_chains=2,
+            base_steps=50,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"step_sizes": []}, "step_sizes is empty"),
+        ({"step_sizes": [1e-3, -1.0]}, "step_size must be a positive number"),
+        ({"localizations": []}, "localizations is empty"),
+        ({"localizations": [-1.0]}, "localization must be >= 0"),
+        ({"base_steps": 4}, "base_steps must be at least 8"),
+        ({"num_chains": 0}, "num_chains must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        slt.calibrate(Quadratic(2), DUMMY, loss_fn=quadratic_loss, progress=False, **kwargs)
+
+
+def test_top_curvature_and_bias_indicator_on_a_quadratic():
+    posterior = PosteriorSampler(Quadratic(5), DUMMY, quadratic_loss)
+    assert top_curvature(posterior) == pytest.approx(2.0, rel=1e-3)  # Hessian of ||w||² is 2I
+    # E|∇L|² = 4 E|w|² = 4 d/a for a = 2nβ + γ; predicted bias ε nβ² E|∇L|²/(8 λ) ≈ ε a/4 on a quadratic
+    n_beta, step, d = 100.0, 1e-3, 5
+    a = 2 * n_beta + 1
+    grad_sq = np.full((2, 10), 4 * d / a)
+    llc = n_beta * d / a
+    assert bias_indicator(step, n_beta, grad_sq, llc) == pytest.approx(step * 2 * n_beta / 4, rel=1e-9)
+    assert np.isnan(bias_indicator(step, n_beta, grad_sq, -1.0))

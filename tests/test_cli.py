@@ -1,0 +1,190 @@
+"""The slt command: analyze then report end to end, help on every command, clear errors."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slt import cli
+from slt.trajectory import Trajectory
+from tests.sweep_fixtures import TINY, train_and_save
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+TINY_ARGS = [
+    "--num-chains", str(TINY["num_chains"]), "--num-draws", str(TINY["num_draws"]),
+    "--num-burnin", str(TINY["num_burnin"]), "--step-size", str(TINY["step_size"]),
+    "--batch-size", str(TINY["batch_size"]),
+]  # fmt: skip
+
+
+def run_slt(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "slt", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow  # three fresh Python processes, each importing torch
+def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
+    train_and_save(tmp_path / "ckpts", count=6)
+    (tmp_path / "ckpts" / "step_00010.pt").write_bytes(b"corrupted by a crash")
+    analyzed = run_slt(
+        "analyze", "ckpts",
+        "--model", "tests.sweep_fixtures:make_model",
+        "--data", "tests.sweep_fixtures:regression_data",
+        "--test-data", "tests.sweep_fixtures:held_out_data",
+        "--loss", "tests.sweep_fixtures:gaussian_nll",
+        "--out", "results.sqlite", "--no-progress", *TINY_ARGS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert analyzed.returncode == 1, analyzed.stderr  # one checkpoint failed, the others completed
+    assert "6 checkpoints in results.sqlite: 5 done, 1 failed" in analyzed.stdout
+    assert "failed step 10" in analyzed.stderr and "corrupt or truncated" in analyzed.stderr
+
+    reported = run_slt("report", "results.sqlite", "--out", "report", cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    report = tmp_path / "report"
+    assert (report / "trajectory.png").stat().st_size > 10_000
+    assert (report / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    trajectory = Trajectory.load(tmp_path / "results.sqlite")
+    with open(report / "trajectory.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 20, 25]
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "done", "done", "done"]
+    csv_llc = np.array([float(r["llc_mean"]) if r["llc_mean"] else np.nan for r in rows])
+    np.testing.assert_allclose(csv_llc, trajectory.llc_mean, rtol=1e-12, equal_nan=True)
+    assert np.isfinite([float(r["test_loss"]) for r in rows if r["status"] == "done"]).all()
+
+    markdown = (report / "trajectory.md").read_text()
+    assert "6 checkpoints, 5 done, 1 failed" in markdown
+    assert "| step | status | λ̂ | ± stderr | train loss | test loss | note |" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and "status" not in line]
+    assert len(table) == 6
+    assert table[0].startswith(
+        f"| 0 | done | {trajectory.llc_mean[0]:.4g} | {trajectory.llc_stderr[0]:.4g} |"
+    )
+    assert "| 10 | failed |" in table[2] and "corrupt or truncated" in table[2]
+
+    # a rerun finds everything done except the still-broken checkpoint
+    again = run_slt(
+        "analyze", "ckpts", "--model", "tests.sweep_fixtures:make_model",
+        "--data", "tests.sweep_fixtures:regression_data", "--test-data", "tests.sweep_fixtures:held_out_data",
+        "--loss", "tests.sweep_fixtures:gaussian_nll", "--out", "results.sqlite", *TINY_ARGS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "(5 already done)" in again.stderr
+    np.testing.assert_array_equal(Trajectory.load(tmp_path / "results.sqlite").llc_mean, trajectory.llc_mean)
+
+
+def test_help_on_every_command(capsys):
+    for argv in (["--help"], ["analyze", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: slt")
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    analyze_help = capsys.readouterr().out
+    for option in (
+        "--model",
+        "--data",
+        "--loss",
+        "--out",
+        "--workers",
+        "--ray",
+        "--num-draws",
+        "--allow-pickle",
+    ):
+        assert option in analyze_help
+    shell = subprocess.run(
+        [sys.executable, "-m", "slt", "--help"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0 and "analyze" in shell.stdout and "report" in shell.stdout
+
+
+def test_console_script_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # standard library from Python 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["slt"] == "slt.cli:main"
+    module, _, name = project["scripts"]["slt"].partition(":")
+    assert getattr(__import__(module, fromlist=[name]), name) is cli.main
+    assert {"ray", "lightning"} <= set(project["optional-dependencies"])
+
+
+def test_bad_arguments_give_a_clear_error_and_status_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_and_save(tmp_path / "ckpts", count=1)
+    base = [
+        "analyze",
+        "ckpts",
+        "--data",
+        "tests.sweep_fixtures:regression_data",
+        "--loss",
+        "mse",
+        "--no-progress",
+    ]
+    assert cli.main([*base, "--model", "tests.sweep_fixtures:no_such_factory"]) == 2
+    assert "has no attribute 'no_such_factory'" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "no_such_module:f"]) == 2
+    assert "cannot import 'no_such_module'" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "make_model"]) == 2
+    assert "module:name" in capsys.readouterr().err
+    assert cli.main(["report", "missing.sqlite", "--out", "r"]) == 2
+    assert "no result store at missing.sqlite" in capsys.readouterr().err
+    assert not (tmp_path / "slt-results.sqlite").exists()
+
+
+def test_model_from_a_python_file_and_a_pickled_checkpoint_needs_allow_pickle(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_model.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))\n"
+    )
+    paths = train_and_save(tmp_path / "ckpts", count=2)
+    from tests.sweep_fixtures import make_model
+
+    torch.manual_seed(0)
+    torch.save(make_model(), paths[1])
+    argv = [
+        "analyze", "ckpts", "--model", "my_model.py:build", "--data", "tests.sweep_fixtures:regression_data",
+        "--loss", "mse", "--measures", "loss", "--out", "r.sqlite", "--no-progress",
+    ]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert cli.main([*argv, "--allow-pickle"]) == 0
+    assert "unpickling" in capsys.readouterr().err  # the opt-in still warns
+
+
+@pytest.mark.slow  # starts a local Ray (the process pool is compared in test_trajectory.py)
+def test_the_ray_option_gives_the_serial_results(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    train_and_save(tmp_path / "ckpts", count=4)
+    argv = [
+        "analyze", "ckpts", "--model", "tests.sweep_fixtures:make_model",
+        "--data", "tests.sweep_fixtures:regression_data", "--loss", "tests.sweep_fixtures:gaussian_nll",
+        "--no-progress", *TINY_ARGS,
+    ]  # fmt: skip
+    assert cli.main([*argv, "--out", "serial.sqlite"]) == 0
+    assert cli.main([*argv, "--out", "ray.sqlite", "--ray"]) == 0  # a local Ray, stopped afterwards
+    import ray
+
+    assert not ray.is_initialized()
+    serial = Trajectory.load("serial.sqlite")
+    assert np.isfinite(serial.llc_mean).all()
+    on_ray = Trajectory.load("ray.sqlite")
+    np.testing.assert_array_equal(on_ray.llc_mean, serial.llc_mean)
+    np.testing.assert_array_equal(on_ray.llc_stderr, serial.llc_stderr)
