@@ -200,9 +200,11 @@ def _as_series(series: Any, measure: str | None) -> _Series:
             f"measure {measure!r} not found in {type(series).__name__}; available: {', '.join(available)}"
         )
     values = np.asarray(values, dtype=float)
+    if chains is None and table is not None:
+        chains = _chains_from_results(getattr(obj, measure, None), len(values))
     if chains is not None:
         chains = np.asarray(chains, dtype=float)
-        if chains.ndim != 2 or chains.shape[1] < 2:
+        if chains.ndim != 2 or chains.shape[1] < 2 or len(chains) != len(values):
             chains = None
     return _Series(
         np.asarray(steps, dtype=float),
@@ -211,6 +213,26 @@ def _as_series(series: Any, measure: str | None) -> _Series:
         chains,
         measure,
     )
+
+
+def _chains_from_results(results: Any, n: int) -> np.ndarray | None:
+    """Per-chain estimates of each checkpoint from result objects with ``per_chain`` (``Trajectory.llc``).
+
+    Rows of checkpoints without a result are NaN. None unless every result has the same number of
+    chains, all healthy.
+    """
+    if not isinstance(results, (list, tuple)) or len(results) != n:
+        return None
+    if not any(r is not None for r in results) or not all(
+        r is None or hasattr(r, "per_chain") for r in results
+    ):
+        return None
+    per_chain = [None if r is None else np.asarray(r.per_chain, dtype=float) for r in results]
+    counts = {len(p) for p in per_chain if p is not None}
+    if len(counts) != 1 or any(p is not None and not np.isfinite(p).all() for p in per_chain):
+        return None
+    width = counts.pop()
+    return np.stack([np.full(width, np.nan) if p is None else p for p in per_chain])
 
 
 def _validate(s: _Series, *, axis: str, min_size: int, dropna: bool) -> _Series:
@@ -295,8 +317,8 @@ def _effective_errors(
 ) -> np.ndarray:
     """The error bars the detector uses: pooled, scaled up if the values scatter more, floored."""
     span = float(np.ptp(y))
-    floor = error_floor if error_floor is not None else 1e-3 * span
-    floor = max(floor, 1e-12 * max(float(np.max(np.abs(y))), 1e-300))
+    reference = max(span, float(np.max(np.abs(y)))) or 1.0  # a constant zero series still gets a scale
+    floor = max(error_floor if error_floor is not None else 1e-3 * span, 1e-9 * reference)
     if errors is None:
         # noise estimated from the scatter about the line through each point's neighbours (robust to jumps)
         z = _interpolation_residuals(x, y, None)
@@ -583,8 +605,12 @@ def detect_transitions(
         chains); or an object with ``to_dataframe()`` (a ``Trajectory``), a ``DataFrame`` or a mapping,
         read by column name: ``step`` (or ``steps``, or the index), values from ``measure``,
         ``measure_mean`` or ``measure_value``, errors from ``measure_stderr`` (or ``_se``, ``_err``,
-        ``_error``, ``_std_err``), per-chain values from ``measure_per_chain``. Objects without
-        ``to_dataframe`` are read through attributes of those names (``steps``, ``llc``, ...).
+        ``_error``, ``_std_err``), per-chain values from ``measure_per_chain`` or, for a
+        :class:`slt.Trajectory`, from its per-checkpoint results (``trajectory.llc[i].per_chain``): the
+        chains then set ``error_dof`` and the bootstrap resamples them. Objects without
+        ``to_dataframe`` are read through attributes of those names (``steps``, ``llc``, ...). Failed
+        checkpoints of a trajectory hold NaN: pass ``dropna=True`` (as :meth:`slt.Trajectory.transitions`
+        does).
     measure : str, optional
         Which measure of a table or object to analyze (``"llc"``, ``"train_loss"``, ...); with arrays it
         only labels the events.
@@ -701,13 +727,16 @@ def detect_transitions(
         raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
     if not (0 <= drop_fraction < 0.5):
         raise ValueError(f"drop_fraction must be in [0, 0.5), got {drop_fraction}")
+    if error_floor is not None and not (math.isfinite(error_floor) and error_floor >= 0):
+        raise ValueError(f"error_floor must be >= 0, got {error_floor}")
     if error_dof is not None and not (math.isfinite(error_dof) and error_dof > 0):
         raise ValueError(f"error_dof must be a positive number (chains - 1), got {error_dof}")
 
     data = _validate(_as_series(series, measure), axis=axis, min_size=int(min_size), dropna=dropna)
     steps, y, errors, chains = data.steps, data.values, data.errors, data.chains
-    if errors is None and chains is not None:
-        errors = chains.std(axis=1, ddof=1) / math.sqrt(chains.shape[1])
+    if chains is not None:
+        if errors is None:
+            errors = chains.std(axis=1, ddof=1) / math.sqrt(chains.shape[1])
         if error_dof is None:
             error_dof = chains.shape[1] - 1
     log_values = value_scale == "log"

@@ -1,5 +1,6 @@
 """detect_transitions: fields, directions, inputs, gates, bad input, plotting, and the synthetic suite."""
 
+import functools
 import math
 
 import matplotlib.pyplot as plt
@@ -189,6 +190,10 @@ def test_bad_input_is_explained():
         detect_transitions((steps, values, errors), min_snr=0)
     with pytest.raises(ValueError, match="min_size"):
         detect_transitions((steps, values, errors), min_size=1)
+    with pytest.raises(ValueError, match="error_floor"):
+        detect_transitions((steps, values, errors), error_floor=-1.0)
+    with pytest.raises(ValueError, match="value_scale"):
+        detect_transitions((steps, values, errors), value_scale="sqrt")
     with pytest.raises(ValueError, match="error_dof"):
         detect_transitions((steps, values, errors), error_dof=0)
     with pytest.raises(ValueError, match=r"measure 'dos' not found.*llc"):
@@ -275,3 +280,66 @@ def test_log_value_scale_weighs_relative_changes():
     assert abs(sudden.peak_slope) > 3 * abs(gentle.peak_slope)
     with pytest.raises(ValueError, match="positive values"):
         detect_transitions((STEPS, values - 50, errors), value_scale="log")
+
+
+@functools.cache
+def _llc_rows():
+    """Real LLC estimates at 30 checkpoints: λ = d/2 jumps from 2 to 5 (d: 4 -> 10) at checkpoint 18."""
+    import torch
+
+    from slt.store import StoredResult
+    from tests.conftest import Quadratic, quadratic_loss
+
+    steps = np.unique(np.round(np.geomspace(10, 1e4, 30))).astype(int)
+    rows = []
+    for i, step in enumerate(steps):
+        model = Quadratic(4 if i < 18 else 10)
+        result = slt.estimate_llc(
+            model, torch.zeros(4, 1), loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3, num_chains=4,
+            num_draws=500, num_burnin=200, seed=i, progress=False,
+        )  # fmt: skip
+        summary = {"llc_mean": result.mean, "llc_stderr": result.stderr, "train_loss": 0.0}
+        rows.append(StoredResult(f"c{i}", "h", int(step), "mem", "done", summary=summary,
+                                 payload={"llc": result.to_dict()}))  # fmt: skip
+    return steps, tuple(rows)
+
+
+def _trajectory_with_a_jump(failed: int | None = None):
+    from slt.store import StoredResult
+    from slt.trajectory import Trajectory
+
+    steps, rows = _llc_rows()
+    records = list(rows)
+    if failed is not None:
+        records[failed] = StoredResult("bad", "h", int(steps[failed]), "mem", "failed", error="boom")
+    return steps, Trajectory(records=records)
+
+
+def test_a_real_trajectory_is_read_with_its_chains():
+    from slt.transitions import _as_series
+
+    steps, trajectory = _trajectory_with_a_jump()
+    series = _as_series(trajectory, "llc")
+    assert series.chains.shape == (len(steps), 4)
+    np.testing.assert_allclose(series.values, series.chains.mean(axis=1))
+    np.testing.assert_allclose(series.errors, trajectory.llc_stderr)
+    events = detect_transitions(trajectory, measure="llc", n_bootstrap=30)
+    assert [e.direction for e in events] == ["rise"]
+    ev = events[0]
+    assert ev.step_index == 17.5 and ev.measure == "llc"
+    assert ev.level_before == pytest.approx(2.0, rel=0.15) and ev.level_after == pytest.approx(5.0, rel=0.15)
+    assert ev.confidence >= 0.9
+    assert trajectory.transitions() == events
+    fig = trajectory.plot(events=events)
+    assert any(len(ax.patches) for ax in fig.axes)  # the event's span is shaded
+    plt.close(fig)
+
+
+def test_trajectory_transitions_leave_out_failed_checkpoints():
+    steps, broken = _trajectory_with_a_jump(failed=5)
+    with pytest.raises(ValueError, match="dropna=True"):
+        detect_transitions(broken, measure="llc")
+    events = broken.transitions(n_bootstrap=0)
+    assert [e.direction for e in events] == ["rise"]
+    assert events[0].start < steps[18] <= events[0].end
+    assert broken.transitions("train_loss", n_bootstrap=0) == []  # a flat measure without error bars
