@@ -5,13 +5,16 @@ of each operand, Linear(12→48) per operand summed, GELU, Linear(48→53); full
 betas (0.9, 0.98)). Weight decay 1.0 groks; weight decay 0.3, the negative control, memorizes and does
 not generalize within 10k steps.
 
-Run from the repository root (one seed, both weight decays, about 5 minutes on one CPU core):
+λ̂ at every checkpoint comes from ``slt.analyze_checkpoints`` (results committed to an SQLite store as
+they finish, so an interrupted sweep resumes), the events from ``slt.detect_transitions``.
+
+Run from the repository root (one seed, both weight decays, about 3 to 5 minutes on one CPU core):
 
     PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
 
-Writes, per run, the checkpoints (``.safetensors``) and ``metrics.json`` (accuracy and loss per
-checkpoint, the LLC curve, the detected events), and for the whole call ``grokking.png`` and
-``events.md``.
+Writes, per run, the checkpoints (``.safetensors``), ``slt-results.sqlite`` and ``metrics.json``
+(accuracy and loss per checkpoint, the LLC curve, the detected events), and for the whole call
+``grokking.png``, ``events.md``, ``study.md`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ P = 53
 #: LLC settings for this model, chosen by measurement (examples/grokking/README.md): the mean
 #: cross-entropy as the loss, n*beta = n / log n, and SGLD with a fixed step size for all checkpoints.
 LLC_SETTINGS = dict(
-    loss_fn="cross_entropy",
     localization=100.0,
     step_size=5e-3,
     num_chains=4,
@@ -44,7 +46,6 @@ LLC_SETTINGS = dict(
     num_burnin=100,
     batch_size=None,
     control_variate=False,
-    progress=False,
 )
 
 
@@ -160,20 +161,32 @@ def load_checkpoint(path: str | Path) -> ModularMLP:
     return model
 
 
-def llc_curve(record: RunRecord, **settings) -> RunRecord:
-    """λ̂ and its standard error at every checkpoint of ``record`` (``slt.estimate_llc`` in a loop)."""
-    options = {**LLC_SETTINGS, **settings}
+def llc_curve(record: RunRecord, **settings) -> slt.Trajectory:
+    """λ̂ and its standard error at every checkpoint of ``record``, by ``slt.analyze_checkpoints``.
+
+    Results go to ``slt-results.sqlite`` beside the checkpoints as each finishes, so an interrupted
+    sweep resumes where it stopped. Returns the trajectory; ``record`` gets its λ̂ column.
+    """
     (x_train, y_train), _ = modular_addition(seed=record.seed)
-    record.llc, record.llc_stderr = [], []
     start = time.perf_counter()
-    for i, step in enumerate(record.steps):
-        model = load_checkpoint(record.checkpoint(step))
-        result = slt.estimate_llc(model, (x_train, y_train), seed=1000 * record.seed + i, **options)
-        record.llc.append(result.mean)
-        record.llc_stderr.append(result.stderr)
+    trajectory = slt.analyze_checkpoints(
+        record.folder,
+        ModularMLP,
+        (x_train, y_train),
+        loss_fn="cross_entropy",
+        measures=("llc",),
+        store=Path(record.folder) / "slt-results.sqlite",
+        seed=record.seed,
+        progress=False,
+        **{**LLC_SETTINGS, **settings},
+    )
+    if [int(s) for s in trajectory.steps] != record.steps or not trajectory.ok.all():
+        raise RuntimeError(f"the sweep of {record.folder} is incomplete: {trajectory!r}")
+    record.llc = [float(v) for v in trajectory.llc_mean]
+    record.llc_stderr = [float(v) for v in trajectory.llc_stderr]
     record.llc_seconds = time.perf_counter() - start
     record.save()
-    return record
+    return trajectory
 
 
 def crossing(steps: list[int], values: list[float], level: float) -> float:
@@ -309,7 +322,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--steps", type=int, default=10_000, help="training steps")
     parser.add_argument("--control-weight-decay", type=float, default=0.3)
-    parser.add_argument("--reuse", action="store_true", help="reuse finished training runs and LLC curves")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished training runs; finished LLC results are always reused",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -326,7 +343,7 @@ def main() -> None:
             else:
                 record = train(folder, seed=seed, weight_decay=wd, total_steps=args.steps)
             if not (args.reuse and len(record.llc) == len(record.steps)):
-                record = llc_curve(record)
+                llc_curve(record)
             events = detect(record)
             record.save()
             check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)

@@ -26,9 +26,11 @@ def test_one_seed_groks_and_the_llc_falls_while_test_accuracy_climbs(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains at early checkpoints may be flagged as unconverged
-        record = g.llc_curve(record, num_draws=100, num_burnin=50)
+        trajectory = g.llc_curve(record, num_draws=100, num_burnin=50)
+    assert (tmp_path / "run" / "slt-results.sqlite").exists() and len(trajectory) == len(steps)
     llc = np.asarray(record.llc)
     assert np.isfinite(llc).all() and (np.asarray(record.llc_stderr) > 0).all()
+    np.testing.assert_array_equal(llc, trajectory.llc_mean)
     events = g.detect(record, n_bootstrap=20)
     check = g.check_grokking_claim(record, events)
     assert check["hit"], (window, [str(e) for e in events])
@@ -37,6 +39,9 @@ def test_one_seed_groks_and_the_llc_falls_while_test_accuracy_climbs(tmp_path):
     assert lo - 1 <= event["step_index"] <= hi + 1
     # the memorization rise is flagged too, before the fall
     assert any(e.direction == "rise" and e.step < event["step"] for e in events)
+    # read straight off the trajectory (per-chain estimates, chain bootstrap), the same events
+    direct = trajectory.transitions(value_scale="log", n_bootstrap=20)
+    assert [(e.direction, e.step_index) for e in direct] == [(e.direction, e.step_index) for e in events]
 
     record.save()
     saved = g.RunRecord.load(tmp_path / "run")
