@@ -43,25 +43,48 @@ def dln_100() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     return model, linear_regression_data(model, 10_000)
 
 
+def _mse(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
 def floor_seconds_per_step(
-    model: nn.Module, data, batch_size: int, steps: int, step_size: float, n_beta: float
+    model: nn.Module,
+    data,
+    batch_size: int,
+    steps: int,
+    step_size: float,
+    n_beta: float,
+    loss_fn=_mse,
+    device: str | torch.device | None = None,
 ) -> float:
-    """A plain SGLD loop on a copy of the model: the least work any implementation can do."""
+    """A plain SGLD loop on a copy of the model: the least work any implementation can do.
+
+    ``loss_fn(model, batch)`` defaults to the mean squared error; ``data`` is a tuple of tensors whose
+    first ``batch_size`` rows form the one fixed batch. On CUDA the clock stops after a synchronize.
+    """
     import copy
 
     model = copy.deepcopy(model)
+    if device is not None:
+        model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     center = [p.detach().clone() for p in params]
-    x, y = data[0][:batch_size], data[1][:batch_size]
+    batch = tuple(t[:batch_size].to(params[0].device) for t in data)
     sqrt_eps = math.sqrt(step_size)
+    cuda = params[0].device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = nn.functional.mse_loss(model(x), y)
+        loss = loss_fn(model, batch)
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, g, c in zip(params, grads, center):
                 drift = g * n_beta + (p - c)
                 p.add_(drift, alpha=-step_size / 2).add_(torch.randn_like(p), alpha=sqrt_eps)
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 

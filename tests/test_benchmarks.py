@@ -1,0 +1,87 @@
+"""The benchmark code itself works: tiny configurations, without devinterp, in a few seconds."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_accuracy  # noqa: E402
+import bench_scaling  # noqa: E402
+import bench_speed  # noqa: E402
+import common  # noqa: E402
+import report  # noqa: E402
+
+from slt.oracles import regression_data  # noqa: E402
+from tests.test_accuracy import normal_crossing_exact as reference_quadrature  # noqa: E402
+
+
+@pytest.fixture
+def no_devinterp(monkeypatch):
+    """Make ``import devinterp`` fail, as in an environment without it."""
+    monkeypatch.setitem(sys.modules, "devinterp", None)
+
+
+def test_peer_status_says_devinterp_is_missing(no_devinterp):
+    available, note = common.peer_status()
+    assert available is False
+    assert "not installed" in note and "skipped" in note
+
+
+def test_normal_crossing_quadrature_matches_the_accuracy_tests_and_sits_below_lambda():
+    x, y = regression_data(10_000, seed=0)
+    n_beta = 10_000 / math.log(10_000)
+    ours = bench_accuracy.normal_crossing_exact(x, y, 2, n_beta, 4.0)
+    assert ours == pytest.approx(reference_quadrature(x, y, n_beta, 4.0), rel=1e-12)
+    # K = w1² w2² (λ = 1/2, m = 2) at finite β lies below λ; so does w1² w2⁶ (λ = 1/6)
+    assert 0 < bench_accuracy.normal_crossing_exact(x, y, 1, n_beta, 1.0) < 0.5
+    assert 0 < bench_accuracy.normal_crossing_exact(x, y, 3, n_beta, 1.0) < 1 / 6
+
+
+def test_mlp_with_params_hits_the_target_size():
+    for target in (1_000, 10_000, 100_000):
+        assert abs(common.num_params(common.mlp_with_params(target)) - target) / target < 0.05
+
+
+def test_tiny_transformer_and_token_loss():
+    (tokens,) = common.token_problem(8)
+    model = common.TinyTransformer()
+    assert 100_000 < common.num_params(model) < 120_000
+    assert model(tokens).shape == (8, 17, 64)
+    loss = common.next_token_loss(model, (tokens,))
+    assert loss.ndim == 0 and math.isfinite(float(loss.detach()))
+
+
+def test_accuracy_case_runs_and_scores_relative_error(no_devinterp):
+    case = bench_accuracy.dln_case([3, 2, 3], 1, 500, calibrate=False)
+    row = bench_accuracy.run_case(case, ("slt_default", "slt_calibrate", "devinterp_default"), peer=False)
+    assert set(row["results"]) == {"slt_default"}  # no calibration here, no peer without devinterp
+    r = row["results"]["slt_default"]
+    assert r["rel_error"] == pytest.approx((r["estimate"] - case.truth) / case.truth)
+    assert r["grad_evals"] > 4 * 2000
+    summary = bench_accuracy.summarize([row])
+    assert summary["dln"]["slt_default"]["mean_abs_rel_error"] == pytest.approx(abs(r["rel_error"]))
+
+
+def test_speed_and_scaling_measure_without_the_peer(tmp_path, no_devinterp):
+    torch.set_num_threads(1)
+    case = next(c for c in bench_speed.models(quick=True) if c["name"] == "dln-100")
+    row = bench_speed.measure(case, draws=5, chains=2, repeats=1, device="cpu", peer=False)
+    assert row["parameters"] == 100 and row["floor_us_per_step"] > 0
+    assert row["ratio_slt_chains_to_floor"] > 0 and "speedup_vs_peer" not in row
+    sweep = bench_scaling.parameter_sweep([1_000], quick=True, repeats=1, device="cpu", peer=False)
+    assert sweep[0]["sequential_us_per_chain_step"] > 0 and sweep[0]["vectorized_us_per_chain_step"] > 0
+    assert "devinterp_us_per_chain_step" not in sweep[0]
+
+    meta = common.environment("cpu")
+    common.write_json("speed.json", {"meta": meta, "peer_note": "skipped", "rows": [row]}, tmp_path)
+    common.write_json("scaling.json", {"meta": meta, "parameters": sweep}, tmp_path)
+    assert json.loads((tmp_path / "speed.json").read_text())["rows"][0]["model"] == "dln-100"
+    text = report.build(tmp_path)
+    assert "## Goals" in text and "| dln-100 | 100 |" in text
+    assert "devinterp not measured" in text
