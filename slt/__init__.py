@@ -14,6 +14,7 @@ from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
 from slt.monitor import LLCMonitor
 from slt.store import ResultStore
 from slt.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
+from slt.transitions import Transition, detect_transitions, plot_transitions
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -37,6 +38,9 @@ __all__ = [
     "default_step_size",
     "default_n_beta",
     "ChainDiagnostics",
+    "detect_transitions",
+    "Transition",
+    "plot_transitions",
     "oracles",
     "samplers",
     "SLTWarning",

@@ -413,6 +413,18 @@ class Trajectory:
         columns = ["step", "status", *names, "error", "seconds", "source"]
         return pd.DataFrame(rows, columns=columns)
 
+    def transitions(self, measure: str = "llc", **options: Any) -> list[Any]:
+        """Rises and falls of ``measure`` over the checkpoints, by :func:`slt.detect_transitions`.
+
+        ``measure`` is ``"llc"`` (λ̂, with its standard errors and per-chain estimates), or any summary
+        column (``"train_loss"``, ``"test_loss"``, ``"dos_llc"``, ...). Failed checkpoints are left
+        out. Pass the result to :meth:`plot` as ``events`` to mark them.
+        """
+        from slt.transitions import detect_transitions
+
+        options.setdefault("dropna", True)
+        return detect_transitions(self, measure=measure, **options)
+
     # -- loading ----------------------------------------------------------------------------------
 
     @classmethod
