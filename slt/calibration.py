@@ -373,7 +373,9 @@ def calibrate(
     table: list[dict[str, Any]] = []
     length_converged = True
     with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        posterior = PosteriorSampler(
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        )
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
         if step_sizes is None:
             reference, _ = default_step_size(
@@ -394,7 +396,16 @@ def calibrate(
         def run(loc: float, step: float, num_steps: int, kind: str) -> dict[str, Any]:
             burn = num_steps // 2
             row = _try_setting(
-                posterior, nb, loc, step, num_chains, burn, num_steps - burn, sampler, sampler_options, seed,
+                posterior,
+                nb,
+                loc,
+                step,
+                num_chains,
+                burn,
+                num_steps - burn,
+                sampler,
+                sampler_options,
+                seed,
                 chain_mode,
             )
             row["kind"] = kind
@@ -435,8 +446,13 @@ def calibrate(
         nb,
         tolerance,
         posterior.n,
-        dict(sampler=str(getattr(sampler, "name", sampler)), batch_size=posterior.batch_size, seed=seed,
-             reference_step=reference, length_converged=length_converged),
+        dict(
+            sampler=str(getattr(sampler, "name", sampler)),
+            batch_size=posterior.batch_size,
+            seed=seed,
+            reference_step=reference,
+            length_converged=length_converged,
+        ),
     )
 
 

@@ -86,7 +86,13 @@ class TensorData(DataSource):
     batch size of at least ``n`` gives the full data every step, unshuffled.
     """
 
-    def __init__(self, tensors: Sequence[Tensor], device: torch.device, eval_batch_size: int = 4096):
+    def __init__(
+        self,
+        tensors: Sequence[Tensor],
+        device: torch.device,
+        eval_batch_size: int = 4096,
+        partition_seed: int = 0,
+    ):
         if len(tensors) == 0:
             raise ValueError("data is an empty tuple; pass (inputs, targets) tensors")
         for t in tensors:
@@ -102,24 +108,38 @@ class TensorData(DataSource):
             raise ValueError("data is empty (0 samples); pass at least one sample")
         self.tensors = tuple(t.to(device) for t in tensors)
         self.eval_batch_size = eval_batch_size
+        self.partition_seed = partition_seed
+        self._partitions: dict[int | None, Partition] = {}
 
     def full_batches(self) -> Iterator[Batch]:
         """Consecutive slices of ``eval_batch_size`` samples."""
         for start in range(0, self.n, self.eval_batch_size):
             yield tuple(t[start : start + self.eval_batch_size] for t in self.tensors)
 
+    def partition(self, batch_size: int | None) -> Partition:
+        """The partition into minibatches of ``batch_size``, drawn once from ``partition_seed``.
+
+        Every chain of every run shares it (each visiting the batches in its own order), so quantities
+        computed once per batch, such as the loss of the trained weights, are reused across chains.
+        """
+        if batch_size not in self._partitions:
+            device = self.tensors[0].device  # type: ignore[index]
+            generator = torch.Generator(device=device).manual_seed(self.partition_seed)
+            self._partitions[batch_size] = Partition(self.tensors, batch_size, generator)  # type: ignore[arg-type]
+        return self._partitions[batch_size]
+
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
-        """Minibatches from a random partition fixed for the chain (see ``_PartitionStream``)."""
-        return _PartitionStream(self.tensors, generator, batch_size)
+        """The batches of :meth:`partition`, visited in an order drawn from ``generator``."""
+        return _PartitionStream(self.partition(batch_size), generator)
 
     def stacked_stream(
         self, generator: torch.Generator, batch_size: int | None, num_chains: int
     ) -> Minibatches:
         """Like :meth:`stream`, but each call returns tensors of shape ``(num_chains, batch, ...)``.
 
-        One partition is shared by the chains; each chain visits its batches in its own order.
+        Each chain visits the batches of the shared partition in its own order.
         """
-        return _PartitionStream(self.tensors, generator, batch_size, num_chains=num_chains)
+        return _PartitionStream(self.partition(batch_size), generator, num_chains=num_chains)
 
 
 class Minibatches:
@@ -134,6 +154,8 @@ class Minibatches:
     """
 
     index: Any = None
+    #: The :class:`Partition` the batch ids refer to (``None`` for data loaders).
+    partition: Any = None
 
     def __call__(self) -> Batch:
         """The next minibatch."""
@@ -144,79 +166,85 @@ class Minibatches:
         raise NotImplementedError
 
 
-class _PartitionStream(Minibatches):
-    """Minibatches from a fixed random partition of in-memory tensors.
+class Partition:
+    """A fixed random partition of in-memory tensors into ``n // batch_size`` batches with stable ids.
 
-    The samples are shuffled once and cut into ``n // batch_size`` batches (the remainder is left out
-    of this chain); each epoch visits every batch once in a fresh random order. Every sample is thus used
-    once per epoch (the minibatch noise of the loss averages out over an epoch), batches have stable
-    ids, and taking a batch is a slice with no copy. Data above ``SHUFFLED_COPY_BYTES`` is not copied:
-    each batch is gathered through the permutation instead. A batch size of at least ``n`` gives the
-    full data every step. With ``num_chains``, every chain shares the partition but draws its own order.
+    The samples are shuffled once and cut into batches (the remainder is left out). Data up to
+    ``SHUFFLED_COPY_BYTES`` is copied once in shuffled order so that a batch is a slice with no copy;
+    larger data gathers each batch through the permutation. A batch size of at least ``n`` gives one
+    batch holding all the data, in order.
     """
 
-    def __init__(
-        self,
-        tensors: tuple[Tensor, ...] | None,
-        generator: torch.Generator,
-        batch_size: int | None,
-        num_chains: int | None = None,
-    ):
-        assert tensors is not None
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int | None, generator: torch.Generator):
         n = int(tensors[0].shape[0])
-        self.generator = generator
-        self.num_chains = num_chains
         self.device = tensors[0].device
+        self._tensors = tensors
+        self._perm: Tensor | None = None
         if batch_size is None or batch_size >= n:
             self.batch_size, self.num_batches = n, 1
             self._blocks: tuple[Tensor, ...] | None = tuple(t.unsqueeze(0) for t in tensors)
-            self._perm = None
+            return
+        self.batch_size, self.num_batches = batch_size, n // batch_size
+        perm = torch.randperm(n, generator=generator, device=self.device)[: self.num_batches * batch_size]
+        if sum(t.numel() * t.element_size() for t in tensors) <= SHUFFLED_COPY_BYTES:
+            self._blocks = tuple(
+                t.index_select(0, perm).view(self.num_batches, batch_size, *t.shape[1:]) for t in tensors
+            )
         else:
-            self.batch_size, self.num_batches = batch_size, n // batch_size
-            used = self.num_batches * batch_size
-            perm = torch.randperm(n, generator=generator, device=self.device)[:used]
-            if sum(t.numel() * t.element_size() for t in tensors) <= SHUFFLED_COPY_BYTES:
-                self._blocks = tuple(
-                    t.index_select(0, perm).view(self.num_batches, batch_size, *t.shape[1:]) for t in tensors
-                )
-                self._perm = None
-            else:
-                self._blocks = None
-                self._perm = perm.view(self.num_batches, batch_size)
-                self._tensors = tensors
-        self._order: list[int] | Tensor = []
-        self._pos = self.num_batches
+            self._blocks = None
+            self._perm = perm.view(self.num_batches, batch_size)
 
     def batch(self, index: int) -> Batch:
+        """The batch with id ``index``."""
         if self._blocks is not None:
             return tuple(block[index] for block in self._blocks)
         idx = self._perm[index]  # type: ignore[index]
         return tuple(t.index_select(0, idx) for t in self._tensors)
 
-    def _stacked(self, ids: Tensor) -> Batch:
+    def stacked(self, ids: Tensor) -> Batch:
+        """The batches with ids ``ids`` stacked on a new leading dimension."""
         if self._blocks is not None:
             return tuple(block.index_select(0, ids) for block in self._blocks)
         idx = self._perm.index_select(0, ids).reshape(-1)  # type: ignore[union-attr]
         shape = (len(ids), self.batch_size)
         return tuple(t.index_select(0, idx).view(*shape, *t.shape[1:]) for t in self._tensors)
 
+
+class _PartitionStream(Minibatches):
+    """Visits the batches of a :class:`Partition` once per epoch, in a fresh random order each epoch.
+
+    Every sample is thus used once per epoch, so the minibatch noise of the loss averages out over an
+    epoch. With ``num_chains``, each chain draws its own order and calls return stacked batches.
+    """
+
+    def __init__(self, partition: Partition, generator: torch.Generator, num_chains: int | None = None):
+        self.partition = partition
+        self.num_batches = partition.num_batches
+        self.generator = generator
+        self.num_chains = num_chains
+        self._order: list[int] | Tensor = []
+        self._pos = self.num_batches
+
+    def batch(self, index: int) -> Batch:
+        return self.partition.batch(index)
+
     def __call__(self) -> Batch:
+        device = self.partition.device
         if self._pos == self.num_batches:
             self._pos = 0
             if self.num_chains is None:
-                order = torch.randperm(self.num_batches, generator=self.generator, device=self.device)
+                order = torch.randperm(self.num_batches, generator=self.generator, device=device)
                 self._order = order.tolist()
             else:
                 shape = (self.num_chains, self.num_batches)
-                keys = torch.rand(shape, generator=self.generator, device=self.device)
-                self._order = keys.argsort(dim=1)
+                self._order = torch.rand(shape, generator=self.generator, device=device).argsort(dim=1)
         k = self._pos
         self._pos += 1
         if self.num_chains is None:
             self.index = self._order[k]  # type: ignore[index]
-            return self.batch(self.index)
+            return self.partition.batch(self.index)
         self.index = self._order[:, k]  # type: ignore[index,call-overload]
-        return self._stacked(self.index)
+        return self.partition.stacked(self.index)
 
 
 class LoaderData(DataSource):
@@ -298,7 +326,9 @@ class _LoaderStream(Minibatches):
         return move_to(batch, self.device)
 
 
-def as_data_source(data: Any, device: torch.device, batch_size: int | None = None) -> DataSource:
+def as_data_source(
+    data: Any, device: torch.device, batch_size: int | None = None, partition_seed: int = 0
+) -> DataSource:
     """Wrap ``data`` for sampling.
 
     Parameters
@@ -311,6 +341,8 @@ def as_data_source(data: Any, device: torch.device, batch_size: int | None = Non
         Where batches are placed.
     batch_size : int, optional
         Minibatch size for the chains (not allowed with a ``DataLoader``, which keeps its own).
+    partition_seed : int
+        Seed of the fixed partition of in-memory data into minibatches (see :meth:`TensorData.partition`).
 
     Returns
     -------
@@ -319,11 +351,11 @@ def as_data_source(data: Any, device: torch.device, batch_size: int | None = Non
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(data, Tensor):
-        return TensorData((data,), device)
+        return TensorData((data,), device, partition_seed=partition_seed)
     if isinstance(data, (tuple, list)):
-        return TensorData(tuple(data), device)
+        return TensorData(tuple(data), device, partition_seed=partition_seed)
     if isinstance(data, TensorDataset):
-        return TensorData(data.tensors, device)
+        return TensorData(data.tensors, device, partition_seed=partition_seed)
     if isinstance(data, (Dataset, DataLoader)):
         return LoaderData(data, device, batch_size)
     raise TypeError(

@@ -462,7 +462,9 @@ def estimate_llc(
     device = _resolve_device(model, device)
     sampler_options = with_default_adaptation(sampler, sampler_options, num_burnin)
     with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        posterior = PosteriorSampler(
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        )
         n_beta_value, n_beta_source = (
             (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
         )

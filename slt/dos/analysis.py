@@ -353,8 +353,9 @@ def analyze(
             curve_b = np.where(reliable, curve_b, np.nan)
             shift_mask = in_window & np.isfinite(curve_b)
             if shift_mask.any():
-                curve_b = curve_b - np.average(curve_b[shift_mask] - log_density[shift_mask],
-                                               weights=fit_weights[shift_mask] + 1e-12)
+                curve_b = curve_b - np.average(
+                    curve_b[shift_mask] - log_density[shift_mask], weights=fit_weights[shift_mask] + 1e-12
+                )
             curves.append(curve_b)
             fb = fit_log_density(centres, curve_b, fit_weights, fit_form)
             boot_llc.append(fb.llc)

@@ -25,6 +25,7 @@ MIN_FIT_DECADES = 2.0
 #: Median replica round trips (hottest -> coldest -> hottest rung) below which a warning is raised.
 MIN_ROUND_TRIPS = 1
 
+
 def check_divergences(diverged: np.ndarray, temperatures: np.ndarray, step_sizes: np.ndarray) -> None:
     """Raise if every chain of a rung diverged; warn if some did."""
     for k in range(diverged.shape[0]):

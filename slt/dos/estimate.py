@@ -193,7 +193,9 @@ def estimate_dos(
         num_burnin = num_draws * num_steps_bw_draws
     device = _resolve_device(model, device)
     with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(model, data, loss_fn, batch_size=batch_size, mask=mask, device=device)
+        posterior = PosteriorSampler(
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        )
         if temperatures is None:
             ladder = default_temperatures(posterior.n, num_rungs)
             ladder_source = f"geometric, {num_rungs} rungs around n/log n"
@@ -287,8 +289,19 @@ def estimate_dos(
         num_params=posterior.num_params,
         device=str(device),
     )
-    result = build_result(analysis, run.t, ladder, run.step_sizes, run.acceptance, run.swap_acceptance,
-                          run.round_trips, posterior.init_loss, posterior.n, settings, run.seconds)
+    result = build_result(
+        analysis,
+        run.t,
+        ladder,
+        run.step_sizes,
+        run.acceptance,
+        run.swap_acceptance,
+        run.round_trips,
+        posterior.init_loss,
+        posterior.n,
+        settings,
+        run.seconds,
+    )
     check_result(result)
     return result
 
@@ -302,8 +315,9 @@ def _default_step(posterior, use_mala, reference, localization, sampler, seed) -
         step = 1.0 / ((reference * curvature + max(localization, 1e-12)) * dim ** (1 / 3))
         return step, f"auto (1/((x_ref h + γ) d^(1/3)) from curvature {curvature:.3g}, then adapted)"
     kernel = sampler if not (isinstance(sampler, str) and sampler == "auto") else "sgld"
-    step, source = default_step_size(posterior, n_beta=reference, localization=localization, sampler=kernel,
-                                     seed=seed)
+    step, source = default_step_size(
+        posterior, n_beta=reference, localization=localization, sampler=kernel, seed=seed
+    )
     return step, source + " at the reference rung"
 
 

@@ -239,8 +239,9 @@ def run_exchange_ladder(
     device, dtype = fm.center.device, fm.center.dtype
     x = torch.as_tensor(temperatures, dtype=dtype, device=device)
     x_rows = x.repeat_interleave(chains)
-    target = LocalPosterior(n_beta=x_rows, localization=float(localization), center=fm.center,
-                            mask=fm.coordinate_mask)
+    target = LocalPosterior(
+        n_beta=x_rows, localization=float(localization), center=fm.center, mask=fm.coordinate_mask
+    )
     log_eps = torch.as_tensor(np.log(step_sizes), dtype=dtype, device=device)
     generator = torch.Generator(device=device).manual_seed(chain_seeds(seed, 1)[0])
 
@@ -265,8 +266,9 @@ def run_exchange_ladder(
             eps_rows = log_eps.exp().repeat_interleave(chains)
             proposal = mala.propose(state, target, generator, step_size=eps_rows)
             proposal_loss, proposal_grad = full_loss(proposal)
-            state, prob = mala.accept(state, proposal, proposal_loss, proposal_grad, target, generator,
-                                      step_size=eps_rows)
+            state, prob = mala.accept(
+                state, proposal, proposal_loss, proposal_grad, target, generator, step_size=eps_rows
+            )
             rung_prob = prob.reshape(rungs, chains).mean(-1).double()
             burning = step < num_burnin
             if burning and adapt:

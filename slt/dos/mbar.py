@@ -123,8 +123,9 @@ def log_weights(f: np.ndarray, n_k: np.ndarray, temperatures: np.ndarray, t: np.
     r""":math:`\log W(t) = -\log \sum_l N_l e^{f_l - x_l t}`: the log weight of a sample at ``t``."""
     with np.errstate(divide="ignore"):
         log_n = np.log(np.asarray(n_k, dtype=float))
-    return -logsumexp(_log_terms(np.asarray(f), log_n, np.asarray(temperatures, dtype=float), np.asarray(t)),
-                      axis=1)
+    return -logsumexp(
+        _log_terms(np.asarray(f), log_n, np.asarray(temperatures, dtype=float), np.asarray(t)), axis=1
+    )
 
 
 def overlap_matrix(f: np.ndarray, t: np.ndarray, counts: np.ndarray, temperatures: np.ndarray) -> np.ndarray:

@@ -216,17 +216,19 @@ class DOSResult:
         rungs = len(self.temperatures)
         overlap = np.append(self.neighbour_overlap, np.nan) if rungs > 1 else np.array([np.nan])
         swaps = np.append(self.swap_acceptance, np.nan) if rungs > 1 else np.array([np.nan])
-        return pd.DataFrame({
-            "temperature": self.temperatures,
-            "step_size": self.step_sizes,
-            "acceptance": self.acceptance,
-            "x_mean_t": self.rung_llc,
-            "x_mean_t_stderr": self.rung_llc_stderr,
-            "mean_t": self.rung_llc / np.where(self.temperatures > 0, self.temperatures, np.nan),
-            "overlap_with_next": overlap,
-            "swap_acceptance_with_next": swaps,
-            "free_energy": self.free_energies,
-        })
+        return pd.DataFrame(
+            {
+                "temperature": self.temperatures,
+                "step_size": self.step_sizes,
+                "acceptance": self.acceptance,
+                "x_mean_t": self.rung_llc,
+                "x_mean_t_stderr": self.rung_llc_stderr,
+                "mean_t": self.rung_llc / np.where(self.temperatures > 0, self.temperatures, np.nan),
+                "overlap_with_next": overlap,
+                "swap_acceptance_with_next": swaps,
+                "free_energy": self.free_energies,
+            }
+        )
 
     # -- refitting ---------------------------------------------------------------------------
 
@@ -258,9 +260,19 @@ class DOSResult:
             min_count=min_count or s.min_count,
             num_bootstrap=s.num_bootstrap if num_bootstrap is None else num_bootstrap,
         )
-        return build_result(analysis, self.samples, self.temperatures, self.step_sizes, self.acceptance,
-                            self.swap_acceptance, self.round_trips, self.init_loss, self.n, settings,
-                            self.seconds)
+        return build_result(
+            analysis,
+            self.samples,
+            self.temperatures,
+            self.step_sizes,
+            self.acceptance,
+            self.swap_acceptance,
+            self.round_trips,
+            self.init_loss,
+            self.n,
+            settings,
+            self.seconds,
+        )
 
     # -- plots -------------------------------------------------------------------------------
 
@@ -284,12 +296,25 @@ class DOSResult:
         ok = np.isfinite(self.log_density)
         log10e = 1 / math.log(10)
         color = axes[0]._get_lines.get_next_color()
-        axes[0].plot(self.t[ok], self.log_density[ok] * log10e, "o-", ms=2.5, lw=1, color=color,
-                     label=label or r"$\ln\hat v(t)$")
+        axes[0].plot(
+            self.t[ok],
+            self.log_density[ok] * log10e,
+            "o-",
+            ms=2.5,
+            lw=1,
+            color=color,
+            label=label or r"$\ln\hat v(t)$",
+        )
         band = ok & np.isfinite(self.log_density_lower) & np.isfinite(self.log_density_upper)
         if band.any():
-            axes[0].fill_between(self.t[band], self.log_density_lower[band] * log10e,
-                                 self.log_density_upper[band] * log10e, color=color, alpha=0.25, lw=0)
+            axes[0].fill_between(
+                self.t[band],
+                self.log_density_lower[band] * log10e,
+                self.log_density_upper[band] * log10e,
+                color=color,
+                alpha=0.25,
+                lw=0,
+            )
         window = self.in_fit_window
         if window.any() and np.all(np.isfinite(self.fit_coefficients)):
             tt = np.geomspace(self.t[window].min(), self.t[window].max(), 100)
@@ -299,18 +324,31 @@ class DOSResult:
             axes[0].plot(tt, self.fitted_log_density(tt) * log10e, "k--", lw=1.2, label=fit_label)
             axes[0].axvspan(self.t[window].min(), self.t[window].max(), color="0.92", zorder=-1)
         axes[0].set_xscale("log")
-        axes[0].set(xlabel=r"$t = L_n(w) - L_n(w^*)$", ylabel=r"$\log_{10} \hat v(t)$ + const",
-                    title="density of states")
+        axes[0].set(
+            xlabel=r"$t = L_n(w) - L_n(w^*)$",
+            ylabel=r"$\log_{10} \hat v(t)$ + const",
+            title="density of states",
+        )
         axes[0].legend(fontsize=8, loc="best")
         positive = self.temperatures > 0
-        axes[1].errorbar(self.temperatures[positive], self.rung_llc[positive],
-                         yerr=self.rung_llc_stderr[positive], fmt="o-", ms=3, lw=1, color=color,
-                         label=r"$x\,\mathbb{E}_x[t]$")
+        axes[1].errorbar(
+            self.temperatures[positive],
+            self.rung_llc[positive],
+            yerr=self.rung_llc_stderr[positive],
+            fmt="o-",
+            ms=3,
+            lw=1,
+            color=color,
+            label=r"$x\,\mathbb{E}_x[t]$",
+        )
         if math.isfinite(self.llc):
             axes[1].axhline(self.llc, color="k", ls="--", lw=1, label=rf"DOS fit $\lambda$={self.llc:.3g}")
         axes[1].set_xscale("log")
-        axes[1].set(xlabel=r"inverse temperature $x = n\beta$", ylabel=r"$x\,\mathbb{E}_x[t]$",
-                    title="per-rung estimate")
+        axes[1].set(
+            xlabel=r"inverse temperature $x = n\beta$",
+            ylabel=r"$x\,\mathbb{E}_x[t]$",
+            title="per-rung estimate",
+        )
         axes[1].legend(fontsize=8, loc="best")
         return fig
 
@@ -353,8 +391,15 @@ class DOSResult:
 
 
 _FLOAT_FIELDS = (
-    "llc", "llc_stderr", "multiplicity", "multiplicity_stderr", "slope", "slope_stderr", "nonpositive_share",
-    "init_loss", "seconds",
+    "llc",
+    "llc_stderr",
+    "multiplicity",
+    "multiplicity_stderr",
+    "slope",
+    "slope_stderr",
+    "nonpositive_share",
+    "init_loss",
+    "seconds",
 )
 
 

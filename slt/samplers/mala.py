@@ -75,8 +75,9 @@ def _drift(state_position: Tensor, loss_grad: Tensor, target: LocalPosterior) ->
     return _masked(grad, target)
 
 
-def propose(state: MALAState, target: LocalPosterior, generator: torch.Generator | None, *,
-            step_size: Scalar) -> Tensor:
+def propose(
+    state: MALAState, target: LocalPosterior, generator: torch.Generator | None, *, step_size: Scalar
+) -> Tensor:
     r"""The Langevin proposal :math:`w - \tfrac{\varepsilon}{2}\nabla U(w) + \sqrt{\varepsilon}\xi`.
 
     Parameters

@@ -72,7 +72,7 @@ class SGLDKernel(MCMCKernel):
 
         validate_settings(n_beta=n_beta, localization=localization, step_size=step_size)
         self.posterior = PosteriorSampler(
-            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
         )
         self.kernel = get_kernel(sampler)
         self.options = dict(sampler_options or {})

@@ -102,6 +102,8 @@ class PosteriorSampler:
         Restricts sampling to part of the parameters (see :func:`slt.sampling.flat.select_parameters`).
     device : torch.device or str, optional
         Where to sample; defaults to the model's device.
+    seed : int
+        Seed of the partition of in-memory data into minibatches, shared by every chain and run.
 
     Attributes
     ----------
@@ -122,11 +124,13 @@ class PosteriorSampler:
         batch_size: int | None = None,
         mask: Mask = None,
         device: torch.device | str | None = None,
+        seed: int = 0,
     ):
         self.loss_fn = resolve_loss(loss_fn)
         self.flat_model = FlatModel(model, self.loss_fn, mask=mask, device=device)
         self.device = self.flat_model.device
-        self.data: DataSource = as_data_source(data, self.device, batch_size)
+        self.data: DataSource = as_data_source(data, self.device, batch_size, partition_seed=seed)
+        self._reference_tables: dict[int, _ReferenceLosses] = {}
         self.init_loss, self.n = self._full_loss()
         if batch_size is None and not isinstance(data, DataLoader):
             batch_size = min(self.n, self.DEFAULT_BATCH_SIZE)
@@ -170,6 +174,18 @@ class PosteriorSampler:
             count += size
         self.flat_model.load(self.flat_model.center)
         return total / count
+
+    def _references(self, stream: Minibatches) -> _ReferenceLosses:
+        """The reference-loss table of ``stream``'s partition (a fresh one for data loaders)."""
+        partition = stream.partition
+        if partition is None:
+            return _ReferenceLosses(self.flat_model, 0)
+        table = self._reference_tables.get(id(partition))
+        if table is None:
+            table = self._reference_tables[id(partition)] = _ReferenceLosses(
+                self.flat_model, partition.num_batches
+            )
+        return table
 
     def choose_mode(self, chain_mode: str, num_chains: int) -> str:
         """Resolve ``chain_mode="auto"``: vectorize small models on in-memory data.
@@ -269,7 +285,7 @@ class PosteriorSampler:
         for c in range(plan.num_chains):
             generator = torch.Generator(device=self.device).manual_seed(seeds[c])
             next_batch = self.data.stream(generator, self.batch_size)
-            reference = _ReferenceLosses(fm, next_batch)
+            reference = self._references(next_batch)
             state = kernel.init(fm.center)
             losses: list[Tensor] = []  # appending is far cheaper than writing into a tensor each step
             references: list[Tensor] = []
@@ -289,7 +305,7 @@ class PosteriorSampler:
                         with torch.no_grad():
                             record.observed[name][c].append(_to_numpy(fn(fm.module)))
                     if plan.control_variate:
-                        references.append(reference.single(batch))
+                        references.append(reference.single(next_batch, batch))
                 state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
                 if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                     if bar is not None:
@@ -313,7 +329,7 @@ class PosteriorSampler:
         record = _Record(plan, fm.flat.dtype, self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         next_batch = self.data.stacked_stream(generator, self.batch_size, plan.num_chains)
-        reference = _ReferenceLosses(fm, next_batch)
+        reference = self._references(next_batch)
         grad_and_loss = torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
         state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
         checked = 0
@@ -332,7 +348,7 @@ class PosteriorSampler:
                             for name, fn in plan.observables.items():
                                 record.observed[name][c].append(_to_numpy(fn(fm.module)))
                 if plan.control_variate:
-                    record.reference[:, draw] = reference.stacked()
+                    record.reference[:, draw] = reference.stacked(next_batch)
             state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                 if bar is not None:
@@ -351,43 +367,43 @@ class PosteriorSampler:
 
 
 class _ReferenceLosses:
-    """Loss of :math:`w^*` on the minibatch just drawn, computed once per batch id and cached.
+    """Loss of :math:`w^*` on each minibatch, computed once per batch id and kept for every later chain.
 
-    With in-memory data the batches form a fixed partition, so after the first epoch the control
-    variate costs nothing; with loaders (no batch ids) it costs one forward pass per draw.
+    With in-memory data the batches form a fixed partition shared by all chains and runs of a
+    :class:`PosteriorSampler`, so the control variate costs one forward pass per batch of the partition in
+    all; with loaders (no batch ids) it costs one forward pass per draw.
     """
 
-    def __init__(self, flat_model: FlatModel, stream: Minibatches):
+    def __init__(self, flat_model: FlatModel, num_batches: int):
         self.fm = flat_model
-        self.stream = stream
-        self.cache: dict[int, Tensor] = {}
-        num_batches = getattr(stream, "num_batches", 0)
         self.table = torch.full(
             (num_batches,), float("nan"), dtype=flat_model.flat.dtype, device=flat_model.device
         )
-        self.known = torch.zeros(num_batches, dtype=torch.bool, device=flat_model.device)
+        self.known: set[int] = set()
+        self.num_batches = num_batches
 
     def _at_center(self, batch: Any) -> Tensor:
         # the caller reloads the chain's position before its next forward pass
         self.fm.load(self.fm.center)
         return self.fm.loss(batch)
 
-    def single(self, batch: Any) -> Tensor:
-        index = self.stream.index
+    def single(self, stream: Minibatches, batch: Any) -> Tensor:
+        """Reference loss of the batch ``stream`` returned last."""
+        index = stream.index
         if index is None:
             return self._at_center(batch)
-        value = self.cache.get(index)
-        if value is None:
-            value = self.cache[index] = self._at_center(batch)
-        return value
+        if index not in self.known:
+            self.table[index] = self._at_center(batch)
+            self.known.add(index)
+        return self.table[index]
 
-    def stacked(self) -> Tensor:
-        ids = self.stream.index
-        if not bool(self.known[ids].all()):
-            for k in ids.unique().tolist():
-                if not self.known[k]:
-                    self.table[k] = self._at_center(self.stream.batch(k))
-                    self.known[k] = True
+    def stacked(self, stream: Minibatches) -> Tensor:
+        """Reference losses of the stacked batches ``stream`` returned last, one per chain."""
+        ids = stream.index
+        if len(self.known) < self.num_batches:
+            for k in set(ids.tolist()) - self.known:
+                self.table[k] = self._at_center(stream.batch(k))
+                self.known.add(k)
         return self.table[ids]
 
 

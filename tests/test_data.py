@@ -1,0 +1,128 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from slt.data import LoaderData, TensorData, as_data_source, batch_length, move_to
+
+CPU = torch.device("cpu")
+
+
+def test_each_epoch_uses_every_sample_of_the_partition_once():
+    x = torch.arange(103.0).unsqueeze(1)
+    data = TensorData((x, x * 2), CPU)
+    stream = data.stream(torch.Generator().manual_seed(0), 10)
+    assert stream.num_batches == 10  # the remainder (3 samples) is left out of this partition
+    for _ in range(3):
+        seen = []
+        ids = []
+        for _ in range(10):
+            bx, by = stream()
+            assert torch.equal(by, bx * 2)
+            seen.append(bx.squeeze(1))
+            ids.append(stream.index)
+        assert sorted(ids) == list(range(10))
+        assert len(torch.cat(seen).unique()) == 100
+
+
+def test_batches_with_the_same_id_hold_the_same_samples_across_chains_and_runs():
+    x = torch.randn(60, 3)
+    data = TensorData((x,), CPU, partition_seed=4)
+    a = data.stream(torch.Generator().manual_seed(0), 12)
+    b = data.stream(torch.Generator().manual_seed(1), 12)
+    first_a, first_b = a(), b()
+    assert a.partition is b.partition
+    assert torch.equal(a.batch(b.index)[0], first_b[0])
+    assert torch.equal(data.partition(12).batch(a.index)[0], first_a[0])
+    other = TensorData((x,), CPU, partition_seed=5)
+    assert not torch.equal(other.partition(12).batch(0)[0], data.partition(12).batch(0)[0])
+
+
+def test_stacked_stream_gives_each_chain_its_own_order():
+    x = torch.arange(40.0).unsqueeze(1)
+    stream = TensorData((x,), CPU).stacked_stream(torch.Generator().manual_seed(0), 8, num_chains=3)
+    (batch,) = stream()
+    assert batch.shape == (3, 8, 1)
+    ids = stream.index
+    assert ids.shape == (3,)
+    for c in range(3):
+        assert torch.equal(batch[c], stream.batch(int(ids[c]))[0])
+    orders = [[], [], []]
+    for _ in range(4):
+        stream()
+    for _ in range(5):
+        stream()
+        for c in range(3):
+            orders[c].append(int(stream.index[c]))
+    assert all(sorted(o) == list(range(5)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1
+
+
+def test_full_batch_when_the_batch_is_as_large_as_the_data():
+    x = torch.randn(7, 2)
+    stream = TensorData((x,), CPU).stream(torch.Generator().manual_seed(0), 100)
+    assert torch.equal(stream()[0], x) and stream.index == 0
+
+
+def test_large_data_is_gathered_instead_of_copied(monkeypatch):
+    import slt.data
+
+    monkeypatch.setattr(slt.data, "SHUFFLED_COPY_BYTES", 0)
+    x = torch.arange(20.0).unsqueeze(1)
+    stream = TensorData((x,), CPU).stream(torch.Generator().manual_seed(0), 5)
+    seen = torch.cat([stream()[0] for _ in range(4)]).squeeze(1)
+    assert sorted(seen.tolist()) == list(range(20))
+
+
+class Pairs(Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), torch.tensor([2.0 * i])
+
+
+def test_loader_data_covers_the_dataset_and_streams_forever():
+    data = as_data_source(Pairs(10), CPU, batch_size=4)
+    assert isinstance(data, LoaderData)
+    assert sum(batch_length(b) for b in data.full_batches()) == 10
+    stream = data.stream(torch.Generator().manual_seed(0), 4)
+    sizes = [batch_length(stream()) for _ in range(7)]
+    assert sizes == [4, 4, 2, 4, 4, 2, 4]
+    assert stream.index is None and stream.partition is None
+
+
+def test_data_loaders_keep_their_own_batch_size():
+    loader = DataLoader(TensorDataset(torch.zeros(5, 1)), batch_size=2)
+    with pytest.raises(ValueError, match="a DataLoader keeps its own batch size"):
+        as_data_source(loader, CPU, batch_size=3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ((), "data is an empty tuple"),
+        ((torch.zeros(3, 1), torch.zeros(4, 1)), "disagree on the number of samples"),
+        ((torch.tensor(1.0),), "leading sample dimension"),
+        ((torch.zeros(0, 2),), "data is empty"),
+    ],
+)
+def test_bad_tensor_data_is_rejected(data, message):
+    with pytest.raises(ValueError, match=message):
+        as_data_source(data, CPU)
+
+
+def test_unsupported_data_and_batch_size_are_rejected():
+    with pytest.raises(TypeError, match="data must be a tuple of tensors"):
+        as_data_source({"x": torch.zeros(2)}, CPU)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        as_data_source((torch.zeros(3, 1),), CPU, batch_size=0)
+
+
+def test_move_to_handles_nested_batches():
+    batch = {"x": torch.zeros(2), "pair": (torch.ones(1), [torch.ones(3)]), "tag": "keep"}
+    moved = move_to(batch, CPU)
+    assert moved["tag"] == "keep" and moved["pair"][1][0].shape == (3,)
+    assert batch_length(moved) == 2
