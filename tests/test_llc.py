@@ -182,6 +182,7 @@ def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
         step_sizes=[1e-4, 5e-5],
         num_chains=2,
         base_steps=16,
+        max_steps=64,
         sampler=sampler,
         progress=False,
     )
