@@ -8,13 +8,15 @@ not generalize within 10k steps.
 λ̂ at every checkpoint comes from ``slt.analyze_checkpoints`` (results committed to an SQLite store as
 they finish, so an interrupted sweep resumes), the events from ``slt.detect_transitions``.
 
-Run from the repository root (one seed, both weight decays, about 3 to 5 minutes on one CPU core):
+The density of states (``slt.estimate_dos``) is drawn at a handful of checkpoints of the first seed's runs.
+
+Run from the repository root (one seed, both weight decays, about 4 to 6 minutes on one CPU core):
 
     PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
 
 Writes, per run, the checkpoints (``.safetensors``), ``slt-results.sqlite`` and ``metrics.json``
 (accuracy and loss per checkpoint, the LLC curve, the detected events), and for the whole call
-``grokking.png``, ``events.md``, ``study.md`` and ``summary.json``.
+``grokking.png``, ``events.md``, ``study.md``, ``summary.json``, ``dos.png`` and ``dos.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import slt
+from slt.dos.ladder import default_temperatures
 from slt.transitions import Transition, detect_transitions, plot_transitions, transitions_markdown
 
 P = 53
@@ -99,6 +102,7 @@ class RunRecord:
     llc_stderr: list[float] = field(default_factory=list)
     llc_seconds: float = float("nan")
     events: list[dict] = field(default_factory=list)
+    dos: list[dict] = field(default_factory=list)
 
     def checkpoint(self, step: int) -> Path:
         return Path(self.folder) / f"step_{step:06d}.safetensors"
@@ -187,6 +191,74 @@ def llc_curve(record: RunRecord, **settings) -> slt.Trajectory:
     record.llc_seconds = time.perf_counter() - start
     record.save()
     return trajectory
+
+
+#: Density-of-states settings for a handful of checkpoints (examples/grokking/README.md): estimate_dos's
+#: default sampler for in-memory data (MALA on the full-batch loss with replica exchange), 17 rungs spaced
+#: geometrically from nβ*/3 to 3 nβ* (neighbours 1.16x apart, so that they overlap even where λ ≈ 130),
+#: the localization of the λ̂ curve, and the power-law fit, whose slope is the local exponent of the
+#: volume over the t the ladder samples (the log-corrected forms need t far below what it reaches here).
+DOS_SETTINGS = dict(
+    temperatures=[float(x) for x in default_temperatures(int(0.3 * P * P), num_rungs=17, span=3.0)],
+    localization=100.0,
+    num_chains=2,
+    num_draws=200,
+    num_bootstrap=50,
+    fit_form="power",
+)
+
+
+def dos_checkpoints(record: RunRecord) -> list[int]:
+    """Where to draw the DOS: the λ̂ peak after memorizing, the ends of the climb of test accuracy (or,
+    without one, where the train loss settles), and the last checkpoint. Returns checkpoint indices."""
+    window = grokking_window(record)
+    middle = list(window) if window is not None else [loss_settled_at(record)]
+    return sorted({int(np.argmax(record.llc)), *middle, len(record.steps) - 1})
+
+
+def dos_at(record: RunRecord, indices: list[int], **settings) -> list[slt.DOSResult]:
+    """The density of states at the checkpoints ``indices`` of ``record``, by ``slt.analyze_checkpoints``
+    (its own store, ``slt-dos.sqlite``). ``record.dos`` gets one row per checkpoint."""
+    (x_train, y_train), _ = modular_addition(seed=record.seed)
+    settings = {**DOS_SETTINGS, **settings}
+    trajectory = slt.analyze_checkpoints(
+        [(record.steps[i], record.checkpoint(record.steps[i])) for i in indices],
+        ModularMLP,
+        (x_train, y_train),
+        loss_fn="cross_entropy",
+        measures=("dos",),
+        dos_settings=settings,
+        store=Path(record.folder) / "slt-dos.sqlite",
+        seed=record.seed,
+        progress=False,
+    )
+    if not trajectory.ok.all():
+        raise RuntimeError(f"the DOS of {record.folder} failed: {[f.error for f in trajectory.failures]}")
+    results = trajectory.dos
+    ladder = np.asarray(settings["temperatures"])
+    reference = int(np.argmin(np.abs(np.log(ladder / default_n_beta(record)))))
+    record.dos = [
+        {
+            "step": record.steps[i],
+            "test_acc": record.test_acc[i],
+            "llc": record.llc[i] if record.llc else float("nan"),
+            "dos_llc": float(r.llc),
+            "dos_llc_stderr": float(r.llc_stderr),
+            "fit_window": [float(v) for v in r.fit_window],
+            "n_beta": float(r.temperatures[reference]),
+            "x_mean_t": float(r.rung_llc[reference]),
+            "seconds": float(r.seconds),
+        }
+        for i, r in zip(indices, results)
+    ]
+    record.save()
+    return results
+
+
+def default_n_beta(record: RunRecord) -> float:
+    """nβ* = n / log n of the training set of ``record``."""
+    (x_train, _), _ = modular_addition(seed=record.seed)
+    return len(x_train) / math.log(len(x_train))
 
 
 def crossing(steps: list[int], values: list[float], level: float) -> float:
@@ -314,6 +386,52 @@ def plot_runs(runs: list[tuple[RunRecord, list[Transition]]], path: str | Path) 
     plt.close(fig)
 
 
+def plot_dos(runs: list[tuple[RunRecord, list[slt.DOSResult]]], path: str | Path) -> None:
+    """One row per run: the DOS curves at its chosen checkpoints, and x·E_x[t] against x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(runs), 2, figsize=(11, 3.9 * len(runs)), squeeze=False, constrained_layout=True
+    )
+    for row, (rec, results) in enumerate(runs):
+        for entry, result in zip(rec.dos, results):
+            result.plot(ax=axes[row], label=f"step {entry['step']} (test acc {entry['test_acc']:.0%})")
+        axes[row, 0].set_title(f"seed {rec.seed}, weight decay {rec.weight_decay:g}: density of states")
+        axes[row, 1].set_title(r"$x\,E_x[t]$ per rung")
+        axes[row, 1].set_yscale("log")  # λ falls by two decades over a grokking run
+        for ax in axes[row]:
+            ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dos_markdown(records: list[RunRecord]) -> str:
+    """Per run and chosen checkpoint: λ̂ from the curve, the DOS slope, and x·E_x[t] at nβ*."""
+    lines = [
+        "# Density of states at a handful of checkpoints",
+        "",
+        "`DOS_SETTINGS`: MALA with replica exchange, 17 rungs from nβ*/3 to 3 nβ*, γ = 100, power-law fit. "
+        "λ (DOS) is the slope + 1 of ln v̂ against ln t over the fit window; x·E_x[t] is the per-rung LLC "
+        "at the rung nearest nβ* = n / log n (exact MALA chains), beside the SGLD λ̂ of the curve.",
+        "",
+        "| run | step | test acc | λ̂ (SGLD curve) | λ (DOS slope) | fit window t | x·E_x[t] at nβ* "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        for d in rec.dos:
+            lo, hi = d["fit_window"]
+            lines.append(
+                f"| seed {rec.seed}, wd {rec.weight_decay:g} | {d['step']} | {d['test_acc']:.2f} | "
+                f"{d['llc']:.3g} | {d['dos_llc']:.3g} ± {d['dos_llc_stderr']:.2g} | {lo:.2g}–{hi:.2g} | "
+                f"{d['x_mean_t']:.3g} | {d['seconds']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -327,6 +445,9 @@ def main() -> None:
         action="store_true",
         help="reuse finished training runs; finished LLC results are always reused",
     )
+    parser.add_argument(
+        "--no-dos", action="store_true", help="skip the density of states at a handful of checkpoints"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -334,6 +455,7 @@ def main() -> None:
 
     summary = []
     figure_runs = []
+    dos_runs = []
     tables = []
     for seed in args.seeds:
         for wd in (1.0, args.control_weight_decay):
@@ -360,7 +482,13 @@ def main() -> None:
             tables.append(f"### seed {seed}, weight decay {wd:g}\n\n" + transitions_markdown(events))
             if seed == args.seeds[0]:
                 figure_runs.append((record, events))
+                if not args.no_dos:  # the DOS for the first seed's runs only: about 15 s per checkpoint
+                    dos_runs.append((record, dos_at(record, dos_checkpoints(record))))
     plot_runs(figure_runs, out / "grokking.png")
+    if dos_runs:
+        plot_dos(dos_runs, out / "dos.png")
+        (out / "dos.md").write_text(dos_markdown([rec for rec, _ in dos_runs]))
+        print((out / "dos.md").read_text())
     header = (
         "# Transitions of the LLC\n\nDetected on log10 λ̂ against log10 step (`DETECT_SETTINGS`): delta and "
         "levels in λ̂ units, peak slope in decades of λ̂ per decade of steps.\n\n"
@@ -369,7 +497,9 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "study.md").write_text(study_markdown(summary))
     print(study_markdown(summary))
-    print(f"wrote {out / 'grokking.png'}, {out / 'events.md'}, {out / 'study.md'} and {out / 'summary.json'}")
+    written = ["grokking.png", "events.md", "study.md", "summary.json"]
+    written += ["dos.png", "dos.md"] if dos_runs else []
+    print("wrote " + ", ".join(str(out / name) for name in written))
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:

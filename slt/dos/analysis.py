@@ -239,13 +239,21 @@ def _lse(values: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 
 def default_fit_window(
-    t: np.ndarray, temperatures: np.ndarray, centres: np.ndarray, bin_counts: np.ndarray, min_count: int
+    t: np.ndarray,
+    temperatures: np.ndarray,
+    centres: np.ndarray,
+    bin_counts: np.ndarray,
+    min_count: int,
+    form: str = "log",
 ) -> tuple[float, float]:
     r"""The default small-:math:`t` fit window ``(t_lo, t_hi)``.
 
     * ``t_hi`` is the mean :math:`t` of the hottest rung (beyond it the curve is sampled only by that
-      rung's upper tail), at most :data:`MAX_FIT_T` (the asymptotic form needs :math:`-\ln t` well
-      above 1: at :math:`t = 10^{-2}` the next correction, of order :math:`1/(-\ln t)`, is about 0.2);
+      rung's upper tail); for the forms with a log term (``"log"``, ``"log2"``) at most
+      :data:`MAX_FIT_T` (they need :math:`-\ln t` well above 1: at :math:`t = 10^{-2}` the next
+      correction, of order :math:`1/(-\ln t)`, is about 0.2). The ``"power"`` form has no such term and
+      no cap, so that it also reads the local slope of trained networks, whose ladders sample
+      :math:`t \approx \lambda / x` far above :math:`10^{-2}` when :math:`\lambda` is large;
     * ``t_lo`` is the centre of the lowest bin from which every bin up to ``t_hi`` holds at least
       :data:`FIT_MIN_COUNT` samples (``min_count`` when fewer than five bins do). Sparser bins lie in
       the far lower tail of the coldest rungs, where draws are strongly correlated: on
@@ -253,7 +261,8 @@ def default_fit_window(
       :math:`m` (0.15 against 0.08).
     """
     mean_t = float(np.nanmean(t[int(np.argmin(temperatures))]))
-    t_hi = min(mean_t, MAX_FIT_T) if mean_t > 0 else MAX_FIT_T
+    cap = math.inf if form == "power" else MAX_FIT_T
+    t_hi = min(mean_t, cap) if mean_t > 0 else MAX_FIT_T
     below = np.flatnonzero(centres <= t_hi)
     if below.size == 0:
         return float(centres[0]), t_hi
@@ -324,7 +333,9 @@ def analyze(
     reliable = raw >= min_count
     log_density = np.where(reliable, log_density, np.nan)
     if fit_window is None:
-        window = default_fit_window(t, temperatures, centres, np.where(reliable, raw, 0), min_count)
+        window = default_fit_window(
+            t, temperatures, centres, np.where(reliable, raw, 0), min_count, fit_form
+        )
     else:
         window = (float(fit_window[0]), float(fit_window[1]))
     in_window = (centres >= window[0] * (1 - 1e-12)) & (centres <= window[1] * (1 + 1e-12)) & reliable

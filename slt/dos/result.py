@@ -286,7 +286,8 @@ class DOSResult:
         ----------
         ax : sequence of two matplotlib axes, optional
         label : str, optional
-            Legend label of the curve.
+            Legend label of the curve. With a label the fitted lines take the curve's colour, so that
+            several results can share the same two axes.
 
         Returns
         -------
@@ -321,7 +322,10 @@ class DOSResult:
             fit_label = rf"fit: $\lambda$={self.llc:.3g}"
             if self.fit_form != "power":
                 fit_label += f", m={self.multiplicity:.2f}"
-            axes[0].plot(tt, self.fitted_log_density(tt) * log10e, "k--", lw=1.2, label=fit_label)
+            # black on a lone curve; the curve's own colour when several share the axes (``label`` given)
+            fit_color = color if label else "k"
+            fitted = self.fitted_log_density(tt) * log10e
+            axes[0].plot(tt, fitted, "--", color=fit_color, lw=1.2, label=fit_label)
             axes[0].axvspan(self.t[window].min(), self.t[window].max(), color="0.92", zorder=-1)
         axes[0].set_xscale("log")
         axes[0].set(
@@ -339,10 +343,11 @@ class DOSResult:
             ms=3,
             lw=1,
             color=color,
-            label=r"$x\,\mathbb{E}_x[t]$",
+            label=label or r"$x\,\mathbb{E}_x[t]$",
         )
         if math.isfinite(self.llc):
-            axes[1].axhline(self.llc, color="k", ls="--", lw=1, label=rf"DOS fit $\lambda$={self.llc:.3g}")
+            fit_label = rf"DOS fit $\lambda$={self.llc:.3g}"
+            axes[1].axhline(self.llc, color=color if label else "k", ls="--", lw=1, label=fit_label)
         axes[1].set_xscale("log")
         axes[1].set(
             xlabel=r"inverse temperature $x = n\beta$",

@@ -57,3 +57,21 @@ def test_default_window_stops_at_the_hottest_rungs_mean_and_at_sparse_bins():
     lo, hi = default_fit_window(t, x, centres, counts, min_count=20)
     assert hi == 1e-2  # the hottest rung's mean (0.05) is capped at 1e-2
     assert lo == pytest.approx(centres[3])  # bins below 100 samples are left out when enough remain
+
+
+def test_power_form_window_reaches_the_hottest_rungs_mean_without_the_small_t_cap():
+    x = np.array([10.0, 100.0])
+    t = np.stack([np.full((2, 5), 0.05), np.full((2, 5), 1e-3)])
+    centres = np.geomspace(1e-5, 1e-1, 13)
+    counts = np.full(13, 200)
+    lo, hi = default_fit_window(t, x, centres, counts, min_count=20, form="power")
+    assert hi == pytest.approx(0.05)
+    assert lo == pytest.approx(centres[0])
+    # a trained-network-like ladder: t ~ lambda / x far above 1e-2; the power fit reads the slope there
+    rng = np.random.default_rng(0)
+    x = np.geomspace(40, 400, 12)
+    lam = 30.0
+    t = rng.gamma(lam, 1.0 / x[:, None, None], size=(12, 4, 400))  # density t^(lam-1) e^{-x t}
+    a = analyze(t, x, fit_form="power", num_bootstrap=0)
+    assert a.fit_window[1] > 0.5
+    assert a.fit.llc == pytest.approx(lam, rel=0.1)

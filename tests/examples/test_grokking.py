@@ -49,6 +49,23 @@ def test_one_seed_groks_and_the_llc_falls_while_test_accuracy_climbs(tmp_path):
     g.plot_runs([(record, events)], tmp_path / "grokking.png")
     assert (tmp_path / "grokking.png").stat().st_size > 10_000
 
+    # the density of states at the λ̂ peak and at the last checkpoint: it falls as λ̂ does
+    chosen = g.dos_checkpoints(record)
+    assert chosen[0] == int(np.argmax(record.llc)) and chosen[-1] == len(steps) - 1
+    assert lo in chosen and hi in chosen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few draws: the replicas may not make a round trip
+        results = g.dos_at(record, [chosen[0], chosen[-1]], num_draws=60, num_bootstrap=10)
+    peak, last = g.RunRecord.load(tmp_path / "run").dos
+    assert [peak["step"], last["step"]] == [record.steps[chosen[0]], record.steps[-1]]
+    assert np.isfinite([peak["dos_llc"], last["dos_llc"], peak["x_mean_t"], last["x_mean_t"]]).all()
+    assert last["dos_llc"] < 0.2 * peak["dos_llc"] and last["x_mean_t"] < 0.2 * peak["x_mean_t"]
+    assert last["fit_window"][1] < peak["fit_window"][0]  # the late curve lives at much smaller t
+    assert peak["n_beta"] == pytest.approx(g.default_n_beta(record), rel=0.1)
+    g.plot_dos([(record, results)], tmp_path / "dos.png")
+    assert (tmp_path / "dos.png").stat().st_size > 10_000
+    assert "| seed 0, wd 1 |" in g.dos_markdown([record])
+
 
 RESULTS = Path(g.__file__).parent / "results"
 
