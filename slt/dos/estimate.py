@@ -141,7 +141,9 @@ def estimate_dos(
         ``(t_low, t_high)`` of the fit; default :func:`slt.dos.analysis.default_fit_window`.
     fit_form : {"log", "log2", "power"}
         ``"log"``: :math:`\ln c + (\lambda-1)\ln t + (m-1)\ln(-\ln t)`; ``"log2"`` adds the next
-        lower-order term :math:`b/(-\ln t)`; ``"power"`` fixes :math:`m = 1`.
+        lower-order term :math:`b/(-\ln t)`; ``"power"`` fixes :math:`m = 1`, and its default window
+        is not capped at :math:`t = 10^{-2}`, so it also reads the local slope of a trained network whose
+        ladder samples :math:`t \approx \lambda / x` well above that.
     bins_per_decade : int
         Output bins per decade of :math:`t`.
     min_count : int
