@@ -47,6 +47,7 @@ from slt.llc import (
     with_default_adaptation,
 )
 from slt.losses import LossFn
+from slt.samplers import get_kernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.flat import Mask
 from slt.warnings import ChainDivergenceError, ConvergenceWarning
@@ -108,6 +109,20 @@ def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, ll
     return step_size * n_beta**2 * mean_sq / (8.0 * llc)
 
 
+def largest_preconditioner(
+    sampler: str | ModuleType, sampler_options: Mapping[str, Any] | None = None
+) -> float:
+    """The largest diagonal preconditioner ``sampler`` applies (its value before any gradient is seen).
+
+    1 for kernels without a ``preconditioner`` function (SGLD, SGNHT); ``1 / delta`` for RMSProp-SGLD.
+    """
+    kernel = get_kernel(sampler)
+    if not hasattr(kernel, "preconditioner"):
+        return 1.0
+    fresh = kernel.init(torch.zeros(1))
+    return float(kernel.preconditioner(fresh, **dict(sampler_options or {})).max())
+
+
 def default_step_size(
     posterior: PosteriorSampler,
     *,
@@ -122,9 +137,13 @@ def default_step_size(
 ) -> tuple[float, str]:
     r"""Choose a step size from a short pilot run.
 
-    1. Start from :math:`0.1 / (n\beta\, h_{max} + \gamma)`, with :math:`h_{max}` the top Hessian
-       eigenvalue of the loss at :math:`w^*` (2.5% bias along the stiffest direction of a quadratic).
-    2. Run two pilot chains of ``pilot_steps`` steps; on divergence divide the step by 10 and retry.
+    1. Start from :math:`0.1 / ((n\beta\, h_{max} + \gamma)\, G_{max})`, with :math:`h_{max}` the top
+       Hessian eigenvalue of the loss at :math:`w^*` (2.5% bias along the stiffest direction of a
+       quadratic) and :math:`G_{max}` the largest preconditioner the sampler can apply (1 for SGLD and
+       SGNHT, :math:`1/\delta` for RMSProp-SGLD). A preconditioned sampler's pilot never raises the step
+       above this start.
+    2. Run two pilot chains of ``pilot_steps`` steps (with the control variate, as
+       :func:`slt.estimate_llc`); on divergence divide the step by 10 and retry.
     3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
        ``target_bias`` (changing it by at most a factor of 10 per round); repeat ``rounds`` times. A
        pilot whose estimate is not positive keeps the step and warns.
@@ -136,9 +155,17 @@ def default_step_size(
         A one-line account of how the step was chosen, stored in the result's settings.
     """
     curvature = top_curvature(posterior)
-    step = 0.1 / (n_beta * curvature + max(localization, 1e-12))
+    gain = largest_preconditioner(sampler, sampler_options)
+    step = 0.1 / ((n_beta * curvature + max(localization, 1e-12)) * gain)
     step = min(step, 1.0)
+    # a preconditioned chain's pilot may shrink the step but not grow it past the start: where the
+    # gradient vanishes at w* (normal crossings) its bias indicator is near zero and pushed the step up
+    # tenfold per round into a blow-up that never turns non-finite (measured: λ̂ ~ 1e16). SGLD's pilot may
+    # grow it (its start is conservative: 2.5% bias along the stiffest direction)
+    ceiling = step if gain > 1 else math.inf
     history = [f"start {step:.3g} from curvature {curvature:.3g}"]
+    if gain > 1:
+        history[0] += f", preconditioner up to {gain:.3g}"
     for r in range(rounds):
         for _ in range(6):
             run = posterior.run(
@@ -152,6 +179,7 @@ def default_step_size(
                 num_burnin=0,
                 seed=seed + 7919 * (r + 1),
                 record_grad_norm=True,
+                control_variate=True,
             )
             if not run.diverged.any():
                 break
@@ -163,7 +191,10 @@ def default_step_size(
                 f"{step:.3g}; check that the loss is finite near the trained weights"
             )
         half = pilot_steps // 2
-        llc = n_beta * float(np.mean(run.loss_trace[:, half:]) - posterior.init_loss)
+        # the control variate (w*'s loss on the same minibatches) as in estimate_llc: without it the
+        # minibatch noise swamps small learning coefficients (measured: a normal crossing with λ ≈ 0.36 at
+        # nβ ≈ 1086 gave negative pilot estimates, and the step was never sized)
+        llc = n_beta * float(np.mean(run.loss_trace[:, half:] - run.reference_loss_trace[:, half:]))
         indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
         if not math.isfinite(indicator) or indicator <= 0:
             history.append("pilot estimate not positive; kept")
@@ -177,7 +208,7 @@ def default_step_size(
             break
         # one round moves the step by at most MAX_PILOT_FACTOR: a single noisy pilot must not collapse it
         factor = min(max(target_bias / indicator, 1 / MAX_PILOT_FACTOR), MAX_PILOT_FACTOR)
-        step *= factor
+        step = min(step * factor, ceiling)
         history.append(f"{step:.3g}")
     source = f"auto (pilot: predicted bias {target_bias:.0%}; " + " -> ".join(history) + ")"
     return float(step), source

@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--state-dict-key", default=None, help="key of the state dict inside checkpoint dicts"
     )
+    analyze.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads of this process (default: torch's choice, every core); 1 is often fastest "
+        "for small models and on a busy machine",
+    )
     analyze.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     analyze.set_defaults(handler=_analyze)
 
@@ -164,6 +172,12 @@ def _analyze(args: argparse.Namespace) -> int:
     from slt.executors import RayExecutor, process_pool
     from slt.trajectory import CheckpointFailedWarning, analyze_checkpoints
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model_factory = import_object(args.model, "--model")
     data = import_object(args.data, "--data")()
     test_data = import_object(args.test_data, "--test-data")() if args.test_data else None

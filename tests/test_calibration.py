@@ -189,3 +189,47 @@ def test_top_curvature_and_bias_indicator_on_a_quadratic():
     llc = n_beta * d / a
     assert bias_indicator(step, n_beta, grad_sq, llc) == pytest.approx(step * 2 * n_beta / 4, rel=1e-9)
     assert np.isnan(bias_indicator(step, n_beta, grad_sq, -1.0))
+
+
+def _normal_crossing_w1sq_w2pow4():
+    import math
+
+    from slt.oracles import NormalCrossing, regression_data
+    from tests.conftest import gaussian_nll
+    from tests.test_accuracy import normal_crossing_exact
+
+    x, y = regression_data(10_000, seed=0)
+    exact = normal_crossing_exact(x, y, 10_000 / math.log(10_000), 1.0)
+    return NormalCrossing([1, 2]), (x, y), gaussian_nll, exact
+
+
+def test_default_step_pilot_sizes_the_step_where_lambda_is_small():
+    # K = w1^2 w2^4, λ = 1/4 at nβ ≈ 1086: without the control variate the pilot's estimate was minibatch
+    # noise, came out negative, and the step was never sized (a warning on every such model)
+    model, data, loss, exact = _normal_crossing_w1sq_w2pow4()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pilot warning, no convergence warning
+        result = slt.estimate_llc(model, data, loss_fn=loss, seed=0, progress=False)
+    source = result.settings.step_size_source
+    assert "not positive" not in source and source.count("->") >= 2
+    assert result.settings.step_size < 0.01
+    assert result.mean > 0 and abs(result.mean - exact) < 3 * result.stderr
+
+
+def test_preconditioned_pilot_never_raises_the_step_past_its_start():
+    from slt.calibration import largest_preconditioner
+
+    assert largest_preconditioner("sgld") == 1.0
+    assert largest_preconditioner("rmsprop_sgld") == pytest.approx(10.0)
+    assert largest_preconditioner("rmsprop_sgld", {"delta": 0.5}) == pytest.approx(2.0)
+    # the gradient vanishes at w*: the bias indicator is tiny and used to push the step up tenfold per
+    # round (measured: 0.1 -> 0.99 -> 9.9 and λ̂ ~ 1e16); the start is now 0.1 / (γ · 1/δ) and the ceiling
+    model, data, loss, _ = _normal_crossing_w1sq_w2pow4()
+    posterior = PosteriorSampler(model, data, loss, batch_size=256)
+    step, source = slt.calibration.default_step_size(
+        posterior, n_beta=1086.0, localization=1.0, sampler="rmsprop_sgld"
+    )
+    assert step <= 0.01 * (1 + 1e-9)
+    assert "preconditioner up to 10" in source

@@ -38,7 +38,7 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
         "--data", "tests.sweep_fixtures:regression_data",
         "--test-data", "tests.sweep_fixtures:held_out_data",
         "--loss", "tests.sweep_fixtures:gaussian_nll",
-        "--out", "results.sqlite", "--no-progress", *TINY_ARGS,
+        "--out", "results.sqlite", "--no-progress", "--threads", "1", *TINY_ARGS,
         cwd=tmp_path,
     )  # fmt: skip
     assert analyzed.returncode == 1, analyzed.stderr  # one checkpoint failed, the others completed
@@ -140,6 +140,8 @@ def test_bad_arguments_give_a_clear_error_and_status_2(tmp_path, capsys, monkeyp
     assert "cannot import 'no_such_module'" in capsys.readouterr().err
     assert cli.main([*base, "--model", "make_model"]) == 2
     assert "module:name" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "tests.sweep_fixtures:make_model", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert cli.main(["report", "missing.sqlite", "--out", "r"]) == 2
     assert "no result store at missing.sqlite" in capsys.readouterr().err
     assert not (tmp_path / "slt-results.sqlite").exists()

@@ -153,7 +153,8 @@ print(f"largest difference from serial: {difference:.2g}")
 #
 # ```bash
 # slt analyze checkpoints/ --model toyrun:make_model --data toyrun:make_data --loss mse \
-#     --out results.sqlite --workers 2
+#     --out results.sqlite --workers 2 --num-chains 2 --num-draws 200 --step-size 1e-4
+# # --threads 1 keeps torch to one thread per process: often fastest for small models or a busy machine
 # slt report results.sqlite --out report/
 # ```
 
@@ -162,7 +163,10 @@ import subprocess
 
 run = subprocess.run(
     [sys.executable, "-m", "slt", "analyze", str(ckpt_dir), "--model", "toyrun:make_model",
-     "--data", "toyrun:make_data", "--loss", "mse", "--out", str(workdir / "cli.sqlite")],
+     "--data", "toyrun:make_data", "--loss", "mse", "--out", str(workdir / "cli.sqlite"),
+     # the settings of the Python sweeps above (without them: estimate_llc's defaults, a step-size pilot
+     # and 4 chains x (1000 + 1000) steps per checkpoint)
+     "--num-chains", "2", "--num-draws", "200", "--step-size", "1e-4", "--threads", "1", "--no-progress"],
     cwd=workdir, capture_output=True, text=True,
 )
 print(run.stdout[-800:] or run.stderr[-800:])
