@@ -35,6 +35,7 @@ from torch import nn
 
 import slt
 from slt.dos.ladder import default_temperatures
+from slt.llc import default_n_beta
 from slt.transitions import Transition, detect_transitions, plot_transitions, transitions_markdown
 
 P = 53
@@ -236,7 +237,7 @@ def dos_at(record: RunRecord, indices: list[int], **settings) -> list[slt.DOSRes
         raise RuntimeError(f"the DOS of {record.folder} failed: {[f.error for f in trajectory.failures]}")
     results = trajectory.dos
     ladder = np.asarray(settings["temperatures"])
-    reference = int(np.argmin(np.abs(np.log(ladder / default_n_beta(record)))))
+    reference = int(np.argmin(np.abs(np.log(ladder / default_n_beta(len(x_train))))))
     record.dos = [
         {
             "step": record.steps[i],
@@ -253,12 +254,6 @@ def dos_at(record: RunRecord, indices: list[int], **settings) -> list[slt.DOSRes
     ]
     record.save()
     return results
-
-
-def default_n_beta(record: RunRecord) -> float:
-    """nβ* = n / log n of the training set of ``record``."""
-    (x_train, _), _ = modular_addition(seed=record.seed)
-    return len(x_train) / math.log(len(x_train))
 
 
 def crossing(steps: list[int], values: list[float], level: float) -> float:
