@@ -224,10 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     repeats = args.repeats or (1 if args.quick else 2)
-    peer, peer_note = peer_status()
-    peer = peer and not args.no_peer
-    if args.no_peer:
-        peer_note = "devinterp skipped (--no-peer)"
+    peer, peer_note = peer_status(skip=args.no_peer)
     sizes = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
     payload: dict[str, Any] = {
         "meta": {**environment(args.device), "quick": args.quick, "repeats": repeats},

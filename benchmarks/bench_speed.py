@@ -249,10 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     repeats = args.repeats or (3 if args.quick else 5)
     draws = args.draws or (100 if args.quick else 500)
-    peer, peer_note = peer_status()
-    peer = peer and not args.no_peer
-    if args.no_peer:
-        peer_note = "devinterp skipped (--no-peer)"
+    peer, peer_note = peer_status(skip=args.no_peer)
     rows = []
     for case in models(args.quick):
         if args.models and not any(s in case["name"] for s in args.models):

@@ -145,8 +145,10 @@ def num_params(model: nn.Module) -> int:
 # -- the peer ------------------------------------------------------------------------------------
 
 
-def peer_status() -> tuple[bool, str]:
-    """Whether devinterp 2.0.1 can be imported, with a note for the report."""
+def peer_status(skip: bool = False) -> tuple[bool, str]:
+    """Whether devinterp 2.0.1 can be imported (and is not skipped by ``--no-peer``), with a note."""
+    if skip:
+        return False, "devinterp skipped (--no-peer)"
     try:
         from importlib.metadata import version
 
