@@ -3,7 +3,8 @@
 1. ``mixing``: slt's default SGLD step on deep linear networks with 1x, 5x the default chain length:
    an estimate that keeps rising with the chain length is limited by mixing, not by step-size bias.
 2. ``preconditioner``: for ``sampler="rmsprop_sgld"``, the ratio of the preconditioned gradient energy
-   E[sum_i G_i g_i^2] to the raw one E[sum_i g_i^2] that ``slt.calibration.bias_indicator`` uses. The
+   E[sum_i G_i g_i^2] to the raw one E[sum_i g_i^2] that ``slt.tuning.bias_indicator``
+   uses. The
    step-size bias of preconditioned SGLD scales with the former, so the default step's predicted 5% bias
    is off by this factor.
 3. ``corrected``: rmsprop with the default step divided by that ratio, at 1x and 5x the default length.
@@ -36,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, gaussian_nll, write_json
 
 import slt
-from slt.calibration import default_step_size
 from slt.oracles import (
     NormalCrossing,
     deep_linear_network,
@@ -46,6 +46,7 @@ from slt.oracles import (
 )
 from slt.samplers import LocalPosterior, get_kernel
 from slt.sampling import PosteriorSampler
+from slt.tuning import default_step_size
 
 CASES = [([10, 5, 10], 1, 10_000), ([10, 5, 10], 2, 10_000), ([5, 5, 5, 5, 5], 1, 10_000)]
 

@@ -5,16 +5,23 @@ choose hyperparameters, and check the answer against models whose learning coeff
 """
 
 from slt import oracles, samplers
-from slt.calibration import CalibrationResult, calibrate, default_step_size
-from slt.checkpoints import CheckpointError, UnsafeCheckpointWarning, load_state_dict, resolve_checkpoints
-from slt.diagnostics import ChainDiagnostics
 from slt.dos import DOSResult, estimate_dos
-from slt.executors import RayExecutor, process_pool
-from slt.llc import LLCResult, LLCSettings, default_n_beta, estimate_llc
-from slt.monitor import LLCMonitor
-from slt.store import ResultStore
-from slt.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
+from slt.estimators.calibration import CalibrationResult, calibrate
+from slt.estimators.diagnostics import ChainDiagnostics
+from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
+from slt.sampling.settings import default_n_beta
+from slt.sweeps.checkpoints import (
+    CheckpointError,
+    UnsafeCheckpointWarning,
+    load_state_dict,
+    resolve_checkpoints,
+)
+from slt.sweeps.executors import RayExecutor, process_pool
+from slt.sweeps.monitor import LLCMonitor
+from slt.sweeps.store import ResultStore
+from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
 from slt.transitions import Transition, detect_transitions, plot_transitions
+from slt.tuning import default_step_size
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,

@@ -169,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import warnings
 
-    from slt.executors import RayExecutor, process_pool
-    from slt.trajectory import CheckpointFailedWarning, analyze_checkpoints
+    from slt.sweeps.executors import RayExecutor, process_pool
+    from slt.sweeps.trajectory import CheckpointFailedWarning, analyze_checkpoints
 
     if args.threads is not None:
         if args.threads < 1:
@@ -245,7 +245,7 @@ def _report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slt.trajectory import Trajectory
+    from slt.sweeps.trajectory import Trajectory
 
     trajectory = Trajectory.load(args.store, settings_hash=args.settings)
     out = Path(args.out)

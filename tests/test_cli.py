@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from slt import cli
-from slt.trajectory import Trajectory
-from tests.sweep_fixtures import TINY, train_and_save
+from slt.sweeps.trajectory import Trajectory
+from tests.sweeps.fixtures import TINY, train_and_save
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
@@ -34,10 +34,10 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
     (tmp_path / "ckpts" / "step_00010.pt").write_bytes(b"corrupted by a crash")
     analyzed = run_slt(
         "analyze", "ckpts",
-        "--model", "tests.sweep_fixtures:make_model",
-        "--data", "tests.sweep_fixtures:regression_data",
-        "--test-data", "tests.sweep_fixtures:held_out_data",
-        "--loss", "tests.sweep_fixtures:gaussian_nll",
+        "--model", "tests.sweeps.fixtures:make_model",
+        "--data", "tests.sweeps.fixtures:regression_data",
+        "--test-data", "tests.sweeps.fixtures:held_out_data",
+        "--loss", "tests.sweeps.fixtures:gaussian_nll",
         "--out", "results.sqlite", "--no-progress", "--threads", "1", *TINY_ARGS,
         cwd=tmp_path,
     )  # fmt: skip
@@ -72,9 +72,10 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
 
     # a rerun finds everything done except the still-broken checkpoint
     again = run_slt(
-        "analyze", "ckpts", "--model", "tests.sweep_fixtures:make_model",
-        "--data", "tests.sweep_fixtures:regression_data", "--test-data", "tests.sweep_fixtures:held_out_data",
-        "--loss", "tests.sweep_fixtures:gaussian_nll", "--out", "results.sqlite", *TINY_ARGS,
+        "analyze", "ckpts", "--model", "tests.sweeps.fixtures:make_model",
+        "--data", "tests.sweeps.fixtures:regression_data",
+        "--test-data", "tests.sweeps.fixtures:held_out_data",
+        "--loss", "tests.sweeps.fixtures:gaussian_nll", "--out", "results.sqlite", *TINY_ARGS,
         cwd=tmp_path,
     )  # fmt: skip
     assert "(5 already done)" in again.stderr
@@ -129,18 +130,18 @@ def test_bad_arguments_give_a_clear_error_and_status_2(tmp_path, capsys, monkeyp
         "analyze",
         "ckpts",
         "--data",
-        "tests.sweep_fixtures:regression_data",
+        "tests.sweeps.fixtures:regression_data",
         "--loss",
         "mse",
         "--no-progress",
     ]
-    assert cli.main([*base, "--model", "tests.sweep_fixtures:no_such_factory"]) == 2
+    assert cli.main([*base, "--model", "tests.sweeps.fixtures:no_such_factory"]) == 2
     assert "has no attribute 'no_such_factory'" in capsys.readouterr().err
     assert cli.main([*base, "--model", "no_such_module:f"]) == 2
     assert "cannot import 'no_such_module'" in capsys.readouterr().err
     assert cli.main([*base, "--model", "make_model"]) == 2
     assert "module:name" in capsys.readouterr().err
-    assert cli.main([*base, "--model", "tests.sweep_fixtures:make_model", "--threads", "0"]) == 2
+    assert cli.main([*base, "--model", "tests.sweeps.fixtures:make_model", "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert cli.main(["report", "missing.sqlite", "--out", "r"]) == 2
     assert "no result store at missing.sqlite" in capsys.readouterr().err
@@ -156,12 +157,12 @@ def test_model_from_a_python_file_and_a_pickled_checkpoint_needs_allow_pickle(tm
         "    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))\n"
     )
     paths = train_and_save(tmp_path / "ckpts", count=2)
-    from tests.sweep_fixtures import make_model
+    from tests.sweeps.fixtures import make_model
 
     torch.manual_seed(0)
     torch.save(make_model(), paths[1])
     argv = [
-        "analyze", "ckpts", "--model", "my_model.py:build", "--data", "tests.sweep_fixtures:regression_data",
+        "analyze", "ckpts", "--model", "my_model.py:build", "--data", "tests.sweeps.fixtures:regression_data",
         "--loss", "mse", "--measures", "loss", "--out", "r.sqlite", "--no-progress",
     ]  # fmt: skip
     assert cli.main(argv) == 1
@@ -176,8 +177,8 @@ def test_the_ray_option_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     train_and_save(tmp_path / "ckpts", count=4)
     argv = [
-        "analyze", "ckpts", "--model", "tests.sweep_fixtures:make_model",
-        "--data", "tests.sweep_fixtures:regression_data", "--loss", "tests.sweep_fixtures:gaussian_nll",
+        "analyze", "ckpts", "--model", "tests.sweeps.fixtures:make_model",
+        "--data", "tests.sweeps.fixtures:regression_data", "--loss", "tests.sweeps.fixtures:gaussian_nll",
         "--no-progress", *TINY_ARGS,
     ]  # fmt: skip
     assert cli.main([*argv, "--out", "serial.sqlite"]) == 0

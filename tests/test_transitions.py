@@ -287,7 +287,7 @@ def _llc_rows():
     """Real LLC estimates at 30 checkpoints: λ = d/2 jumps from 2 to 5 (d: 4 -> 10) at checkpoint 18."""
     import torch
 
-    from slt.store import StoredResult
+    from slt.sweeps.store import StoredResult
     from tests.conftest import Quadratic, quadratic_loss
 
     steps = np.unique(np.round(np.geomspace(10, 1e4, 30))).astype(int)
@@ -305,8 +305,8 @@ def _llc_rows():
 
 
 def _trajectory_with_a_jump(failed: int | None = None):
-    from slt.store import StoredResult
-    from slt.trajectory import Trajectory
+    from slt.sweeps.store import StoredResult
+    from slt.sweeps.trajectory import Trajectory
 
     steps, rows = _llc_rows()
     records = list(rows)

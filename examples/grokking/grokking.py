@@ -35,7 +35,7 @@ from torch import nn
 
 import slt
 from slt.dos.ladder import default_temperatures
-from slt.llc import default_n_beta
+from slt.sampling.settings import default_n_beta
 from slt.transitions import Transition, detect_transitions, plot_transitions, transitions_markdown
 
 P = 53

@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt._guard import isolated_rng
-from slt.data import TensorData
 from slt.dos.analysis import FIT_FORMS, analyze
 from slt.dos.diagnostics import check_divergences, check_result
 from slt.dos.ladder import (
@@ -25,10 +23,12 @@ from slt.dos.ladder import (
     rung_step_sizes,
 )
 from slt.dos.result import DOSResult, DOSSettings, build_result
-from slt.llc import _resolve_device, validate_settings
-from slt.losses import LossFn
 from slt.sampling import PosteriorSampler
+from slt.sampling.data import TensorData
 from slt.sampling.flat import Mask
+from slt.sampling.losses import LossFn
+from slt.sampling.rng import isolated_rng
+from slt.sampling.settings import resolve_device, validate_settings
 
 __all__ = ["estimate_dos", "SAMPLERS", "FULL_BATCH_WORK"]
 
@@ -99,7 +99,7 @@ def estimate_dos(
         rung :math:`k` uses ``step_size * x_ref / x_k``, capped at ``0.1 / localization``
         (:func:`slt.dos.ladder.rung_step_sizes`). Default: for MALA
         :math:`1 / ((x_{ref} h + \gamma)\, d^{1/3})` with :math:`h` the top Hessian eigenvalue at
-        :math:`w^*`, then adapted; for SG-MCMC :func:`slt.calibration.default_step_size` at
+        :math:`w^*`, then adapted; for SG-MCMC :func:`slt.tuning.default_step_size` at
         :math:`x_{ref}`.
     num_chains : int
         Chains per rung (independent replica columns with ``swaps``).
@@ -193,7 +193,7 @@ def estimate_dos(
     )
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
     with isolated_rng(seed, (device,)):
         posterior = PosteriorSampler(
             model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
@@ -309,7 +309,7 @@ def estimate_dos(
 
 
 def _default_step(posterior, use_mala, reference, localization, sampler, seed) -> tuple[float, str]:
-    from slt.calibration import default_step_size, top_curvature
+    from slt.tuning import default_step_size, top_curvature
 
     if use_mala:
         curvature = top_curvature(posterior)

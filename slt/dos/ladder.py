@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from slt.data import TensorData, batch_length
-from slt.llc import default_n_beta, with_default_adaptation
 from slt.samplers import LocalPosterior, exchange, mala
 from slt.sampling import PosteriorSampler
+from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import chain_seeds
+from slt.sampling.settings import default_n_beta, with_default_adaptation
 
 __all__ = [
     "LadderRun",

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from slt._plotting import panels
-from slt._serialize import array_from_json, to_jsonable
 from slt.dos.analysis import DOSAnalysis, analyze, design_matrix
+from slt.results.plotting import panels
+from slt.results.serialize import array_from_json, to_jsonable
 
 __all__ = ["DOSResult", "DOSSettings"]
 

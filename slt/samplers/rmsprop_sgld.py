@@ -49,7 +49,7 @@ def preconditioner(
 
     Before any step (``count == 0``) it is :math:`1/\delta`. The step-size bias of a preconditioned chain
     scales with :math:`\sum_i G_i g_i^2`, not :math:`\lVert g\rVert^2`; the driver uses this to report
-    it (see :func:`slt.calibration.bias_indicator`).
+    it (see :func:`slt.tuning.bias_indicator`).
     """
     if state.count == 0:
         return torch.full_like(state.square_avg, 1.0 / delta)

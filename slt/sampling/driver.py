@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from slt.data import DataSource, Minibatches, TensorData, as_data_source, batch_length
-from slt.losses import LossFn, check_scalar, resolve_loss
 from slt.samplers import LocalPosterior, get_kernel
+from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source, batch_length
 from slt.sampling.flat import FlatModel, Mask
+from slt.sampling.losses import LossFn, check_scalar, resolve_loss
 
 __all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "CHAIN_MODES"]
 
@@ -93,7 +93,7 @@ class PosteriorSampler:
     model : nn.Module
         The trained model; its weights are :math:`w^*`. It is copied, never modified.
     data : tuple of Tensor, Dataset or DataLoader
-        Training data (see :func:`slt.data.as_data_source`).
+        Training data (see :func:`slt.sampling.data.as_data_source`).
     loss_fn : str or callable
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
     batch_size : int, optional

@@ -15,7 +15,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from slt.losses import LossFn, check_scalar
+from slt.sampling.losses import LossFn, check_scalar
 
 __all__ = ["FlatModel", "Mask", "select_parameters"]
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from slt.measures import checkpoint_seed, data_fingerprint, describe, validate_measures
-from tests.sweep_fixtures import gaussian_nll
+from slt.sweeps.measures import checkpoint_seed, data_fingerprint, describe, validate_measures
+from tests.sweeps.fixtures import gaussian_nll
 
 
 def test_checkpoint_seeds_are_deterministic_and_distinct():
@@ -28,7 +28,7 @@ def test_measures_are_checked_and_deduplicated():
 
 
 def test_describe_names_callables_and_hashes_tensors():
-    assert describe(gaussian_nll) == "tests.sweep_fixtures:gaussian_nll"
+    assert describe(gaussian_nll) == "tests.sweeps.fixtures:gaussian_nll"
     assert describe({"b": 1.0, "a": [np.float32(0.5), None, float("nan")]}) == {
         "a": [0.5, None, "nan"],
         "b": 1.0,

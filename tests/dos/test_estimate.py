@@ -15,7 +15,7 @@ import slt
 from slt import oracles
 from slt.dos import DOSResult, OverlapWarning
 from tests.conftest import Quadratic, gaussian_nll, quadratic_loss
-from tests.test_llc import Recorder, _assert_same, _snapshot
+from tests.estimators.test_llc import Recorder, _assert_same, _snapshot
 
 # the short ladders used for API checks make too few replica round trips; that warning is tested on its
 # own, and the accuracy tests below turn every slt warning into an error

@@ -35,184 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt._guard import isolated_rng
-from slt._plotting import panels
-from slt._serialize import to_jsonable
-from slt.llc import (
-    LLCSettings,
-    _resolve_device,
-    default_n_beta,
-    summarize_run,
-    validate_settings,
-    with_default_adaptation,
-)
-from slt.losses import LossFn
-from slt.samplers import get_kernel
+from slt.estimators.llc import LLCSettings, summarize_run
+from slt.results.plotting import panels
+from slt.results.serialize import to_jsonable
 from slt.sampling import PosteriorSampler
 from slt.sampling.flat import Mask
+from slt.sampling.losses import LossFn
+from slt.sampling.rng import isolated_rng
+from slt.sampling.settings import default_n_beta, resolve_device, validate_settings, with_default_adaptation
+from slt.tuning import bias_indicator, default_step_size
 from slt.warnings import ChainDivergenceError, ConvergenceWarning
 
-__all__ = ["default_step_size", "calibrate", "CalibrationResult", "top_curvature", "bias_indicator"]
-
-#: Predicted relative bias the default step size aims for.
-DEFAULT_TARGET_BIAS = 0.05
-#: Largest factor by which one pilot round may change the step size.
-MAX_PILOT_FACTOR = 10.0
-
-
-def top_curvature(posterior: PosteriorSampler, iterations: int = 12) -> float:
-    """Largest Hessian eigenvalue of the loss at :math:`w^*`, by power iteration.
-
-    Hessian-vector products are central differences of gradients on the first full-data batch, so any
-    model that supports ``backward()`` works.
-    """
-    fm = posterior.flat_model
-    batch = next(iter(posterior.data.full_batches()))
-    center = fm.center
-    generator = torch.Generator(device=center.device).manual_seed(12345)
-    v = torch.randn(center.shape, generator=generator, dtype=center.dtype, device=center.device)
-    v /= v.norm()
-    scale = max(float(center.norm()) / math.sqrt(center.numel()), 1.0)
-    h = (1e-3 if center.dtype == torch.float32 else 1e-5) * scale
-    eigenvalue = 0.0
-    try:
-        for _ in range(iterations):
-            fm.load(center + h * v)
-            _, g_plus = fm.loss_and_grad(batch)
-            g_plus = g_plus.clone()
-            fm.load(center - h * v)
-            _, g_minus = fm.loss_and_grad(batch)
-            hv = (g_plus - g_minus) / (2 * h)
-            eigenvalue = float(torch.dot(hv, v))
-            norm = float(hv.norm())
-            if not math.isfinite(norm) or norm == 0.0:
-                break
-            v = hv / norm
-    finally:
-        fm.load(center)
-    return abs(eigenvalue) if math.isfinite(eigenvalue) else 0.0
-
-
-def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, llc: float) -> float:
-    r"""Predicted relative step-size bias of SGLD.
-
-    :math:`\varepsilon\, n\beta^2\, \mathbb{E}\lVert\nabla L_B\rVert^2 / (8 \hat\lambda)`.
-
-    Exact to first order for quadratic losses (minibatch noise included); a rough guide for singular
-    models. For preconditioned samplers pass :math:`\sum_i G_i g_i^2` (what the driver records as
-    ``grad_norm_sq``): their bias scales with the preconditioned energy, measured 5.5-6x the raw one on
-    small deep linear networks. NaN entries (diverged chains) are ignored.
-    """
-    mean_sq = float(np.nanmean(grad_norm_sq)) if np.isfinite(grad_norm_sq).any() else float("nan")
-    if not llc > 0:
-        return float("nan")
-    return step_size * n_beta**2 * mean_sq / (8.0 * llc)
-
-
-def largest_preconditioner(
-    sampler: str | ModuleType, sampler_options: Mapping[str, Any] | None = None
-) -> float:
-    """The largest diagonal preconditioner ``sampler`` applies (its value before any gradient is seen).
-
-    1 for kernels without a ``preconditioner`` function (SGLD, SGNHT); ``1 / delta`` for RMSProp-SGLD.
-    """
-    kernel = get_kernel(sampler)
-    if not hasattr(kernel, "preconditioner"):
-        return 1.0
-    fresh = kernel.init(torch.zeros(1))
-    return float(kernel.preconditioner(fresh, **dict(sampler_options or {})).max())
-
-
-def default_step_size(
-    posterior: PosteriorSampler,
-    *,
-    n_beta: float,
-    localization: float,
-    sampler: str | ModuleType = "sgld",
-    sampler_options: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    target_bias: float = DEFAULT_TARGET_BIAS,
-    pilot_steps: int = 200,
-    rounds: int = 2,
-) -> tuple[float, str]:
-    r"""Choose a step size from a short pilot run.
-
-    1. Start from :math:`0.1 / ((n\beta\, h_{max} + \gamma)\, G_{max})`, with :math:`h_{max}` the top
-       Hessian eigenvalue of the loss at :math:`w^*` (2.5% bias along the stiffest direction of a
-       quadratic) and :math:`G_{max}` the largest preconditioner the sampler can apply (1 for SGLD and
-       SGNHT, :math:`1/\delta` for RMSProp-SGLD). A preconditioned sampler's pilot never raises the step
-       above this start.
-    2. Run two pilot chains of ``pilot_steps`` steps (with the control variate, as
-       :func:`slt.estimate_llc`); on divergence divide the step by 10 and retry.
-    3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
-       ``target_bias`` (changing it by at most a factor of 10 per round); repeat ``rounds`` times. A
-       pilot whose estimate is not positive keeps the step and warns.
-
-    Returns
-    -------
-    step_size : float
-    source : str
-        A one-line account of how the step was chosen, stored in the result's settings.
-    """
-    curvature = top_curvature(posterior)
-    gain = largest_preconditioner(sampler, sampler_options)
-    step = 0.1 / ((n_beta * curvature + max(localization, 1e-12)) * gain)
-    step = min(step, 1.0)
-    # a preconditioned chain's pilot may shrink the step but not grow it past the start: where the
-    # gradient vanishes at w* (normal crossings) its bias indicator is near zero and pushed the step up
-    # tenfold per round into a blow-up that never turns non-finite (measured: λ̂ ~ 1e16). SGLD's pilot may
-    # grow it (its start is conservative: 2.5% bias along the stiffest direction)
-    ceiling = step if gain > 1 else math.inf
-    history = [f"start {step:.3g} from curvature {curvature:.3g}"]
-    if gain > 1:
-        history[0] += f", preconditioner up to {gain:.3g}"
-    for r in range(rounds):
-        for _ in range(6):
-            run = posterior.run(
-                n_beta=n_beta,
-                localization=localization,
-                step_size=step,
-                sampler=sampler,
-                sampler_options=sampler_options,
-                num_chains=2,
-                num_draws=pilot_steps,
-                num_burnin=0,
-                seed=seed + 7919 * (r + 1),
-                record_grad_norm=True,
-                control_variate=True,
-            )
-            if not run.diverged.any():
-                break
-            step /= 10
-            history.append(f"diverged, {step:.3g}")
-        else:
-            raise ChainDivergenceError(
-                "pilot chains diverged even at step size "
-                f"{step:.3g}; check that the loss is finite near the trained weights"
-            )
-        half = pilot_steps // 2
-        # the control variate (w*'s loss on the same minibatches) as in estimate_llc: without it the
-        # minibatch noise swamps small learning coefficients (measured: a normal crossing with λ ≈ 0.36 at
-        # nβ ≈ 1086 gave negative pilot estimates, and the step was never sized)
-        llc = n_beta * float(np.mean(run.loss_trace[:, half:] - run.reference_loss_trace[:, half:]))
-        indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
-        if not math.isfinite(indicator) or indicator <= 0:
-            history.append("pilot estimate not positive; kept")
-            warnings.warn(
-                f"the pilot run could not size the step: its estimate was not positive ({llc:.3g}), so the "
-                f"step stays at {step:.3g}. The trained weights may not be a minimum, or the chains did not "
-                "move; pass step_size or use slt.calibrate",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-            break
-        # one round moves the step by at most MAX_PILOT_FACTOR: a single noisy pilot must not collapse it
-        factor = min(max(target_bias / indicator, 1 / MAX_PILOT_FACTOR), MAX_PILOT_FACTOR)
-        step = min(step * factor, ceiling)
-        history.append(f"{step:.3g}")
-    source = f"auto (pilot: predicted bias {target_bias:.0%}; " + " -> ".join(history) + ")"
-    return float(step), source
-
+__all__ = ["calibrate", "CalibrationResult"]
 
 @dataclass
 class CalibrationResult:
@@ -400,7 +234,7 @@ def calibrate(
         raise ValueError(f"base_steps must be at least 8, got {base_steps}")
     if max_steps < base_steps:
         raise ValueError(f"max_steps ({max_steps}) must be at least base_steps ({base_steps})")
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
     table: list[dict[str, Any]] = []
     length_converged = True
     with isolated_rng(seed, (device,)):

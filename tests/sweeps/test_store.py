@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from slt.store import ResultStore, StoredResult, settings_hash
+from slt.sweeps.store import ResultStore, StoredResult, settings_hash
 
 
 def _row(cid="a", key="k", step=1, status="done", **kw):

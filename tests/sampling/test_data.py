@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from slt.data import LoaderData, TensorData, as_data_source, batch_length, move_to
+from slt.sampling.data import LoaderData, TensorData, as_data_source, batch_length, move_to
 
 CPU = torch.device("cpu")
 
@@ -64,9 +64,9 @@ def test_full_batch_when_the_batch_is_as_large_as_the_data():
 
 
 def test_large_data_is_gathered_instead_of_copied(monkeypatch):
-    import slt.data
+    import slt.sampling.data
 
-    monkeypatch.setattr(slt.data, "SHUFFLED_COPY_BYTES", 0)
+    monkeypatch.setattr(slt.sampling.data, "SHUFFLED_COPY_BYTES", 0)
     x = torch.arange(20.0).unsqueeze(1)
     stream = TensorData((x,), CPU).stream(torch.Generator().manual_seed(0), 5)
     seen = torch.cat([stream()[0] for _ in range(4)]).squeeze(1)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import slt
-from slt.measures import checkpoint_seed
-from slt.store import ResultStore
-from slt.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
-from tests.sweep_fixtures import (
+from slt.sweeps.measures import checkpoint_seed
+from slt.sweeps.store import ResultStore
+from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory, analyze_checkpoints
+from tests.sweeps.fixtures import (
     TINY,
     gaussian_nll,
     held_out_data,
@@ -36,7 +36,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::slt.warnings.NotAMinimumWarning"),
 ]
 
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 SWEEP = dict(loss_fn=gaussian_nll, measures=("llc", "loss"), progress=False, **TINY)
 
 
@@ -94,7 +94,7 @@ def test_sigkill_midway_then_rerun_completes_with_exactly_the_uninterrupted_resu
         "import torch, warnings\n"
         "torch.set_num_threads(1)\n"
         "warnings.simplefilter('ignore')\n"
-        "from tests.sweep_fixtures import *\n"
+        "from tests.sweeps.fixtures import *\n"
         "import slt\n"
         f"slt.analyze_checkpoints({str(folder)!r}, make_model_slowly, regression_data(),\n"
         "    test_data=held_out_data(), loss_fn=gaussian_nll, measures=('llc', 'loss'),\n"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from slt.executors import RayExecutor, _with_local_path, iter_completed, process_pool, resolve_executor
-from slt.trajectory import CheckpointFailedWarning, analyze_checkpoints
-from tests.sweep_fixtures import regression_data, train_and_save
+from slt.sweeps.executors import RayExecutor, _with_local_path, iter_completed, process_pool, resolve_executor
+from slt.sweeps.trajectory import CheckpointFailedWarning, analyze_checkpoints
+from tests.sweeps.fixtures import regression_data, train_and_save
 
 
 def test_executors_are_named_or_passed():
@@ -39,7 +39,7 @@ def test_a_local_ray_gets_this_process_import_path():
     env = _with_local_path({"env_vars": {"OMP_NUM_THREADS": "1"}, "pip": ["x"]})
     assert env["pip"] == ["x"] and env["env_vars"]["OMP_NUM_THREADS"] == "1"
     paths = env["env_vars"]["PYTHONPATH"].split(os.pathsep)
-    assert os.path.abspath(os.path.dirname(os.path.dirname(__file__))) in paths
+    assert os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")) in paths
     assert _with_local_path({"env_vars": {"PYTHONPATH": "/mine"}})["env_vars"]["PYTHONPATH"] == "/mine"
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from slt._guard import isolated_rng
-from slt.checkpoints import state_dict_fingerprint
-from slt.losses import LossFn
-from slt.measures import (
+from slt.sampling.losses import LossFn
+from slt.sampling.rng import isolated_rng
+from slt.sweeps.checkpoints import state_dict_fingerprint
+from slt.sweeps.measures import (
     MeasureSpec,
     captured,
     checkpoint_seed,
@@ -31,8 +31,8 @@ from slt.measures import (
     validate_llc_settings,
     validate_measures,
 )
-from slt.store import ResultStore, StoredResult, settings_hash
-from slt.trajectory import CheckpointFailedWarning, Trajectory
+from slt.sweeps.store import ResultStore, StoredResult, settings_hash
+from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory
 
 __all__ = ["LLCMonitor", "make_lightning_callback"]
 
@@ -57,11 +57,11 @@ class LLCMonitor:
     test_data : optional
         Held-out data for the test loss (with ``"loss"``).
     seed : int
-        Base seed; step ``s`` uses :func:`slt.measures.checkpoint_seed` ``(seed, s)``.
+        Base seed; step ``s`` uses :func:`slt.sweeps.measures.checkpoint_seed` ``(seed, s)``.
     dos_settings : dict, optional
         Keyword arguments of ``slt.estimate_dos``.
     on_error : {"warn", "raise"}
-        A failed measurement warns (:class:`~slt.trajectory.CheckpointFailedWarning`) and training
+        A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
         goes on, or raises.
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc`.

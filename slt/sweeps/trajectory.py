@@ -2,7 +2,7 @@
 
 :func:`analyze_checkpoints` runs one task per checkpoint (in this process, on any
 ``concurrent.futures``-style executor, or on Ray), commits each result to an SQLite
-:class:`~slt.store.ResultStore` as it arrives, and skips what a previous run already finished.
+:class:`~slt.sweeps.store.ResultStore` as it arrives, and skips what a previous run already finished.
 :class:`Trajectory` holds the per-checkpoint results in step order, as arrays, a data frame and a
 figure.
 """
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from slt.checkpoints import Checkpoint, resolve_checkpoints
-from slt.executors import iter_completed, resolve_executor
-from slt.losses import LossFn
-from slt.measures import (
+from slt.sampling.losses import LossFn
+from slt.sweeps.checkpoints import Checkpoint, resolve_checkpoints
+from slt.sweeps.executors import iter_completed, resolve_executor
+from slt.sweeps.measures import (
     MeasureSpec,
     Outcome,
     SweepJob,
@@ -33,7 +33,7 @@ from slt.measures import (
     validate_llc_settings,
     validate_measures,
 )
-from slt.store import ResultStore, StoredResult
+from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import SLTWarning
 
 __all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning"]
@@ -68,7 +68,7 @@ def analyze_checkpoints(
     ----------
     checkpoints : str, PathLike, list or dict
         A folder, a glob pattern, files, state dicts or ``(step, path_or_state_dict)`` pairs (see
-        :func:`slt.checkpoints.resolve_checkpoints`). Steps of files come from their names.
+        :func:`slt.sweeps.checkpoints.resolve_checkpoints`). Steps of files come from their names.
     model_factory : callable
         ``model_factory()`` returns a fresh model of the checkpoints' architecture. With a process
         pool or a cluster it must be importable (defined at module level), like ``data`` and
@@ -87,13 +87,13 @@ def analyze_checkpoints(
     executor : None, "ray", "ray:ADDRESS" or executor
         ``None`` runs checkpoints one after another in this process. An object with a
         ``concurrent.futures``-style ``submit`` (a ``ProcessPoolExecutor``, see
-        :func:`slt.executors.process_pool`; submitit; Dask) runs one task per checkpoint on it.
+        :func:`slt.sweeps.executors.process_pool`; submitit; Dask) runs one task per checkpoint on it.
         ``"ray"`` runs Ray tasks on the cluster ``ray.init`` connects to (an initialized Ray, else
-        ``RAY_ADDRESS``, else a local one); use :class:`slt.executors.RayExecutor` to reserve GPUs.
+        ``RAY_ADDRESS``, else a local one); use :class:`slt.sweeps.executors.RayExecutor` to reserve GPUs.
     test_data : optional
         Held-out data for the test loss (with ``"loss"`` in ``measures``).
     seed : int
-        Base seed. Checkpoint ``step`` uses :func:`slt.measures.checkpoint_seed` ``(seed, step)``, so
+        Base seed. Checkpoint ``step`` uses :func:`slt.sweeps.measures.checkpoint_seed` ``(seed, step)``, so
         serial, pooled and Ray runs give identical numbers, whatever the order (bit for bit when the
         processes use the same number of torch threads: multi-threaded reductions of large models
         can differ in the last bits).
@@ -103,7 +103,7 @@ def analyze_checkpoints(
         Keyword arguments of ``slt.estimate_dos``.
     allow_pickle : bool
         Allow checkpoints that pickle arbitrary objects (runs any code they contain; see
-        :func:`slt.checkpoints.load_state_dict`).
+        :func:`slt.sweeps.checkpoints.load_state_dict`).
     state_dict_key : str, optional
         Key of the model's state dict inside checkpoint dictionaries.
     identity : {"stat", "content"}
@@ -361,7 +361,7 @@ class Trajectory:
     @property
     def llc(self) -> list[Any]:
         """The full :class:`slt.LLCResult` of each checkpoint (``None`` where not measured)."""
-        from slt.llc import LLCResult
+        from slt.estimators.llc import LLCResult
 
         return [
             LLCResult.from_dict(r.payload["llc"]) if r.ok and "llc" in r.payload else None

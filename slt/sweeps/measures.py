@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt.warnings as slt_warnings
-from slt._guard import isolated_rng
-from slt.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_model, tensor_bytes
+from slt.sampling.rng import isolated_rng
+from slt.sweeps.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_model, tensor_bytes
 
 __all__ = [
     "MEASURES",
@@ -79,7 +79,7 @@ def validate_measures(measures: str | Sequence[str]) -> tuple[str, ...]:
 
 def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Check that every key is a setting of :func:`slt.estimate_llc` the sweep passes through."""
-    from slt.llc import estimate_llc, validate_settings
+    from slt.estimators.llc import estimate_llc, validate_settings
 
     allowed = set(inspect.signature(estimate_llc).parameters) - _RESERVED
     unknown = sorted(set(settings) - allowed)
@@ -97,7 +97,7 @@ def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def llc_defaults() -> dict[str, Any]:
     """Default values of the :func:`slt.estimate_llc` settings a sweep passes through."""
-    from slt.llc import estimate_llc
+    from slt.estimators.llc import estimate_llc
 
     return {
         name: p.default
@@ -176,7 +176,7 @@ def measure_model(
         Full results: ``payload["llc"]`` (``LLCResult.to_dict()``), ``payload["dos"]``, and
         ``payload["seeds"]``.
     """
-    from slt.llc import estimate_llc
+    from slt.estimators.llc import estimate_llc
     from slt.sampling import PosteriorSampler
 
     summary: dict[str, Any] = {}

@@ -23,14 +23,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt._guard import isolated_rng
-from slt._plotting import panels
-from slt._serialize import array_from_json, to_jsonable
-from slt.diagnostics import ChainDiagnostics, diagnose, import_arviz, trend_threshold
-from slt.losses import LossFn
+from slt.estimators.diagnostics import ChainDiagnostics, diagnose, import_arviz, trend_threshold
+from slt.results.plotting import panels
+from slt.results.serialize import array_from_json, to_jsonable
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import ChainRun, Observable
 from slt.sampling.flat import Mask
+from slt.sampling.losses import LossFn
+from slt.sampling.rng import isolated_rng
+from slt.sampling.settings import (
+    default_n_beta,
+    resolve_device,
+    validate_settings,
+    with_default_adaptation,
+)
+from slt.tuning import default_step_size
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -42,20 +49,8 @@ __all__ = [
     "estimate_llc",
     "LLCResult",
     "LLCSettings",
-    "default_n_beta",
-    "validate_settings",
     "summarize_run",
 ]
-
-
-def default_n_beta(n: int) -> float:
-    r"""The default inverse temperature times sample size, :math:`n\beta^* = n / \log n`.
-
-    For ``n < 3`` (where :math:`\log n \le 1`) this returns ``n``.
-    """
-    if n < 3:
-        return float(n)
-    return n / math.log(n)
 
 
 @dataclass
@@ -254,36 +249,6 @@ def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def validate_settings(
-    *,
-    n_beta: float | None = None,
-    localization: float | None = None,
-    step_size: float | None = None,
-    num_chains: int | None = None,
-    num_draws: int | None = None,
-    num_burnin: int | None = None,
-    num_steps_bw_draws: int | None = None,
-) -> None:
-    """Raise ``ValueError`` with a suggestion for any out-of-range sampling setting."""
-    if n_beta is not None and not (math.isfinite(n_beta) and n_beta > 0):
-        raise ValueError(f"n_beta must be a positive number, got {n_beta}; leave it None for n/log n")
-    if localization is not None and not (math.isfinite(localization) and localization >= 0):
-        raise ValueError(f"localization must be >= 0, got {localization}; 1.0 is a common choice")
-    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(
-            f"step_size must be a positive number, got {step_size}; leave it None for the default "
-            "or use slt.calibrate to choose one"
-        )
-    for name, value, low in (
-        ("num_chains", num_chains, 1),
-        ("num_draws", num_draws, 1),
-        ("num_burnin", num_burnin, 0),
-        ("num_steps_bw_draws", num_steps_bw_draws, 1),
-    ):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def summarize_run(
     run: ChainRun, sampler: PosteriorSampler, settings: LLCSettings, *, warn: bool = True
 ) -> LLCResult:
@@ -402,7 +367,7 @@ def estimate_llc(
         Strength :math:`\gamma` of the pull towards :math:`w^*`.
     step_size : float, optional
         Sampler step size. By default chosen from the curvature of the loss at :math:`w^*` (see
-        :func:`slt.calibration.default_step_size`); :func:`slt.calibrate` chooses more carefully.
+        :func:`slt.tuning.default_step_size`); :func:`slt.calibrate` chooses more carefully.
     num_chains, num_draws : int
         Chains, and draws per chain that enter the estimate.
     num_burnin : int, optional
@@ -459,7 +424,7 @@ def estimate_llc(
     )
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
     sampler_options = with_default_adaptation(sampler, sampler_options, num_burnin)
     with isolated_rng(seed, (device,)):
         posterior = PosteriorSampler(
@@ -469,8 +434,6 @@ def estimate_llc(
             (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
         )
         if step_size is None:
-            from slt.calibration import default_step_size
-
             step_size, step_size_source = default_step_size(
                 posterior, n_beta=n_beta_value, localization=localization, sampler=sampler, seed=seed
             )
@@ -512,23 +475,3 @@ def estimate_llc(
         control_variate=control_variate,
     )
     return summarize_run(run, posterior, settings)
-
-
-def with_default_adaptation(
-    sampler: str | ModuleType, options: Mapping[str, Any] | None, num_burnin: int
-) -> dict[str, Any]:
-    """Freeze the RMSProp preconditioner at the end of burn-in unless told otherwise."""
-    options = dict(options or {})
-    if getattr(sampler, "name", sampler) == "rmsprop_sgld" and num_burnin > 0:
-        options.setdefault("adapt_steps", num_burnin)
-    return options
-
-
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    raise ValueError(
-        "the model has no parameters at all; slt estimates the learning coefficient of trainable weights"
-    )

@@ -23,10 +23,10 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor, nn
 
-from slt.losses import LossFn, check_scalar
 from slt.samplers import LocalPosterior, get_kernel
 from slt.sampling.driver import PosteriorSampler, chain_seeds
 from slt.sampling.flat import Mask
+from slt.sampling.losses import LossFn, check_scalar
 
 __all__ = ["SGLDKernel"]
 
@@ -68,7 +68,7 @@ class SGLDKernel(MCMCKernel):
         seed: int = 0,
         device: torch.device | str | None = None,
     ):
-        from slt.llc import default_n_beta, validate_settings
+        from slt.sampling.settings import default_n_beta, validate_settings
 
         validate_settings(n_beta=n_beta, localization=localization, step_size=step_size)
         self.posterior = PosteriorSampler(

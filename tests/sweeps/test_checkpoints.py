@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import slt
-from slt.checkpoints import (
+from slt.sweeps.checkpoints import (
     CheckpointError,
     UnsafeCheckpointWarning,
     build_model,
@@ -17,7 +17,7 @@ from slt.checkpoints import (
     resolve_checkpoints,
     step_from_name,
 )
-from tests.sweep_fixtures import make_model, make_wide_model
+from tests.sweeps.fixtures import make_model, make_wide_model
 
 
 def _state(model=None):

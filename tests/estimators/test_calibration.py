@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import slt
-from slt.calibration import CalibrationResult, bias_indicator, top_curvature
+from slt.estimators.calibration import CalibrationResult
 from slt.sampling import PosteriorSampler
+from slt.tuning import bias_indicator, top_curvature
 from tests.conftest import Quadratic, quadratic_loss
 
 DUMMY = torch.zeros(4, 1)
@@ -219,7 +220,7 @@ def test_default_step_pilot_sizes_the_step_where_lambda_is_small():
 
 
 def test_preconditioned_pilot_never_raises_the_step_past_its_start():
-    from slt.calibration import largest_preconditioner
+    from slt.tuning import largest_preconditioner
 
     assert largest_preconditioner("sgld") == 1.0
     assert largest_preconditioner("rmsprop_sgld") == pytest.approx(10.0)
@@ -228,7 +229,7 @@ def test_preconditioned_pilot_never_raises_the_step_past_its_start():
     # round (measured: 0.1 -> 0.99 -> 9.9 and λ̂ ~ 1e16); the start is now 0.1 / (γ · 1/δ) and the ceiling
     model, data, loss, _ = _normal_crossing_w1sq_w2pow4()
     posterior = PosteriorSampler(model, data, loss, batch_size=256)
-    step, source = slt.calibration.default_step_size(
+    step, source = slt.tuning.default_step_size(
         posterior, n_beta=1086.0, localization=1.0, sampler="rmsprop_sgld"
     )
     assert step <= 0.01 * (1 + 1e-9)

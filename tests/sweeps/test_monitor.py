@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import slt
-from slt.store import ResultStore
-from slt.trajectory import CheckpointFailedWarning
-from tests.sweep_fixtures import TINY, gaussian_nll, make_dropout_model, regression_data
+from slt.sweeps.store import ResultStore
+from slt.sweeps.trajectory import CheckpointFailedWarning
+from tests.sweeps.fixtures import TINY, gaussian_nll, make_dropout_model, regression_data
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning"),

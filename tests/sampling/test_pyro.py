@@ -4,7 +4,7 @@ import torch
 from pyro.infer import MCMC
 
 import slt
-from slt.samplers.pyro_kernel import SGLDKernel
+from slt.sampling.pyro import SGLDKernel
 from tests.conftest import Quadratic, quadratic_loss
 
 

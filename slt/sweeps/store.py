@@ -3,7 +3,7 @@
 Every finished checkpoint is one row, written in its own transaction, so a process killed at any moment
 (``SIGKILL`` included) leaves every result committed before the kill intact and nothing half-written.
 Rows are keyed by ``(checkpoint_id, settings_hash)``: the checkpoint's identity (see
-:meth:`slt.checkpoints.Checkpoint.identity`) and a hash of every setting that changes the numbers. A
+:meth:`slt.sweeps.checkpoints.Checkpoint.identity`) and a hash of every setting that changes the numbers. A
 rerun with the same settings skips the checkpoints already done; a rerun with other settings computes
 fresh rows beside the old ones. A finished result is never overwritten, so rerunning cannot create
 duplicates or lose work.
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slt._serialize import to_jsonable
+from slt.results.serialize import to_jsonable
 
 __all__ = ["ResultStore", "StoredResult", "RunInfo", "settings_hash", "SCHEMA_VERSION"]
 

@@ -1,0 +1,1 @@
+"""Pieces every result type shares: JSON conversion and figure panels."""

@@ -1,0 +1,81 @@
+"""Settings shared by every estimator: nβ's default, range checks, the device, kernel adaptation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["default_n_beta", "validate_settings", "resolve_device", "with_default_adaptation"]
+
+
+def default_n_beta(n: int) -> float:
+    r"""The default inverse temperature times sample size, :math:`n\beta^* = n / \log n`.
+
+    For ``n < 3`` (where :math:`\log n \le 1`) this returns ``n``.
+    """
+    if n < 3:
+        return float(n)
+    return n / math.log(n)
+
+
+def validate_settings(
+    *,
+    n_beta: float | None = None,
+    localization: float | None = None,
+    step_size: float | None = None,
+    num_chains: int | None = None,
+    num_draws: int | None = None,
+    num_burnin: int | None = None,
+    num_steps_bw_draws: int | None = None,
+) -> None:
+    """Raise ``ValueError`` with a suggestion for any out-of-range sampling setting."""
+    if n_beta is not None and not (math.isfinite(n_beta) and n_beta > 0):
+        raise ValueError(f"n_beta must be a positive number, got {n_beta}; leave it None for n/log n")
+    if localization is not None and not (math.isfinite(localization) and localization >= 0):
+        raise ValueError(f"localization must be >= 0, got {localization}; 1.0 is a common choice")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(
+            f"step_size must be a positive number, got {step_size}; leave it None for the default "
+            "or use slt.calibrate to choose one"
+        )
+    for name, value, low in (
+        ("num_chains", num_chains, 1),
+        ("num_draws", num_draws, 1),
+        ("num_burnin", num_burnin, 0),
+        ("num_steps_bw_draws", num_steps_bw_draws, 1),
+    ):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def with_default_adaptation(
+    sampler: str | ModuleType, options: Mapping[str, Any] | None, num_burnin: int
+) -> dict[str, Any]:
+    """Freeze the RMSProp preconditioner at the end of burn-in unless told otherwise."""
+    options = dict(options or {})
+    if getattr(sampler, "name", sampler) == "rmsprop_sgld" and num_burnin > 0:
+        options.setdefault("adapt_steps", num_burnin)
+    return options
+
+
+def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device to sample on: ``device`` if given, else that of the model's first parameter.
+
+    Raises
+    ------
+    ValueError
+        When ``device`` is None and the model has no parameters.
+    """
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    raise ValueError(
+        "the model has no parameters at all; slt estimates the learning coefficient of trainable weights"
+    )
