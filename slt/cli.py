@@ -304,9 +304,12 @@ def _isnan(values: Any) -> Any:
 
 
 def _version() -> str:
-    from slt import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("slt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":  # pragma: no cover

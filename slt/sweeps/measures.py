@@ -72,8 +72,6 @@ def validate_measures(measures: str | Sequence[str]) -> tuple[str, ...]:
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ValueError(f"measures must be a non-empty selection of {MEASURES}, got {list(measures)}")
-    if "dos" in measures:
-        _estimate_dos()
     return measures
 
 
@@ -104,18 +102,6 @@ def llc_defaults() -> dict[str, Any]:
         for name, p in inspect.signature(estimate_llc).parameters.items()
         if name not in _RESERVED and p.default is not inspect.Parameter.empty
     }
-
-
-def _estimate_dos() -> Callable[..., Any]:
-    import slt
-
-    fn = getattr(slt, "estimate_dos", None)
-    if fn is None:
-        raise ValueError(
-            'measure "dos" needs slt.estimate_dos, which this version of slt does not have yet; '
-            'measure "llc" and "loss" instead, or upgrade slt'
-        )
-    return fn
 
 
 @dataclass(frozen=True)
@@ -207,7 +193,8 @@ def measure_model(
                 model, spec.test_data, spec.loss_fn, device=device
             ).init_loss
     if "dos" in spec.measures:
-        estimate_dos = _estimate_dos()
+        from slt.dos import estimate_dos
+
         dos_seed = checkpoint_seed(seed, step, 1)
         kwargs = dict(spec.dos_settings)
         if "progress" in inspect.signature(estimate_dos).parameters:

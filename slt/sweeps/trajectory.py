@@ -372,15 +372,14 @@ class Trajectory:
     def dos(self) -> list[Any]:
         """The DOS result of each checkpoint (``None`` where not measured).
 
-        Rebuilt with ``slt.DOSResult.from_dict`` when available, else the stored dictionary.
+        Rebuilt with :meth:`slt.DOSResult.from_dict`.
         """
-        import slt
+        from slt.dos import DOSResult
 
-        rebuild = getattr(getattr(slt, "DOSResult", None), "from_dict", None)
         out = []
         for r in self.records:
             stored = r.payload.get("dos") if r.ok else None
-            out.append(None if stored is None else rebuild(stored) if rebuild else stored)
+            out.append(None if stored is None else DOSResult.from_dict(stored))
         return out
 
     @property
