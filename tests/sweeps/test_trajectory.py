@@ -448,13 +448,6 @@ def test_loss_only_sweep_measures_train_and_test_loss(tmp_path):
     assert np.isnan(trajectory.llc_mean).all() and trajectory.llc == [None, None, None]
 
 
-def test_dos_measure_needs_estimate_dos(tmp_path, monkeypatch):
-    train_and_save(tmp_path / "ckpts", count=2)
-    monkeypatch.delattr(slt, "estimate_dos", raising=False)
-    with pytest.raises(ValueError, match=r"slt.estimate_dos"):
-        analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), loss_fn="mse", measures="dos")
-
-
 def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, monkeypatch):
     train_and_save(tmp_path / "ckpts", count=2)
     calls = []
@@ -464,7 +457,7 @@ def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, mo
         calls.append((seed, settings, progress))
         return real_estimate_dos(model, data, loss_fn=loss_fn, seed=seed, progress=progress, **settings)
 
-    monkeypatch.setattr(slt, "estimate_dos", recording_estimate_dos)
+    monkeypatch.setattr(slt.dos, "estimate_dos", recording_estimate_dos)
     settings = {"num_chains": 2, "num_draws": 40}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short ladders may warn about overlap: this checks the plumbing only
