@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="slt-results.sqlite", metavar="STORE", help="SQLite result store")
     analyze.add_argument("--test-data", metavar="MODULE:FUNCTION", help="function returning held-out data")
     analyze.add_argument(
-        "--measures", default="llc,loss", help="comma-separated measures among llc, dos, loss"
+        "--measures",
+        default="llc,loss",
+        help="comma-separated measures: llc, dos, loss, or one the --model module registers with "
+        "slt.sweeps.measures.register_measure",
     )
     where = analyze.add_mutually_exclusive_group()
     where.add_argument(
@@ -115,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--n-beta", type=float, default=None, help="default: n / log n")
     sampling.add_argument("--localization", type=float, default=1.0)
     sampling.add_argument("--batch-size", type=int, default=None)
-    sampling.add_argument("--sampler", default="sgld", choices=["sgld", "rmsprop_sgld", "sgnht"])
+    sampling.add_argument(
+        "--sampler",
+        default="sgld",
+        help="a registered kernel: sgld, rmsprop_sgld, sgnht, or one the --model module registers "
+        "with slt.samplers.register_kernel",
+    )
     sampling.add_argument("--device", default=None, help="torch device (default: cpu)")
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument(

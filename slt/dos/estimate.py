@@ -23,6 +23,7 @@ from slt.dos.ladder import (
     rung_step_sizes,
 )
 from slt.dos.result import DOSResult, DOSSettings, build_result
+from slt.samplers import kernel_names
 from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData
 from slt.sampling.flat import Mask
@@ -30,9 +31,8 @@ from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
 from slt.sampling.settings import resolve_device, validate_settings
 
-__all__ = ["estimate_dos", "SAMPLERS", "FULL_BATCH_WORK"]
+__all__ = ["estimate_dos", "dos_samplers", "FULL_BATCH_WORK"]
 
-SAMPLERS = ("auto", "mala", "sgld", "rmsprop_sgld", "sgnht")
 #: ``sampler="auto"`` uses full-data MALA while samples times parameters stays below this.
 FULL_BATCH_WORK = 20_000_000
 #: ``exact_loss=None`` evaluates the full-data loss at every draw while this is affordable.
@@ -308,6 +308,11 @@ def estimate_dos(
     return result
 
 
+def dos_samplers() -> tuple[str, ...]:
+    """Sampler names :func:`estimate_dos` takes: ``"auto"``, ``"mala"`` and every registered kernel."""
+    return ("auto", "mala", *kernel_names())
+
+
 def _default_step(posterior, use_mala, reference, localization, sampler, seed) -> tuple[float, str]:
     from slt.tuning import default_step_size, top_curvature
 
@@ -348,5 +353,6 @@ def _validate_dos_settings(
                 f"fit_window reaches t = {hi:g} >= 1, where ln(-ln t) is undefined; keep t_high < 1 or use "
                 "fit_form='power'"
             )
-    if isinstance(sampler, str) and sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(map(repr, SAMPLERS))}")
+    if isinstance(sampler, str) and sampler not in dos_samplers():
+        names = ", ".join(map(repr, dos_samplers()))
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {names}")

@@ -30,7 +30,7 @@ from slt.samplers import LocalPosterior, exchange, mala
 from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import chain_seeds
-from slt.sampling.settings import default_n_beta, with_default_adaptation
+from slt.sampling.settings import default_n_beta
 
 __all__ = [
     "LadderRun",
@@ -346,7 +346,6 @@ def run_sgmcmc_ladder(
     With ``exact_loss`` the full-data loss is evaluated at every draw (as an observable); otherwise
     :math:`t` is the minibatch loss minus the loss of :math:`w^*` on the same minibatch.
     """
-    options = with_default_adaptation(sampler, sampler_options, num_burnin)
     observables = {"_full_loss": _full_data_loss(posterior)} if exact_loss else None
     seeds = chain_seeds(seed, len(temperatures))
     t, diverged, modes = [], [], set()
@@ -357,7 +356,7 @@ def run_sgmcmc_ladder(
             localization=localization,
             step_size=float(eps),
             sampler=sampler,
-            sampler_options=options,
+            sampler_options=sampler_options,
             num_chains=num_chains,
             num_draws=num_draws,
             num_burnin=num_burnin,

@@ -39,10 +39,11 @@ from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.plotting import panels
 from slt.results.serialize import to_jsonable
 from slt.sampling import PosteriorSampler
+from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
-from slt.sampling.settings import default_n_beta, resolve_device, validate_settings, with_default_adaptation
+from slt.sampling.settings import default_n_beta, resolve_device, validate_settings
 from slt.tuning import bias_indicator, default_step_size
 from slt.warnings import ChainDivergenceError, ConvergenceWarning
 
@@ -362,13 +363,12 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         "stable": False,
         "note": "",
     }
-    options = with_default_adaptation(sampler, options, burn)
+    kernel = bind_kernel(sampler, options, burn)
     run = posterior.run(
         n_beta=n_beta,
         localization=loc,
         step_size=step,
-        sampler=sampler,
-        sampler_options=options,
+        sampler=kernel,
         num_chains=num_chains,
         num_draws=draws,
         num_burnin=burn,
@@ -383,8 +383,8 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         localization=loc,
         step_size=step,
         step_size_source="calibrate",
-        sampler=str(getattr(sampler, "name", sampler)),
-        sampler_options=dict(options or {}),
+        sampler=kernel.name,
+        sampler_options=kernel.settings(),
         num_chains=num_chains,
         num_draws=draws,
         num_burnin=burn,

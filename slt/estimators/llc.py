@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,9 @@ from torch import nn
 from slt.estimators.diagnostics import ChainDiagnostics, diagnose, import_arviz, trend_threshold
 from slt.results.plotting import panels
 from slt.results.serialize import array_from_json, to_jsonable
+from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
-from slt.sampling.driver import ChainRun, Observable
+from slt.sampling.driver import ChainRun, Observable, bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
@@ -35,7 +35,6 @@ from slt.sampling.settings import (
     default_n_beta,
     resolve_device,
     validate_settings,
-    with_default_adaptation,
 )
 from slt.tuning import default_step_size
 from slt.warnings import (
@@ -339,7 +338,7 @@ def estimate_llc(
     num_burnin: int | None = None,
     num_steps_bw_draws: int = 1,
     batch_size: int | None = None,
-    sampler: str | ModuleType = "sgld",
+    sampler: str | Kernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
     mask: Mask = None,
     seed: int = 0,
@@ -376,12 +375,12 @@ def estimate_llc(
         Sampler steps per recorded draw.
     batch_size : int, optional
         Minibatch size (default ``min(n, 256)``); not allowed with a ``DataLoader``.
-    sampler : {"sgld", "rmsprop_sgld", "sgnht"} or module
-        The kernel; see :mod:`slt.samplers`.
+    sampler : {"sgld", "rmsprop_sgld", "sgnht"}, any registered name, or Kernel
+        The kernel; see :mod:`slt.samplers` and :func:`slt.samplers.register_kernel`.
     sampler_options : dict, optional
-        Extra keyword arguments of the kernel's ``step`` (``alpha``, ``delta``, ``adapt_steps``,
-        ``diffusion``). For ``"rmsprop_sgld"``, ``adapt_steps`` defaults to ``num_burnin``: the
-        preconditioner adapts during burn-in and is then frozen, which keeps the draws unbiased.
+        The kernel's options (``alpha``, ``delta``, ``adapt_steps`` of ``"rmsprop_sgld"``, ``diffusion``
+        of ``"sgnht"``); an unknown name raises. A kernel that adapts (RMSProp-SGLD) stops adapting at
+        the end of burn-in unless told otherwise, which keeps the draws from a fixed kernel.
     mask : list of str or dict of str to bool Tensor, optional
         Sample only these parameters (names or module prefixes) or entries: the weight-restricted LLC.
     seed : int
@@ -425,7 +424,7 @@ def estimate_llc(
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
     device = resolve_device(model, device)
-    sampler_options = with_default_adaptation(sampler, sampler_options, num_burnin)
+    kernel = bind_kernel(sampler, sampler_options, num_burnin)
     with isolated_rng(seed, (device,)):
         posterior = PosteriorSampler(
             model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
@@ -434,8 +433,13 @@ def estimate_llc(
             (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
         )
         if step_size is None:
+            # the pilot adapts throughout (it is short), with the user's other options
             step_size, step_size_source = default_step_size(
-                posterior, n_beta=n_beta_value, localization=localization, sampler=sampler, seed=seed
+                posterior,
+                n_beta=n_beta_value,
+                localization=localization,
+                sampler=get_kernel(sampler).bind(sampler_options),
+                seed=seed,
             )
         else:
             step_size_source = "given"
@@ -443,8 +447,7 @@ def estimate_llc(
             n_beta=n_beta_value,
             localization=localization,
             step_size=step_size,
-            sampler=sampler,
-            sampler_options=sampler_options,
+            sampler=kernel,
             num_chains=num_chains,
             num_draws=num_draws,
             num_burnin=num_burnin,
@@ -461,8 +464,8 @@ def estimate_llc(
         localization=float(localization),
         step_size=float(step_size),
         step_size_source=step_size_source,
-        sampler=sampler if isinstance(sampler, str) else sampler.name,
-        sampler_options=dict(sampler_options or {}),
+        sampler=kernel.name,
+        sampler_options=kernel.settings(),
         num_chains=num_chains,
         num_draws=num_draws,
         num_burnin=num_burnin,

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
+from slt.samplers.kernel import Kernel
 
-__all__ = ["RMSPropSGLDState", "init", "step", "preconditioner", "name"]
+__all__ = ["RMSPropSGLDState", "init", "step", "preconditioner", "name", "kernel"]
 
 name = "rmsprop_sgld"
 
@@ -42,9 +43,7 @@ def init(position: Tensor) -> RMSPropSGLDState:
     return RMSPropSGLDState(position=position, square_avg=torch.zeros_like(position), count=0)
 
 
-def preconditioner(
-    state: RMSPropSGLDState, *, alpha: float = 0.99, delta: float = 0.1, **_: object
-) -> Tensor:
+def preconditioner(state: RMSPropSGLDState, *, alpha: float = 0.99, delta: float = 0.1) -> Tensor:
     r"""The diagonal preconditioner :math:`G = 1/(\sqrt{\hat v} + \delta)` of ``state``.
 
     Before any step (``count == 0``) it is :math:`1/\delta`. The step-size bias of a preconditioned chain
@@ -86,6 +85,9 @@ def step(
     delta : float
         Damping :math:`\delta` added to :math:`\sqrt{\hat v}`; bounds the preconditioner by
         :math:`1/\delta`.
+    adapt_steps : int, optional
+        Steps after which the squared-gradient average stops changing (``None``: never stops). The
+        estimators set it to the burn-in length, so the draws come from a fixed kernel.
 
     Returns
     -------
@@ -105,3 +107,6 @@ def step(
     increment.add_(noise)
     masked(increment, target)
     return RMSPropSGLDState(position=torch.add(state.position, increment), square_avg=square_avg, count=count)
+
+
+kernel = Kernel(name, init, step, preconditioner=preconditioner, adaptation_option="adapt_steps")

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from slt.samplers.base import LocalPosterior, gaussian_noise, masked
+from slt.samplers.kernel import Kernel
 
-__all__ = ["SGLDState", "init", "step", "name"]
+__all__ = ["SGLDState", "init", "step", "name", "kernel"]
 
 name = "sgld"
 
@@ -69,3 +70,6 @@ def step(
     increment.add_(gaussian_noise(increment, generator), alpha=math.sqrt(step_size))
     masked(increment, target)
     return SGLDState(position=increment.add_(state.position))
+
+
+kernel = Kernel(name, init, step)

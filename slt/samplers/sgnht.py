@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
+from slt.samplers.kernel import Kernel
 
-__all__ = ["SGNHTState", "init", "step", "name"]
+__all__ = ["SGNHTState", "init", "step", "name", "kernel"]
 
 name = "sgnht"
 
@@ -88,3 +89,6 @@ def step(
         velocity=velocity,
         thermostat=thermostat + kinetic - step_size,
     )
+
+
+kernel = Kernel(name, init, step)

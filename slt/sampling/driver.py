@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,12 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from slt.samplers import LocalPosterior, get_kernel
+from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
 from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source, batch_length
 from slt.sampling.flat import FlatModel, Mask
 from slt.sampling.losses import LossFn, check_scalar, resolve_loss
 
-__all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "CHAIN_MODES"]
+__all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "CHAIN_MODES"]
 
 CHAIN_MODES = ("auto", "sequential", "vectorized")
 #: Steps between checks for non-finite losses (each check synchronizes with the device).
@@ -217,7 +216,7 @@ class PosteriorSampler:
         n_beta: float,
         localization: float,
         step_size: float,
-        sampler: str | ModuleType = "sgld",
+        sampler: str | Kernel | BoundKernel = "sgld",
         sampler_options: Mapping[str, Any] | None = None,
         num_chains: int = 4,
         num_draws: int = 200,
@@ -237,9 +236,11 @@ class PosteriorSampler:
         loss at that position on the minibatch used for the next gradient step. With
         ``control_variate``, the loss of :math:`w^*` on the same minibatch is recorded too; with
         ``record_grad_norm``, the squared norm of the minibatch gradient at each draw (else NaN).
+
+        ``sampler`` is a registered name, a :class:`~slt.samplers.Kernel` (bound here with
+        ``sampler_options``, adaptation ending at ``num_burnin``) or a :class:`~slt.samplers.BoundKernel`.
         """
-        kernel = get_kernel(sampler)
-        options = dict(sampler_options or {})
+        kernel = bind_kernel(sampler, sampler_options, num_burnin)
         fm = self.flat_model
         target = LocalPosterior(
             n_beta=float(n_beta), localization=float(localization), center=fm.center, mask=fm.coordinate_mask
@@ -262,7 +263,7 @@ class PosteriorSampler:
         try:
             if mode == "vectorized":
                 try:
-                    record = self._run_vectorized(kernel, options, target, plan, seeds[-1], bar)
+                    record = self._run_vectorized(kernel, target, plan, seeds[-1], bar)
                 except Exception:
                     if chain_mode != "auto":
                         raise
@@ -270,7 +271,7 @@ class PosteriorSampler:
                     if bar is not None:
                         bar.reset()
             if record is None:
-                record = self._run_sequential(kernel, options, target, plan, seeds[:num_chains], bar)
+                record = self._run_sequential(kernel, target, plan, seeds[:num_chains], bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -279,7 +280,7 @@ class PosteriorSampler:
 
     # -- the two back ends -------------------------------------------------------------------
 
-    def _run_sequential(self, kernel, options, target, plan, seeds, bar) -> _Record:
+    def _run_sequential(self, kernel: BoundKernel, target, plan, seeds, bar) -> _Record:
         fm = self.flat_model
         record = _Record(plan, fm.flat.dtype, self.device)
         for c in range(plan.num_chains):
@@ -300,13 +301,13 @@ class PosteriorSampler:
                 draw = plan.draw_index(t)
                 if draw is not None:
                     if plan.record_grad_norm:
-                        record.grad_sq[c, draw] = _gradient_energy(kernel, state, grad, options)
+                        record.grad_sq[c, draw] = kernel.gradient_energy(state, grad)
                     for name, fn in plan.observables.items():
                         with torch.no_grad():
                             record.observed[name][c].append(_to_numpy(fn(fm.module)))
                     if plan.control_variate:
                         references.append(reference.single(next_batch, batch))
-                state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
+                state = kernel.step(state, grad, target, generator, plan.step_size)
                 if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                     if bar is not None:
                         bar.update(t + 1 - checked)
@@ -323,7 +324,7 @@ class PosteriorSampler:
             record.finals.append(state.position)
         return record
 
-    def _run_vectorized(self, kernel, options, target, plan, seed, bar) -> _Record:
+    def _run_vectorized(self, kernel: BoundKernel, target, plan, seed, bar) -> _Record:
         fm = self.flat_model
         assert isinstance(self.data, TensorData)
         record = _Record(plan, fm.flat.dtype, self.device)
@@ -340,7 +341,7 @@ class PosteriorSampler:
             draw = plan.draw_index(t)
             if draw is not None:
                 if plan.record_grad_norm:
-                    record.grad_sq[:, draw] = _gradient_energy(kernel, state, grad, options)
+                    record.grad_sq[:, draw] = kernel.gradient_energy(state, grad)
                 if plan.observables:
                     with torch.no_grad():
                         for c in range(plan.num_chains):
@@ -349,7 +350,7 @@ class PosteriorSampler:
                                 record.observed[name][c].append(_to_numpy(fn(fm.module)))
                 if plan.control_variate:
                     record.reference[:, draw] = reference.stacked(next_batch)
-            state = kernel.step(state, grad, target, generator, step_size=plan.step_size, **options)
+            state = kernel.step(state, grad, target, generator, plan.step_size)
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                 if bar is not None:
                     bar.update((t + 1 - checked) * plan.num_chains)
@@ -487,12 +488,21 @@ VECTORIZE_CPU_MAX_WORK = 10_000_000  # parameters times batch size
 VECTORIZE_CUDA_PARAMS = 50_000_000
 
 
-def _gradient_energy(kernel: ModuleType, state: Any, grad: Tensor, options: Mapping[str, Any]) -> Tensor:
-    r""":math:`\sum_i G_i g_i^2` per chain, with ``G`` the kernel's preconditioner (1 when it has none)."""
-    precondition = getattr(kernel, "preconditioner", None)
-    if precondition is None:
-        return grad.square().sum(-1)
-    return (precondition(state, **options) * grad.square()).sum(-1)
+def bind_kernel(
+    sampler: str | Kernel | BoundKernel, options: Mapping[str, Any] | None, num_burnin: int = 0
+) -> BoundKernel:
+    """A :class:`~slt.samplers.BoundKernel` from a name or kernel and its options (see ``Kernel.bind``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown sampler or option, or options given with an already bound kernel.
+    """
+    if isinstance(sampler, BoundKernel):
+        if options:
+            raise ValueError("sampler_options go with a sampler name or Kernel, not with a BoundKernel")
+        return sampler
+    return get_kernel(sampler).bind(options, num_burnin=num_burnin)
 
 
 def _first_nonfinite(values: Tensor) -> int | None:

@@ -16,23 +16,22 @@ at the position the step started from, exactly what slt's driver records as a dr
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor, nn
 
-from slt.samplers import LocalPosterior, get_kernel
+from slt.samplers import Kernel, LocalPosterior, get_kernel
 from slt.sampling.driver import PosteriorSampler, chain_seeds
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn, check_scalar
 
-__all__ = ["SGLDKernel"]
+__all__ = ["PyroKernel", "SGLDKernel"]
 
 
-class SGLDKernel(MCMCKernel):
-    """An slt sampler (SGLD by default) driven by pyro's ``MCMC``.
+class PyroKernel(MCMCKernel):
+    """Any registered slt sampler (SGLD by default) driven by pyro's ``MCMC``.
 
     Parameters
     ----------
@@ -44,10 +43,11 @@ class SGLDKernel(MCMCKernel):
         Inverse temperature times sample size (default ``n / log n``).
     localization : float
         Strength of the pull towards the trained weights.
-    sampler : str or module
-        Any slt kernel (``"sgld"``, ``"rmsprop_sgld"``, ``"sgnht"``).
+    sampler : str or Kernel
+        Any registered slt kernel (``"sgld"``, ``"rmsprop_sgld"``, ``"sgnht"``, or one registered with
+        :func:`slt.samplers.register_kernel`).
     sampler_options : dict, optional
-        Extra settings of the kernel's ``step``.
+        The kernel's options (see :meth:`slt.samplers.Kernel.bind`).
     seed : int
         Seed; with the same seed the chain equals chain 0 of ``estimate_llc(..., chain_mode="sequential")``.
     """
@@ -61,7 +61,7 @@ class SGLDKernel(MCMCKernel):
         step_size: float,
         n_beta: float | None = None,
         localization: float = 1.0,
-        sampler: str | ModuleType = "sgld",
+        sampler: str | Kernel = "sgld",
         sampler_options: dict[str, Any] | None = None,
         batch_size: int | None = None,
         mask: Mask = None,
@@ -74,8 +74,7 @@ class SGLDKernel(MCMCKernel):
         self.posterior = PosteriorSampler(
             model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
         )
-        self.kernel = get_kernel(sampler)
-        self.options = dict(sampler_options or {})
+        self.kernel = get_kernel(sampler).bind(sampler_options)
         self.step_size = float(step_size)
         self.n_beta = float(n_beta) if n_beta is not None else default_n_beta(self.posterior.n)
         self.init_loss = self.posterior.init_loss
@@ -120,9 +119,7 @@ class SGLDKernel(MCMCKernel):
         fm.load(self._state.position)
         loss, grad = fm.loss_and_grad(self._next_batch())
         loss = check_scalar(loss)
-        self._state = self.kernel.step(
-            self._state, grad, self.target, self._generator, step_size=self.step_size, **self.options
-        )
+        self._state = self.kernel.step(self._state, grad, self.target, self._generator, self.step_size)
         return {"w": self._state.position.clone(), "loss": loss.detach().clone()}
 
     def logging(self) -> dict[str, Any]:
@@ -132,3 +129,7 @@ class SGLDKernel(MCMCKernel):
     def diagnostics(self) -> dict[str, Any]:
         """The settings of this kernel, reported by ``MCMC.diagnostics()``."""
         return {"step_size": self.step_size, "n_beta": self.n_beta, "sampler": self.kernel.name}
+
+
+#: The adapter's first name, kept for existing code: it was SGLD-only once and now runs any kernel.
+SGLDKernel = PyroKernel

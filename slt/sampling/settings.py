@@ -1,17 +1,14 @@
-"""Settings shared by every estimator: nβ's default, range checks, the device, kernel adaptation."""
+"""Settings shared by every estimator: nβ's default, range checks and the device."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["default_n_beta", "validate_settings", "resolve_device", "with_default_adaptation"]
+__all__ = ["default_n_beta", "validate_settings", "resolve_device"]
 
 
 def default_n_beta(n: int) -> float:
@@ -52,16 +49,6 @@ def validate_settings(
     ):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def with_default_adaptation(
-    sampler: str | ModuleType, options: Mapping[str, Any] | None, num_burnin: int
-) -> dict[str, Any]:
-    """Freeze the RMSProp preconditioner at the end of burn-in unless told otherwise."""
-    options = dict(options or {})
-    if getattr(sampler, "name", sampler) == "rmsprop_sgld" and num_burnin > 0:
-        options.setdefault("adapt_steps", num_burnin)
-    return options
 
 
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:

@@ -1,7 +1,8 @@
 """What a sweep measures at one set of weights, and the per-checkpoint task that workers run.
 
-:func:`measure_model` computes the requested measures (``"llc"``, ``"dos"``, ``"loss"``) of a model,
-capturing the warnings they raise so that they can travel back from worker processes.
+Measures are registered values (:class:`Measure`, :func:`register_measure`): ``"llc"``, ``"dos"`` and
+``"loss"`` ship with slt, and a new one registered here is taken by sweeps, the monitor and the CLI.
+:func:`measure_model` takes the requested measures of a model.
 :func:`measure_checkpoint` is the task a sweep submits per checkpoint: load the weights, build the
 model, measure, and report success or the error; it never raises, so one bad checkpoint cannot stop a
 sweep. Both the post-hoc sweep and the training-loop monitor use :func:`checkpoint_seed`, so the same
@@ -32,7 +33,11 @@ from slt.sweeps.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_mo
 
 __all__ = [
     "MEASURES",
+    "Measure",
+    "MeasureInput",
     "MeasureSpec",
+    "register_measure",
+    "get_measure",
     "Outcome",
     "SweepJob",
     "checkpoint_seed",
@@ -45,8 +50,6 @@ __all__ = [
     "reemit_warnings",
 ]
 
-#: The measures a sweep can take at each checkpoint.
-MEASURES = ("llc", "dos", "loss")
 #: Keyword arguments of ``estimate_llc`` that the sweep sets itself.
 _RESERVED = {"model", "data", "loss_fn", "seed", "progress"}
 
@@ -64,20 +67,149 @@ def checkpoint_seed(seed: int, step: int, stream: int = 0) -> int:
     return (int(words[0]) << 31) ^ int(words[1])
 
 
-def validate_measures(measures: str | Sequence[str]) -> tuple[str, ...]:
-    """Check the requested measures and return them as a tuple without repeats."""
-    if isinstance(measures, str):
+@dataclass(frozen=True)
+class MeasureInput:
+    """What a measure gets besides the model: the sweep's data and loss, its own settings and seed.
+
+    Attributes
+    ----------
+    data, loss_fn, test_data
+        As given to the sweep (``test_data`` may be ``None``).
+    settings : dict
+        This measure's settings (validated by its ``validate`` before the sweep started).
+    seed : int
+        This measure's seed at this checkpoint (:func:`checkpoint_seed` with the measure's stream).
+    device : str or None
+        The device asked for (the ``device`` setting of the LLC), or ``None``.
+    summary : dict
+        Scalars that earlier measures of this checkpoint produced (read only), so a measure can reuse
+        them (the ``"loss"`` measure reuses the LLC's train loss).
+    """
+
+    data: Any
+    loss_fn: Any
+    test_data: Any
+    settings: Mapping[str, Any]
+    seed: int
+    device: str | None
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A quantity a sweep or monitor takes at every checkpoint, as a registered value.
+
+    Parameters
+    ----------
+    name : str
+        Name used in ``measures=`` (and ``slt analyze --measures``).
+    measure : callable
+        ``measure(model, MeasureInput) -> (summary, payload)``: ``summary`` a dict of scalars (columns
+        of :class:`~slt.sweeps.trajectory.Trajectory`, stored per checkpoint), ``payload`` anything
+        JSON-able (the full result), or ``None``. Must leave ``model`` as it found it.
+    validate : callable, optional
+        ``validate(settings) -> settings``: called once before the sweep; raise ``ValueError`` naming
+        what to change.
+    defaults : callable, optional
+        ``defaults() -> dict``: default settings, hashed with the given ones so that a changed default
+        recomputes.
+    load : callable, optional
+        ``load(payload) -> result``: rebuilds the result object from a stored payload.
+    stream : int, optional
+        Seed stream (see :func:`checkpoint_seed`); by default derived from the name.
+    """
+
+    name: str
+    measure: Callable[[nn.Module, MeasureInput], tuple[dict[str, Any], Any]]
+    validate: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    defaults: Callable[[], dict[str, Any]] | None = None
+    load: Callable[[Any], Any] | None = None
+    stream: int | None = None
+
+    def seed_stream(self) -> int:
+        """The stream of :func:`checkpoint_seed` this measure draws from."""
+        if self.stream is not None:
+            return self.stream
+        return int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "little") + 2
+
+    def check_settings(self, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate ``settings`` (a copy is returned)."""
+        settings = dict(settings or {})
+        return self.validate(settings) if self.validate is not None else settings
+
+    def default_settings(self) -> dict[str, Any]:
+        """The measure's default settings (empty without ``defaults``)."""
+        return self.defaults() if self.defaults is not None else {}
+
+
+#: The registry of measures, in the order a checkpoint takes them; see :func:`register_measure`.
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(measure: Measure, *, replace: bool = False) -> Measure:
+    """Make ``measure`` available by name to sweeps, the monitor and ``slt analyze --measures``.
+
+    Raises
+    ------
+    TypeError
+        When ``measure`` is not a :class:`Measure`.
+    ValueError
+        When the name is taken and ``replace`` is false.
+    """
+    if not isinstance(measure, Measure):
+        raise TypeError(f"register_measure takes a slt.sweeps.measures.Measure, got {type(measure).__name__}")
+    if measure.name in MEASURES and MEASURES[measure.name] is not measure and not replace:
+        raise ValueError(f"a measure named {measure.name!r} is registered already; pass replace=True")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def get_measure(name: str | Measure) -> Measure:
+    """The registered :class:`Measure` called ``name`` (a :class:`Measure` is returned as is).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the registered ones.
+    """
+    if isinstance(name, Measure):
+        return name
+    try:
+        return MEASURES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown measure {name!r}; choose among {', '.join(map(repr, MEASURES))} or register one "
+            "with slt.sweeps.measures.register_measure"
+        ) from None
+
+
+def validate_measures(measures: str | Measure | Sequence[str | Measure]) -> tuple[str, ...]:
+    """Check the requested measures and return their names as a tuple without repeats.
+
+    Raises
+    ------
+    ValueError
+        For an empty selection or an unknown name.
+    """
+    if isinstance(measures, (str, Measure)):
         measures = (measures,)
-    measures = tuple(dict.fromkeys(measures))
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown or not measures:
-        raise ValueError(f"measures must be a non-empty selection of {MEASURES}, got {list(measures)}")
-    return measures
+    names = tuple(dict.fromkeys(get_measure(m).name if isinstance(m, Measure) else m for m in measures))
+    if not names:
+        raise ValueError(f"measures must be a non-empty selection of {tuple(MEASURES)}, got []")
+    for name in names:
+        get_measure(name)
+    return names
 
 
 def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Check that every key is a setting of :func:`slt.estimate_llc` the sweep passes through."""
-    from slt.estimators.llc import estimate_llc, validate_settings
+    """Check that every key is a setting of :func:`slt.estimate_llc` the sweep passes through.
+
+    The sampler and its options are checked too (an unknown sampler or option fails here, once,
+    instead of at every checkpoint).
+    """
+    from slt.estimators.llc import estimate_llc
+    from slt.sampling.driver import bind_kernel
+    from slt.sampling.settings import validate_settings
 
     allowed = set(inspect.signature(estimate_llc).parameters) - _RESERVED
     unknown = sorted(set(settings) - allowed)
@@ -90,6 +222,7 @@ def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     validate_settings(
         **{k: settings[k] for k in settings if k in inspect.signature(validate_settings).parameters}
     )
+    bind_kernel(settings.get("sampler", "sgld"), settings.get("sampler_options"))
     return dict(settings)
 
 
@@ -104,45 +237,156 @@ def llc_defaults() -> dict[str, Any]:
     }
 
 
+def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any], Any]:
+    from slt.estimators.llc import estimate_llc
+
+    result = estimate_llc(
+        model, given.data, loss_fn=given.loss_fn, seed=given.seed, progress=False, **given.settings
+    )
+    summary = {
+        "llc_mean": result.mean,
+        "llc_std": result.std,
+        "llc_stderr": result.stderr,
+        "llc_ess": result.diagnostics.ess,
+        "llc_rhat": result.diagnostics.rhat,
+        "llc_chains_diverged": int(result.diagnostics.diverged.sum()),
+        "step_size": result.settings.step_size,
+        "train_loss": result.init_loss,
+    }
+    return summary, result.to_dict()
+
+
+def _load_llc(payload: Any) -> Any:
+    from slt.estimators.llc import LLCResult
+
+    return LLCResult.from_dict(payload)
+
+
+def _measure_loss(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any], Any]:
+    from slt.sampling import PosteriorSampler
+
+    def full_loss(data: Any) -> float:
+        return PosteriorSampler(model, data, given.loss_fn, device=given.device).init_loss
+
+    summary: dict[str, Any] = {}
+    if "train_loss" not in given.summary:
+        summary["train_loss"] = full_loss(given.data)
+    if given.test_data is not None:
+        summary["test_loss"] = full_loss(given.test_data)
+    return summary, None
+
+
+def _check_no_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    if settings:
+        raise ValueError(f'the "loss" measure takes no settings, got {sorted(settings)}')
+    return {}
+
+
+def _measure_dos(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any], Any]:
+    from slt.dos import estimate_dos
+
+    kwargs = dict(given.settings)
+    kwargs.setdefault("progress", False)
+    dos = estimate_dos(model, given.data, loss_fn=given.loss_fn, seed=given.seed, **kwargs)
+    return {"dos_llc": float(dos.llc), "dos_multiplicity": float(dos.multiplicity)}, dos.to_dict()
+
+
+def _load_dos(payload: Any) -> Any:
+    from slt.dos import DOSResult
+
+    return DOSResult.from_dict(payload)
+
+
+register_measure(
+    Measure(
+        "llc", _measure_llc, validate=validate_llc_settings, defaults=llc_defaults, load=_load_llc, stream=0
+    )
+)
+register_measure(Measure("dos", _measure_dos, load=_load_dos, stream=1))
+register_measure(Measure("loss", _measure_loss, validate=_check_no_settings))
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
     """Everything that is measured at a set of weights, apart from the weights.
 
     Attributes
     ----------
-    measures : tuple of str
-        Subset of :data:`MEASURES`.
+    measures : tuple of Measure
+        What to measure, in order.
     loss_fn : str or callable
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch)``.
     data : Any
         Training data (tensors, a dataset or a data loader).
     test_data : Any
         Held-out data for the test loss, or ``None``.
-    llc_settings : dict
-        Keyword arguments of :func:`slt.estimate_llc`.
-    dos_settings : dict
-        Keyword arguments of ``slt.estimate_dos``.
+    settings : dict of str to dict
+        Each measure's settings, by measure name.
+    device : str or None
+        Where to measure (the LLC's ``device`` setting); ``None`` for the model's device.
     """
 
-    measures: tuple[str, ...]
+    measures: tuple[Measure, ...]
     loss_fn: Any
     data: Any
     test_data: Any = None
-    llc_settings: dict[str, Any] = field(default_factory=dict)
-    dos_settings: dict[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    device: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        measures: str | Measure | Sequence[str | Measure],
+        *,
+        loss_fn: Any,
+        data: Any,
+        test_data: Any = None,
+        settings: Mapping[str, Mapping[str, Any] | None] | None = None,
+        device: str | None = None,
+    ) -> MeasureSpec:
+        """Resolve and validate the measures and their settings once, before a sweep.
+
+        Raises
+        ------
+        ValueError
+            For an unknown measure, settings of a measure that was not requested, or settings a
+            measure's ``validate`` refuses.
+        """
+        if isinstance(measures, (str, Measure)):
+            measures = (measures,)
+        resolved = tuple({m.name: m for m in map(get_measure, measures)}.values())
+        if not resolved:
+            raise ValueError(f"measures must be a non-empty selection of {tuple(MEASURES)}, got []")
+        names = [m.name for m in resolved]
+        given = {k: v for k, v in (settings or {}).items() if v}
+        stray = sorted(set(given) - set(names))
+        if stray:
+            raise ValueError(f"settings for {stray}, which were not requested (measures: {names})")
+        checked = {m.name: m.check_settings(given.get(m.name)) for m in resolved}
+        return cls(resolved, loss_fn, data, test_data, checked, None if device is None else str(device))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the measures."""
+        return tuple(m.name for m in self.measures)
+
+    @property
+    def llc_settings(self) -> dict[str, Any]:
+        """Settings of the ``"llc"`` measure (empty when it is not taken)."""
+        return dict(self.settings.get("llc", {}))
 
     def description(self) -> dict[str, Any]:
         """JSON-able description of everything that changes the numbers (hashed by the store)."""
         out: dict[str, Any] = {
-            "measures": sorted(self.measures),
+            "measures": sorted(self.names),
             "loss_fn": describe(self.loss_fn),
             "data": data_fingerprint(self.data),
         }
-        if "llc" in self.measures:
-            out["llc"] = describe({**llc_defaults(), **self.llc_settings})
-        if "dos" in self.measures:
-            out["dos"] = describe(self.dos_settings)
-        if "loss" in self.measures and self.test_data is not None:
+        for m in self.measures:
+            if m.name == "loss":
+                continue
+            out[m.name] = describe({**m.default_settings(), **self.settings.get(m.name, {})})
+        if "loss" in self.names and self.test_data is not None:
             out["test_data"] = data_fingerprint(self.test_data)
         return out
 
@@ -150,62 +394,36 @@ class MeasureSpec:
 def measure_model(
     model: nn.Module, spec: MeasureSpec, seed: int, step: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Measure ``model`` at its current weights.
+    """Take every measure of ``spec`` of ``model`` at its current weights.
 
     Returns
     -------
     summary : dict
-        Scalars: ``llc_mean``, ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
+        Scalars of every measure: ``llc_mean``, ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
         ``llc_chains_diverged``, ``step_size``, ``train_loss``, ``test_loss``, ``dos_llc``,
-        ``dos_multiplicity`` (those that were measured).
+        ``dos_multiplicity`` for the built-in ones (those that were measured).
     payload : dict
-        Full results: ``payload["llc"]`` (``LLCResult.to_dict()``), ``payload["dos"]``, and
-        ``payload["seeds"]``.
+        Full results by measure name (``payload["llc"]`` is ``LLCResult.to_dict()``), and
+        ``payload["seeds"]``, the seed of each measure.
     """
-    from slt.estimators.llc import estimate_llc
-    from slt.sampling import PosteriorSampler
-
     summary: dict[str, Any] = {}
     payload: dict[str, Any] = {"seeds": {}}
-    device = spec.llc_settings.get("device")
-    if "llc" in spec.measures:
-        llc_seed = checkpoint_seed(seed, step, 0)
-        result = estimate_llc(
-            model, spec.data, loss_fn=spec.loss_fn, seed=llc_seed, progress=False, **spec.llc_settings
+    for m in spec.measures:
+        measure_seed = checkpoint_seed(seed, step, m.seed_stream())
+        given = MeasureInput(
+            data=spec.data,
+            loss_fn=spec.loss_fn,
+            test_data=spec.test_data,
+            settings=spec.settings.get(m.name, {}),
+            seed=measure_seed,
+            device=spec.device,
+            summary=dict(summary),
         )
-        payload["seeds"]["llc"] = llc_seed
-        payload["llc"] = result.to_dict()
-        summary.update(
-            llc_mean=result.mean,
-            llc_std=result.std,
-            llc_stderr=result.stderr,
-            llc_ess=result.diagnostics.ess,
-            llc_rhat=result.diagnostics.rhat,
-            llc_chains_diverged=int(result.diagnostics.diverged.sum()),
-            step_size=result.settings.step_size,
-            train_loss=result.init_loss,
-        )
-    if "loss" in spec.measures:
-        if "train_loss" not in summary:
-            summary["train_loss"] = PosteriorSampler(model, spec.data, spec.loss_fn, device=device).init_loss
-        if spec.test_data is not None:
-            summary["test_loss"] = PosteriorSampler(
-                model, spec.test_data, spec.loss_fn, device=device
-            ).init_loss
-    if "dos" in spec.measures:
-        from slt.dos import estimate_dos
-
-        dos_seed = checkpoint_seed(seed, step, 1)
-        kwargs = dict(spec.dos_settings)
-        if "progress" in inspect.signature(estimate_dos).parameters:
-            kwargs.setdefault("progress", False)
-        dos = estimate_dos(model, spec.data, loss_fn=spec.loss_fn, seed=dos_seed, **kwargs)
-        payload["seeds"]["dos"] = dos_seed
-        payload["dos"] = dos.to_dict() if hasattr(dos, "to_dict") else describe(dos)
-        for name in ("llc", "multiplicity"):
-            value = getattr(dos, name, None)
-            if isinstance(value, (int, float, np.floating)):
-                summary[f"dos_{name}"] = float(value)
+        scalars, result = m.measure(model, given)
+        summary.update(scalars)
+        if result is not None:
+            payload[m.name] = result
+            payload["seeds"][m.name] = measure_seed
     return summary, payload
 
 

@@ -22,17 +22,14 @@ from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
 from slt.sweeps.checkpoints import state_dict_fingerprint
 from slt.sweeps.measures import (
-    MeasureSpec,
     captured,
     checkpoint_seed,
     format_error,
     measure_model,
     reemit_warnings,
-    validate_llc_settings,
-    validate_measures,
 )
 from slt.sweeps.store import ResultStore, StoredResult, settings_hash
-from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory
+from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory, sweep_spec
 
 __all__ = ["LLCMonitor", "make_lightning_callback"]
 
@@ -52,14 +49,16 @@ class LLCMonitor:
     store : str, PathLike or ResultStore, optional
         SQLite file receiving each result as it is measured. A restarted run that reaches the same
         weights at the same step reuses the stored result instead of measuring again.
-    measures : sequence of {"llc", "dos", "loss"}
+    measures : sequence of {"llc", "dos", "loss"} or registered measures
         What to measure (see :func:`slt.analyze_checkpoints`).
     test_data : optional
         Held-out data for the test loss (with ``"loss"``).
     seed : int
         Base seed; step ``s`` uses :func:`slt.sweeps.measures.checkpoint_seed` ``(seed, s)``.
     dos_settings : dict, optional
-        Keyword arguments of ``slt.estimate_dos``.
+        Keyword arguments of :func:`slt.estimate_dos`.
+    measure_settings : dict of str to dict, optional
+        Settings of other registered measures, by name.
     on_error : {"warn", "raise"}
         A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
         goes on, or raises.
@@ -86,6 +85,7 @@ class LLCMonitor:
         test_data: Any = None,
         seed: int = 0,
         dos_settings: Mapping[str, Any] | None = None,
+        measure_settings: Mapping[str, Mapping[str, Any]] | None = None,
         on_error: str = "warn",
         **estimator_settings: Any,
     ):
@@ -100,14 +100,8 @@ class LLCMonitor:
                 f"every must be an int, a collection of steps or a callable, got {type(every).__name__}"
             )
         checkpoint_seed(seed, 0)  # validates the seed
-        measures = validate_measures(measures)
-        self.spec = MeasureSpec(
-            measures=measures,
-            loss_fn=loss_fn,
-            data=data,
-            test_data=test_data,
-            llc_settings=validate_llc_settings(estimator_settings),
-            dos_settings=dict(dos_settings or {}),
+        self.spec = sweep_spec(
+            measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
         )
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed

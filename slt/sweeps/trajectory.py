@@ -30,7 +30,6 @@ from slt.sweeps.measures import (
     format_error,
     measure_checkpoint,
     reemit_warnings,
-    validate_llc_settings,
     validate_measures,
 )
 from slt.sweeps.store import ResultStore, StoredResult
@@ -56,6 +55,7 @@ def analyze_checkpoints(
     seed: int = 0,
     progress: bool = True,
     dos_settings: Mapping[str, Any] | None = None,
+    measure_settings: Mapping[str, Mapping[str, Any]] | None = None,
     allow_pickle: bool = False,
     state_dict_key: str | None = None,
     identity: str = "stat",
@@ -77,10 +77,11 @@ def analyze_checkpoints(
         Training data, as for :func:`slt.estimate_llc`.
     loss_fn : str or callable
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
-    measures : sequence of {"llc", "dos", "loss"}
+    measures : sequence of {"llc", "dos", "loss"} or registered measures
         ``"llc"``: :func:`slt.estimate_llc` (its result also gives the train loss at :math:`w^*`);
-        ``"dos"``: ``slt.estimate_dos`` with ``dos_settings``; ``"loss"``: the train loss at
-        :math:`w^*`, and the test loss when ``test_data`` is given.
+        ``"dos"``: :func:`slt.estimate_dos` with ``dos_settings``; ``"loss"``: the train loss at
+        :math:`w^*`, and the test loss when ``test_data`` is given; any name registered with
+        :func:`slt.sweeps.measures.register_measure`, with its settings in ``measure_settings``.
     store : str, PathLike, ResultStore or None
         SQLite file that receives every result as it finishes; a rerun with the same settings skips
         finished checkpoints. ``None`` keeps results in memory only.
@@ -100,7 +101,9 @@ def analyze_checkpoints(
     progress : bool
         Show a progress bar (with ETA) over checkpoints.
     dos_settings : dict, optional
-        Keyword arguments of ``slt.estimate_dos``.
+        Keyword arguments of :func:`slt.estimate_dos`.
+    measure_settings : dict of str to dict, optional
+        Settings of other registered measures, by name.
     allow_pickle : bool
         Allow checkpoints that pickle arbitrary objects (runs any code they contain; see
         :func:`slt.sweeps.checkpoints.load_state_dict`).
@@ -128,22 +131,8 @@ def analyze_checkpoints(
     SLTWarning subclasses
         Warnings of the estimators (unconverged chains, ...), one per category, naming the steps.
     """
-    measures = validate_measures(measures)
-    llc_settings = validate_llc_settings(estimator_settings)
-    unused = sorted(set(estimator_settings) - {"device"})
-    if "llc" not in measures and unused:
-        raise ValueError(f'estimator settings {unused} apply to the "llc" measure, which was not requested')
-    if test_data is not None and "loss" not in measures:
-        raise ValueError('test_data is used by the "loss" measure; add "loss" to measures')
+    spec = sweep_spec(measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings)
     records = resolve_checkpoints(checkpoints)
-    spec = MeasureSpec(
-        measures=measures,
-        loss_fn=loss_fn,
-        data=data,
-        test_data=test_data,
-        llc_settings=llc_settings,
-        dos_settings=dict(dos_settings or {}),
-    )
     job = SweepJob(model_factory, spec, seed, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
     settings = {
         **spec.description(),
@@ -180,6 +169,41 @@ def analyze_checkpoints(
             stacklevel=2,
         )
     return trajectory
+
+
+def sweep_spec(
+    measures: Any,
+    loss_fn: Any,
+    data: Any,
+    test_data: Any,
+    estimator_settings: Mapping[str, Any],
+    dos_settings: Mapping[str, Any] | None,
+    measure_settings: Mapping[str, Mapping[str, Any]] | None,
+) -> MeasureSpec:
+    """The validated :class:`MeasureSpec` of a sweep or monitor (fails before any checkpoint runs).
+
+    ``estimator_settings`` are the LLC's (``device`` also sets where the other measures run).
+    """
+    names = validate_measures(measures)
+    unused = sorted(set(estimator_settings) - {"device"})
+    if "llc" not in names and unused:
+        raise ValueError(f'estimator settings {unused} apply to the "llc" measure, which was not requested')
+    if test_data is not None and "loss" not in names:
+        raise ValueError('test_data is used by the "loss" measure; add "loss" to measures')
+    settings = dict(measure_settings or {})
+    for name, given in (("llc", estimator_settings if "llc" in names else None), ("dos", dos_settings)):
+        if given:
+            if settings.get(name):
+                raise ValueError(f'settings of "{name}" given twice (also in measure_settings)')
+            settings[name] = given
+    return MeasureSpec.build(
+        measures,
+        loss_fn=loss_fn,
+        data=data,
+        test_data=test_data,
+        settings=settings,
+        device=estimator_settings.get("device"),
+    )
 
 
 def _open_store(store: Any) -> tuple[ResultStore, bool]:

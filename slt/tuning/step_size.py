@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from slt.samplers import get_kernel
+from slt.samplers import BoundKernel, Kernel
 from slt.sampling import PosteriorSampler
+from slt.sampling.driver import bind_kernel
 from slt.warnings import ChainDivergenceError, ConvergenceWarning
 
 __all__ = [
@@ -87,17 +87,13 @@ def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, ll
 
 
 def largest_preconditioner(
-    sampler: str | ModuleType, sampler_options: Mapping[str, Any] | None = None
+    sampler: str | Kernel | BoundKernel, sampler_options: Mapping[str, Any] | None = None
 ) -> float:
     """The largest diagonal preconditioner ``sampler`` applies (its value before any gradient is seen).
 
-    1 for kernels without a ``preconditioner`` function (SGLD, SGNHT); ``1 / delta`` for RMSProp-SGLD.
+    1 for kernels without a preconditioner (SGLD, SGNHT); ``1 / delta`` for RMSProp-SGLD.
     """
-    kernel = get_kernel(sampler)
-    if not hasattr(kernel, "preconditioner"):
-        return 1.0
-    fresh = kernel.init(torch.zeros(1))
-    return float(kernel.preconditioner(fresh, **dict(sampler_options or {})).max())
+    return bind_kernel(sampler, sampler_options).largest_preconditioner()
 
 
 def default_step_size(
@@ -105,7 +101,7 @@ def default_step_size(
     *,
     n_beta: float,
     localization: float,
-    sampler: str | ModuleType = "sgld",
+    sampler: str | Kernel | BoundKernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     target_bias: float = DEFAULT_TARGET_BIAS,

@@ -22,8 +22,8 @@ def test_checkpoint_seeds_are_deterministic_and_distinct():
 def test_measures_are_checked_and_deduplicated():
     assert validate_measures("llc") == ("llc",)
     assert validate_measures(["loss", "llc", "loss"]) == ("loss", "llc")
-    for bad in ([], ["llc", "hessian"]):
-        with pytest.raises(ValueError, match="non-empty selection"):
+    for bad, message in (([], "non-empty selection"), (["llc", "hessian"], "unknown measure 'hessian'")):
+        with pytest.raises(ValueError, match=message):
             validate_measures(bad)
 
 
