@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from slt.dos.ladder import (
     rung_step_sizes,
 )
 from slt.dos.result import DOSResult, DOSSettings, build_result
-from slt.samplers import kernel_names
+from slt.samplers import Kernel, kernel_names
 from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData
 from slt.sampling.flat import Mask
@@ -53,7 +52,7 @@ def estimate_dos(
     num_burnin: int | None = None,
     num_steps_bw_draws: int = 1,
     batch_size: int | None = None,
-    sampler: str | ModuleType = "auto",
+    sampler: str | Kernel = "auto",
     sampler_options: Mapping[str, Any] | None = None,
     swaps: bool = True,
     adapt_step_size: bool = True,

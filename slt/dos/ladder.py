@@ -19,14 +19,13 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from slt.samplers import LocalPosterior, exchange, mala
+from slt.samplers import Kernel, LocalPosterior, exchange, mala
 from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import chain_seeds
@@ -330,7 +329,7 @@ def run_sgmcmc_ladder(
     temperatures: np.ndarray,
     localization: float,
     step_sizes: np.ndarray,
-    sampler: str | ModuleType,
+    sampler: str | Kernel,
     sampler_options: Mapping[str, Any] | None,
     num_chains: int,
     num_draws: int,

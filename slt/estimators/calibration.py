@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from torch import nn
 from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.plotting import panels
 from slt.results.serialize import to_jsonable
+from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
@@ -92,14 +92,22 @@ class CalibrationResult:
         return pd.DataFrame(self.table)
 
     def estimate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`slt.estimate_llc` with the recommended settings."""
-        return {
+        """Keyword arguments for :func:`slt.estimate_llc` with the recommended settings.
+
+        Besides the step, localization, lengths and nβ, the sampler, its options and the batch size
+        that calibration ran with, so the estimate runs the chains that were calibrated.
+        """
+        kwargs = {
             "step_size": self.step_size,
             "localization": self.localization,
             "num_burnin": self.num_burnin,
             "num_draws": self.num_draws,
             "n_beta": self.n_beta,
         }
+        for key in ("sampler", "sampler_options", "batch_size"):
+            if self.settings.get(key) is not None:
+                kwargs[key] = self.settings[key]
+        return kwargs
 
     def plot(self, ax=None):
         r""":math:`\hat\lambda` against step size for each localization, the recommendation marked."""
@@ -160,7 +168,7 @@ def calibrate(
     check_length: bool = True,
     tolerance: float = 0.1,
     batch_size: int | None = None,
-    sampler: str | ModuleType = "sgld",
+    sampler: str | Kernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
     mask: Mask = None,
     seed: int = 0,
@@ -313,7 +321,8 @@ def calibrate(
         tolerance,
         posterior.n,
         dict(
-            sampler=str(getattr(sampler, "name", sampler)),
+            sampler=get_kernel(sampler).name,
+            sampler_options=dict(sampler_options or {}),
             batch_size=posterior.batch_size,
             seed=seed,
             reference_step=reference,

@@ -28,6 +28,7 @@ from slt.sweeps.measures import (
     SweepJob,
     describe,
     format_error,
+    get_measure,
     measure_checkpoint,
     reemit_warnings,
     validate_measures,
@@ -382,29 +383,28 @@ class Trajectory:
         """Test loss per checkpoint (NaN without test data)."""
         return self.column("test_loss")
 
+    def results(self, measure: str) -> list[Any]:
+        """The full result of ``measure`` at each checkpoint (``None`` where not measured).
+
+        Rebuilt from the stored payload by the measure's ``load`` (the payload itself without one).
+
+        Raises
+        ------
+        ValueError
+            For a measure that is not registered.
+        """
+        load = get_measure(measure).load or (lambda payload: payload)
+        return [load(r.payload[measure]) if r.ok and measure in r.payload else None for r in self.records]
+
     @property
     def llc(self) -> list[Any]:
         """The full :class:`slt.LLCResult` of each checkpoint (``None`` where not measured)."""
-        from slt.estimators.llc import LLCResult
-
-        return [
-            LLCResult.from_dict(r.payload["llc"]) if r.ok and "llc" in r.payload else None
-            for r in self.records
-        ]
+        return self.results("llc")
 
     @property
     def dos(self) -> list[Any]:
-        """The DOS result of each checkpoint (``None`` where not measured).
-
-        Rebuilt with :meth:`slt.DOSResult.from_dict`.
-        """
-        from slt.dos import DOSResult
-
-        out = []
-        for r in self.records:
-            stored = r.payload.get("dos") if r.ok else None
-            out.append(None if stored is None else DOSResult.from_dict(stored))
-        return out
+        """The :class:`slt.DOSResult` of each checkpoint (``None`` where not measured)."""
+        return self.results("dos")
 
     @property
     def failures(self) -> list[StoredResult]:
