@@ -1,4 +1,15 @@
-"""Warning categories slt emits, so they can be filtered or turned into errors one by one."""
+"""Every warning and error class slt raises, and :class:`Problem`, a warning kept on a result.
+
+Results carry their problems (``result.problems``): the same check that warned when the result was
+computed travels with it through JSON, the result store and reports, and is emitted again when the
+result is reloaded or refitted, so a number slt cannot vouch for never loses its warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 __all__ = [
     "SLTWarning",
@@ -7,7 +18,12 @@ __all__ = [
     "ConvergenceWarning",
     "OverlapWarning",
     "FitWarning",
+    "UnsafeCheckpointWarning",
+    "CheckpointFailedWarning",
     "ChainDivergenceError",
+    "CheckpointError",
+    "Problem",
+    "emit",
 ]
 
 
@@ -35,5 +51,53 @@ class FitWarning(SLTWarning):
     """The density of states could not be fitted on the window (too few populated bins)."""
 
 
+class UnsafeCheckpointWarning(SLTWarning):
+    """A checkpoint was unpickled with ``allow_pickle=True``: loading it could run arbitrary code."""
+
+
+class CheckpointFailedWarning(SLTWarning):
+    """Some checkpoints of a sweep failed; their errors are in the store and in ``Trajectory.failures``."""
+
+
 class ChainDivergenceError(RuntimeError):
     """Every chain hit a non-finite loss."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be found, read, or loaded into the model."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A warning kept on a result: its category (a class of this module) and its message.
+
+    Attributes
+    ----------
+    category : str
+        Name of the warning class, for example ``"ConvergenceWarning"``.
+    message : str
+        What is wrong and what to do about it.
+    """
+
+    category: str
+    message: str
+
+    @property
+    def warning_class(self) -> type[Warning]:
+        """The warning class named by ``category`` (:class:`SLTWarning` for an unknown name)."""
+        found = globals().get(self.category)
+        return found if isinstance(found, type) and issubclass(found, Warning) else SLTWarning
+
+    @classmethod
+    def of(cls, category: type[Warning], message: str) -> Problem:
+        """A problem of warning class ``category``."""
+        return cls(category.__name__, message)
+
+    def __str__(self) -> str:
+        return f"{self.category}: {self.message}"
+
+
+def emit(problems: Iterable[Problem], stacklevel: int = 2) -> None:
+    """Emit each problem as a warning of its class; ``stacklevel`` counts from the caller of ``emit``."""
+    for problem in problems:
+        warnings.warn(problem.message, problem.warning_class, stacklevel=stacklevel + 1)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
 from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.plotting import panels
 from slt.results.serialize import to_jsonable
@@ -422,9 +423,9 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
     problems = []
     if run.diverged.any():
         problems.append("diverged")
-    if math.isfinite(d.rhat) and d.rhat > 1.1:
+    if math.isfinite(d.rhat) and d.rhat > RHAT_MAX:
         problems.append(f"R-hat {d.rhat:.2f}")
-    if math.isfinite(d.trend_z) and abs(d.trend_z) > 4:
+    if math.isfinite(d.trend_z) and abs(d.trend_z) > CALIBRATION_TREND_Z:
         problems.append(f"trend z {d.trend_z:.1f}")
     if result.mean <= 0:
         problems.append("estimate not positive")

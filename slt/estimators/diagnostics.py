@@ -10,7 +10,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChainDiagnostics", "diagnose", "trend_z", "trend_threshold", "import_arviz"]
+__all__ = [
+    "ChainDiagnostics",
+    "diagnose",
+    "trend_z",
+    "trend_threshold",
+    "import_arviz",
+    "RHAT_MAX",
+    "CALIBRATION_TREND_Z",
+]
+
+#: Split R-hat above which chains are said to disagree (Vehtari et al. 2021 recommend 1.01 for
+#: publication-grade runs; 1.1 is the classic Gelman-Rubin screen, loose enough for short LLC chains).
+RHAT_MAX = 1.1
+#: |trend z| above which calibrate calls a setting unhealthy: a fixed screen, stricter than the
+#: per-estimate :func:`trend_threshold` with few chains (7.5 at four chains), because calibrate compares
+#: settings against each other and a drifting one must not be recommended.
+CALIBRATION_TREND_Z = 4.0
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -22,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt.estimators.diagnostics import ChainDiagnostics, diagnose, import_arviz, trend_threshold
+from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, import_arviz, trend_threshold
 from slt.results.plotting import panels
-from slt.results.serialize import array_from_json, to_jsonable
+from slt.results.serialize import from_jsonable, to_jsonable
+from slt.results.settings import ChainSettings
 from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import ChainRun, Observable, bind_kernel
@@ -42,6 +42,8 @@ from slt.warnings import (
     ConvergenceWarning,
     DivergenceWarning,
     NotAMinimumWarning,
+    Problem,
+    emit,
 )
 
 __all__ = [
@@ -53,25 +55,21 @@ __all__ = [
 
 
 @dataclass
-class LLCSettings:
-    """Every setting an estimate used, including those slt chose."""
+class LLCSettings(ChainSettings):
+    """Every setting an LLC estimate used, including those slt chose (see :class:`ChainSettings`).
+
+    Attributes
+    ----------
+    n_beta : float
+        Inverse temperature times sample size, nβ.
+    n_beta_source : str
+        ``"given"`` or ``"n/log n"``.
+    control_variate : bool
+        Whether each draw's loss was paired with the loss of w* on the same minibatch.
+    """
 
     n_beta: float
     n_beta_source: str
-    localization: float
-    step_size: float
-    step_size_source: str
-    sampler: str
-    sampler_options: dict[str, Any]
-    num_chains: int
-    num_draws: int
-    num_burnin: int
-    num_steps_bw_draws: int
-    batch_size: int | None
-    seed: int
-    chain_mode: str
-    num_params: int
-    device: str
     control_variate: bool = False
 
 
@@ -107,6 +105,9 @@ class LLCResult:
         Per-draw observables, shape ``(chains, draws, ...)``.
     seconds : float
         Wall time of the sampling.
+    problems : tuple of slt.warnings.Problem
+        What the checks found wrong (each was emitted as a warning, and is again on reload); empty
+        for a healthy run.
     """
 
     mean: float
@@ -122,6 +123,7 @@ class LLCResult:
     diagnostics: ChainDiagnostics
     observables: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = float("nan")
+    problems: tuple[Problem, ...] = ()
 
     def __repr__(self) -> str:
         d = self.diagnostics
@@ -158,6 +160,7 @@ class LLCResult:
             "num_draws": s.num_draws,
             "num_burnin": s.num_burnin,
             "seconds": self.seconds,
+            "problems": "; ".join(map(str, self.problems)),
         }
         return pd.DataFrame([row])
 
@@ -201,36 +204,13 @@ class LLCResult:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dictionary (NaN stored as ``None``); see :meth:`from_dict`."""
-        data = to_jsonable(self)
-        data["diagnostics"]["diverged"] = [bool(x) for x in self.diagnostics.diverged]
-        return data
+        """A JSON-serializable dictionary (NaN as ``None``), problems included; see :meth:`from_dict`."""
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LLCResult:
-        """Rebuild a result from :meth:`to_dict` output."""
-        diag = data["diagnostics"]
-        return cls(
-            mean=_float(data["mean"]),
-            std=_float(data["std"]),
-            stderr=_float(data["stderr"]),
-            per_chain=array_from_json(data["per_chain"]),
-            trace=array_from_json(data["trace"]),
-            loss_trace=array_from_json(data["loss_trace"]),
-            burnin_loss_trace=array_from_json(data["burnin_loss_trace"]),
-            init_loss=_float(data["init_loss"]),
-            n=int(data["n"]),
-            settings=LLCSettings(**data["settings"]),
-            diagnostics=ChainDiagnostics(
-                ess=_float(diag["ess"]),
-                rhat=_float(diag["rhat"]),
-                trend_z=_float(diag["trend_z"]),
-                diverged=np.array(diag["diverged"], dtype=bool),
-                divergence_step=np.array(diag["divergence_step"], dtype=np.int64),
-            ),
-            observables={k: array_from_json(v) for k, v in data.get("observables", {}).items()},
-            seconds=_float(data.get("seconds")),
-        )
+        """Rebuild a result from :meth:`to_dict` output (its problems kept, not emitted)."""
+        return from_jsonable(cls, data)
 
     def to_json(self, path: str | PathLike[str]) -> None:
         """Write :meth:`to_dict` to a JSON file."""
@@ -239,13 +219,11 @@ class LLCResult:
 
     @classmethod
     def from_json(cls, path: str | PathLike[str]) -> LLCResult:
-        """Read a result written by :meth:`to_json`."""
+        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
         with open(path) as fh:
-            return cls.from_dict(json.load(fh))
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
+            result = cls.from_dict(json.load(fh))
+        emit(result.problems, stacklevel=2)
+        return result
 
 
 def summarize_run(
@@ -268,8 +246,9 @@ def summarize_run(
     mean = float(per_chain[healthy].mean())
     std = float(per_chain[healthy].std(ddof=1)) if healthy.size > 1 else float("nan")
     stderr = std / math.sqrt(healthy.size) if healthy.size > 1 else float("nan")
+    problems = llc_problems(diagnostics, mean, stderr, settings)
     if warn:
-        _warn_about(diagnostics, mean, stderr, settings)
+        emit(problems, stacklevel=3)
     return LLCResult(
         mean=mean,
         std=std,
@@ -284,45 +263,58 @@ def summarize_run(
         diagnostics=diagnostics,
         observables=run.observables,
         seconds=run.seconds,
+        problems=problems,
     )
 
 
-def _warn_about(d: ChainDiagnostics, mean: float, stderr: float, s: LLCSettings) -> None:
+def llc_problems(d: ChainDiagnostics, mean: float, stderr: float, s: LLCSettings) -> tuple[Problem, ...]:
+    """What is wrong with an LLC estimate, each with what to do about it (empty when healthy).
+
+    Checks: diverged chains, a significantly negative estimate (w* not a minimum), split R-hat above
+    :data:`~slt.estimators.diagnostics.RHAT_MAX`, and a trace still drifting during the draws.
+    """
+    problems = []
     if d.diverged.any():
         bad = np.flatnonzero(d.diverged)
         where = ", ".join(f"chain {c} at step {d.divergence_step[c]}" for c in bad)
-        warnings.warn(
-            f"{len(bad)} of {len(d.diverged)} chains diverged ({where}); the estimate uses the other "
-            f"{len(d.diverged) - len(bad)}. A smaller step size (now {s.step_size:.3g}) usually helps.",
-            DivergenceWarning,
-            stacklevel=4,
+        problems.append(
+            Problem.of(
+                DivergenceWarning,
+                f"{len(bad)} of {len(d.diverged)} chains diverged ({where}); the estimate uses the other "
+                f"{len(d.diverged) - len(bad)}. A smaller step size (now {s.step_size:.3g}) usually helps.",
+            )
         )
     threshold = 2 * stderr if math.isfinite(stderr) else 0.0
     if mean < -threshold:
-        warnings.warn(
-            f"the estimated LLC is negative ({mean:.4g} ± {stderr:.2g}): the chains found lower loss than "
-            "at the trained weights, so they are not a local minimum. Train longer, raise localization "
-            "or lower the step size.",
-            NotAMinimumWarning,
-            stacklevel=4,
+        problems.append(
+            Problem.of(
+                NotAMinimumWarning,
+                f"the estimated LLC is negative ({mean:.4g} ± {stderr:.2g}): the chains found lower loss "
+                "than at the trained weights, so they are not a local minimum. Train longer, raise "
+                "localization or lower the step size.",
+            )
         )
-    if math.isfinite(d.rhat) and d.rhat > 1.1:
-        warnings.warn(
-            f"chains disagree (split R-hat {d.rhat:.2f} > 1.1): run longer chains or use slt.calibrate",
-            ConvergenceWarning,
-            stacklevel=4,
+    if math.isfinite(d.rhat) and d.rhat > RHAT_MAX:
+        problems.append(
+            Problem.of(
+                ConvergenceWarning,
+                f"chains disagree (split R-hat {d.rhat:.2f} > {RHAT_MAX}): run longer chains or use "
+                "slt.calibrate",
+            )
         )
     healthy = int((~d.diverged).sum())
     if math.isfinite(d.trend_z) and abs(d.trend_z) > trend_threshold(healthy):
         direction = "rising" if d.trend_z > 0 else "falling"
-        warnings.warn(
-            f"the estimate was still {direction} during the draws (trend z = {d.trend_z:.1f}): the chains "
-            "had not reached equilibrium, so the estimate is biased "
-            f"{'low' if d.trend_z > 0 else 'high'}. Run longer chains (more num_burnin and num_draws) or "
-            "use slt.calibrate, which also checks the chain length",
-            ConvergenceWarning,
-            stacklevel=4,
+        problems.append(
+            Problem.of(
+                ConvergenceWarning,
+                f"the estimate was still {direction} during the draws (trend z = {d.trend_z:.1f}): the "
+                "chains had not reached equilibrium, so the estimate is biased "
+                f"{'low' if d.trend_z > 0 else 'high'}. Run longer chains (more num_burnin and num_draws) "
+                "or use slt.calibrate, which also checks the chain length",
+            )
         )
+    return tuple(problems)
 
 
 def estimate_llc(

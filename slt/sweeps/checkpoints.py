@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from slt.warnings import SLTWarning
+from slt.warnings import CheckpointError, UnsafeCheckpointWarning
 
 __all__ = [
     "Checkpoint",
@@ -50,14 +50,6 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 
 StateDict = Mapping[str, Tensor]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be found, read, or loaded into the model."""
-
-
-class UnsafeCheckpointWarning(SLTWarning):
-    """A checkpoint was unpickled with ``allow_pickle=True``: loading it could run arbitrary code."""
 
 
 @dataclass(frozen=True)

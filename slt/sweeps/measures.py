@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt.warnings as slt_warnings
 from slt.sampling.rng import isolated_rng
-from slt.sweeps.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_model, tensor_bytes
+from slt.sweeps.checkpoints import Checkpoint, build_model, tensor_bytes
 
 __all__ = [
     "MEASURES",
@@ -515,8 +515,7 @@ def _warning_class(name: str) -> type[Warning]:
     """The warning class of a caught warning's name: slt's own, a built-in one, else ``UserWarning``."""
     import builtins
 
-    own = UnsafeCheckpointWarning if name == UnsafeCheckpointWarning.__name__ else None
-    for found in (getattr(slt_warnings, name, None), own, getattr(builtins, name, None)):
+    for found in (getattr(slt_warnings, name, None), getattr(builtins, name, None)):
         if isinstance(found, type) and issubclass(found, Warning):
             return found
     return UserWarning

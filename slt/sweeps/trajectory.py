@@ -34,13 +34,9 @@ from slt.sweeps.measures import (
     validate_measures,
 )
 from slt.sweeps.store import ResultStore, StoredResult
-from slt.warnings import SLTWarning
+from slt.warnings import CheckpointFailedWarning
 
 __all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning"]
-
-
-class CheckpointFailedWarning(SLTWarning):
-    """Some checkpoints of a sweep failed; their errors are in the store and in ``Trajectory.failures``."""
 
 
 def analyze_checkpoints(

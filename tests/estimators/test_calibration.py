@@ -54,6 +54,9 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
         "num_burnin": 2000,
         "num_draws": 2000,
         "n_beta": 100.0,
+        "sampler": "sgld",
+        "sampler_options": {},
+        "batch_size": 4,
     }
 
 
