@@ -1,14 +1,13 @@
-"""Health checks of a density-of-states estimate, and the warnings they raise."""
+"""Health checks of a density-of-states estimate: pure functions returning :class:`slt.warnings.Problem`."""
 
 from __future__ import annotations
 
 import math
-import warnings
+from typing import Any
 
 import numpy as np
 
 from slt.dos.analysis import MIN_OVERLAP
-from slt.dos.result import DOSResult
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -16,9 +15,10 @@ from slt.warnings import (
     FitWarning,
     NotAMinimumWarning,
     OverlapWarning,
+    Problem,
 )
 
-__all__ = ["OverlapWarning", "FitWarning", "check_result", "check_divergences", "MIN_ROUND_TRIPS"]
+__all__ = ["OverlapWarning", "FitWarning", "result_problems", "divergence_problems", "MIN_ROUND_TRIPS"]
 
 #: Fit windows narrower than this many decades of t cannot separate λ from m.
 MIN_FIT_DECADES = 2.0
@@ -26,8 +26,16 @@ MIN_FIT_DECADES = 2.0
 MIN_ROUND_TRIPS = 1
 
 
-def check_divergences(diverged: np.ndarray, temperatures: np.ndarray, step_sizes: np.ndarray) -> None:
-    """Raise if every chain of a rung diverged; warn if some did."""
+def divergence_problems(
+    diverged: np.ndarray, temperatures: np.ndarray, step_sizes: np.ndarray
+) -> tuple[Problem, ...]:
+    """The problem of some diverged chains (empty when none did).
+
+    Raises
+    ------
+    slt.warnings.ChainDivergenceError
+        When every chain of a rung diverged.
+    """
     for k in range(diverged.shape[0]):
         if diverged[k].all():
             raise ChainDivergenceError(
@@ -35,68 +43,80 @@ def check_divergences(diverged: np.ndarray, temperatures: np.ndarray, step_sizes
                 f"with step size {step_sizes[k]:.3g}; pass a smaller step_size (for example "
                 f"{step_sizes[k] / 10:.3g} at that rung) or use sampler='mala'"
             )
-    if diverged.any():
-        rungs = ", ".join(f"{temperatures[k]:.4g}" for k in np.flatnonzero(diverged.any(1)))
-        warnings.warn(
+    if not diverged.any():
+        return ()
+    rungs = ", ".join(f"{temperatures[k]:.4g}" for k in np.flatnonzero(diverged.any(1)))
+    return (
+        Problem.of(
+            DivergenceWarning,
             f"{int(diverged.sum())} of {diverged.size} chains diverged (rungs at temperatures {rungs}); "
             "their draws after the divergence are left out. A smaller step size usually helps.",
-            DivergenceWarning,
-            stacklevel=3,
-        )
+        ),
+    )
 
 
-def check_result(result: DOSResult) -> None:
-    """Warn about thin overlap between rungs, samples below the trained loss, and a failed fit."""
+def result_problems(result: Any) -> tuple[Problem, ...]:
+    """Thin overlap between rungs, few replica round trips, samples below the trained loss, a failed fit.
+
+    ``result`` is a :class:`slt.DOSResult`; each problem names what to change.
+    """
+    problems = []
     x = result.temperatures
     if len(x) > 1:
         overlap = result.neighbour_overlap
         poor = np.flatnonzero(overlap < MIN_OVERLAP)
         if poor.size:
             pairs = ", ".join(f"{x[k]:.4g}-{x[k + 1]:.4g} ({overlap[k]:.3g})" for k in poor)
-            warnings.warn(
-                "neighbouring rungs overlap too little for reweighting to be trusted "
-                f"(overlap < {MIN_OVERLAP}): {pairs}. Add rungs between them (temperatures=... or a "
-                "larger num_rungs), or run longer chains; the curve between those temperatures may be off "
-                "by a constant.",
-                OverlapWarning,
-                stacklevel=3,
+            problems.append(
+                Problem.of(
+                    OverlapWarning,
+                    "neighbouring rungs overlap too little for reweighting to be trusted "
+                    f"(overlap < {MIN_OVERLAP}): {pairs}. Add rungs between them (temperatures=... or "
+                    "a larger num_rungs), or run longer chains; the curve between those temperatures may "
+                    "be off by a constant.",
+                )
             )
     trips = result.round_trips
     if np.isfinite(trips).any() and np.median(trips) < MIN_ROUND_TRIPS:
-        warnings.warn(
-            f"replicas made a median of {np.median(trips):g} round trips between the hottest and the coldest "
-            f"rung (fewer than {MIN_ROUND_TRIPS}): the cold rungs may still remember their start at the "
-            "trained weights, which biases the small-t end of the curve. Raise num_burnin and num_draws, or "
-            "use fewer rungs.",
-            ConvergenceWarning,
-            stacklevel=3,
+        problems.append(
+            Problem.of(
+                ConvergenceWarning,
+                f"replicas made a median of {np.median(trips):g} round trips between the hottest and the "
+                f"coldest rung (fewer than {MIN_ROUND_TRIPS}): the cold rungs may still remember their start "
+                "at the trained weights, which biases the small-t end of the curve. Raise num_burnin and "
+                "num_draws, or use fewer rungs.",
+            )
         )
     below = result.rung_llc < -2 * np.nan_to_num(result.rung_llc_stderr, nan=0.0)
     if below.any():
         where = ", ".join(f"{x[k]:.4g}" for k in np.flatnonzero(below))
-        warnings.warn(
-            f"the chains found lower loss than the trained weights on average (x E_x[t] < 0 at temperatures "
-            f"{where}; {result.nonpositive_share:.0%} of all draws have t <= 0): they are not a local "
-            "minimum, and the curve covers only t > 0. Train longer or raise localization.",
-            NotAMinimumWarning,
-            stacklevel=3,
+        problems.append(
+            Problem.of(
+                NotAMinimumWarning,
+                "the chains found lower loss than the trained weights on average (x E_x[t] < 0 at "
+                f"temperatures {where}; {result.nonpositive_share:.0%} of all draws have t <= 0): they are "
+                "not a local minimum, and the curve covers only t > 0. Train longer or raise localization.",
+            )
         )
     lo, hi = result.fit_window
     decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
     if not math.isfinite(result.llc):
-        warnings.warn(
-            f"too few populated bins in the fit window [{lo:.3g}, {hi:.3g}] to fit {result.fit_form!r}; "
-            "pass fit_window=(t_low, t_high) covering the curve (see result.t and result.bin_counts), "
-            "colder temperatures, or more draws",
-            FitWarning,
-            stacklevel=3,
+        problems.append(
+            Problem.of(
+                FitWarning,
+                f"too few populated bins in the fit window [{lo:.3g}, {hi:.3g}] to fit "
+                f"{result.fit_form!r}; pass fit_window=(t_low, t_high) covering the curve (see result.t and "
+                "result.bin_counts), colder temperatures, or more draws",
+            )
         )
     elif result.fit_form != "power" and (decades < MIN_FIT_DECADES or result.multiplicity_stderr > 1):
-        warnings.warn(
-            f"the fit window [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ from m "
-            f"(m = {result.multiplicity:.2f} ± {result.multiplicity_stderr:.2g}); extend the ladder to "
-            "colder temperatures so that the curve reaches smaller t, or refit with fit_form='power' if "
-            "m = 1 is expected (result.refit(fit_form='power'))",
-            FitWarning,
-            stacklevel=3,
+        problems.append(
+            Problem.of(
+                FitWarning,
+                f"the fit window [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ "
+                f"from m (m = {result.multiplicity:.2f} ± {result.multiplicity_stderr:.2g}); extend the "
+                "ladder to colder temperatures so that the curve reaches smaller t, or refit with "
+                "fit_form='power' if m = 1 is expected (result.refit(fit_form='power'))",
+            )
         )
+    return tuple(problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from slt.dos.analysis import FIT_FORMS, analyze
-from slt.dos.diagnostics import check_divergences, check_result
+from slt.dos.diagnostics import divergence_problems, result_problems
 from slt.dos.ladder import (
     DEFAULT_NUM_RUNGS,
     as_temperatures,
@@ -29,6 +30,7 @@ from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
 from slt.sampling.settings import resolve_device, validate_settings
+from slt.warnings import emit
 
 __all__ = ["estimate_dos", "dos_samplers", "FULL_BATCH_WORK"]
 
@@ -254,7 +256,7 @@ def estimate_dos(
                 chain_mode=chain_mode,
                 progress=progress,
             )
-    check_divergences(run.diverged, ladder, run.step_sizes)
+    sampling_problems = divergence_problems(run.diverged, ladder, run.step_sizes)
     analysis = analyze(
         run.t,
         ladder,
@@ -303,7 +305,8 @@ def estimate_dos(
         settings,
         run.seconds,
     )
-    check_result(result)
+    result = dataclasses.replace(result, problems=sampling_problems + result_problems(result))
+    emit(result.problems, stacklevel=2)
     return result
 
 

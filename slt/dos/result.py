@@ -14,28 +14,26 @@ from typing import Any
 import numpy as np
 
 from slt.dos.analysis import DOSAnalysis, analyze, design_matrix
+from slt.dos.diagnostics import result_problems
 from slt.results.plotting import panels
-from slt.results.serialize import array_from_json, to_jsonable
+from slt.results.serialize import from_jsonable, to_jsonable
+from slt.results.settings import ChainSettings
+from slt.warnings import DivergenceWarning, Problem, emit
 
 __all__ = ["DOSResult", "DOSSettings"]
 
 
 @dataclass
-class DOSSettings:
-    """Every setting a density-of-states estimate used, including those slt chose."""
+class DOSSettings(ChainSettings):
+    """Every setting a density-of-states estimate used, including those slt chose.
+
+    Besides :class:`~slt.results.settings.ChainSettings`: how the ladder of inverse temperatures was
+    chosen and its reference rung, whether :math:`t` used exact full-data losses, replica swaps and
+    step adaptation (MALA), and the binning and fit of the analysis.
+    """
 
     temperatures_source: str
     reference_temperature: float
-    localization: float
-    step_size: float
-    step_size_source: str
-    sampler: str
-    sampler_options: dict[str, Any]
-    num_chains: int
-    num_draws: int
-    num_burnin: int
-    num_steps_bw_draws: int
-    batch_size: int | None
     exact_loss: bool
     swaps: bool
     adapt_step_size: bool
@@ -43,10 +41,6 @@ class DOSSettings:
     fit_form: str
     min_count: int
     num_bootstrap: int
-    seed: int
-    chain_mode: str
-    num_params: int
-    device: str
 
 
 @dataclass
@@ -113,6 +107,9 @@ class DOSResult:
     settings : DOSSettings
     seconds : float
         Wall time of the sampling.
+    problems : tuple of slt.warnings.Problem
+        What the health checks found (thin overlap, few round trips, a failed fit, ...); emitted as
+        warnings when the result is made, refitted or reloaded.
     """
 
     t: np.ndarray
@@ -147,6 +144,7 @@ class DOSResult:
     n: int
     settings: DOSSettings
     seconds: float = float("nan")
+    problems: tuple[Problem, ...] = ()
 
     def __repr__(self) -> str:
         lo, hi = self.fit_window
@@ -241,7 +239,11 @@ class DOSResult:
         min_count: int | None = None,
         num_bootstrap: int | None = None,
     ) -> DOSResult:
-        """Re-analyze the stored samples with another fit window, fit form or binning (no new sampling)."""
+        """Re-analyze the stored samples with another fit window, fit form or binning (no new sampling).
+
+        The new result's problems are checked afresh (those of the sampling, such as diverged chains,
+        are kept) and emitted as warnings.
+        """
         s = self.settings
         analysis = analyze(
             self.samples,
@@ -260,7 +262,7 @@ class DOSResult:
             min_count=min_count or s.min_count,
             num_bootstrap=s.num_bootstrap if num_bootstrap is None else num_bootstrap,
         )
-        return build_result(
+        refitted = build_result(
             analysis,
             self.samples,
             self.temperatures,
@@ -273,6 +275,10 @@ class DOSResult:
             settings,
             self.seconds,
         )
+        kept = tuple(p for p in self.problems if p.category == DivergenceWarning.__name__)
+        refitted = dataclasses.replace(refitted, problems=kept + result_problems(refitted))
+        emit(refitted.problems, stacklevel=2)
+        return refitted
 
     # -- plots -------------------------------------------------------------------------------
 
@@ -365,23 +371,8 @@ class DOSResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DOSResult:
-        """Rebuild a result from :meth:`to_dict` output."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = data[f.name] if f.name in data else None
-            if f.name == "settings":
-                values[f.name] = DOSSettings(**raw)
-            elif f.name == "fit_window":
-                values[f.name] = (_float(raw[0]), _float(raw[1]))
-            elif f.name in ("fit_form",):
-                values[f.name] = raw
-            elif f.name == "n":
-                values[f.name] = int(raw)
-            elif f.name in _FLOAT_FIELDS:
-                values[f.name] = _float(raw)
-            else:
-                values[f.name] = array_from_json(raw)
-        return cls(**values)
+        """Rebuild a result from :meth:`to_dict` output (its problems kept, not emitted)."""
+        return from_jsonable(cls, data)
 
     def to_json(self, path: str | PathLike[str]) -> None:
         """Write :meth:`to_dict` to a JSON file."""
@@ -390,26 +381,11 @@ class DOSResult:
 
     @classmethod
     def from_json(cls, path: str | PathLike[str]) -> DOSResult:
-        """Read a result written by :meth:`to_json`."""
+        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
         with open(path) as fh:
-            return cls.from_dict(json.load(fh))
-
-
-_FLOAT_FIELDS = (
-    "llc",
-    "llc_stderr",
-    "multiplicity",
-    "multiplicity_stderr",
-    "slope",
-    "slope_stderr",
-    "nonpositive_share",
-    "init_loss",
-    "seconds",
-)
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
+            result = cls.from_dict(json.load(fh))
+        emit(result.problems, stacklevel=2)
+        return result
 
 
 def rung_estimates(samples: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

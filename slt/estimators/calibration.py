@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -37,7 +36,7 @@ from torch import nn
 from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
 from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.plotting import panels
-from slt.results.serialize import to_jsonable
+from slt.results.serialize import from_jsonable, to_jsonable
 from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import bind_kernel
@@ -46,7 +45,7 @@ from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
 from slt.sampling.settings import default_n_beta, resolve_device, validate_settings
 from slt.tuning import bias_indicator, default_step_size
-from slt.warnings import ChainDivergenceError, ConvergenceWarning
+from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
 
 __all__ = ["calibrate", "CalibrationResult"]
 
@@ -73,6 +72,12 @@ class CalibrationResult:
         change when the step halves, times two), ``healthy``, ``stable``, ``note``.
     criteria : str
         The rule that made the recommendation.
+    n_beta : float
+    settings : dict
+        What calibration ran with (sampler, its options, batch size, seed, reference step, ...).
+    problems : tuple of slt.warnings.Problem
+        Chains that never converged in length, no stable step, ...; emitted as warnings when made and
+        when reloaded.
     """
 
     step_size: float
@@ -85,6 +90,7 @@ class CalibrationResult:
     criteria: str
     n_beta: float = float("nan")
     settings: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
 
     def summary(self):
         """The table of every setting tried, as a pandas ``DataFrame``."""
@@ -140,19 +146,25 @@ class CalibrationResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationResult:
-        """Rebuild from :meth:`to_dict` output."""
-        values = dict(data)
-        for key in ("llc_extrapolated", "llc_extrapolated_stderr", "n_beta"):
-            values[key] = float("nan") if values.get(key) is None else float(values[key])
-        values["table"] = [
-            {k: (float("nan") if v is None else v) for k, v in row.items()} for row in values["table"]
+        """Rebuild from :meth:`to_dict` output (its problems kept, not emitted)."""
+        result = from_jsonable(cls, data)
+        result.table = [
+            {k: (float("nan") if v is None else v) for k, v in row.items()} for row in result.table
         ]
-        return cls(**values)
+        return result
 
     def to_json(self, path: str | PathLike[str]) -> None:
         """Write :meth:`to_dict` to a JSON file."""
         with open(path, "w") as fh:
             json.dump(self.to_dict(), fh)
+
+    @classmethod
+    def from_json(cls, path: str | PathLike[str]) -> CalibrationResult:
+        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
+        with open(path) as fh:
+            result = cls.from_dict(json.load(fh))
+        emit(result.problems, stacklevel=2)
+        return result
 
 
 def calibrate(
@@ -307,16 +319,18 @@ def calibrate(
         finally:
             if bar is not None:
                 bar.close()
+    problems = []
     if not length_converged:
-        warnings.warn(
-            f"calibrate: the estimate still moved by more than {tolerance:.0%} when the chains doubled to "
-            f"max_steps={max_steps} steps at step size {reference:.3g}; the recommendation uses the longest "
-            "chains tried. Raise max_steps, or expect the estimate to be biased low",
-            ConvergenceWarning,
-            stacklevel=2,
+        problems.append(
+            Problem.of(
+                ConvergenceWarning,
+                f"calibrate: the estimate still moved by more than {tolerance:.0%} when the chains doubled "
+                f"to max_steps={max_steps} steps at step size {reference:.3g}; the recommendation uses the "
+                "longest chains tried. Raise max_steps, or expect the estimate to be biased low",
+            )
         )
     _mark_stability(table, tolerance)
-    return _recommend(
+    result = _recommend(
         table,
         nb,
         tolerance,
@@ -330,6 +344,9 @@ def calibrate(
             length_converged=length_converged,
         ),
     )
+    result.problems = (*problems, *result.problems)
+    emit(result.problems, stacklevel=2)
+    return result
 
 
 def _find_length(run, loc, step, base_steps, max_steps, tolerance):
@@ -456,6 +473,7 @@ def _nz(x: float) -> float:
 
 
 def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
+    problems = []
     table = [r for r in full_table if r.get("kind", "step") == "step"]
     usable = [r for r in table if r["chains_diverged"] == 0]
     if not usable:
@@ -488,10 +506,8 @@ def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
                 f"no setting was healthy; recommending the smallest step that did not diverge at γ={loc:g}"
             )
             advice = f"Its chains were not converged ({chosen['note']}): raise base_steps."
-        warnings.warn(
-            f"calibrate: {criteria} ({chosen['step_size']:.3g}). {advice}",
-            ConvergenceWarning,
-            stacklevel=3,
+        problems.append(
+            Problem.of(ConvergenceWarning, f"calibrate: {criteria} ({chosen['step_size']:.3g}). {advice}")
         )
     # the bias is linear in the step only for small steps: fit the recommendation, the steps below it
     # and one halving above it
@@ -508,6 +524,7 @@ def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
         criteria=criteria,
         n_beta=n_beta,
         settings={**settings, "n": n, "tolerance": tolerance},
+        problems=tuple(problems),
     )
 
 
