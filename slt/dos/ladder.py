@@ -29,6 +29,7 @@ from slt.samplers import Kernel, LocalPosterior, exchange, mala
 from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import chain_seeds
+from slt.sampling.progress import progress_bar
 from slt.sampling.settings import default_n_beta
 
 __all__ = [
@@ -259,7 +260,7 @@ def run_exchange_ladder(
     replica = torch.arange(rungs, device=device).unsqueeze(-1).expand(rungs, chains).clone()
     label = torch.zeros(rungs, chains, dtype=torch.long, device=device)
     trips = torch.zeros(chains, dtype=torch.long, device=device)
-    bar = _bar(progress, total)
+    bar = progress_bar(progress, total, "DOS ladder")
     try:
         for step in range(total):
             eps_rows = log_eps.exp().repeat_interleave(chains)
@@ -391,22 +392,9 @@ def _full_data_loss(posterior: PosteriorSampler):
     """An observable ``fn(model) -> float``: the mean loss over the full data (as ``init_loss``)."""
 
     def full_loss(module: torch.nn.Module) -> float:
-        total, count = 0.0, 0
-        for batch in posterior.data.full_batches():
-            size = batch_length(batch)
-            total += float(posterior.loss_fn(module, batch)) * size
-            count += size
-        return total / count
+        return posterior.data.mean_over_batches(lambda batch: posterior.loss_fn(module, batch))[0]
 
     return full_loss
-
-
-def _bar(progress: bool, total: int) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="DOS ladder", unit="step", leave=False)
 
 
 def as_temperatures(values: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -22,17 +22,9 @@ chains cheap: resampling chains only changes ``counts``.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import logsumexp
 
 __all__ = ["solve_free_energies", "log_weights", "overlap_matrix"]
-
-
-def logsumexp(values: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """``log(sum(exp(values)))`` along ``axis``, stable for large magnitudes (-inf entries allowed)."""
-    top = np.max(values, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(values - top), axis=axis, keepdims=True)) + top
-    return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def _log_terms(f: np.ndarray, log_n: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:

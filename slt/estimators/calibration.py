@@ -42,6 +42,7 @@ from slt.sampling import PosteriorSampler
 from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
+from slt.sampling.progress import progress_bar
 from slt.sampling.rng import isolated_rng
 from slt.sampling.settings import default_n_beta, resolve_device, validate_settings
 from slt.tuning import bias_indicator, default_step_size
@@ -278,7 +279,7 @@ def calibrate(
             steps_grid = sorted((float(s) for s in step_sizes), reverse=True)
             reference = steps_grid[len(steps_grid) // 2]
 
-        bar = _bar(progress)
+        bar = progress_bar(progress, None, "calibrate")
 
         def run(loc: float, step: float, num_steps: int, kind: str) -> dict[str, Any]:
             burn = num_steps // 2
@@ -541,11 +542,3 @@ def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float]:
     cov = np.linalg.pinv(design.T @ (design * w[:, None]))
     coef = cov @ design.T @ (w * y)
     return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
-
-
-def _bar(progress: bool) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="calibrate", unit="step", leave=False)

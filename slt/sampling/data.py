@@ -7,7 +7,8 @@ stream of shuffled minibatches for the chains.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -69,6 +70,18 @@ class DataSource:
 
     #: Leading-dimension tensors when the data is an in-memory tensor set, else ``None``.
     tensors: tuple[Tensor, ...] | None = None
+
+    def mean_over_batches(self, fn: Callable[[Batch], Any]) -> tuple[float, int]:
+        """Mean of ``fn(batch)`` per sample over :meth:`full_batches`, and the number of samples.
+
+        Each batch's value is weighted by its size; empty data gives ``(nan, 0)``.
+        """
+        total, count = 0.0, 0
+        for batch in self.full_batches():
+            size = batch_length(batch)
+            total += float(fn(batch)) * size
+            count += size
+        return (total / count if count else math.nan), count
 
     def full_batches(self) -> Iterator[Batch]:
         """Yield batches that together cover every sample exactly once."""

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
-from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source, batch_length
+from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source
 from slt.sampling.flat import FlatModel, Mask
 from slt.sampling.losses import LossFn, check_scalar, resolve_loss
+from slt.sampling.progress import progress_bar
 
 __all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "CHAIN_MODES"]
 
@@ -146,16 +147,9 @@ class PosteriorSampler:
         return self.flat_model.center
 
     def _full_loss(self) -> tuple[float, int]:
-        total, count = 0.0, 0
-        self.flat_model.load(self.flat_model.center)
-        for batch in self.data.full_batches():
-            size = batch_length(batch)
-            loss = self.flat_model.loss(batch)
-            total += float(loss) * size
-            count += size
+        init_loss, count = self.full_loss_and_count(self.flat_model.center)
         if count == 0:
             raise ValueError("data is empty: iterating it gave no samples; pass at least one sample")
-        init_loss = total / count
         if not math.isfinite(init_loss):
             raise ValueError(
                 f"the loss at the trained weights is not finite ({init_loss}); check the model, the data "
@@ -165,14 +159,12 @@ class PosteriorSampler:
 
     def full_loss_at(self, position: Tensor) -> float:
         """Exact mean loss over the full data at a flat ``position``."""
-        self.flat_model.load(position)
-        total, count = 0.0, 0
-        for batch in self.data.full_batches():
-            size = batch_length(batch)
-            total += float(self.flat_model.loss(batch)) * size
-            count += size
-        self.flat_model.load(self.flat_model.center)
-        return total / count
+        return self.full_loss_and_count(position)[0]
+
+    def full_loss_and_count(self, position: Tensor) -> tuple[float, int]:
+        """Exact mean loss over the full data at a flat ``position``, and the number of samples."""
+        with self.flat_model.at(position):
+            return self.data.mean_over_batches(self.flat_model.loss)
 
     def _references(self, stream: Minibatches) -> _ReferenceLosses:
         """The reference-loss table of ``stream``'s partition (a fresh one for data loaders)."""
@@ -257,7 +249,7 @@ class PosteriorSampler:
             control_variate,
             record_grad_norm,
         )
-        bar = _progress_bar(progress, num_chains * plan.total)
+        bar = progress_bar(progress, num_chains * plan.total, "sampling")
         start = time.perf_counter()
         record = None
         try:
@@ -523,12 +515,3 @@ def _stack_observable(per_chain: list[list[np.ndarray]], num_draws: int) -> np.n
         if values:
             out[c, : len(values)] = np.stack(values)
     return out
-
-
-def _progress_bar(progress: bool | Any, total: int) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    description = progress if isinstance(progress, str) else "sampling"
-    return tqdm(total=total, desc=description, unit="step", leave=False)

@@ -9,7 +9,8 @@ single copy, and one ``backward()`` leaves the whole gradient in one flat tensor
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Union
 
 import torch
@@ -174,6 +175,15 @@ class FlatModel:
     def load(self, position: Tensor) -> None:
         """Set the sampled weights of :attr:`module` to ``position``."""
         self.flat.copy_(position)
+
+    @contextmanager
+    def at(self, position: Tensor) -> Iterator[FlatModel]:
+        """Hold the weights at ``position`` inside the block and put them back at :attr:`center` after."""
+        self.load(position)
+        try:
+            yield self
+        finally:
+            self.load(self.center)
 
     def loss(self, batch: Any) -> Tensor:
         """Mean loss of the current weights on ``batch`` (no gradient)."""
