@@ -24,12 +24,11 @@ from slt.dos.ladder import (
 )
 from slt.dos.result import DOSResult, DOSSettings, build_result
 from slt.samplers import Kernel, kernel_names
-from slt.sampling import PosteriorSampler
 from slt.sampling.data import TensorData
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
-from slt.sampling.rng import isolated_rng
-from slt.sampling.settings import resolve_device, validate_settings
+from slt.sampling.settings import validate_settings
+from slt.sampling.setup import prepared_sampler
 from slt.warnings import emit
 
 __all__ = ["estimate_dos", "dos_samplers", "FULL_BATCH_WORK"]
@@ -194,11 +193,9 @@ def estimate_dos(
     )
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
-    device = resolve_device(model, device)
-    with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(
-            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
-        )
+    with prepared_sampler(
+        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+    ) as posterior:
         if temperatures is None:
             ladder = default_temperatures(posterior.n, num_rungs)
             ladder_source = f"geometric, {num_rungs} rungs around n/log n"
@@ -290,7 +287,7 @@ def estimate_dos(
         seed=seed,
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
-        device=str(device),
+        device=str(posterior.device),
     )
     result = build_result(
         analysis,

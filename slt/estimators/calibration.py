@@ -38,13 +38,12 @@ from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.plotting import panels
 from slt.results.serialize import from_jsonable, to_jsonable
 from slt.samplers import Kernel, get_kernel
-from slt.sampling import PosteriorSampler
 from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.progress import progress_bar
-from slt.sampling.rng import isolated_rng
-from slt.sampling.settings import default_n_beta, resolve_device, validate_settings
+from slt.sampling.settings import default_n_beta, validate_settings
+from slt.sampling.setup import prepared_sampler
 from slt.tuning import bias_indicator, default_step_size
 from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
 
@@ -257,13 +256,11 @@ def calibrate(
         raise ValueError(f"base_steps must be at least 8, got {base_steps}")
     if max_steps < base_steps:
         raise ValueError(f"max_steps ({max_steps}) must be at least base_steps ({base_steps})")
-    device = resolve_device(model, device)
     table: list[dict[str, Any]] = []
     length_converged = True
-    with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(
-            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
-        )
+    with prepared_sampler(
+        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+    ) as posterior:
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
         if step_sizes is None:
             reference, _ = default_step_size(

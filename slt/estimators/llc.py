@@ -30,12 +30,11 @@ from slt.sampling import PosteriorSampler
 from slt.sampling.driver import ChainRun, Observable, bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
-from slt.sampling.rng import isolated_rng
 from slt.sampling.settings import (
     default_n_beta,
-    resolve_device,
     validate_settings,
 )
+from slt.sampling.setup import prepared_sampler
 from slt.tuning import default_step_size
 from slt.warnings import (
     ChainDivergenceError,
@@ -415,12 +414,10 @@ def estimate_llc(
     )
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
-    device = resolve_device(model, device)
     kernel = bind_kernel(sampler, sampler_options, num_burnin)
-    with isolated_rng(seed, (device,)):
-        posterior = PosteriorSampler(
-            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
-        )
+    with prepared_sampler(
+        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+    ) as posterior:
         n_beta_value, n_beta_source = (
             (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
         )
@@ -466,7 +463,7 @@ def estimate_llc(
         seed=seed,
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
-        device=str(device),
+        device=str(posterior.device),
         control_variate=control_variate,
     )
     return summarize_run(run, posterior, settings)
