@@ -1,0 +1,104 @@
+"""The chain driver on its own: schedules, records, modes, divergence and the model left untouched."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slt.samplers import get_kernel
+from slt.sampling import PosteriorSampler
+from slt.sampling.driver import bind_kernel, chain_seeds
+from tests.conftest import Quadratic, quadratic_loss
+
+DUMMY = torch.zeros(6, 1)
+
+
+def regression(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    return x, x @ torch.tensor([[1.0], [0.5], [-1.0]])
+
+
+def test_the_schedule_records_draws_after_burn_in_every_k_steps():
+    sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
+    run = sampler.run(n_beta=10.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=7, num_burnin=5,
+                      num_steps_bw_draws=3, chain_mode="sequential")
+    assert run.loss_trace.shape == (2, 7) and run.burnin_loss_trace.shape == (2, 5)
+    assert run.final_positions.shape == (2, 3) and (run.divergence_step == -1).all()
+    assert run.chain_mode == "sequential" and run.reference_loss_trace is None
+    # the chains start at w* = 0, whose loss is 0; afterwards the loss is positive
+    assert run.burnin_loss_trace[:, 0].tolist() == [0.0, 0.0] and (run.loss_trace > 0).all()
+
+
+def test_sequential_and_vectorized_chains_agree_in_distribution():
+    model = nn.Linear(3, 1)
+    data = regression()
+    sampler = PosteriorSampler(model, data, "mse", batch_size=10)
+    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-3, num_chains=8, num_draws=300, num_burnin=100)
+    seq = sampler.run(chain_mode="sequential", **kw)
+    vec = sampler.run(chain_mode="vectorized", **kw)
+    assert seq.chain_mode == "sequential" and vec.chain_mode == "vectorized"
+    a, b = seq.loss_trace.mean(1), vec.loss_trace.mean(1)
+    assert abs(a.mean() - b.mean()) < 4 * np.hypot(a.std(ddof=1), b.std(ddof=1)) / np.sqrt(8)
+
+
+def test_the_same_seed_gives_the_same_chains():
+    sampler = PosteriorSampler(nn.Linear(3, 1), regression(), "mse", batch_size=8)
+    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=50, seed=4)
+    np.testing.assert_array_equal(sampler.run(**kw).loss_trace, sampler.run(**kw).loss_trace)
+    assert not np.array_equal(sampler.run(**kw).loss_trace, sampler.run(**{**kw, "seed": 5}).loss_trace)
+    assert len(set(chain_seeds(0, 16))) == 16
+
+
+def test_a_chain_that_diverges_is_cut_at_its_first_non_finite_loss():
+    sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
+    run = sampler.run(n_beta=1e3, localization=1.0, step_size=10.0, num_chains=2, num_draws=200,
+                      chain_mode="sequential")
+    assert run.diverged.all()
+    for c in range(2):
+        step = run.divergence_step[c]
+        assert np.isfinite(run.loss_trace[c, :step]).all() and np.isnan(run.loss_trace[c, step:]).all()
+
+
+def test_control_variate_records_the_loss_of_w_star_on_the_same_batch():
+    model = nn.Linear(3, 1)
+    data = regression()
+    sampler = PosteriorSampler(model, data, "mse", batch_size=10)
+    run = sampler.run(n_beta=20.0, localization=1.0, step_size=1e-9, num_chains=1, num_draws=8,
+                      control_variate=True)
+    # at a vanishing step the chain stays at w*, so each draw's loss equals its reference loss
+    np.testing.assert_allclose(run.loss_trace, run.reference_loss_trace, rtol=2e-3)
+    # and over an epoch the references average to L_n(w*)
+    assert np.mean(run.reference_loss_trace[0, :4]) == pytest.approx(sampler.init_loss, rel=1e-5)
+
+
+def test_observables_and_gradient_energy_are_recorded_per_draw():
+    sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
+    run = sampler.run(n_beta=10.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=6,
+                      observables={"norm": lambda m: m.w.norm()}, record_grad_norm=True)
+    assert run.observables["norm"].shape == (2, 6) and np.isfinite(run.grad_norm_sq).all()
+    np.testing.assert_allclose(run.observables["norm"] ** 2 * 4, run.grad_norm_sq, rtol=1e-6)
+
+
+def test_the_model_is_never_modified():
+    model = nn.Linear(3, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    PosteriorSampler(model, regression(), "mse").run(n_beta=20.0, localization=1.0, step_size=1e-2,
+                                                     num_chains=2, num_draws=20)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bound_kernels_pass_through_and_refuse_extra_options():
+    bound = get_kernel("rmsprop_sgld").bind({"delta": 0.5})
+    assert bind_kernel(bound, None) is bound
+    with pytest.raises(ValueError, match="not with a BoundKernel"):
+        bind_kernel(bound, {"delta": 0.1})
+    assert bind_kernel("rmsprop_sgld", None, num_burnin=12).options["adapt_steps"] == 12
+
+
+def test_empty_data_and_bad_modes_are_refused():
+    with pytest.raises(ValueError, match="data is empty"):
+        PosteriorSampler(nn.Linear(3, 1), (torch.zeros(0, 3), torch.zeros(0, 1)), "mse")
+    sampler = PosteriorSampler(Quadratic(2), DUMMY, quadratic_loss)
+    with pytest.raises(ValueError, match="chain_mode must be one of"):
+        sampler.run(n_beta=1.0, localization=1.0, step_size=1e-3, chain_mode="parallel")
