@@ -95,8 +95,8 @@ class DataSource:
 class TensorData(DataSource):
     """A tuple of tensors sharing their first dimension, held on one device.
 
-    Minibatches are drawn without replacement within an epoch (a fresh permutation each epoch); a
-    batch size of at least ``n`` gives the full data every step, unshuffled.
+    Minibatches are the batches of one fixed :class:`Partition` of every sample, drawn independently
+    and uniformly at each step; a batch size of at least ``n`` gives the full data every step.
     """
 
     def __init__(
@@ -130,7 +130,7 @@ class TensorData(DataSource):
             yield tuple(t[start : start + self.eval_batch_size] for t in self.tensors)
 
     def partition(self, batch_size: int | None) -> Partition:
-        """The partition into minibatches of ``batch_size``, drawn once from ``partition_seed``.
+        """The partition into balanced batches of at most ``batch_size``, drawn once from ``partition_seed``.
 
         Every chain of every run shares it (each visiting the batches in its own order), so quantities
         computed once per batch, such as the loss of the trained weights, are reused across chains.
@@ -142,7 +142,7 @@ class TensorData(DataSource):
         return self._partitions[batch_size]
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
-        """The batches of :meth:`partition`, visited in an order drawn from ``generator``."""
+        """The batches of :meth:`partition`, drawn independently and uniformly from ``generator``."""
         return _PartitionStream(self.partition(batch_size), generator)
 
     def stacked_stream(
@@ -150,7 +150,7 @@ class TensorData(DataSource):
     ) -> Minibatches:
         """Like :meth:`stream`, but each call returns tensors of shape ``(num_chains, batch, ...)``.
 
-        Each chain visits the batches of the shared partition in its own order.
+        Each chain draws its own batch ids from the shared partition.
         """
         return _PartitionStream(self.partition(batch_size), generator, num_chains=num_chains)
 
@@ -164,9 +164,13 @@ class Minibatches:
         Identity of the batch returned last (a tensor of one id per chain for stacked streams), or
         ``None`` when batches have no stable identity (data loaders). Batches with the same id hold the
         same samples, so a quantity computed once per id (the loss of :math:`w^*`) can be reused.
+    weight : float or Tensor
+        The weight of the batch returned last (see :class:`Partition`; one per chain for stacked
+        streams): its loss and gradient are multiplied by it. 1 for data loaders.
     """
 
     index: Any = None
+    weight: Any = 1.0
     #: The :class:`Partition` the batch ids refer to (``None`` for data loaders).
     partition: Any = None
 
@@ -180,83 +184,132 @@ class Minibatches:
 
 
 class Partition:
-    """A fixed random partition of in-memory tensors into ``n // batch_size`` batches with stable ids.
+    r"""A fixed random partition of *all* in-memory samples into balanced batches with stable ids.
 
-    The samples are shuffled once and cut into batches (the remainder is left out). Data up to
-    ``SHUFFLED_COPY_BYTES`` is copied once in shuffled order so that a batch is a slice with no copy;
-    larger data gathers each batch through the permutation. A batch size of at least ``n`` gives one
-    batch holding all the data, in order.
+    The ``n`` samples are shuffled once and cut into ``K = ceil(n / batch_size)`` batches whose sizes
+    differ by at most one (``n = 500`` with ``batch_size = 256`` gives two batches of 250), so no sample
+    is ever left out. Batch ``k`` carries the weight ``w_k = |B_k| K / n`` (1 when every batch has the same
+    size): with batch ids drawn uniformly, :math:`\mathbb{E}_k[w_k L_{B_k}] = L_n` and
+    :math:`\mathbb{E}_k[w_k \nabla L_{B_k}] = \nabla L_n` exactly. Data up to ``SHUFFLED_COPY_BYTES`` is
+    copied once in shuffled order so that a batch is a slice with no copy; larger data gathers each
+    batch through the permutation. A batch size of at least ``n`` gives one batch holding all the data.
+
+    Attributes
+    ----------
+    num_batches : int
+    batch_size : int
+        The largest batch's size.
+    sizes : list of int
+    weights : Tensor, shape (num_batches,)
+    equal : bool
+        Whether every batch has the same size (needed to stack batches of several chains).
     """
 
     def __init__(self, tensors: tuple[Tensor, ...], batch_size: int | None, generator: torch.Generator):
         n = int(tensors[0].shape[0])
         self.device = tensors[0].device
         self._tensors = tensors
-        self._perm: Tensor | None = None
-        if batch_size is None or batch_size >= n:
-            self.batch_size, self.num_batches = n, 1
-            self._blocks: tuple[Tensor, ...] | None = tuple(t.unsqueeze(0) for t in tensors)
+        num_batches = 1 if batch_size is None or batch_size >= n else -(-n // batch_size)
+        base, extra = divmod(n, num_batches)
+        self.num_batches = num_batches
+        self.sizes = [base + 1] * extra + [base] * (num_batches - extra)
+        self.batch_size = self.sizes[0]
+        self.equal = extra == 0
+        self.starts = [0]
+        for size in self.sizes:
+            self.starts.append(self.starts[-1] + size)
+        dtype = tensors[0].dtype if tensors[0].is_floating_point() else torch.float64
+        self.weights = torch.tensor(self.sizes, dtype=torch.float64, device=self.device).mul_(num_batches / n)
+        self.weights = self.weights.to(dtype)
+        self._weight_list = [float(w) for w in self.weights]
+        if num_batches == 1:
+            self._perm: Tensor | None = None
+            self._shuffled: tuple[Tensor, ...] | None = tensors
             return
-        self.batch_size, self.num_batches = batch_size, n // batch_size
-        perm = torch.randperm(n, generator=generator, device=self.device)[: self.num_batches * batch_size]
+        perm = torch.randperm(n, generator=generator, device=self.device)
         if sum(t.numel() * t.element_size() for t in tensors) <= SHUFFLED_COPY_BYTES:
-            self._blocks = tuple(
-                t.index_select(0, perm).view(self.num_batches, batch_size, *t.shape[1:]) for t in tensors
-            )
+            self._shuffled = tuple(t.index_select(0, perm) for t in tensors)
+            self._perm = None
         else:
-            self._blocks = None
-            self._perm = perm.view(self.num_batches, batch_size)
+            self._shuffled = None
+            self._perm = perm
+
+    def weight(self, index: int) -> float:
+        """The weight ``w_k`` of batch ``index``."""
+        return self._weight_list[index]
 
     def batch(self, index: int) -> Batch:
         """The batch with id ``index``."""
-        if self._blocks is not None:
-            return tuple(block[index] for block in self._blocks)
-        idx = self._perm[index]  # type: ignore[index]
+        lo, hi = self.starts[index], self.starts[index + 1]
+        if self._shuffled is not None:
+            return tuple(t[lo:hi] for t in self._shuffled)
+        idx = self._perm[lo:hi]  # type: ignore[index]
         return tuple(t.index_select(0, idx) for t in self._tensors)
 
     def stacked(self, ids: Tensor) -> Batch:
-        """The batches with ids ``ids`` stacked on a new leading dimension."""
-        if self._blocks is not None:
-            return tuple(block.index_select(0, ids) for block in self._blocks)
-        idx = self._perm.index_select(0, ids).reshape(-1)  # type: ignore[union-attr]
-        shape = (len(ids), self.batch_size)
-        return tuple(t.index_select(0, idx).view(*shape, *t.shape[1:]) for t in self._tensors)
+        """The batches with ids ``ids`` stacked on a new leading dimension (equal sizes only).
+
+        Raises
+        ------
+        ValueError
+            When the batches differ in size.
+        """
+        if not self.equal:
+            raise ValueError(
+                f"the {self.num_batches} minibatches differ in size ({self.sizes[0]} and "
+                f"{self.sizes[-1]}), so chains cannot be stacked; pass a batch_size that divides the number "
+                "of samples, or chain_mode='sequential'"
+            )
+        size = self.batch_size
+        if self._shuffled is not None:
+            blocks = (t.view(self.num_batches, size, *t.shape[1:]) for t in self._shuffled)
+            return tuple(block.index_select(0, ids) for block in blocks)
+        idx = self._perm.view(self.num_batches, size).index_select(0, ids).reshape(-1)  # type: ignore[union-attr]
+        return tuple(t.index_select(0, idx).view(len(ids), size, *t.shape[1:]) for t in self._tensors)
 
 
 class _PartitionStream(Minibatches):
-    """Visits the batches of a :class:`Partition` once per epoch, in a fresh random order each epoch.
+    """Draws batches of a :class:`Partition` independently and uniformly, for one chain or a stack.
 
-    Every sample is thus used once per epoch, so the minibatch noise of the loss averages out over an
-    epoch. With ``num_chains``, each chain draws its own order and calls return stacked batches.
+    Independent draws (not a permutation per epoch) make the batch a step uses independent of the
+    position it is used at, so the loss recorded at a draw on the batch about to be used is an unbiased
+    estimate of the full-data loss there. (With a permutation the chain has fitted the batches already
+    used in the epoch and not the coming ones: measured +2% on a deep linear network, +7% at batch 32.)
+    Ids are drawn from ``generator`` in chunks. With ``num_chains``, each chain draws its own ids and
+    calls return stacked batches.
     """
+
+    CHUNK = 1024
 
     def __init__(self, partition: Partition, generator: torch.Generator, num_chains: int | None = None):
         self.partition = partition
         self.num_batches = partition.num_batches
         self.generator = generator
         self.num_chains = num_chains
-        self._order: list[int] | Tensor = []
-        self._pos = self.num_batches
+        self._ids: list[int] | Tensor = []
+        self._pos = 0
+        self.weight: float | Tensor = 1.0
 
     def batch(self, index: int) -> Batch:
         return self.partition.batch(index)
 
+    def _refill(self) -> None:
+        shape = (self.CHUNK,) if self.num_chains is None else (self.CHUNK, self.num_chains)
+        ids = torch.randint(self.num_batches, shape, generator=self.generator, device=self.partition.device)
+        self._ids = ids.tolist() if self.num_chains is None else ids
+        self._pos = 0
+
     def __call__(self) -> Batch:
-        device = self.partition.device
-        if self._pos == self.num_batches:
-            self._pos = 0
-            if self.num_chains is None:
-                order = torch.randperm(self.num_batches, generator=self.generator, device=device)
-                self._order = order.tolist()
-            else:
-                shape = (self.num_chains, self.num_batches)
-                self._order = torch.rand(shape, generator=self.generator, device=device).argsort(dim=1)
+        if self._pos == len(self._ids):
+            self._refill()
         k = self._pos
         self._pos += 1
         if self.num_chains is None:
-            self.index = self._order[k]  # type: ignore[index]
+            self.index = self._ids[k]  # type: ignore[index]
+            self.weight = self.partition.weight(self.index)
             return self.partition.batch(self.index)
-        self.index = self._order[:, k]  # type: ignore[index,call-overload]
+        self.index = self._ids[k]  # type: ignore[index]
+        self.weight = self.partition.weights.index_select(0, self.index)
         return self.partition.stacked(self.index)
 
 

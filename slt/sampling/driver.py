@@ -195,6 +195,8 @@ class PosteriorSampler:
             return chain_mode
         if num_chains < 2 or not isinstance(self.data, TensorData):
             return "sequential"
+        if not self.data.partition(self.batch_size).equal:  # batches of unequal size cannot be stacked
+            return "sequential"
         if self.device.type == "cuda":
             return "vectorized" if self.flat_model.dim * num_chains <= VECTORIZE_CUDA_PARAMS else "sequential"
         work = self.flat_model.dim * min(self.batch_size or self.n, self.n)
@@ -289,6 +291,8 @@ class PosteriorSampler:
                 loss, grad = fm.loss_and_grad(batch)
                 if t == 0:
                     check_scalar(loss)
+                if next_batch.weight != 1.0:  # batches of unequal size (see slt.sampling.data.Partition)
+                    loss, grad = loss * next_batch.weight, grad * next_batch.weight
                 losses.append(loss)
                 draw = plan.draw_index(t)
                 if draw is not None:
@@ -381,12 +385,12 @@ class _ReferenceLosses:
         return self.fm.loss(batch)
 
     def single(self, stream: Minibatches, batch: Any) -> Tensor:
-        """Reference loss of the batch ``stream`` returned last."""
+        """Reference loss of the batch ``stream`` returned last, times the batch's weight."""
         index = stream.index
         if index is None:
-            return self._at_center(batch)
+            return self._at_center(batch) * stream.weight
         if index not in self.known:
-            self.table[index] = self._at_center(batch)
+            self.table[index] = self._at_center(batch) * stream.weight
             self.known.add(index)
         return self.table[index]
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -7,21 +9,39 @@ from slt.sampling.data import LoaderData, TensorData, as_data_source, batch_leng
 CPU = torch.device("cpu")
 
 
-def test_each_epoch_uses_every_sample_of_the_partition_once():
+def test_the_partition_holds_every_sample_in_balanced_weighted_batches():
     x = torch.arange(103.0).unsqueeze(1)
     data = TensorData((x, x * 2), CPU)
+    partition = data.partition(10)
+    assert partition.num_batches == 11 and sorted(set(partition.sizes)) == [9, 10] and not partition.equal
+    samples = torch.cat([partition.batch(k)[0] for k in range(11)]).squeeze(1)
+    assert sorted(samples.tolist()) == list(range(103))  # nothing left out
+    # weights |B_k| K / n make the mean over uniformly drawn batches the full-data mean
+    means = torch.stack([partition.batch(k)[0].mean() for k in range(11)])
+    assert float((partition.weights * means).mean()) == pytest.approx(float(x.mean()), rel=1e-6)
     stream = data.stream(torch.Generator().manual_seed(0), 10)
-    assert stream.num_batches == 10  # the remainder (3 samples) is left out of this partition
-    for _ in range(3):
-        seen = []
-        ids = []
-        for _ in range(10):
-            bx, by = stream()
-            assert torch.equal(by, bx * 2)
-            seen.append(bx.squeeze(1))
-            ids.append(stream.index)
-        assert sorted(ids) == list(range(10))
-        assert len(torch.cat(seen).unique()) == 100
+    counts = torch.zeros(11)
+    for _ in range(2200):
+        bx, by = stream()
+        assert torch.equal(by, bx * 2) and stream.weight == partition.weight(stream.index)
+        counts[stream.index] += 1
+    assert counts.min() > 140 and counts.max() < 260  # uniform ids: 200 each on average
+    assert data.partition(25).sizes == [21, 21, 21, 20, 20]
+    equal = TensorData((torch.arange(100.0),), CPU).partition(30)
+    assert equal.sizes == [25, 25, 25, 25] and equal.equal and torch.all(equal.weights == 1)
+
+
+def test_batch_ids_are_drawn_independently_of_the_last_ones():
+    # a permutation per epoch made the batch about to be used one the chain had not yet fitted this
+    # epoch; with independent draws the same batch follows itself as often as any other
+    data = TensorData((torch.arange(40.0),), CPU)
+    stream = data.stream(torch.Generator().manual_seed(1), 10)
+    ids = []
+    for _ in range(4000):
+        stream()
+        ids.append(stream.index)
+    repeats = sum(a == b for a, b in itertools.pairwise(ids)) / (len(ids) - 1)
+    assert repeats == pytest.approx(0.25, abs=0.03)
 
 
 def test_batches_with_the_same_id_hold_the_same_samples_across_chains_and_runs():
@@ -37,7 +57,7 @@ def test_batches_with_the_same_id_hold_the_same_samples_across_chains_and_runs()
     assert not torch.equal(other.partition(12).batch(0)[0], data.partition(12).batch(0)[0])
 
 
-def test_stacked_stream_gives_each_chain_its_own_order():
+def test_stacked_stream_gives_each_chain_its_own_batches():
     x = torch.arange(40.0).unsqueeze(1)
     stream = TensorData((x,), CPU).stacked_stream(torch.Generator().manual_seed(0), 8, num_chains=3)
     (batch,) = stream()
@@ -46,15 +66,18 @@ def test_stacked_stream_gives_each_chain_its_own_order():
     assert ids.shape == (3,)
     for c in range(3):
         assert torch.equal(batch[c], stream.batch(int(ids[c]))[0])
-    orders = [[], [], []]
-    for _ in range(4):
-        stream()
-    for _ in range(5):
+    picks = [[], [], []]
+    for _ in range(50):
         stream()
         for c in range(3):
-            orders[c].append(int(stream.index[c]))
-    assert all(sorted(o) == list(range(5)) for o in orders)
-    assert len({tuple(o) for o in orders}) > 1
+            picks[c].append(int(stream.index[c]))
+    assert all(set(p) == set(range(5)) for p in picks) and len({tuple(p) for p in picks}) == 3
+
+
+def test_unequal_batches_cannot_be_stacked():
+    stream = TensorData((torch.arange(41.0),), CPU).stacked_stream(torch.Generator(), 8, num_chains=2)
+    with pytest.raises(ValueError, match="differ in size.*divides the number of samples"):
+        stream()
 
 
 def test_full_batch_when_the_batch_is_as_large_as_the_data():
@@ -68,9 +91,15 @@ def test_large_data_is_gathered_instead_of_copied(monkeypatch):
 
     monkeypatch.setattr(slt.sampling.data, "SHUFFLED_COPY_BYTES", 0)
     x = torch.arange(20.0).unsqueeze(1)
-    stream = TensorData((x,), CPU).stream(torch.Generator().manual_seed(0), 5)
-    seen = torch.cat([stream()[0] for _ in range(4)]).squeeze(1)
+    data = TensorData((x,), CPU)
+    partition = data.partition(5)
+    assert partition._shuffled is None  # gathered through the permutation, not copied
+    seen = torch.cat([partition.batch(k)[0] for k in range(4)]).squeeze(1)
     assert sorted(seen.tolist()) == list(range(20))
+    stream = data.stream(torch.Generator().manual_seed(0), 5)
+    for _ in range(6):
+        (batch,) = stream()
+        assert torch.equal(batch, partition.batch(stream.index)[0])
 
 
 class Pairs(Dataset):
