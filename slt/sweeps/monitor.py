@@ -25,6 +25,7 @@ from slt.sweeps.measures import (
     MeasureSpec,
     captured,
     checkpoint_seed,
+    code_identity,
     format_error,
     measure_model,
     reemit_warnings,
@@ -112,7 +113,14 @@ class LLCMonitor:
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed
         self.on_error = on_error
-        self.settings = {**self.spec.description(), "seed": seed, "model_factory": "LLCMonitor"}
+        self.settings = {
+            **self.spec.description(),
+            "seed": seed,
+            "model_factory": "LLCMonitor",
+            "code": code_identity(
+                {"loss_fn": loss_fn, "llc": self.spec.llc_settings, "dos": self.spec.dos_settings}
+            ),
+        }
         if store is None:
             self.store: ResultStore | None = None
             self.settings_hash = settings_hash(self.settings)

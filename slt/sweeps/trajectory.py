@@ -26,6 +26,7 @@ from slt.sweeps.measures import (
     MeasureSpec,
     Outcome,
     SweepJob,
+    code_identity,
     describe,
     format_error,
     measure_checkpoint,
@@ -150,6 +151,9 @@ def analyze_checkpoints(
         "seed": seed,
         "model_factory": describe(model_factory),
         "state_dict_key": state_dict_key,
+        "code": code_identity(
+            {"model_factory": model_factory, "loss_fn": loss_fn, "llc": llc_settings, "dos": dos_settings}
+        ),
     }
 
     result_store, owns_store = _open_store(store)

@@ -481,3 +481,45 @@ def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, mo
     assert np.isfinite(trajectory.llc_mean).all()
     reloaded = slt.Trajectory.load(tmp_path / "dos.sqlite")
     np.testing.assert_array_equal(reloaded.dos[1].log_density, results[1].log_density)
+
+
+USER_DEFS = """
+from torch import nn
+
+def make_model():
+    return nn.Sequential(nn.Linear(3, 8), nn.{act}(), nn.Linear(8, 1))
+
+def loss(model, batch):
+    x, y = batch
+    return {scale} * ((model(x) - y) ** 2).sum(-1).mean()
+"""
+
+
+def test_an_edited_factory_or_loss_is_computed_again_not_read_from_the_store(tmp_path):
+    import importlib.util
+
+    train_and_save(tmp_path / "ckpts", count=2)
+    store_path = tmp_path / "r.sqlite"
+    sweep = {k: v for k, v in SWEEP.items() if k != "loss_fn"}
+
+    def run(act, scale):
+        (tmp_path / "defs.py").write_text(USER_DEFS.format(act=act, scale=scale))
+        spec = importlib.util.spec_from_file_location("defs", tmp_path / "defs.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        # ReLU and Tanh agree on the saved weights' shapes: only the code tells the runs apart
+        return analyze_checkpoints(
+            tmp_path / "ckpts", module.make_model, regression_data(), loss_fn=module.loss, store=store_path,
+            **sweep,
+        )  # fmt: skip
+
+    tanh = run("Tanh", 0.5)
+    relu = run("ReLU", 0.5)
+    assert relu.settings_hash != tanh.settings_hash
+    assert not np.array_equal(relu.train_loss, tanh.train_loss)
+    heavier = run("ReLU", 1.0)  # the loss body changed
+    assert heavier.settings_hash != relu.settings_hash
+    np.testing.assert_allclose(heavier.train_loss, 2 * relu.train_loss, rtol=1e-6)
+    assert run("ReLU", 1.0).settings_hash == heavier.settings_hash  # unchanged code: results reused
+    with ResultStore(store_path) as store:
+        assert len(store.runs()) == 3 and store.count() == 6
