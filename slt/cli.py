@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HASH",
         help="settings hash when the store holds several runs (default: the latest)",
     )
+    report.add_argument(
+        "--run",
+        default=None,
+        metavar="NAME",
+        help="training run (its checkpoint folder, or a unique part of it) when several were analysed "
+        "with the same settings into one store; they are never mixed",
+    )
     report.set_defaults(handler=_report)
     return parser
 
@@ -247,7 +254,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from slt.sweeps.trajectory import Trajectory
 
-    trajectory = Trajectory.load(args.store, settings_hash=args.settings)
+    trajectory = Trajectory.load(args.store, settings_hash=args.settings, run=args.run)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frame = trajectory.to_dataframe()

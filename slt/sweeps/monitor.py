@@ -64,6 +64,9 @@ class LLCMonitor:
     on_error : {"warn", "raise"}
         A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
         goes on, or raises.
+    run : str
+        Name of the training run, stored with each row: give each run monitored into one store its
+        own name, so that :meth:`slt.Trajectory.load` keeps them apart.
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc`.
 
@@ -88,6 +91,7 @@ class LLCMonitor:
         seed: int = 0,
         dos_settings: Mapping[str, Any] | None = None,
         on_error: str = "warn",
+        run: str = "LLCMonitor",
         **estimator_settings: Any,
     ):
         if on_error not in ("warn", "raise"):
@@ -113,6 +117,9 @@ class LLCMonitor:
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed
         self.on_error = on_error
+        if not isinstance(run, str) or not run:
+            raise ValueError(f"run must be a non-empty string naming the training run, got {run!r}")
+        self.run = run
         self.settings = {
             **self.spec.description(),
             "seed": seed,
@@ -191,6 +198,7 @@ class LLCMonitor:
                     raise
                 row.status, row.error = "failed", format_error(exc)
         row.payload["warnings"] = captured(caught)
+        row.payload["run"] = self.run
         row.seconds = time.perf_counter() - start
         return row
 
@@ -205,6 +213,7 @@ class LLCMonitor:
             settings=self.settings,
             settings_hash=self.settings_hash,
             store_path=None if self.store is None else self.store.path,
+            run=self.run,
         )
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from slt.sweeps.measures import (
 from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import SLTWarning
 
-__all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning"]
+__all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning", "run_key"]
 
 
 class CheckpointFailedWarning(SLTWarning):
@@ -61,6 +61,7 @@ def analyze_checkpoints(
     state_dict_key: str | None = None,
     identity: str = "stat",
     retry_failed: bool = True,
+    run: str | None = None,
     **estimator_settings: Any,
 ) -> Trajectory:
     """Measure every checkpoint of a training run, committing each result as soon as it is done.
@@ -112,6 +113,10 @@ def analyze_checkpoints(
         bytes (survives moving the folder; reads each file once more).
     retry_failed : bool
         Try checkpoints that failed in an earlier run again.
+    run : str, optional
+        Name of the training run the checkpoints come from, stored with every row so that one store
+        can hold several runs analysed with the same settings without mixing them (see
+        :meth:`Trajectory.load`). Default: the folder holding the checkpoint files (see :func:`run_key`).
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc` (``num_chains``, ``num_draws``,
         ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). A fixed ``step_size`` keeps the
@@ -137,6 +142,9 @@ def analyze_checkpoints(
     if test_data is not None and "loss" not in measures:
         raise ValueError('test_data is used by the "loss" measure; add "loss" to measures')
     records = resolve_checkpoints(checkpoints)
+    if run is not None and (not isinstance(run, str) or not run):
+        raise ValueError(f"run must be a non-empty string naming the training run, got {run!r}")
+    run = run or run_key(records)
     spec = MeasureSpec(
         measures=measures,
         loss_fn=loss_fn,
@@ -163,12 +171,13 @@ def analyze_checkpoints(
         statuses = result_store.statuses(key)
         skip = {"done", "failed"} if not retry_failed else {"done"}
         todo = [(c, i) for c, i in zip(records, ids) if statuses.get(i) not in skip]
-        done_now = _run(todo, job, key, result_store, executor, progress, len(records))
+        done_now = _run(todo, job, key, result_store, executor, progress, len(records), run)
         trajectory = Trajectory(
             records=_latest_per_step(result_store.results(key, ids)),
             settings=settings,
             settings_hash=key,
             store_path=None if result_store.path == ":memory:" else result_store.path,
+            run=run,
         )
     finally:
         if owns_store:
@@ -186,12 +195,44 @@ def analyze_checkpoints(
     return trajectory
 
 
-def _open_store(store: Any) -> tuple[ResultStore, bool]:
+def _open_store(store: Any, readonly: bool = False) -> tuple[ResultStore, bool]:
     if isinstance(store, ResultStore):
         return store, False
     if store is None:
         return ResultStore(":memory:"), True
-    return ResultStore(store), True
+    return (ResultStore(store, readonly=True) if readonly else ResultStore(store)), True
+
+
+def _select_run(
+    rows: list[StoredResult], run: str | None, key: str, path: str
+) -> tuple[str | None, list[StoredResult]]:
+    """The rows of one training run: the one named by ``run``, or the only one; never a mix."""
+    by_run: dict[str, list[StoredResult]] = {}
+    for row in rows:
+        by_run.setdefault(row.run, []).append(row)
+    if run is None and len(by_run) <= 1:
+        return (next(iter(by_run)) if by_run else None), rows
+    if run is not None:
+        matches = (
+            [name for name in by_run if name == run]
+            or [name for name in by_run if os.path.basename(name) == run]
+            or [name for name in by_run if run in name]
+        )
+        if len(matches) == 1:
+            return matches[0], by_run[matches[0]]
+    listing = "; ".join(
+        f"{name or '(unnamed)'!r}: {len(found)} rows, steps {min(r.step for r in found)}-"
+        f"{max(r.step for r in found)}"
+        for name, found in by_run.items()
+    )
+    if run is None:
+        problem = f"holds {len(by_run)} training runs analysed with settings {key}"
+    else:
+        problem = f"has {'no' if not matches else 'several'} runs matching {run!r} for settings {key}"
+    raise ValueError(
+        f"the result store {path} {problem}: {listing}. Choose one with run= (slt report --run NAME); "
+        "their results are not mixed"
+    )
 
 
 def _run(
@@ -202,6 +243,7 @@ def _run(
     executor: Any,
     progress: bool,
     total: int,
+    run: str = "",
 ) -> list[StoredResult]:
     """Run the pending checkpoints and commit each outcome as it arrives; the only writer."""
     from tqdm.auto import tqdm
@@ -225,7 +267,7 @@ def _run(
             status=outcome.status,
             error=outcome.error,
             summary=outcome.summary,
-            payload=outcome.payload,
+            payload={**outcome.payload, "run": run},
             seconds=outcome.seconds,
         )
         store.record(row)
@@ -275,6 +317,20 @@ def _worker_failure(exc: BaseException) -> str:
     return message
 
 
+def run_key(records: Sequence[Checkpoint]) -> str:
+    """The default name of the training run a set of checkpoints comes from.
+
+    The deepest folder holding every checkpoint file (``/abs/runs/a`` for ``runs/a/step_*.pt``), or
+    ``"state dicts in memory"`` for weights passed in memory.
+    """
+    folders = [str(c.path.resolve().parent) for c in records if c.path is not None]
+    in_memory = len(folders) < len(records)
+    if not folders:
+        return "state dicts in memory"
+    common = os.path.commonpath(folders)
+    return common + (" and state dicts in memory" if in_memory else "")
+
+
 def _latest_per_step(rows: Iterable[StoredResult]) -> list[StoredResult]:
     """One row per step: the latest (a step can have several rows when its file was replaced)."""
     latest: dict[int, StoredResult] = {}
@@ -302,12 +358,15 @@ class Trajectory:
         Key of these settings in the store.
     store_path : str or None
         The SQLite file the results live in.
+    run : str or None
+        The training run the checkpoints come from (see :func:`run_key`).
     """
 
     records: list[StoredResult]
     settings: dict[str, Any] = field(default_factory=dict)
     settings_hash: str | None = None
     store_path: str | None = None
+    run: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -432,7 +491,10 @@ class Trajectory:
 
     @classmethod
     def load(
-        cls, store: str | os.PathLike[str] | ResultStore, settings_hash: str | None = None
+        cls,
+        store: str | os.PathLike[str] | ResultStore,
+        settings_hash: str | None = None,
+        run: str | None = None,
     ) -> Trajectory:
         """Read a trajectory back from a result store: the latest result of each step.
 
@@ -443,18 +505,27 @@ class Trajectory:
         settings_hash : str, optional
             Which settings (hash or prefix; see ``ResultStore.runs()``) when the store holds several;
             default the most recently used.
+        run : str, optional
+            Which training run (its name, or a unique part of it such as the folder's name) when
+            several runs were analysed with these settings. Without it, a store holding several runs
+            is refused rather than mixed; the error lists them.
         """
         if not isinstance(store, ResultStore) and not os.path.exists(store):
             raise ValueError(f"no result store at {os.fspath(store)}")
-        opened, owns = _open_store(store)
+        opened, owns = _open_store(store, readonly=True)
         try:
-            run = opened.resolve_run(settings_hash)
-            rows = _latest_per_step(opened.results(run.settings_hash))
+            info = opened.resolve_run(settings_hash)
+            rows = opened.results(info.settings_hash)
         finally:
             if owns:
                 opened.close()
+        chosen, rows = _select_run(rows, run, info.settings_hash, opened.path)
         return cls(
-            records=rows, settings=run.settings, settings_hash=run.settings_hash, store_path=opened.path
+            records=_latest_per_step(rows),
+            settings=info.settings,
+            settings_hash=info.settings_hash,
+            store_path=opened.path,
+            run=chosen,
         )
 
     # -- plotting ---------------------------------------------------------------------------------
