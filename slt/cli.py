@@ -5,10 +5,16 @@
     slt analyze CKPT_DIR --model module:factory --data module:function --loss mse --out results.sqlite
     slt report results.sqlite --out report/
 
-``module:name`` arguments name a function in an importable module (the current folder is on the path)
-or in a Python file (``path/to/file.py:name``). ``--data`` and ``--test-data`` functions are called
-with no arguments and return the data (a tuple of tensors, a dataset or a data loader); ``--model``
-is called with no arguments for every checkpoint and returns a fresh model.
+``module:name`` arguments name a function in an importable module or in a Python file
+(``path/to/file.py:name``). **Both import and run that code**, as ``python file.py`` would: name only
+files you trust. Files are loaded by path, under a name unique to the path (two ``defs.py`` in different
+folders do not collide). The current folder is searched for modules, but after the standard library
+and the installed packages, so a stray ``arviz.py`` or ``concurrent.py`` in it is never imported in
+their place, in this process or in worker processes. (``python -m slt`` lets Python put the current
+folder first before slt starts; use the ``slt`` command, or ``python -P -m slt``.) ``--data`` and
+``--test-data`` functions are called with no arguments and return the data (a tuple of tensors, a
+dataset or a data loader); ``--model`` is called with no arguments for every checkpoint and returns a
+fresh model.
 """
 
 from __future__ import annotations
@@ -27,20 +33,23 @@ __all__ = ["main", "build_parser", "import_object"]
 
 
 def import_object(spec: str, what: str) -> Any:
-    """Import ``module:name`` or ``path/to/file.py:name``; raise a clear ``ValueError`` otherwise."""
+    """Import ``module:name`` or ``path/to/file.py:name``; raise a clear ``ValueError`` otherwise.
+
+    Files are loaded by path under a unique module name (see :mod:`slt.sweeps.user_code`); modules
+    are imported by name with the current folder searched last.
+    """
+    from slt.sweeps import user_code
+
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"{what} must look like module:name or path/to/file.py:name, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    sys.path[:] = user_code.safe_path(sys.path)
     try:
         if module_name.endswith(".py"):
-            path = Path(module_name).resolve()
-            if not path.is_file():
-                raise ValueError(f"{what}: no such file {module_name}")
-            if str(path.parent) not in sys.path:
-                sys.path.insert(0, str(path.parent))
-            module = importlib.import_module(path.stem)
+            try:
+                module = user_code.load_file(module_name)
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from None
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -68,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the LLC (and losses) at every checkpoint; resumable",
         description=(
             "Estimate the local learning coefficient at every checkpoint in a folder (or glob) and "
-            "commit each result to an SQLite store as it finishes. Rerunning skips finished checkpoints."
+            "commit each result to an SQLite store as it finishes. Rerunning skips finished checkpoints. "
+            "--model, --data, --test-data and a MODULE:FUNCTION --loss IMPORT AND RUN Python code (a "
+            "module, or a file given as path/to/file.py:name): pass only code you trust. The current "
+            "folder is searched after the standard library and installed packages."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -77,19 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="MODULE:FACTORY",
-        help="function returning a fresh model of the checkpoints' architecture",
+        help="function returning a fresh model of the checkpoints' architecture (imports and runs that code)",
     )
     analyze.add_argument(
-        "--data", required=True, metavar="MODULE:FUNCTION", help="function returning the training data"
+        "--data",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="function returning the training data (imports and runs that code)",
     )
     analyze.add_argument(
         "--loss",
         required=True,
         metavar="LOSS",
-        help="mse, cross_entropy, or MODULE:FUNCTION taking (model, batch)",
+        help="mse, cross_entropy, or MODULE:FUNCTION taking (model, batch) (imports and runs that code)",
     )
     analyze.add_argument("--out", default="slt-results.sqlite", metavar="STORE", help="SQLite result store")
-    analyze.add_argument("--test-data", metavar="MODULE:FUNCTION", help="function returning held-out data")
+    analyze.add_argument(
+        "--test-data",
+        metavar="MODULE:FUNCTION",
+        help="function returning held-out data (imports and runs that code)",
+    )
     analyze.add_argument(
         "--measures", default="llc,loss", help="comma-separated measures among llc, dos, loss"
     )
@@ -164,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``slt`` command; returns the exit status (0 success, 1 some checkpoints failed, 2 error)."""
+    from slt.sweeps.user_code import safe_path
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    sys.path[:] = safe_path(sys.path)  # the current folder never shadows installed modules
     try:
         return int(args.handler(args))
     except (ValueError, ImportError) as exc:

@@ -191,3 +191,54 @@ def test_the_ray_option_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     on_ray = Trajectory.load("ray.sqlite")
     np.testing.assert_array_equal(on_ray.llc_mean, serial.llc_mean)
     np.testing.assert_array_equal(on_ray.llc_stderr, serial.llc_stderr)
+
+
+SHADOW = "open({marker!r}, 'a').write({name!r} + '\\n')\n"
+DEFS = """
+import torch
+from torch import nn
+
+def {fn}():
+    {body}
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes and a pool of two workers
+def test_files_in_the_current_folder_never_run_and_files_load_by_path(tmp_path):
+    train_and_save(tmp_path / "ckpts", count=3)
+    marker = tmp_path / "shadows-ran.txt"
+    for name in ("arviz", "concurrent", "numpy"):  # modules slt imports in this process or in workers
+        (tmp_path / f"{name}.py").write_text(SHADOW.format(marker=str(marker), name=name))
+    # two files with the same stem in different folders
+    for folder, fn, body in (
+        ("a", "make_model", "return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))"),
+        ("b", "data", "from tests.sweeps.fixtures import regression_data\n    return regression_data()"),
+    ):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "defs.py").write_text(DEFS.format(fn=fn, body=body))
+    (tmp_path / "bin").mkdir()  # what the installed `slt` console script does
+    entry = tmp_path / "bin" / "slt"
+    script = "import sys\nfrom slt.cli import main\n\nif __name__ == '__main__':\n    sys.exit(main())\n"
+    entry.write_text(script)
+    common = [
+        "analyze", "ckpts", "--model", "a/defs.py:make_model", "--data", "b/defs.py:data",
+        "--loss", "tests.sweeps.fixtures:gaussian_nll", "--no-progress", "--threads", "1", *TINY_ARGS,
+    ]  # fmt: skip
+    for extra in (["--out", "serial.sqlite"], ["--out", "pool.sqlite", "--workers", "2"]):
+        done = subprocess.run(
+            [sys.executable, str(entry), *common, *extra],
+            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "3 checkpoints" in done.stdout and "3 done, 0 failed" in done.stdout
+    assert not marker.exists(), f"shadow modules ran: {marker.read_text()}"
+    serial, pool = Trajectory.load(tmp_path / "serial.sqlite"), Trajectory.load(tmp_path / "pool.sqlite")
+    np.testing.assert_array_equal(serial.llc_mean, pool.llc_mean)
+
+
+def test_help_says_that_model_and_data_run_code(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "IMPORT AND RUN Python code" in text and "pass only code you trust" in text
+    assert text.count("imports and runs that code") >= 3
