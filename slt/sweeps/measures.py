@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt.warnings as slt_warnings
-from slt.sampling.rng import isolated_rng
+from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sweeps.checkpoints import Checkpoint, UnsafeCheckpointWarning, build_model, tensor_bytes
 
 __all__ = [
@@ -243,7 +243,10 @@ def measure_checkpoint(checkpoint: Checkpoint, job: SweepJob) -> Outcome:
     """
     start = time.perf_counter()
     seed = checkpoint_seed(job.seed, checkpoint.step)
-    with warnings.catch_warnings(record=True) as caught:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        preserved_generators(job.spec.data, job.spec.test_data),  # every checkpoint starts alike
+    ):
         warnings.simplefilter("always")
         try:
             with isolated_rng(seed):

@@ -2,7 +2,8 @@
 
 :class:`LLCMonitor` is called as ``monitor(model, step)`` at every step of any training loop and
 measures the model every ``every`` steps. It works on a copy of the model and restores the global
-random number generators, so the training run (weights, gradients, optimizer, data order) is bit for
+random number generators and those of the data loaders it iterates (``DataLoader(generator=...)`` and
+its sampler), so the training run (weights, gradients, optimizer, data order) is bit for
 bit what it would have been without it. :meth:`LLCMonitor.lightning_callback` wraps it as a PyTorch
 Lightning callback. Results go to the same SQLite store as post-hoc sweeps, and steps measured with
 the same seed give the same numbers as :func:`slt.analyze_checkpoints` on the saved weights.
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from slt.sampling.losses import LossFn
-from slt.sampling.rng import isolated_rng
+from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sweeps.checkpoints import state_dict_fingerprint
 from slt.sweeps.measures import (
     MeasureSpec,
@@ -189,6 +190,7 @@ class LLCMonitor:
         with (
             warnings.catch_warnings(record=True) as caught,
             isolated_rng(checkpoint_seed(self.seed, step), devices),
+            preserved_generators(self.spec.data, self.spec.test_data),
         ):
             warnings.simplefilter("always")
             try:
