@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,49 +278,117 @@ def _report(args: argparse.Namespace) -> int:
     from slt.sweeps.trajectory import Trajectory
 
     trajectory = Trajectory.load(args.store, settings_hash=args.settings, run=args.run)
+    events, notes = _transitions(trajectory)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame = trajectory.to_dataframe()
-    frame.to_csv(out / "trajectory.csv", index=False)
-    (out / "trajectory.md").write_text(markdown_report(trajectory, args.store))
-    fig = trajectory.plot()
-    fig.savefig(out / "trajectory.png", dpi=120)
-    plt.close(fig)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        frame = trajectory.to_dataframe()
+        frame.insert(2, "not_a_minimum", trajectory.not_a_minimum)
+        frame["warnings"] = [
+            "; ".join(f"{w['category']}: {w['message']}" for w in r.payload.get("warnings", []))
+            for r in trajectory.records
+        ]
+        frame.to_csv(out / "trajectory.csv", index=False)
+        (out / "trajectory.md").write_text(markdown_report(trajectory, args.store, events, notes))
+        fig = trajectory.plot(events=events)
+        fig.savefig(out / "trajectory.png", dpi=120)
+        plt.close(fig)
+    except OSError as exc:
+        raise ValueError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     print(f"wrote {out / 'trajectory.png'}, {out / 'trajectory.csv'} and {out / 'trajectory.md'}")
     return 0
 
 
-def markdown_report(trajectory: Any, store: str) -> str:
-    """A markdown page: the settings hash, counts, and one table row per checkpoint."""
+def _transitions(trajectory: Any) -> tuple[list[Any], list[str]]:
+    """The λ̂ transitions of a trajectory and notes on them (why none, or why they were not sought)."""
+    import dataclasses
+
+    off = trajectory.not_a_minimum
+    usable = [r for r, bad in zip(trajectory.records, off) if r.ok and not bad]
+    notes = [f"{int(off.sum())} not-a-minimum checkpoint(s) were left out"] if off.any() else []
+    if len(usable) < len(trajectory.records) - int(off.sum()):
+        notes.append(f"{len(trajectory.failures)} failed checkpoint(s) were left out")
+    if not usable:
+        return [], [*notes, "no transitions sought: no checkpoint has a usable λ̂"]
+    try:
+        events = dataclasses.replace(trajectory, records=usable).transitions("llc")
+    except ValueError as exc:
+        return [], [*notes, f"no transitions sought: {exc}"]
+    return list(events), [*notes, *getattr(events, "notes", [])]
+
+
+def markdown_report(
+    trajectory: Any, store: str, events: Sequence[Any] = (), notes: Sequence[str] = ()
+) -> str:
+    """A markdown page: settings hash, counts, one row per checkpoint, transitions and warnings.
+
+    Text that comes from the store (errors, warnings, the run's name) is escaped: terminal control
+    sequences are removed and HTML and table syntax are neutralised.
+    """
+    from slt.transitions import transitions_markdown
+
     has_test = bool((~_isnan(trajectory.test_loss)).any())
     header = (
         ["step", "status", "λ̂", "± stderr", "train loss"] + (["test loss"] if has_test else []) + ["note"]
     )
+    off = trajectory.not_a_minimum
     lines = [
-        f"# slt trajectory: {os.path.basename(store)}",
+        f"# slt trajectory: {_md(os.path.basename(store))}",
         "",
-        f"{len(trajectory)} checkpoints, {int(trajectory.ok.sum())} done, {len(trajectory.failures)} failed "
-        f"(settings hash `{trajectory.settings_hash}`).",
+        f"{len(trajectory)} checkpoints, {int(trajectory.ok.sum())} done, {len(trajectory.failures)} failed, "
+        f"{int(off.sum())} not a minimum (settings hash `{trajectory.settings_hash}`"
+        + (f", run {_md(trajectory.run)}" if trajectory.run else "")
+        + ").",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---:" if h not in ("status", "note") else "---" for h in header) + "|",
     ]
-    for row, llc, err, train, test in zip(
+    for row, llc, err, train, test, bad in zip(
         trajectory.records,
         trajectory.llc_mean,
         trajectory.llc_stderr,
         trajectory.train_loss,
         trajectory.test_loss,
+        off,
     ):
-        note = (row.error or "").replace("|", "\\|").replace("\n", " ")
-        if len(note) > 160:
-            note = note[:157] + "..."
-        cells = [str(row.step), row.status, _fmt(llc), _fmt(err), _fmt(train)]
+        note = _md(row.error or "", limit=160)
+        status = "not a minimum" if bad else row.status
+        if bad and not note:
+            note = "λ̂ < 0: the weights are not a local minimum; not a learning coefficient"
+        cells = [str(row.step), status, _fmt(llc), _fmt(err), _fmt(train)]
         if has_test:
             cells.append(_fmt(test))
         cells.append(note)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Transitions of λ̂", ""]
+    if events:
+        lines.append(transitions_markdown(events).rstrip("\n"))
+    else:
+        lines.append("None found.")
+    if notes:
+        lines += ["", *[f"- {_md(n)}" for n in notes]]
+    warned = [(s, c, m) for s, c, m in trajectory.warnings]
+    lines += ["", "## Warnings", ""]
+    if warned:
+        lines += [f"- step {s}: {_md(c)}: {_md(m, limit=300)}" for s, c, m in warned]
+    else:
+        lines.append("None.")
     return "\n".join(lines) + "\n"
+
+
+#: Terminal control sequences (colours, cursor moves, titles) and other control characters.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _md(text: Any, limit: int | None = None) -> str:
+    """``text`` safe inside a markdown table cell: no control sequences, HTML or table syntax."""
+    import html
+
+    clean = _CONTROL.sub("", str(text)).replace("\r", " ").replace("\n", " ")
+    clean = html.escape(clean, quote=False).replace("|", "\\|").replace("`", "\\`")
+    if limit is not None and len(clean) > limit:
+        clean = clean[: limit - 3] + "..."
+    return clean
 
 
 def _fmt(value: float) -> str:

@@ -242,3 +242,60 @@ def test_help_says_that_model_and_data_run_code(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "IMPORT AND RUN Python code" in text and "pass only code you trust" in text
     assert text.count("imports and runs that code") >= 3
+
+
+def _store_with_bad_points(path):
+    """A run from step 0 with a jump in λ̂, three not-a-minimum points and one failure with hostile text."""
+    from slt.sweeps.store import ResultStore, StoredResult
+
+    steps = [0, *range(10, 300, 10)]
+    rng = np.random.default_rng(0)
+    with ResultStore(path) as store:
+        key = store.register_run({"seed": 0})
+        for i, step in enumerate(steps):
+            llc = (2.0 if step < 150 else 5.0) + 0.05 * rng.standard_normal()
+            warns = []
+            if step in (10, 20, 30):
+                llc = {10: -251.0, 20: -197.0, 30: -55.0}[step]
+                warns = [{"category": "NotAMinimumWarning", "message": f"λ̂ = {llc} is negative"}]
+            summary = {"llc_mean": llc, "llc_stderr": 0.05, "train_loss": 1 / (1 + i)}
+            status, error = "done", None
+            if step == 100:
+                status, summary = "failed", {}
+                error = "ValueError: \x1b[31mred\x1b[0m <script>alert(1)</script> | pipe"
+            payload = {"warnings": warns, "run": "/runs/a"}
+            store.record(StoredResult(f"c{step}", key, step, f"/runs/a/step_{step}.pt", status, error,
+                                      summary, payload))  # fmt: skip
+    return steps
+
+
+def test_report_marks_bad_points_handles_step_zero_and_lists_warnings_and_transitions(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    store = tmp_path / "r.sqlite"
+    _store_with_bad_points(store)
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
+    text = (tmp_path / "rep" / "trajectory.md").read_text()
+    assert "30 checkpoints, 29 done, 1 failed, 3 not a minimum" in text
+    assert text.count("| not a minimum |") == 3
+    assert "\x1b" not in text and "<script>" not in text and "&lt;script&gt;" in text and "\\| pipe" in text
+    assert "## Transitions of λ̂" in text and "| llc | rise |" in text
+    assert "step 0 was left out: it has no place on the log axis" in text
+    assert "- step 20: NotAMinimumWarning: λ̂ = -197.0 is negative" in text
+    assert "- 3 not-a-minimum checkpoint(s) were left out" in text
+    with open(tmp_path / "rep" / "trajectory.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["not_a_minimum"] for r in rows[:5]] == ["False", "True", "True", "True", "False"]
+    assert rows[1]["warnings"] == "NotAMinimumWarning: λ̂ = -251.0 is negative"
+
+    trajectory = Trajectory.load(store)
+    fig = trajectory.plot(events=trajectory.transitions())
+    lin, log = fig.axes[0], fig.axes[1]
+    assert lin.get_ylim()[0] > 1.0  # -251, -197 and -55 do not set the scale
+    assert log.get_xscale() == "log" and fig.axes[3].get_xscale() == "log"
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[3].get_xticklabels()]
+    assert labels[0] == "0" and not any(label.startswith(("−", "-")) for label in labels)
+    legend = [t.get_text() for t in lin.get_legend().get_texts()]
+    assert any("not a minimum" in t for t in legend) and "failed" in legend
+    plt.close(fig)

@@ -446,6 +446,21 @@ class Trajectory:
         return out
 
     @property
+    def not_a_minimum(self) -> np.ndarray:
+        """Whether each checkpoint's λ̂ says its weights are not a local minimum.
+
+        True where the estimate raised a ``NotAMinimumWarning`` or λ̂ is significantly below zero (by
+        more than two standard errors; by any amount without one): there the number does not estimate
+        a learning coefficient, and plots and reports keep it off the scale.
+        """
+        flags = []
+        for r, value, err in zip(self.records, self.llc_mean, self.llc_stderr):
+            warned = any(w.get("category") == "NotAMinimumWarning" for w in r.payload.get("warnings", []))
+            margin = 2 * err if np.isfinite(err) else 0.0
+            flags.append(bool(r.ok and (warned or (np.isfinite(value) and value < -margin))))
+        return np.array(flags, dtype=bool)
+
+    @property
     def failures(self) -> list[StoredResult]:
         """The checkpoints that failed, each with its ``error`` message."""
         return [r for r in self.records if not r.ok]
@@ -533,6 +548,11 @@ class Trajectory:
     def plot(self, events: Iterable[Any] | None = None, *, axes: Any = None):
         """λ̂ ± standard error against step on linear and logarithmic axes, beside the loss curves.
 
+        Checkpoints that are not a local minimum (:attr:`not_a_minimum`: λ̂ below zero) and failed
+        checkpoints are marked along the bottom of the λ̂ panels (triangles and crosses with dotted
+        lines) and kept off the scale, which follows the trustworthy estimates. On the log-step panels
+        a step-0 checkpoint is drawn at a position left of the first positive step, labelled ``0``.
+
         Parameters
         ----------
         events : iterable, optional
@@ -554,43 +574,51 @@ class Trajectory:
         else:
             axes = np.ravel(axes)
             fig = axes[0].figure
+        events = list(events) if events is not None else []
         steps = self.steps.astype(float)
         positive = steps[steps > 0]
-        linthresh = float(positive.min()) if positive.size else 1.0
+        # on a log axis, step 0 sits a factor of four left of the first positive step
+        zero_at = float(positive.min()) / 4 if positive.size else 1.0
         llc, err = self.llc_mean, self.llc_stderr
         dos_llc = self.column("dos_llc")
         losses = {"train loss": self.train_loss, "test loss": self.test_loss}
+        off_scale = self.not_a_minimum
+        failed = ~self.ok
         for col, scale in enumerate(("linear", "log")):
             ax_llc, ax_loss = axes[col], axes[2 + col]
-            good = np.isfinite(llc)
+            x = steps if scale == "linear" else np.where(steps > 0, steps, zero_at)
+            good = np.isfinite(llc) & ~off_scale
             if good.any():
+                # gaps where a checkpoint is missing from the scale: the line does not bridge them
                 band = np.where(np.isfinite(err), err, 0.0)
-                ax_llc.plot(
-                    steps[good], llc[good], "o-", ms=3, lw=1.2, color="C0", label=r"$\hat\lambda$ (SGLD)"
-                )
+                shown = np.where(good, llc, np.nan)
+                ax_llc.plot(x, shown, "o-", ms=3, lw=1.2, color="C0", label=r"$\hat\lambda$ (SGLD)")
                 ax_llc.fill_between(
-                    steps[good],
-                    (llc - band)[good],
-                    (llc + band)[good],
-                    color="C0",
-                    alpha=0.25,
-                    lw=0,
-                    label="± stderr",
+                    x, shown - band, shown + band, where=good, color="C0", alpha=0.25, lw=0, label="± stderr"
                 )
             if np.isfinite(dos_llc).any():
                 keep = np.isfinite(dos_llc)
                 ax_llc.plot(
-                    steps[keep], dos_llc[keep], "s--", ms=3, lw=1, color="C3", label=r"$\lambda$ (DOS fit)"
+                    x[keep], dos_llc[keep], "s--", ms=3, lw=1, color="C3", label=r"$\lambda$ (DOS fit)"
                 )
-            failed = ~self.ok
+            bottom = ax_llc.get_xaxis_transform()  # x in steps, y in axes fractions: off the scale
+            if off_scale.any():
+                ax_llc.plot(
+                    x[off_scale], np.full(int(off_scale.sum()), 0.03), "v", ms=6, color="C1",
+                    transform=bottom, clip_on=False, label=r"not a minimum ($\hat\lambda<0$, off scale)",
+                )  # fmt: skip
             if failed.any():
-                for s in steps[failed]:
+                for s in x[failed]:
                     ax_llc.axvline(s, color="C3", lw=0.6, ls=":", alpha=0.6)
+                ax_llc.plot(
+                    x[failed], np.full(int(failed.sum()), 0.03), "x", ms=6, color="C3", transform=bottom,
+                    clip_on=False, label="failed",
+                )  # fmt: skip
             ax_llc.set(ylabel=r"$\hat\lambda$", title=rf"$\hat\lambda$ against step ({scale} steps)")
             for i, (name, values) in enumerate(losses.items()):
                 keep = np.isfinite(values)
                 if keep.any():
-                    ax_loss.plot(steps[keep], values[keep], "-", lw=1.2, color=f"C{i + 1}", label=name)
+                    ax_loss.plot(x[keep], values[keep], "-", lw=1.2, color=f"C{i + 1}", label=name)
             if any(np.isfinite(v).any() for v in losses.values()):
                 finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
                 if finite.size and (finite > 0).all():
@@ -598,28 +626,44 @@ class Trajectory:
             ax_loss.set(xlabel="step", ylabel="loss", title=f"loss ({scale} steps)")
             if scale == "log":
                 for ax in (ax_llc, ax_loss):
-                    ax.set_xscale("symlog", linthresh=linthresh) if (steps <= 0).any() else ax.set_xscale(
-                        "log"
-                    )
+                    ax.set_xscale("log")
+                if (steps <= 0).any():
+                    _label_step_zero(ax_loss, zero_at)
             for ax in (ax_llc, ax_loss):
-                _mark_events(ax, events)
+                _mark_events(ax, events, zero_at if scale == "log" else None)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=7, loc="best")
         return fig
 
 
-def _mark_events(ax: Any, events: Iterable[Any] | None) -> None:
+def _label_step_zero(ax: Any, zero_at: float) -> None:
+    """Label the position of step 0 on a log axis ``0`` (the panels share their x axis)."""
+    ax.figure.canvas.draw_idle()
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, zero_at / 2), hi)
+    ticks = [t for t in ax.get_xticks() if zero_at * 2 < t <= hi]
+    labels = [f"$10^{{{round(np.log10(t))}}}$" if np.isclose(np.log10(t) % 1, 0) else f"{t:g}" for t in ticks]
+    ax.set_xticks([zero_at, *ticks], ["0", *labels])
+    ax.set_xticks([], minor=True)
+
+
+def _mark_events(ax: Any, events: Iterable[Any] | None, zero_at: float | None = None) -> None:
     if not events:
         return
+
+    def place(value: Any) -> float:
+        value = float(value)
+        return zero_at if zero_at is not None and value <= 0 else value
+
     for event in events:
         if isinstance(event, (int, float, np.integer, np.floating)):
-            ax.axvline(float(event), color="k", lw=0.9, ls="--", alpha=0.7)
+            ax.axvline(place(event), color="k", lw=0.9, ls="--", alpha=0.7)
             continue
         direction = getattr(event, "direction", None)
         color = {"rise": "C2", "fall": "C3"}.get(direction, "k")
         start, end = getattr(event, "start", None), getattr(event, "end", None)
         if start is not None and end is not None:
-            ax.axvspan(float(start), float(end), color=color, alpha=0.12, lw=0)
+            ax.axvspan(place(start), place(end), color=color, alpha=0.12, lw=0)
         step = getattr(event, "step", None)
         if step is not None:
-            ax.axvline(float(step), color=color, lw=0.9, ls="--", alpha=0.8)
+            ax.axvline(place(step), color=color, lw=0.9, ls="--", alpha=0.8)
