@@ -299,3 +299,12 @@ def test_report_marks_bad_points_handles_step_zero_and_lists_warnings_and_transi
     legend = [t.get_text() for t in lin.get_legend().get_texts()]
     assert any("not a minimum" in t for t in legend) and "failed" in legend
     plt.close(fig)
+
+
+def test_an_unwritable_report_folder_exits_2_with_one_line(tmp_path, capsys):
+    store = tmp_path / "r.sqlite"
+    _store_with_bad_points(store)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "a-file" / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slt report: error: cannot write the report to ") and err.count("\n") == 1
