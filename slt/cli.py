@@ -5,10 +5,16 @@
     slt analyze CKPT_DIR --model module:factory --data module:function --loss mse --out results.sqlite
     slt report results.sqlite --out report/
 
-``module:name`` arguments name a function in an importable module (the current folder is on the path)
-or in a Python file (``path/to/file.py:name``). ``--data`` and ``--test-data`` functions are called
-with no arguments and return the data (a tuple of tensors, a dataset or a data loader); ``--model``
-is called with no arguments for every checkpoint and returns a fresh model.
+``module:name`` arguments name a function in an importable module or in a Python file
+(``path/to/file.py:name``). **Both import and run that code**, as ``python file.py`` would: name only
+files you trust. Files are loaded by path, under a name unique to the path (two ``defs.py`` in different
+folders do not collide). The current folder is searched for modules, but after the standard library
+and the installed packages, so a stray ``arviz.py`` or ``concurrent.py`` in it is never imported in
+their place, in this process or in worker processes. (``python -m slt`` lets Python put the current
+folder first before slt starts; use the ``slt`` command, or ``python -P -m slt``.) ``--data`` and
+``--test-data`` functions are called with no arguments and return the data (a tuple of tensors, a
+dataset or a data loader); ``--model`` is called with no arguments for every checkpoint and returns a
+fresh model.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,20 +34,23 @@ __all__ = ["main", "build_parser", "import_object"]
 
 
 def import_object(spec: str, what: str) -> Any:
-    """Import ``module:name`` or ``path/to/file.py:name``; raise a clear ``ValueError`` otherwise."""
+    """Import ``module:name`` or ``path/to/file.py:name``; raise a clear ``ValueError`` otherwise.
+
+    Files are loaded by path under a unique module name (see :mod:`slt.sweeps.user_code`); modules
+    are imported by name with the current folder searched last.
+    """
+    from slt.sweeps import user_code
+
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"{what} must look like module:name or path/to/file.py:name, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    sys.path[:] = user_code.safe_path(sys.path)
     try:
         if module_name.endswith(".py"):
-            path = Path(module_name).resolve()
-            if not path.is_file():
-                raise ValueError(f"{what}: no such file {module_name}")
-            if str(path.parent) not in sys.path:
-                sys.path.insert(0, str(path.parent))
-            module = importlib.import_module(path.stem)
+            try:
+                module = user_code.load_file(module_name)
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from None
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -68,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the LLC (and losses) at every checkpoint; resumable",
         description=(
             "Estimate the local learning coefficient at every checkpoint in a folder (or glob) and "
-            "commit each result to an SQLite store as it finishes. Rerunning skips finished checkpoints."
+            "commit each result to an SQLite store as it finishes. Rerunning skips finished checkpoints. "
+            "--model, --data, --test-data and a MODULE:FUNCTION --loss IMPORT AND RUN Python code (a "
+            "module, or a file given as path/to/file.py:name): pass only code you trust. The current "
+            "folder is searched after the standard library and installed packages."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -77,19 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="MODULE:FACTORY",
-        help="function returning a fresh model of the checkpoints' architecture",
+        help="function returning a fresh model of the checkpoints' architecture (imports and runs that code)",
     )
     analyze.add_argument(
-        "--data", required=True, metavar="MODULE:FUNCTION", help="function returning the training data"
+        "--data",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="function returning the training data (imports and runs that code)",
     )
     analyze.add_argument(
         "--loss",
         required=True,
         metavar="LOSS",
-        help="mse, cross_entropy, or MODULE:FUNCTION taking (model, batch)",
+        help="mse, cross_entropy, or MODULE:FUNCTION taking (model, batch) (imports and runs that code)",
     )
     analyze.add_argument("--out", default="slt-results.sqlite", metavar="STORE", help="SQLite result store")
-    analyze.add_argument("--test-data", metavar="MODULE:FUNCTION", help="function returning held-out data")
+    analyze.add_argument(
+        "--test-data",
+        metavar="MODULE:FUNCTION",
+        help="function returning held-out data (imports and runs that code)",
+    )
     analyze.add_argument(
         "--measures",
         default="llc,loss",
@@ -159,14 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HASH",
         help="settings hash when the store holds several runs (default: the latest)",
     )
+    report.add_argument(
+        "--run",
+        default=None,
+        metavar="NAME",
+        help="training run (its checkpoint folder, or a unique part of it) when several were analysed "
+        "with the same settings into one store; they are never mixed",
+    )
     report.set_defaults(handler=_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``slt`` command; returns the exit status (0 success, 1 some checkpoints failed, 2 error)."""
+    from slt.sweeps.user_code import safe_path
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    sys.path[:] = safe_path(sys.path)  # the current folder never shadows installed modules
     try:
         return int(args.handler(args))
     except (ValueError, ImportError) as exc:
@@ -255,50 +285,118 @@ def _report(args: argparse.Namespace) -> int:
 
     from slt.sweeps.trajectory import Trajectory
 
-    trajectory = Trajectory.load(args.store, settings_hash=args.settings)
+    trajectory = Trajectory.load(args.store, settings_hash=args.settings, run=args.run)
+    events, notes = _transitions(trajectory)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame = trajectory.to_dataframe()
-    frame.to_csv(out / "trajectory.csv", index=False)
-    (out / "trajectory.md").write_text(markdown_report(trajectory, args.store))
-    fig = trajectory.plot()
-    fig.savefig(out / "trajectory.png", dpi=120)
-    plt.close(fig)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        frame = trajectory.to_dataframe()
+        frame.insert(2, "not_a_minimum", trajectory.not_a_minimum)
+        frame["warnings"] = [
+            "; ".join(f"{w['category']}: {w['message']}" for w in r.payload.get("warnings", []))
+            for r in trajectory.records
+        ]
+        frame.to_csv(out / "trajectory.csv", index=False)
+        (out / "trajectory.md").write_text(markdown_report(trajectory, args.store, events, notes))
+        fig = trajectory.plot(events=events)
+        fig.savefig(out / "trajectory.png", dpi=120)
+        plt.close(fig)
+    except OSError as exc:
+        raise ValueError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     print(f"wrote {out / 'trajectory.png'}, {out / 'trajectory.csv'} and {out / 'trajectory.md'}")
     return 0
 
 
-def markdown_report(trajectory: Any, store: str) -> str:
-    """A markdown page: the settings hash, counts, and one table row per checkpoint."""
+def _transitions(trajectory: Any) -> tuple[list[Any], list[str]]:
+    """The λ̂ transitions of a trajectory and notes on them (why none, or why they were not sought)."""
+    import dataclasses
+
+    off = trajectory.not_a_minimum
+    usable = [r for r, bad in zip(trajectory.records, off) if r.ok and not bad]
+    notes = [f"{int(off.sum())} not-a-minimum checkpoint(s) were left out"] if off.any() else []
+    if len(usable) < len(trajectory.records) - int(off.sum()):
+        notes.append(f"{len(trajectory.failures)} failed checkpoint(s) were left out")
+    if not usable:
+        return [], [*notes, "no transitions sought: no checkpoint has a usable λ̂"]
+    try:
+        events = dataclasses.replace(trajectory, records=usable).transitions("llc")
+    except ValueError as exc:
+        return [], [*notes, f"no transitions sought: {exc}"]
+    return list(events), [*notes, *getattr(events, "notes", [])]
+
+
+def markdown_report(
+    trajectory: Any, store: str, events: Sequence[Any] = (), notes: Sequence[str] = ()
+) -> str:
+    """A markdown page: settings hash, counts, one row per checkpoint, transitions and warnings.
+
+    Text that comes from the store (errors, warnings, the run's name) is escaped: terminal control
+    sequences are removed and HTML and table syntax are neutralised.
+    """
+    from slt.transitions import transitions_markdown
+
     has_test = bool((~_isnan(trajectory.test_loss)).any())
     header = (
         ["step", "status", "λ̂", "± stderr", "train loss"] + (["test loss"] if has_test else []) + ["note"]
     )
+    off = trajectory.not_a_minimum
     lines = [
-        f"# slt trajectory: {os.path.basename(store)}",
+        f"# slt trajectory: {_md(os.path.basename(store))}",
         "",
-        f"{len(trajectory)} checkpoints, {int(trajectory.ok.sum())} done, {len(trajectory.failures)} failed "
-        f"(settings hash `{trajectory.settings_hash}`).",
+        f"{len(trajectory)} checkpoints, {int(trajectory.ok.sum())} done, {len(trajectory.failures)} failed, "
+        f"{int(off.sum())} not a minimum (settings hash `{trajectory.settings_hash}`"
+        + (f", run {_md(trajectory.run)}" if trajectory.run else "")
+        + ").",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---:" if h not in ("status", "note") else "---" for h in header) + "|",
     ]
-    for row, llc, err, train, test in zip(
+    for row, llc, err, train, test, bad in zip(
         trajectory.records,
         trajectory.llc_mean,
         trajectory.llc_stderr,
         trajectory.train_loss,
         trajectory.test_loss,
+        off,
     ):
-        note = (row.error or "").replace("|", "\\|").replace("\n", " ")
-        if len(note) > 160:
-            note = note[:157] + "..."
-        cells = [str(row.step), row.status, _fmt(llc), _fmt(err), _fmt(train)]
+        note = _md(row.error or "", limit=160)
+        status = "not a minimum" if bad else row.status
+        if bad and not note:
+            note = "λ̂ < 0: the weights are not a local minimum; not a learning coefficient"
+        cells = [str(row.step), status, _fmt(llc), _fmt(err), _fmt(train)]
         if has_test:
             cells.append(_fmt(test))
         cells.append(note)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Transitions of λ̂", ""]
+    if events:
+        lines.append(transitions_markdown(events).rstrip("\n"))
+    else:
+        lines.append("None found.")
+    if notes:
+        lines += ["", *[f"- {_md(n)}" for n in notes]]
+    warned = [(s, c, m) for s, c, m in trajectory.warnings]
+    lines += ["", "## Warnings", ""]
+    if warned:
+        lines += [f"- step {s}: {_md(c)}: {_md(m, limit=300)}" for s, c, m in warned]
+    else:
+        lines.append("None.")
     return "\n".join(lines) + "\n"
+
+
+#: Terminal control sequences (colours, cursor moves, titles) and other control characters.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _md(text: Any, limit: int | None = None) -> str:
+    """``text`` safe inside a markdown table cell: no control sequences, HTML or table syntax."""
+    import html
+
+    clean = _CONTROL.sub("", str(text)).replace("\r", " ").replace("\n", " ")
+    clean = html.escape(clean, quote=False).replace("|", "\\|").replace("`", "\\`")
+    if limit is not None and len(clean) > limit:
+        clean = clean[: limit - 3] + "..."
+    return clean
 
 
 def _fmt(value: float) -> str:

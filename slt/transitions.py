@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "Transition",
+    "Transitions",
     "detect_transitions",
     "plot_transitions",
     "transitions_frame",
@@ -235,7 +236,9 @@ def _chains_from_results(results: Any, n: int) -> np.ndarray | None:
     return np.stack([np.full(width, np.nan) if p is None else p for p in per_chain])
 
 
-def _validate(s: _Series, *, axis: str, min_size: int, dropna: bool) -> _Series:
+def _validate(
+    s: _Series, *, axis: str, min_size: int, dropna: bool, notes: list[str] | None = None
+) -> _Series:
     steps, values, errors, chains = s.steps, s.values, s.errors, s.chains
     for name, arr in (("steps", steps), ("values", values)) + (
         (("errors", errors),) if errors is not None else ()
@@ -258,6 +261,8 @@ def _validate(s: _Series, *, axis: str, min_size: int, dropna: bool) -> _Series:
                 "drop them (failed checkpoints, say) or pass dropna=True"
             )
         keep = ~bad
+        if notes is not None:
+            notes.append(f"{int(bad.sum())} checkpoint(s) without a finite value were left out (dropna=True)")
         steps, values = steps[keep], values[keep]
         errors = errors[keep] if errors is not None else None
         chains = chains[keep] if chains is not None else None
@@ -269,11 +274,17 @@ def _validate(s: _Series, *, axis: str, min_size: int, dropna: bool) -> _Series:
             f"steps must be strictly increasing; step {steps[i + 1]:g} follows {steps[i]:g} at position "
             f"{i + 1}: sort the checkpoints and remove duplicates"
         )
-    if axis == "log" and len(steps) and steps[0] <= 0:
+    if axis == "log" and len(steps) and steps[0] < 0:
         raise ValueError(
-            f"axis='log' needs positive steps, got {steps[0]:g}: leave out the step-0 checkpoint or use "
-            "axis='linear'"
+            f"axis='log' needs non-negative steps, got {steps[0]:g}: shift the steps or use axis='linear'"
         )
+    if axis == "log" and len(steps) and steps[0] == 0:
+        # the first checkpoint is usually taken before training; it has no place on a log axis
+        steps, values = steps[1:], values[1:]
+        errors = errors[1:] if errors is not None else None
+        chains = chains[1:] if chains is not None else None
+        if notes is not None:
+            notes.append("step 0 was left out: it has no place on the log axis (axis='linear' keeps it)")
     needed = 2 * min_size + 1
     if len(steps) < needed:
         raise ValueError(
@@ -671,13 +682,15 @@ def detect_transitions(
 
     Returns
     -------
-    list of Transition
-        Sorted by position.
+    Transitions
+        A list of :class:`Transition` sorted by position, whose ``notes`` say which checkpoints were
+        left out (a step-0 checkpoint on the log axis, which has no place there; failed checkpoints with
+        ``dropna``) and, when the list is empty, why nothing passed.
 
     Raises
     ------
     ValueError
-        On mismatched lengths, non-finite or negative inputs, unsorted or non-positive steps (log axis),
+        On mismatched lengths, non-finite or negative inputs, unsorted or negative steps (log axis),
         non-positive values with ``value_scale="log"``, too few checkpoints, an unknown measure or axis, or
         out-of-range settings.
 
@@ -732,7 +745,10 @@ def detect_transitions(
     if error_dof is not None and not (math.isfinite(error_dof) and error_dof > 0):
         raise ValueError(f"error_dof must be a positive number (chains - 1), got {error_dof}")
 
-    data = _validate(_as_series(series, measure), axis=axis, min_size=int(min_size), dropna=dropna)
+    notes: list[str] = []
+    data = _validate(
+        _as_series(series, measure), axis=axis, min_size=int(min_size), dropna=dropna, notes=notes
+    )
     steps, y, errors, chains = data.steps, data.values, data.errors, data.chains
     if chains is not None:
         if errors is None:
@@ -776,17 +792,65 @@ def detect_transitions(
     )
     events, fit = _find_events(u, y, e, **settings)
     if not events:
-        return []
+        notes.append(_why_nothing(u, y, e, fit, settings, min_snr=threshold, min_rel_change=min_rel_change))
+        return Transitions([], notes)
     confidence = np.full(len(events), np.nan)
     if n_bootstrap > 0:
         confidence = _bootstrap_confidence(
             events, u, y, e, fit.curve, chains, settings, n_bootstrap, drop_fraction, seed
         )
     slopes = _smoothed_slopes(u, y, e) / xscale
-    return [
-        _to_transition(ev, conf, steps, x, slopes, axis=axis, log_values=log_values, measure=data.measure)
-        for ev, conf in zip(events, confidence)
-    ]
+    return Transitions(
+        [
+            _to_transition(ev, conf, steps, x, slopes, axis=axis, log_values=log_values, measure=data.measure)
+            for ev, conf in zip(events, confidence)
+        ],
+        notes,
+    )
+
+
+class Transitions(list):
+    """The events found (a list of :class:`Transition`), with ``notes`` on how the series was read.
+
+    ``notes`` says which checkpoints were left out (step 0 on the log axis, failed checkpoints) and,
+    when nothing was found, why: no change of slope at all, or the strongest change and the threshold
+    it missed.
+    """
+
+    def __init__(self, events: Sequence[Transition] = (), notes: Sequence[str] = ()):
+        super().__init__(events)
+        self.notes = list(notes)
+
+
+def _why_nothing(
+    u: np.ndarray,
+    y: np.ndarray,
+    e: np.ndarray,
+    fit: Any,
+    settings: dict[str, Any],
+    *,
+    min_snr: float,
+    min_rel_change: float,
+) -> str:
+    """One sentence on why no event passed: no break in the fit, or the best change's shortfall."""
+    if len(fit.lines) < 2:
+        return (
+            f"no transition: the segmentation found no change of slope in {len(y)} checkpoints (the series "
+            f"is one straight line within its noise at penalty {settings['penalty']:.3g})"
+        )
+    loose, _ = _find_events(u, y, e, **{**settings, "min_snr": 0.0, "min_rel_change": 0.0})
+    if not loose:
+        return (
+            f"no transition: the segmentation found {len(fit.lines)} straight pieces, but no change between "
+            "them stands out from the trend of its flanks"
+        )
+    best = max(loose, key=lambda ev: ev.snr)
+    log_values = settings.get("log_values", False)
+    rel = 1 - 10 ** -abs(best.excess) if log_values else abs(best.excess) / max(best.level, 1e-300)
+    return (
+        f"no transition: the strongest change has signal-to-noise {best.snr:.2f} (needed {min_snr:.2f}) and "
+        f"relative size {rel:.1%} (needed {min_rel_change:.0%}); lower min_snr or min_rel_change to see it"
+    )
 
 
 def _to_transition(

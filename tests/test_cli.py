@@ -65,8 +65,10 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
     assert "| step | status | λ̂ | ± stderr | train loss | test loss | note |" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ") and "status" not in line]
     assert len(table) == 6
+    # the untrained step-0 model may sit off a minimum; the report says so instead of "done"
+    status = "not a minimum" if trajectory.not_a_minimum[0] else "done"
     assert table[0].startswith(
-        f"| 0 | done | {trajectory.llc_mean[0]:.4g} | {trajectory.llc_stderr[0]:.4g} |"
+        f"| 0 | {status} | {trajectory.llc_mean[0]:.4g} | {trajectory.llc_stderr[0]:.4g} |"
     )
     assert "| 10 | failed |" in table[2] and "corrupt or truncated" in table[2]
 
@@ -191,3 +193,120 @@ def test_the_ray_option_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     on_ray = Trajectory.load("ray.sqlite")
     np.testing.assert_array_equal(on_ray.llc_mean, serial.llc_mean)
     np.testing.assert_array_equal(on_ray.llc_stderr, serial.llc_stderr)
+
+
+SHADOW = "open({marker!r}, 'a').write({name!r} + '\\n')\n"
+DEFS = """
+import torch
+from torch import nn
+
+def {fn}():
+    {body}
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes and a pool of two workers
+def test_files_in_the_current_folder_never_run_and_files_load_by_path(tmp_path):
+    train_and_save(tmp_path / "ckpts", count=3)
+    marker = tmp_path / "shadows-ran.txt"
+    for name in ("arviz", "concurrent", "numpy"):  # modules slt imports in this process or in workers
+        (tmp_path / f"{name}.py").write_text(SHADOW.format(marker=str(marker), name=name))
+    # two files with the same stem in different folders
+    for folder, fn, body in (
+        ("a", "make_model", "return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))"),
+        ("b", "data", "from tests.sweeps.fixtures import regression_data\n    return regression_data()"),
+    ):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "defs.py").write_text(DEFS.format(fn=fn, body=body))
+    (tmp_path / "bin").mkdir()  # what the installed `slt` console script does
+    entry = tmp_path / "bin" / "slt"
+    script = "import sys\nfrom slt.cli import main\n\nif __name__ == '__main__':\n    sys.exit(main())\n"
+    entry.write_text(script)
+    common = [
+        "analyze", "ckpts", "--model", "a/defs.py:make_model", "--data", "b/defs.py:data",
+        "--loss", "tests.sweeps.fixtures:gaussian_nll", "--no-progress", "--threads", "1", *TINY_ARGS,
+    ]  # fmt: skip
+    for extra in (["--out", "serial.sqlite"], ["--out", "pool.sqlite", "--workers", "2"]):
+        done = subprocess.run(
+            [sys.executable, str(entry), *common, *extra],
+            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "3 checkpoints" in done.stdout and "3 done, 0 failed" in done.stdout
+    assert not marker.exists(), f"shadow modules ran: {marker.read_text()}"
+    serial, pool = Trajectory.load(tmp_path / "serial.sqlite"), Trajectory.load(tmp_path / "pool.sqlite")
+    np.testing.assert_array_equal(serial.llc_mean, pool.llc_mean)
+
+
+def test_help_says_that_model_and_data_run_code(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "IMPORT AND RUN Python code" in text and "pass only code you trust" in text
+    assert text.count("imports and runs that code") >= 3
+
+
+def _store_with_bad_points(path):
+    """A run from step 0 with a jump in λ̂, three not-a-minimum points and one failure with hostile text."""
+    from slt.sweeps.store import ResultStore, StoredResult
+
+    steps = [0, *range(10, 300, 10)]
+    rng = np.random.default_rng(0)
+    with ResultStore(path) as store:
+        key = store.register_run({"seed": 0})
+        for i, step in enumerate(steps):
+            llc = (2.0 if step < 150 else 5.0) + 0.05 * rng.standard_normal()
+            warns = []
+            if step in (10, 20, 30):
+                llc = {10: -251.0, 20: -197.0, 30: -55.0}[step]
+                warns = [{"category": "NotAMinimumWarning", "message": f"λ̂ = {llc} is negative"}]
+            summary = {"llc_mean": llc, "llc_stderr": 0.05, "train_loss": 1 / (1 + i)}
+            status, error = "done", None
+            if step == 100:
+                status, summary = "failed", {}
+                error = "ValueError: \x1b[31mred\x1b[0m <script>alert(1)</script> | pipe"
+            payload = {"warnings": warns, "run": "/runs/a"}
+            store.record(StoredResult(f"c{step}", key, step, f"/runs/a/step_{step}.pt", status, error,
+                                      summary, payload))  # fmt: skip
+    return steps
+
+
+def test_report_marks_bad_points_handles_step_zero_and_lists_warnings_and_transitions(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    store = tmp_path / "r.sqlite"
+    _store_with_bad_points(store)
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
+    text = (tmp_path / "rep" / "trajectory.md").read_text()
+    assert "30 checkpoints, 29 done, 1 failed, 3 not a minimum" in text
+    assert text.count("| not a minimum |") == 3
+    assert "\x1b" not in text and "<script>" not in text and "&lt;script&gt;" in text and "\\| pipe" in text
+    assert "## Transitions of λ̂" in text and "| llc | rise |" in text
+    assert "step 0 was left out: it has no place on the log axis" in text
+    assert "- step 20: NotAMinimumWarning: λ̂ = -197.0 is negative" in text
+    assert "- 3 not-a-minimum checkpoint(s) were left out" in text
+    with open(tmp_path / "rep" / "trajectory.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["not_a_minimum"] for r in rows[:5]] == ["False", "True", "True", "True", "False"]
+    assert rows[1]["warnings"] == "NotAMinimumWarning: λ̂ = -251.0 is negative"
+
+    trajectory = Trajectory.load(store)
+    fig = trajectory.plot(events=trajectory.transitions())
+    lin, log = fig.axes[0], fig.axes[1]
+    assert lin.get_ylim()[0] > 1.0  # -251, -197 and -55 do not set the scale
+    assert log.get_xscale() == "log" and fig.axes[3].get_xscale() == "log"
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[3].get_xticklabels()]
+    assert labels[0] == "0" and not any(label.startswith(("−", "-")) for label in labels)
+    legend = [t.get_text() for t in lin.get_legend().get_texts()]
+    assert any("not a minimum" in t for t in legend) and "failed" in legend
+    plt.close(fig)
+
+
+def test_an_unwritable_report_folder_exits_2_with_one_line(tmp_path, capsys):
+    store = tmp_path / "r.sqlite"
+    _store_with_bad_points(store)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "a-file" / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slt report: error: cannot write the report to ") and err.count("\n") == 1

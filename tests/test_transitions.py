@@ -176,7 +176,7 @@ def test_bad_input_is_explained():
         ((steps, values, -errors), "errors must be >= 0"),
         ((steps[::-1], values, errors), "strictly increasing"),
         ((np.r_[steps[:5], steps[4], steps[6:]], values, errors), "strictly increasing"),
-        ((np.r_[0.0, steps[1:]], values, errors), "axis='linear'"),
+        ((np.r_[-1.0, steps[1:]], values, errors), "axis='linear'"),
         ((steps,), "(steps, values)"),
         ((steps, np.ones((len(steps), 3)), errors), "without errors"),
         ((steps.reshape(-1, 1), values, errors), "one-dimensional"),
@@ -343,3 +343,29 @@ def test_trajectory_transitions_leave_out_failed_checkpoints():
     assert [e.direction for e in events] == ["rise"]
     assert events[0].start < steps[18] <= events[0].end
     assert broken.transitions("train_loss", n_bootstrap=0) == []  # a flat measure without error bars
+
+
+def test_step_zero_is_left_out_of_the_log_axis_with_a_note():
+    _, trajectory = _trajectory_with_a_jump()
+    from slt.sweeps.store import StoredResult
+    from slt.sweeps.trajectory import Trajectory
+
+    first = trajectory.records[0]
+    at_zero = StoredResult("zero", "h", 0, "mem", "done", summary=dict(first.summary), payload=first.payload)
+    with_zero = Trajectory(records=[at_zero, *trajectory.records])
+    events = detect_transitions(with_zero, measure="llc", n_bootstrap=0)
+    assert [e.direction for e in events] == ["rise"]
+    assert events.notes == ["step 0 was left out: it has no place on the log axis (axis='linear' keeps it)"]
+    assert detect_transitions(with_zero, measure="llc", axis="linear", n_bootstrap=0).notes == []
+    with pytest.raises(ValueError, match="non-negative steps"):
+        detect_transitions((np.arange(-1, 20), np.ones(21), np.ones(21)), n_bootstrap=0)
+
+
+def test_finding_nothing_says_why():
+    steps = np.arange(1, 41)
+    flat = detect_transitions((steps, np.full(40, 3.0), np.full(40, 0.1)), axis="linear", n_bootstrap=0)
+    assert flat == [] and "found no change of slope in 40 checkpoints" in flat.notes[-1]
+    rng = np.random.default_rng(0)
+    values = np.where(steps > 20, 3.15, 3.0) + 0.05 * rng.standard_normal(40)
+    small = detect_transitions((steps, values, np.full(40, 0.05)), axis="linear", n_bootstrap=0)
+    assert small == [] and "relative size" in small.notes[-1] and "(needed 10%)" in small.notes[-1]

@@ -110,13 +110,45 @@ class Checkpoint:
         return load_state_dict(self.path, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
 
 
-def step_from_name(path: str | os.PathLike[str]) -> int | None:
-    """The training step encoded in a file name: the last number in its stem, or ``None``.
+#: An explicit step marker: ``step=1200``, ``step_1200``, ``step-1200``, ``step1200``, ``global_step=1200``.
+_STEP_TOKEN = re.compile(r"(?<![a-z])(?:global_)?step[=_-]?(\d+)(?![\d.]|e[-+]?\d)", re.IGNORECASE)
+#: Any number, decimals and exponents included (those are never steps).
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
-    ``step_000120.pt`` gives 120, ``epoch=3-step=1200.ckpt`` gives 1200, ``final.pt`` gives ``None``.
+
+def step_from_name(path: str | os.PathLike[str]) -> int | None:
+    """The training step encoded in a file name, or ``None`` when the name holds no whole number.
+
+    An explicit step marker wins (``step=1200``, ``step_1200``, ``step-1200``, ``step1200``): so
+    ``epoch=3-step=1200-val_loss=0.52.ckpt`` (PyTorch Lightning) gives 1200 and
+    ``model_step1000_seed42.pt`` gives 1000. Without a marker the name must hold exactly one whole
+    number (``ckpt-7.pt`` gives 7); decimals such as ``0.52`` or ``1e-3`` are never steps.
+
+    Raises
+    ------
+    CheckpointError
+        When the name is ambiguous: several different step markers, or several whole numbers and no
+        marker (``run2-ckpt100.pt``). Pass ``(step, path)`` pairs for such files.
     """
-    numbers = re.findall(r"\d+", Path(path).stem)
-    return int(numbers[-1]) if numbers else None
+    stem = Path(path).stem
+    marked = list(dict.fromkeys(int(m.group(1)) for m in _STEP_TOKEN.finditer(stem)))
+    if len(marked) == 1:
+        return marked[0]
+    if marked:
+        raise CheckpointError(
+            f"the file name {Path(path).name!r} has several step markers ({', '.join(map(str, marked))}); "
+            "pass (step, path) pairs to say which checkpoint is at which step"
+        )
+    whole = [m.group(0) for m in _NUMBER.finditer(stem) if m.group(0).isdigit()]
+    if not whole:
+        return None
+    if len(whole) > 1:
+        raise CheckpointError(
+            f"cannot tell the training step from the file name {Path(path).name!r}: it holds several "
+            f"numbers ({', '.join(whole)}) and no step marker. Name files like 'step_1200.pt' or "
+            "'epoch=3-step=1200.ckpt', or pass (step, path) pairs"
+        )
+    return int(whole[0])
 
 
 def resolve_checkpoints(checkpoints: Any) -> list[Checkpoint]:
@@ -137,7 +169,9 @@ def resolve_checkpoints(checkpoints: Any) -> list[Checkpoint]:
         * a list of state dicts (steps 0, 1, 2, ... in list order);
         * a list of ``(step, path_or_state_dict)`` pairs, or a dict ``{step: path_or_state_dict}``.
 
-        Steps of files come from their names (the last number in the name) unless given.
+        Steps of files come from their names unless given (see :func:`step_from_name`: an explicit
+        ``step=``/``step_`` marker, else the only whole number in the name). A folder that exists is
+        read as a folder even when its name holds glob characters (``run[seed=1]``).
 
     Returns
     -------
@@ -193,8 +227,9 @@ def resolve_checkpoints(checkpoints: Any) -> list[Checkpoint]:
 def _expand_location(location: str | os.PathLike[str]) -> list[Path]:
     text = os.fspath(location)
     path = Path(text).expanduser()
-    if any(ch in text for ch in "*?["):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+    if any(ch in text for ch in "*?[") and not path.exists():
+        pattern = _escape_existing_folder(os.path.expanduser(text))
+        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         matches = [p for p in matches if p.is_file()]
         if not matches:
             raise CheckpointError(f"no files match the pattern {text!r}")
@@ -210,6 +245,19 @@ def _expand_location(location: str | os.PathLike[str]) -> list[Path]:
     if path.is_file():
         return [path]
     raise CheckpointError(f"no such file or folder: {text}")
+
+
+def _escape_existing_folder(pattern: str) -> str:
+    """Escape the longest leading folder of ``pattern`` that exists, so ``run[seed=1]/*.pt`` works."""
+    head = os.path.dirname(pattern)
+    while head and not os.path.isdir(head):
+        parent = os.path.dirname(head)
+        if parent == head:
+            return pattern
+        head = parent
+    if not head or not any(ch in head for ch in "*?["):
+        return pattern
+    return glob.escape(head) + pattern[len(head) :]
 
 
 def _from_path(path: str | os.PathLike[str], step: int | None) -> Checkpoint:

@@ -24,9 +24,12 @@ def process_pool(max_workers: int, *, threads_per_worker: int | None = None) -> 
     """A local pool of fresh worker processes ready to run slt tasks.
 
     Workers are started with ``spawn`` (no forked copies of torch's thread pools), see this process's
-    ``sys.path`` (so model factories defined in local modules can be imported), and use
-    ``threads_per_worker`` torch threads (default: the CPU cores divided among the workers).
+    ``sys.path`` (so model factories defined in local modules can be imported) and the Python files
+    loaded by path (:func:`slt.sweeps.user_code.load_file`), and use ``threads_per_worker`` torch
+    threads (default: the CPU cores divided among the workers).
     """
+    from slt.sweeps import user_code
+
     if not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"the number of workers must be a positive integer, got {max_workers!r}")
     if threads_per_worker is None:
@@ -35,14 +38,17 @@ def process_pool(max_workers: int, *, threads_per_worker: int | None = None) -> 
         max_workers=max_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(list(sys.path), threads_per_worker),
+        initargs=(list(sys.path), threads_per_worker, user_code.loaded_files()),
     )
 
 
-def _init_worker(path: list[str], threads: int) -> None:
+def _init_worker(path: list[str], threads: int, files: dict[str, str] | None = None) -> None:
     import torch
 
+    from slt.sweeps import user_code
+
     sys.path[:] = path
+    user_code.install(files or {})
     torch.set_num_threads(threads)
 
 
@@ -107,6 +113,7 @@ class RayExecutor:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` as a Ray task; returns a :class:`concurrent.futures.Future`."""
         ray = self._connect()
+        _ship_user_files(ray)
         remote = self._remote.get(fn)
         if remote is None:
             remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(fn)
@@ -137,6 +144,16 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _ship_user_files(ray: Any) -> None:
+    """Send the code of files loaded by path to Ray workers by value (they cannot import them by name)."""
+    from slt.sweeps import user_code
+
+    for name in user_code.loaded_files():
+        module = sys.modules.get(name)
+        if module is not None:
+            ray.cloudpickle.register_pickle_by_value(module)
 
 
 def _with_local_path(runtime_env: dict[str, Any] | None) -> dict[str, Any]:

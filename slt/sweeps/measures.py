@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import os
 import time
 import traceback
 import warnings
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt.warnings as slt_warnings
-from slt.sampling.rng import isolated_rng
+from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sweeps.checkpoints import Checkpoint, build_model, tensor_bytes
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "measure_model",
     "measure_checkpoint",
     "describe",
+    "code_fingerprint",
+    "code_identity",
     "data_fingerprint",
     "reemit_warnings",
 ]
@@ -304,6 +307,7 @@ register_measure(
 )
 register_measure(Measure("dos", _measure_dos, load=_load_dos, stream=1))
 register_measure(Measure("loss", _measure_loss, validate=_check_no_settings))
+_BUILT_IN = dict(MEASURES)
 
 
 @dataclass(frozen=True)
@@ -374,6 +378,14 @@ class MeasureSpec:
     def llc_settings(self) -> dict[str, Any]:
         """Settings of the ``"llc"`` measure (empty when it is not taken)."""
         return dict(self.settings.get("llc", {}))
+
+    def code_to_hash(self) -> dict[str, Any]:
+        """The callables whose code changes the numbers: the loss, callable settings, custom measures.
+
+        Passed to :func:`code_identity`; slt's own measures are named by the description instead.
+        """
+        custom = {m.name: m.measure for m in self.measures if m is not _BUILT_IN.get(m.name)}
+        return {"loss_fn": self.loss_fn, **self.settings, "measures": custom}
 
     def description(self) -> dict[str, Any]:
         """JSON-able description of everything that changes the numbers (hashed by the store)."""
@@ -458,7 +470,10 @@ def measure_checkpoint(checkpoint: Checkpoint, job: SweepJob) -> Outcome:
     """
     start = time.perf_counter()
     seed = checkpoint_seed(job.seed, checkpoint.step)
-    with warnings.catch_warnings(record=True) as caught:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        preserved_generators(job.spec.data, job.spec.test_data),  # every checkpoint starts alike
+    ):
         warnings.simplefilter("always")
         try:
             with isolated_rng(seed):
@@ -578,3 +593,249 @@ def _length(data: Any) -> int | None:
         return len(data)
     except TypeError:
         return None
+
+
+# -- fingerprinting the code of callables for the store's hash -------------------------------------
+
+
+def code_identity(named: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: code fingerprint}`` of every callable in ``named`` and inside its setting values.
+
+    Modules (samplers given as modules) and strings (``"mse"``) are named by the settings already and
+    left out; every other callable, at any depth of a mapping or sequence, gets a
+    :func:`code_fingerprint`, so editing a model factory, a loss function or a callable setting changes
+    the settings hash and the store computes fresh results instead of returning the old ones.
+    """
+    out: dict[str, str] = {}
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, (str, bytes, ModuleType, Tensor)) or value is None:
+            return
+        if callable(value):
+            out[name] = code_fingerprint(value, what=name)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                visit(f"{name}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(f"{name}[{i}]", v)
+
+    for name, value in named.items():
+        visit(name, value)
+    return out
+
+
+def code_fingerprint(fn: Callable[..., Any], *, what: str = "callable") -> str:
+    """A hash of what a callable computes: its code, constants, defaults, closures and arguments.
+
+    Functions are hashed by their byte code and constants (nested functions included), default
+    arguments, the values their closures capture, and the module-level names they use: constants
+    (numbers, strings, tensors) by value and functions and classes of non-library modules by their own
+    code, so an edited helper counts too. Classes are hashed by the code of their methods,
+    ``functools.partial`` objects by the function and the bound arguments, callable objects by their
+    class and attributes. Library code (the standard library and installed packages) is identified by
+    name only.
+
+    Raises
+    ------
+    ValueError
+        When part of the callable cannot be identified across processes (an object whose only
+        description is its memory address); the message names it and says what to pass instead.
+    """
+    digest = hashlib.sha256()
+    _Fingerprinter(digest, what).feed(fn)
+    return "code-sha256:" + digest.hexdigest()[:32]
+
+
+class _Fingerprinter:
+    """Feeds a callable and everything it depends on into a hash, visiting each object once."""
+
+    _MAX_DEPTH = 40
+
+    def __init__(self, digest: Any, what: str):
+        self.digest = digest
+        self.what = what
+        self.seen: set[int] = set()
+        self.depth = 0
+
+    def put(self, *parts: Any) -> None:
+        for part in parts:
+            data = part if isinstance(part, bytes) else str(part).encode()
+            self.digest.update(len(data).to_bytes(8, "little"))
+            self.digest.update(data)
+
+    def feed(self, obj: Any) -> None:
+        """Feed any value: plain data by value, callables by code."""
+        import functools
+        import types
+
+        if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+            self.put(type(obj).__name__, repr(obj))
+            return
+        if isinstance(obj, (np.integer, np.floating, np.bool_)):
+            self.put("np", repr(obj.item()))
+            return
+        if isinstance(obj, Tensor):
+            self.put("tensor", obj.dtype, tuple(obj.shape), hashlib.sha256(tensor_bytes(obj)).hexdigest())
+            return
+        if isinstance(obj, np.ndarray):
+            content = hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()
+            self.put("ndarray", obj.dtype, obj.shape, content)
+            return
+        if isinstance(obj, (torch.device, torch.dtype)):
+            self.put(type(obj).__name__, str(obj))
+            return
+        if isinstance(obj, ModuleType):
+            self.put("module", obj.__name__)
+            return
+        if isinstance(obj, types.CodeType):
+            self._code(obj)
+            return
+        if id(obj) in self.seen:
+            self.put("seen", _qualified_name(obj))
+            return
+        self.seen.add(id(obj))
+        self.depth += 1
+        try:
+            if self.depth > self._MAX_DEPTH:
+                raise ValueError(
+                    f"cannot fingerprint {self.what}: its objects nest more than {self._MAX_DEPTH} deep"
+                )
+            if isinstance(obj, (list, tuple, set, frozenset)):
+                items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+                self.put(type(obj).__name__, len(items))
+                for item in items:
+                    self.feed(item)
+            elif isinstance(obj, Mapping):
+                self.put("mapping", len(obj))
+                for key in sorted(obj, key=repr):
+                    self.feed(key)
+                    self.feed(obj[key])
+            elif isinstance(obj, functools.partial):
+                self.put("partial")
+                self.feed(obj.func)
+                self.feed(obj.args)
+                self.feed(dict(obj.keywords))
+            elif isinstance(obj, types.MethodType):
+                self.put("method")
+                self.feed(obj.__func__)
+                self.feed(obj.__self__)
+            elif isinstance(obj, types.FunctionType):
+                self._function(obj)
+            elif isinstance(obj, type):
+                self._class(obj)
+            elif isinstance(obj, (staticmethod, classmethod)):
+                self.feed(obj.__func__)
+            elif isinstance(obj, property):
+                for part in (obj.fget, obj.fset, obj.fdel):
+                    self.feed(part)
+            elif isinstance(obj, (types.BuiltinFunctionType, types.MethodWrapperType)):
+                self.put("builtin", _qualified_name(obj))
+            elif isinstance(obj, nn.Module):
+                from slt.sweeps.checkpoints import state_dict_fingerprint
+
+                self.put("nn.Module")
+                self.feed(type(obj))
+                self.put(state_dict_fingerprint(obj.state_dict()))
+            elif hasattr(obj, "__dict__") and not _is_library(type(obj)):
+                self.put("object")
+                self.feed(type(obj))
+                self.feed(dict(vars(obj)))
+            else:
+                text = repr(obj)
+                if " at 0x" in text:
+                    raise ValueError(
+                        f"cannot fingerprint {self.what}: it holds {text[:80]}, which is known only by its "
+                        "memory address, so the store could not tell a changed setting from an unchanged "
+                        "one. Pass a module-level function (or functools.partial with plain arguments)."
+                    )
+                self.put("repr", _qualified_name(type(obj)), text)
+        finally:
+            self.depth -= 1
+
+    def _code(self, code: Any) -> None:
+        import types
+
+        self.put("code", code.co_name, code.co_argcount, code.co_kwonlyargcount, code.co_flags, code.co_code)
+        self.put(*code.co_names, *code.co_freevars)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                self._code(const)
+            else:
+                self.put(type(const).__name__, repr(const))
+
+    def _function(self, fn: Any) -> None:
+        self.put("function", _qualified_name(fn))
+        if _is_library(fn):
+            return
+        self._code(fn.__code__)
+        self.feed(fn.__defaults__)
+        self.feed(fn.__kwdefaults__)
+        for cell in fn.__closure__ or ():
+            try:
+                self.feed(cell.cell_contents)
+            except ValueError:  # an empty cell
+                self.put("empty cell")
+        namespace = fn.__globals__
+        for name in sorted(_global_names(fn.__code__)):
+            if name in namespace:
+                value = namespace[name]
+                if callable(value) and not isinstance(value, nn.Module):
+                    self.put("global", name)
+                    try:
+                        self.feed(value)
+                    except ValueError:  # a helper object known only by address: identified by name
+                        self.put("unidentified global", name)
+                elif isinstance(value, (bool, int, float, str, bytes, Tensor, np.ndarray, tuple, list, dict)):
+                    self.put("global", name)
+                    self.feed(value)
+                elif isinstance(value, ModuleType):
+                    self.put("global module", name, value.__name__)
+
+    def _class(self, cls: type) -> None:
+        self.put("class", _qualified_name(cls))
+        if _is_library(cls):
+            return
+        for base in cls.__mro__[1:]:
+            self.feed(base)
+        for name in sorted(vars(cls)):
+            value = vars(cls)[name]
+            if name in ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"):
+                continue
+            self.put("attribute", name)
+            if isinstance(value, (staticmethod, classmethod, property)) or callable(value):
+                self.feed(value)
+            elif isinstance(value, (bool, int, float, str, bytes, tuple, list, dict, type(None))):
+                self.feed(value)
+
+
+def _global_names(code: Any) -> set[str]:
+    import types
+
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _qualified_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__qualname__
+    return f"{module}:{name}"
+
+
+def _is_library(obj: Any) -> bool:
+    """Whether ``obj`` comes from the standard library or an installed package (identified by name)."""
+    import sys
+    import sysconfig
+
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if module is None or path is None:
+        return module is not None  # a built-in module; unknown modules are hashed in full
+    path = os.path.realpath(path)
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(path.startswith(os.path.realpath(r) + os.sep) for r in roots if r) or (
+        "site-packages" in path.split(os.sep) or "dist-packages" in path.split(os.sep)
+    )

@@ -2,7 +2,8 @@
 
 :class:`LLCMonitor` is called as ``monitor(model, step)`` at every step of any training loop and
 measures the model every ``every`` steps. It works on a copy of the model and restores the global
-random number generators, so the training run (weights, gradients, optimizer, data order) is bit for
+random number generators and those of the data loaders it iterates (``DataLoader(generator=...)`` and
+its sampler), so the training run (weights, gradients, optimizer, data order) is bit for
 bit what it would have been without it. :meth:`LLCMonitor.lightning_callback` wraps it as a PyTorch
 Lightning callback. Results go to the same SQLite store as post-hoc sweeps, and steps measured with
 the same seed give the same numbers as :func:`slt.analyze_checkpoints` on the saved weights.
@@ -19,11 +20,12 @@ import torch
 from torch import nn
 
 from slt.sampling.losses import LossFn
-from slt.sampling.rng import isolated_rng
+from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sweeps.checkpoints import state_dict_fingerprint
 from slt.sweeps.measures import (
     captured,
     checkpoint_seed,
+    code_identity,
     format_error,
     measure_model,
     reemit_warnings,
@@ -62,6 +64,9 @@ class LLCMonitor:
     on_error : {"warn", "raise"}
         A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
         goes on, or raises.
+    run : str
+        Name of the training run, stored with each row: give each run monitored into one store its
+        own name, so that :meth:`slt.Trajectory.load` keeps them apart.
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc`.
 
@@ -87,6 +92,7 @@ class LLCMonitor:
         dos_settings: Mapping[str, Any] | None = None,
         measure_settings: Mapping[str, Mapping[str, Any]] | None = None,
         on_error: str = "warn",
+        run: str = "LLCMonitor",
         **estimator_settings: Any,
     ):
         if on_error not in ("warn", "raise"):
@@ -106,7 +112,15 @@ class LLCMonitor:
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed
         self.on_error = on_error
-        self.settings = {**self.spec.description(), "seed": seed, "model_factory": "LLCMonitor"}
+        if not isinstance(run, str) or not run:
+            raise ValueError(f"run must be a non-empty string naming the training run, got {run!r}")
+        self.run = run
+        self.settings = {
+            **self.spec.description(),
+            "seed": seed,
+            "model_factory": "LLCMonitor",
+            "code": code_identity(self.spec.code_to_hash()),
+        }
         if store is None:
             self.store: ResultStore | None = None
             self.settings_hash = settings_hash(self.settings)
@@ -168,6 +182,7 @@ class LLCMonitor:
         with (
             warnings.catch_warnings(record=True) as caught,
             isolated_rng(checkpoint_seed(self.seed, step), devices),
+            preserved_generators(self.spec.data, self.spec.test_data),
         ):
             warnings.simplefilter("always")
             try:
@@ -177,6 +192,7 @@ class LLCMonitor:
                     raise
                 row.status, row.error = "failed", format_error(exc)
         row.payload["warnings"] = captured(caught)
+        row.payload["run"] = self.run
         row.seconds = time.perf_counter() - start
         return row
 
@@ -191,6 +207,7 @@ class LLCMonitor:
             settings=self.settings,
             settings_hash=self.settings_hash,
             store_path=None if self.store is None else self.store.path,
+            run=self.run,
         )
 
     def close(self) -> None:

@@ -110,6 +110,17 @@ class StoredResult:
         """``True`` when the checkpoint was measured."""
         return self.status == "done"
 
+    @property
+    def run(self) -> str:
+        """The training run the checkpoint belongs to (see :func:`slt.sweeps.trajectory.run_key`).
+
+        Rows written before runs were recorded fall back to the folder of their source file.
+        """
+        stored = self.payload.get("run") if isinstance(self.payload, dict) else None
+        if isinstance(stored, str):
+            return stored
+        return os.path.dirname(self.source) if os.path.isabs(self.source) else ""
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -133,6 +144,16 @@ class ResultStore:
         as this object.
     timeout : float
         Seconds to wait for a lock held by another connection.
+    readonly : bool
+        Open an existing store for reading only: nothing is written (no tables, no journal mode), so a
+        store on read-only media or owned by someone else can be read. ``slt report`` and
+        :meth:`slt.Trajectory.load` open stores this way.
+
+    Raises
+    ------
+    ValueError
+        When the file is not an SQLite database, or is one that is not an slt result store (another
+        application's database is refused without being changed).
 
     Notes
     -----
@@ -142,31 +163,40 @@ class ResultStore:
     write-ahead log; the store then falls back to SQLite's rollback journal, equally safe.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, readonly: bool = False):
         self.path = os.fspath(path)
-        if self.path != ":memory:":
-            parent = os.path.dirname(os.path.abspath(self.path))
-            if not os.path.isdir(parent):
-                raise ValueError(
-                    f"cannot create the result store {self.path}: folder {parent} does not exist"
-                )
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self.readonly = bool(readonly)
+        if readonly:
+            self._conn = _connect_readonly(self.path, timeout)
+            version = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = version[0] if version else "0"
+        else:
             if self.path != ":memory:":
-                # SQLite keeps its rollback journal (equally crash-safe) where WAL is unavailable
-                self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            self._conn.execute("PRAGMA synchronous = FULL")
-            with self._transaction():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._conn.execute(statement)
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            version = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path} is not a usable slt result store: {exc}") from exc
+                parent = os.path.dirname(os.path.abspath(self.path))
+                if not os.path.isdir(parent):
+                    raise ValueError(
+                        f"cannot create the result store {self.path}: folder {parent} does not exist"
+                    )
+            try:
+                self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+                _check_is_store(self._conn, self.path, may_be_empty=True)
+                self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                if self.path != ":memory:":
+                    # SQLite keeps its rollback journal (equally crash-safe) where WAL is unavailable
+                    self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                self._conn.execute("PRAGMA synchronous = FULL")
+                with self._transaction():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+                version = self._conn.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise ValueError(f"{self.path} is not a usable slt result store: {exc}") from exc
         if int(version) > SCHEMA_VERSION:
             raise ValueError(
                 f"{self.path} was written by a newer slt (store schema {version}, this slt reads "
@@ -315,6 +345,51 @@ class ResultStore:
             query += " AND status = ?"
             args.append(status)
         return int(self._conn.execute(query, args).fetchone()[0])
+
+
+_STORE_TABLES = {"meta", "runs", "results"}
+
+
+def _check_is_store(conn: sqlite3.Connection, path: str, *, may_be_empty: bool) -> None:
+    """Refuse, before anything is written, a database that is not an slt result store."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and may_be_empty:
+        return
+    if not _STORE_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:8]) or "none"
+        conn.close()
+        raise ValueError(
+            f"{path} is an SQLite database but not an slt result store (its tables: {shown}); slt left it "
+            "unchanged. Give slt a new file name or a store written by slt analyze."
+        )
+
+
+def _connect_readonly(path: str, timeout: float) -> sqlite3.Connection:
+    """Open an existing store without writing to it (read-only URI, immutable when needed)."""
+    from urllib.parse import quote
+
+    if path == ":memory:" or not os.path.isfile(path):
+        raise ValueError(f"no result store at {path}")
+    uri = "file:" + quote(os.path.abspath(path))
+    last: Exception | None = None
+    # a store in write-ahead-log mode needs its -shm file; where that cannot be created (read-only
+    # folder or media) SQLite can still read the file as immutable
+    for options in ("?mode=ro", "?mode=ro&immutable=1"):
+        conn = None
+        try:
+            conn = sqlite3.connect(uri + options, uri=True, timeout=timeout, isolation_level=None)
+            _check_is_store(conn, path, may_be_empty=False)
+            conn.execute("SELECT COUNT(*) FROM results").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            last = exc
+            if conn is not None:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            raise ValueError(f"{path} is not a usable slt result store: {exc}") from exc
+    raise ValueError(f"cannot read the result store {path}: {last}")
 
 
 class _Transaction:

@@ -26,6 +26,7 @@ from slt.sweeps.measures import (
     MeasureSpec,
     Outcome,
     SweepJob,
+    code_identity,
     describe,
     format_error,
     get_measure,
@@ -36,7 +37,7 @@ from slt.sweeps.measures import (
 from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import CheckpointFailedWarning
 
-__all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning"]
+__all__ = ["analyze_checkpoints", "Trajectory", "CheckpointFailedWarning", "run_key"]
 
 
 def analyze_checkpoints(
@@ -57,6 +58,7 @@ def analyze_checkpoints(
     state_dict_key: str | None = None,
     identity: str = "stat",
     retry_failed: bool = True,
+    run: str | None = None,
     **estimator_settings: Any,
 ) -> Trajectory:
     """Measure every checkpoint of a training run, committing each result as soon as it is done.
@@ -111,6 +113,10 @@ def analyze_checkpoints(
         bytes (survives moving the folder; reads each file once more).
     retry_failed : bool
         Try checkpoints that failed in an earlier run again.
+    run : str, optional
+        Name of the training run the checkpoints come from, stored with every row so that one store
+        can hold several runs analysed with the same settings without mixing them (see
+        :meth:`Trajectory.load`). Default: the folder holding the checkpoint files (see :func:`run_key`).
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc` (``num_chains``, ``num_draws``,
         ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). A fixed ``step_size`` keeps the
@@ -130,12 +136,16 @@ def analyze_checkpoints(
     """
     spec = sweep_spec(measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings)
     records = resolve_checkpoints(checkpoints)
+    if run is not None and (not isinstance(run, str) or not run):
+        raise ValueError(f"run must be a non-empty string naming the training run, got {run!r}")
+    run = run or run_key(records)
     job = SweepJob(model_factory, spec, seed, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
     settings = {
         **spec.description(),
         "seed": seed,
         "model_factory": describe(model_factory),
         "state_dict_key": state_dict_key,
+        "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
     }
 
     result_store, owns_store = _open_store(store)
@@ -145,12 +155,13 @@ def analyze_checkpoints(
         statuses = result_store.statuses(key)
         skip = {"done", "failed"} if not retry_failed else {"done"}
         todo = [(c, i) for c, i in zip(records, ids) if statuses.get(i) not in skip]
-        done_now = _run(todo, job, key, result_store, executor, progress, len(records))
+        done_now = _run(todo, job, key, result_store, executor, progress, len(records), run)
         trajectory = Trajectory(
             records=_latest_per_step(result_store.results(key, ids)),
             settings=settings,
             settings_hash=key,
             store_path=None if result_store.path == ":memory:" else result_store.path,
+            run=run,
         )
     finally:
         if owns_store:
@@ -203,12 +214,44 @@ def sweep_spec(
     )
 
 
-def _open_store(store: Any) -> tuple[ResultStore, bool]:
+def _open_store(store: Any, readonly: bool = False) -> tuple[ResultStore, bool]:
     if isinstance(store, ResultStore):
         return store, False
     if store is None:
         return ResultStore(":memory:"), True
-    return ResultStore(store), True
+    return (ResultStore(store, readonly=True) if readonly else ResultStore(store)), True
+
+
+def _select_run(
+    rows: list[StoredResult], run: str | None, key: str, path: str
+) -> tuple[str | None, list[StoredResult]]:
+    """The rows of one training run: the one named by ``run``, or the only one; never a mix."""
+    by_run: dict[str, list[StoredResult]] = {}
+    for row in rows:
+        by_run.setdefault(row.run, []).append(row)
+    if run is None and len(by_run) <= 1:
+        return (next(iter(by_run)) if by_run else None), rows
+    if run is not None:
+        matches = (
+            [name for name in by_run if name == run]
+            or [name for name in by_run if os.path.basename(name) == run]
+            or [name for name in by_run if run in name]
+        )
+        if len(matches) == 1:
+            return matches[0], by_run[matches[0]]
+    listing = "; ".join(
+        f"{name or '(unnamed)'!r}: {len(found)} rows, steps {min(r.step for r in found)}-"
+        f"{max(r.step for r in found)}"
+        for name, found in by_run.items()
+    )
+    if run is None:
+        problem = f"holds {len(by_run)} training runs analysed with settings {key}"
+    else:
+        problem = f"has {'no' if not matches else 'several'} runs matching {run!r} for settings {key}"
+    raise ValueError(
+        f"the result store {path} {problem}: {listing}. Choose one with run= (slt report --run NAME); "
+        "their results are not mixed"
+    )
 
 
 def _run(
@@ -219,6 +262,7 @@ def _run(
     executor: Any,
     progress: bool,
     total: int,
+    run: str = "",
 ) -> list[StoredResult]:
     """Run the pending checkpoints and commit each outcome as it arrives; the only writer."""
     from tqdm.auto import tqdm
@@ -242,7 +286,7 @@ def _run(
             status=outcome.status,
             error=outcome.error,
             summary=outcome.summary,
-            payload=outcome.payload,
+            payload={**outcome.payload, "run": run},
             seconds=outcome.seconds,
         )
         store.record(row)
@@ -292,6 +336,20 @@ def _worker_failure(exc: BaseException) -> str:
     return message
 
 
+def run_key(records: Sequence[Checkpoint]) -> str:
+    """The default name of the training run a set of checkpoints comes from.
+
+    The deepest folder holding every checkpoint file (``/abs/runs/a`` for ``runs/a/step_*.pt``), or
+    ``"state dicts in memory"`` for weights passed in memory.
+    """
+    folders = [str(c.path.resolve().parent) for c in records if c.path is not None]
+    in_memory = len(folders) < len(records)
+    if not folders:
+        return "state dicts in memory"
+    common = os.path.commonpath(folders)
+    return common + (" and state dicts in memory" if in_memory else "")
+
+
 def _latest_per_step(rows: Iterable[StoredResult]) -> list[StoredResult]:
     """One row per step: the latest (a step can have several rows when its file was replaced)."""
     latest: dict[int, StoredResult] = {}
@@ -319,12 +377,15 @@ class Trajectory:
         Key of these settings in the store.
     store_path : str or None
         The SQLite file the results live in.
+    run : str or None
+        The training run the checkpoints come from (see :func:`run_key`).
     """
 
     records: list[StoredResult]
     settings: dict[str, Any] = field(default_factory=dict)
     settings_hash: str | None = None
     store_path: str | None = None
+    run: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -403,6 +464,21 @@ class Trajectory:
         return self.results("dos")
 
     @property
+    def not_a_minimum(self) -> np.ndarray:
+        """Whether each checkpoint's λ̂ says its weights are not a local minimum.
+
+        True where the estimate raised a ``NotAMinimumWarning`` or λ̂ is significantly below zero (by
+        more than two standard errors; by any amount without one): there the number does not estimate
+        a learning coefficient, and plots and reports keep it off the scale.
+        """
+        flags = []
+        for r, value, err in zip(self.records, self.llc_mean, self.llc_stderr):
+            warned = any(w.get("category") == "NotAMinimumWarning" for w in r.payload.get("warnings", []))
+            margin = 2 * err if np.isfinite(err) else 0.0
+            flags.append(bool(r.ok and (warned or (np.isfinite(value) and value < -margin))))
+        return np.array(flags, dtype=bool)
+
+    @property
     def failures(self) -> list[StoredResult]:
         """The checkpoints that failed, each with its ``error`` message."""
         return [r for r in self.records if not r.ok]
@@ -448,7 +524,10 @@ class Trajectory:
 
     @classmethod
     def load(
-        cls, store: str | os.PathLike[str] | ResultStore, settings_hash: str | None = None
+        cls,
+        store: str | os.PathLike[str] | ResultStore,
+        settings_hash: str | None = None,
+        run: str | None = None,
     ) -> Trajectory:
         """Read a trajectory back from a result store: the latest result of each step.
 
@@ -459,24 +538,38 @@ class Trajectory:
         settings_hash : str, optional
             Which settings (hash or prefix; see ``ResultStore.runs()``) when the store holds several;
             default the most recently used.
+        run : str, optional
+            Which training run (its name, or a unique part of it such as the folder's name) when
+            several runs were analysed with these settings. Without it, a store holding several runs
+            is refused rather than mixed; the error lists them.
         """
         if not isinstance(store, ResultStore) and not os.path.exists(store):
             raise ValueError(f"no result store at {os.fspath(store)}")
-        opened, owns = _open_store(store)
+        opened, owns = _open_store(store, readonly=True)
         try:
-            run = opened.resolve_run(settings_hash)
-            rows = _latest_per_step(opened.results(run.settings_hash))
+            info = opened.resolve_run(settings_hash)
+            rows = opened.results(info.settings_hash)
         finally:
             if owns:
                 opened.close()
+        chosen, rows = _select_run(rows, run, info.settings_hash, opened.path)
         return cls(
-            records=rows, settings=run.settings, settings_hash=run.settings_hash, store_path=opened.path
+            records=_latest_per_step(rows),
+            settings=info.settings,
+            settings_hash=info.settings_hash,
+            store_path=opened.path,
+            run=chosen,
         )
 
     # -- plotting ---------------------------------------------------------------------------------
 
     def plot(self, events: Iterable[Any] | None = None, *, axes: Any = None):
         """λ̂ ± standard error against step on linear and logarithmic axes, beside the loss curves.
+
+        Checkpoints that are not a local minimum (:attr:`not_a_minimum`: λ̂ below zero) and failed
+        checkpoints are marked along the bottom of the λ̂ panels (triangles and crosses with dotted
+        lines) and kept off the scale, which follows the trustworthy estimates. On the log-step panels
+        a step-0 checkpoint is drawn at a position left of the first positive step, labelled ``0``.
 
         Parameters
         ----------
@@ -499,43 +592,51 @@ class Trajectory:
         else:
             axes = np.ravel(axes)
             fig = axes[0].figure
+        events = list(events) if events is not None else []
         steps = self.steps.astype(float)
         positive = steps[steps > 0]
-        linthresh = float(positive.min()) if positive.size else 1.0
+        # on a log axis, step 0 sits a factor of four left of the first positive step
+        zero_at = float(positive.min()) / 4 if positive.size else 1.0
         llc, err = self.llc_mean, self.llc_stderr
         dos_llc = self.column("dos_llc")
         losses = {"train loss": self.train_loss, "test loss": self.test_loss}
+        off_scale = self.not_a_minimum
+        failed = ~self.ok
         for col, scale in enumerate(("linear", "log")):
             ax_llc, ax_loss = axes[col], axes[2 + col]
-            good = np.isfinite(llc)
+            x = steps if scale == "linear" else np.where(steps > 0, steps, zero_at)
+            good = np.isfinite(llc) & ~off_scale
             if good.any():
+                # gaps where a checkpoint is missing from the scale: the line does not bridge them
                 band = np.where(np.isfinite(err), err, 0.0)
-                ax_llc.plot(
-                    steps[good], llc[good], "o-", ms=3, lw=1.2, color="C0", label=r"$\hat\lambda$ (SGLD)"
-                )
+                shown = np.where(good, llc, np.nan)
+                ax_llc.plot(x, shown, "o-", ms=3, lw=1.2, color="C0", label=r"$\hat\lambda$ (SGLD)")
                 ax_llc.fill_between(
-                    steps[good],
-                    (llc - band)[good],
-                    (llc + band)[good],
-                    color="C0",
-                    alpha=0.25,
-                    lw=0,
-                    label="± stderr",
+                    x, shown - band, shown + band, where=good, color="C0", alpha=0.25, lw=0, label="± stderr"
                 )
             if np.isfinite(dos_llc).any():
                 keep = np.isfinite(dos_llc)
                 ax_llc.plot(
-                    steps[keep], dos_llc[keep], "s--", ms=3, lw=1, color="C3", label=r"$\lambda$ (DOS fit)"
+                    x[keep], dos_llc[keep], "s--", ms=3, lw=1, color="C3", label=r"$\lambda$ (DOS fit)"
                 )
-            failed = ~self.ok
+            bottom = ax_llc.get_xaxis_transform()  # x in steps, y in axes fractions: off the scale
+            if off_scale.any():
+                ax_llc.plot(
+                    x[off_scale], np.full(int(off_scale.sum()), 0.03), "v", ms=6, color="C1",
+                    transform=bottom, clip_on=False, label=r"not a minimum ($\hat\lambda<0$, off scale)",
+                )  # fmt: skip
             if failed.any():
-                for s in steps[failed]:
+                for s in x[failed]:
                     ax_llc.axvline(s, color="C3", lw=0.6, ls=":", alpha=0.6)
+                ax_llc.plot(
+                    x[failed], np.full(int(failed.sum()), 0.03), "x", ms=6, color="C3", transform=bottom,
+                    clip_on=False, label="failed",
+                )  # fmt: skip
             ax_llc.set(ylabel=r"$\hat\lambda$", title=rf"$\hat\lambda$ against step ({scale} steps)")
             for i, (name, values) in enumerate(losses.items()):
                 keep = np.isfinite(values)
                 if keep.any():
-                    ax_loss.plot(steps[keep], values[keep], "-", lw=1.2, color=f"C{i + 1}", label=name)
+                    ax_loss.plot(x[keep], values[keep], "-", lw=1.2, color=f"C{i + 1}", label=name)
             if any(np.isfinite(v).any() for v in losses.values()):
                 finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
                 if finite.size and (finite > 0).all():
@@ -543,28 +644,44 @@ class Trajectory:
             ax_loss.set(xlabel="step", ylabel="loss", title=f"loss ({scale} steps)")
             if scale == "log":
                 for ax in (ax_llc, ax_loss):
-                    ax.set_xscale("symlog", linthresh=linthresh) if (steps <= 0).any() else ax.set_xscale(
-                        "log"
-                    )
+                    ax.set_xscale("log")
+                if (steps <= 0).any():
+                    _label_step_zero(ax_loss, zero_at)
             for ax in (ax_llc, ax_loss):
-                _mark_events(ax, events)
+                _mark_events(ax, events, zero_at if scale == "log" else None)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=7, loc="best")
         return fig
 
 
-def _mark_events(ax: Any, events: Iterable[Any] | None) -> None:
+def _label_step_zero(ax: Any, zero_at: float) -> None:
+    """Label the position of step 0 on a log axis ``0`` (the panels share their x axis)."""
+    ax.figure.canvas.draw_idle()
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, zero_at / 2), hi)
+    ticks = [t for t in ax.get_xticks() if zero_at * 2 < t <= hi]
+    labels = [f"$10^{{{round(np.log10(t))}}}$" if np.isclose(np.log10(t) % 1, 0) else f"{t:g}" for t in ticks]
+    ax.set_xticks([zero_at, *ticks], ["0", *labels])
+    ax.set_xticks([], minor=True)
+
+
+def _mark_events(ax: Any, events: Iterable[Any] | None, zero_at: float | None = None) -> None:
     if not events:
         return
+
+    def place(value: Any) -> float:
+        value = float(value)
+        return zero_at if zero_at is not None and value <= 0 else value
+
     for event in events:
         if isinstance(event, (int, float, np.integer, np.floating)):
-            ax.axvline(float(event), color="k", lw=0.9, ls="--", alpha=0.7)
+            ax.axvline(place(event), color="k", lw=0.9, ls="--", alpha=0.7)
             continue
         direction = getattr(event, "direction", None)
         color = {"rise": "C2", "fall": "C3"}.get(direction, "k")
         start, end = getattr(event, "start", None), getattr(event, "end", None)
         if start is not None and end is not None:
-            ax.axvspan(float(start), float(end), color=color, alpha=0.12, lw=0)
+            ax.axvspan(place(start), place(end), color=color, alpha=0.12, lw=0)
         step = getattr(event, "step", None)
         if step is not None:
-            ax.axvline(float(step), color=color, lw=0.9, ls="--", alpha=0.8)
+            ax.axvline(place(step), color=color, lw=0.9, ls="--", alpha=0.8)

@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,10 +34,59 @@ def _state(model=None):
         ("ckpt-7.safetensors", 7),
         ("model_v2_step100.pth", 100),
         ("final.pt", None),
+        # an explicit marker wins over other numbers; decimals are never steps
+        ("epoch=0-step=18-val_loss=0.52.ckpt", 18),
+        ("model_step1000_seed42.pt", 1000),
+        ("ckpt-step-300.pt", 300),
+        ("global_step=40.ckpt", 40),
+        ("lr1e-3_step5.pt", 5),
+        ("ckpt_0.25.pt", None),
     ],
 )
-def test_step_comes_from_the_last_number_in_the_file_name(name, step):
+def test_step_comes_from_the_step_marker_or_the_only_whole_number(name, step):
     assert step_from_name(name) == step
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("0-18-0.52.ckpt", r"several numbers \(0, 18\) and no step marker.*\(step, path\) pairs"),
+        ("run2-ckpt100.pt", r"several numbers \(2, 100\)"),
+        ("step=1-step=2.pt", r"several step markers \(1, 2\); pass \(step, path\) pairs"),
+    ],
+)
+def test_ambiguous_file_names_are_refused(name, message):
+    with pytest.raises(CheckpointError, match=message):
+        step_from_name(name)
+
+
+def test_lightning_names_sort_by_step_not_by_loss(tmp_path):
+    state = _state()
+    names = {
+        18: "epoch=0-step=18-val_loss=0.91.ckpt",
+        31: "epoch=1-step=31-val_loss=0.47.ckpt",
+        47: "epoch=2-step=47-val_loss=0.52.ckpt",
+        52: "epoch=3-step=52-val_loss=0.18.ckpt",
+    }
+    for name in names.values():
+        torch.save({"state_dict": state}, tmp_path / name)
+    torch.save(state, tmp_path / "model_step1000_seed42.pt")
+    found = resolve_checkpoints(tmp_path)
+    assert [(c.step, Path(c.source).name) for c in found] == [
+        *sorted(names.items()),
+        (1000, "model_step1000_seed42.pt"),
+    ]
+
+
+def test_a_folder_with_glob_characters_in_its_name_is_a_folder(tmp_path):
+    folder = tmp_path / "run[seed=1]"
+    folder.mkdir()
+    (tmp_path / "runs").mkdir()  # what "run[seed=1]" matches as a glob; must not be read
+    torch.save(_state(), tmp_path / "runs" / "step_9.pt")
+    for step in (0, 5):
+        torch.save(_state(), folder / f"step_{step}.pt")
+    assert [c.step for c in resolve_checkpoints(folder)] == [0, 5]
+    assert [c.step for c in resolve_checkpoints(str(folder / "step_*.pt"))] == [0, 5]
 
 
 def test_folder_glob_files_pairs_and_state_dicts_resolve_sorted_by_step(tmp_path):

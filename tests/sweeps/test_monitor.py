@@ -193,3 +193,33 @@ def test_lightning_callback_measures_without_changing_training():
     assert all(r.ok for r in monitor.records)
     for (name, p), q in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_a_loader_with_its_own_generator_is_left_where_it_was():
+    """The monitor measures on the very loader the run trains from; its generator must not move."""
+
+    def run(monitored):
+        torch.manual_seed(0)
+        x, y = regression_data()
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(7)
+        )
+        model = make_dropout_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        settings = {k: v for k, v in TINY.items() if k != "batch_size"}
+        monitor = slt.LLCMonitor(loader, loss_fn=gaussian_nll, every=2, **settings) if monitored else None
+        for epoch in range(3):
+            for step, (xb, yb) in enumerate(loader):
+                opt.zero_grad()
+                nn.functional.mse_loss(model(xb), yb).backward()
+                opt.step()
+                if monitor is not None and step % 4 == 0:
+                    monitor(model, epoch * 100 + step, force=True)
+        if monitor is not None:
+            assert len(monitor.trajectory) == 6 and monitor.trajectory.ok.all()
+        return model, loader.generator.get_state()
+
+    plain, monitored = run(False), run(True)
+    for p, q in zip(plain[0].parameters(), monitored[0].parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(plain[1], monitored[1])

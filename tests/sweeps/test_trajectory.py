@@ -1,5 +1,6 @@
 """analyze_checkpoints and Trajectory: crash safety, failures, executors, seeds, and the result object."""
 
+import csv
 import os
 import random
 import signal
@@ -363,10 +364,13 @@ def test_trajectory_plot_marks_events_and_dataframe_has_one_row_per_checkpoint(t
     fig = reference.plot(events=[Event(), 60])
     axes = fig.axes
     assert len(axes) == 4
-    assert axes[1].get_xscale() == "symlog" and axes[0].get_xscale() == "linear"  # step 0 is on the log axis
+    # step 0 is on the log axis, at a position labelled 0 (not on a symlog axis with negative ticks)
+    assert axes[1].get_xscale() == "log" and axes[0].get_xscale() == "linear"
     _, y = axes[0].lines[0].get_data()
-    np.testing.assert_array_equal(y, reference.llc_mean)
-    marked = [line.get_xdata()[0] for line in axes[0].lines[1:]]
+    # not-a-minimum estimates are kept off the scale (gaps in the line)
+    np.testing.assert_array_equal(y, np.where(reference.not_a_minimum, np.nan, reference.llc_mean))
+    markers = ("not a minimum", "failed")  # off-scale markers along the bottom, not events
+    marked = [line.get_xdata()[0] for line in axes[0].lines[1:] if not line.get_label().startswith(markers)]
     assert marked == [30.0, 60.0]
     fig.savefig(tmp_path / "trajectory.png")
     assert (tmp_path / "trajectory.png").stat().st_size > 10_000
@@ -481,3 +485,144 @@ def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, mo
     assert np.isfinite(trajectory.llc_mean).all()
     reloaded = slt.Trajectory.load(tmp_path / "dos.sqlite")
     np.testing.assert_array_equal(reloaded.dos[1].log_density, results[1].log_density)
+
+
+USER_DEFS = """
+from torch import nn
+
+def make_model():
+    return nn.Sequential(nn.Linear(3, 8), nn.{act}(), nn.Linear(8, 1))
+
+def loss(model, batch):
+    x, y = batch
+    return {scale} * ((model(x) - y) ** 2).sum(-1).mean()
+"""
+
+
+def test_an_edited_factory_or_loss_is_computed_again_not_read_from_the_store(tmp_path):
+    import importlib.util
+
+    train_and_save(tmp_path / "ckpts", count=2)
+    store_path = tmp_path / "r.sqlite"
+    sweep = {k: v for k, v in SWEEP.items() if k != "loss_fn"}
+
+    def run(act, scale):
+        (tmp_path / "defs.py").write_text(USER_DEFS.format(act=act, scale=scale))
+        spec = importlib.util.spec_from_file_location("defs", tmp_path / "defs.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        # ReLU and Tanh agree on the saved weights' shapes: only the code tells the runs apart
+        return analyze_checkpoints(
+            tmp_path / "ckpts", module.make_model, regression_data(), loss_fn=module.loss, store=store_path,
+            **sweep,
+        )  # fmt: skip
+
+    tanh = run("Tanh", 0.5)
+    relu = run("ReLU", 0.5)
+    assert relu.settings_hash != tanh.settings_hash
+    assert not np.array_equal(relu.train_loss, tanh.train_loss)
+    heavier = run("ReLU", 1.0)  # the loss body changed
+    assert heavier.settings_hash != relu.settings_hash
+    np.testing.assert_allclose(heavier.train_loss, 2 * relu.train_loss, rtol=1e-6)
+    assert run("ReLU", 1.0).settings_hash == heavier.settings_hash  # unchanged code: results reused
+    with ResultStore(store_path) as store:
+        assert len(store.runs()) == 3 and store.count() == 6
+
+
+def test_two_training_runs_in_one_store_stay_apart_in_load_and_the_report(tmp_path, capsys):
+    from slt import cli
+
+    train_and_save(tmp_path / "a", count=3)
+    (tmp_path / "b").mkdir()
+    for step in (0, 5, 10):  # another run: the same steps, other weights
+        torch.manual_seed(100 + step)
+        torch.save(make_model().state_dict(), tmp_path / "b" / f"step_{step:05d}.pt")
+    store_path = tmp_path / "r.sqlite"
+    run_a = analyze_checkpoints(tmp_path / "a", make_model, regression_data(), store=store_path, **SWEEP)
+    run_b = analyze_checkpoints(tmp_path / "b", make_model, regression_data(), store=store_path, **SWEEP)
+    assert run_a.settings_hash == run_b.settings_hash  # the same settings
+    assert run_a.run == str((tmp_path / "a").resolve()) and run_b.run == str((tmp_path / "b").resolve())
+    assert not np.array_equal(run_a.train_loss, run_b.train_loss)
+
+    with pytest.raises(ValueError, match=r"holds 2 training runs .*steps 0-10.*run="):
+        Trajectory.load(store_path)
+    for name, want in (("a", run_a), ("b", run_b), (str(tmp_path / "b"), run_b)):
+        loaded = Trajectory.load(store_path, run=name)
+        assert loaded.run == want.run
+        np.testing.assert_array_equal(loaded.steps, [0, 5, 10])
+        np.testing.assert_array_equal(loaded.llc_mean, want.llc_mean)
+        np.testing.assert_array_equal(loaded.train_loss, want.train_loss)
+
+    assert cli.main(["report", str(store_path), "--out", str(tmp_path / "mixed")]) == 2
+    assert "holds 2 training runs" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists()
+    assert cli.main(["report", str(store_path), "--out", str(tmp_path / "rep"), "--run", "b"]) == 0
+    with open(tmp_path / "rep" / "trajectory.csv") as fh:
+        llc = [float(r["llc_mean"]) for r in csv.DictReader(fh)]
+    np.testing.assert_allclose(llc, run_b.llc_mean, rtol=1e-12)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder and its files unwritable (chattr +i as root, chmod otherwise); undone afterwards."""
+    locked = []
+
+    def lock(folder):
+        paths = [*folder.iterdir(), folder]
+        if os.geteuid() == 0:
+            done = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make files read-only here: {done.stderr.decode().strip()}")
+        else:
+            for p in paths:
+                os.chmod(p, 0o555 if p.is_dir() else 0o444)
+        locked.extend(paths)
+        try:
+            (folder / "probe").write_text("x")
+        except OSError:
+            return
+        pytest.skip("this file system lets the owner write read-only files")
+
+    yield lock
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", *map(str, locked)], capture_output=True)
+    else:
+        for p in locked:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def test_a_read_only_store_can_be_loaded_and_reported(tmp_path, read_only, capsys):
+    from slt import cli
+
+    train_and_save(tmp_path / "ckpts", count=3)
+    (tmp_path / "ro").mkdir()
+    store_path = tmp_path / "ro" / "r.sqlite"
+    swept = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), store=store_path, **SWEEP)
+    before = store_path.read_bytes()
+    read_only(tmp_path / "ro")
+    loaded = Trajectory.load(store_path)
+    np.testing.assert_array_equal(loaded.llc_mean, swept.llc_mean)
+    assert cli.main(["report", str(store_path), "--out", str(tmp_path / "report")]) == 0, capsys.readouterr()
+    assert (tmp_path / "report" / "trajectory.csv").exists()
+    assert store_path.read_bytes() == before
+
+
+def test_another_applications_sqlite_file_is_refused_untouched(tmp_path, capsys):
+    from slt import cli
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.execute("INSERT INTO users VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for opener in (lambda: Trajectory.load(path), lambda: ResultStore(path)):
+        with pytest.raises(ValueError, match=r"not an slt result store \(its tables: users\); slt left it"):
+            opener()
+    assert cli.main(["report", str(path), "--out", str(tmp_path / "report")]) == 2
+    assert "not an slt result store" in capsys.readouterr().err
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["app.db"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert {n for (n,) in conn.execute("SELECT name FROM sqlite_master")} == {"users"}
