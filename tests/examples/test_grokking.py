@@ -12,17 +12,19 @@ from examples.grokking import grokking as g
 
 @pytest.mark.slow
 def test_one_seed_groks_and_the_llc_falls_while_test_accuracy_climbs(tmp_path):
-    steps = g.checkpoint_steps(5000, num_log=16, num_linear=20)
+    # the example's own budget: how soon a seed groks depends on the processor's floating point (on one
+    # machine seed 0 passed 90% test accuracy by step 5,000, on another only by step 7,000)
+    steps = g.checkpoint_steps(10_000, num_log=16, num_linear=20)
     record = g.train(tmp_path / "run", seed=0, weight_decay=1.0, steps=steps)
     assert len(record.steps) == len(steps) and len(list((tmp_path / "run").glob("*.safetensors"))) == len(
         steps
     )
-    # memorizes early, then groks: test accuracy climbs from 10% to 90% between steps 1000 and 5000
+    # memorizes early, then groks: test accuracy climbs from 10% to 90% between steps 1000 and 10,000
     assert record.train_acc[g.memorized_at(record)] >= 0.99 and record.steps[g.memorized_at(record)] <= 600
     window = g.grokking_window(record)
     assert window is not None
     lo, hi = window
-    assert 1000 <= record.steps[lo] < record.steps[hi] <= 5000
+    assert 1000 <= record.steps[lo] < record.steps[hi] <= 10_000
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains at early checkpoints may be flagged as unconverged
