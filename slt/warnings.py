@@ -18,6 +18,9 @@ __all__ = [
     "ConvergenceWarning",
     "OverlapWarning",
     "FitWarning",
+    "LeftBasinWarning",
+    "StepSizeWarning",
+    "LossFunctionWarning",
     "UnsafeCheckpointWarning",
     "CheckpointFailedWarning",
     "ChainDivergenceError",
@@ -49,6 +52,18 @@ class OverlapWarning(SLTWarning):
 
 class FitWarning(SLTWarning):
     """The density of states could not be fitted on the window (too few populated bins)."""
+
+
+class LeftBasinWarning(SLTWarning):
+    """The chains left the neighbourhood of the trained weights: the estimate measures somewhere else."""
+
+
+class StepSizeWarning(SLTWarning):
+    """The step size is too large for the estimate to be trusted (predicted bias, an impossible value)."""
+
+
+class LossFunctionWarning(SLTWarning):
+    """The loss does not behave as a mean loss per sample, which the estimator assumes."""
 
 
 class UnsafeCheckpointWarning(SLTWarning):

@@ -22,6 +22,7 @@ __all__ = [
     "Minibatches",
     "as_data_source",
     "batch_length",
+    "batch_slice",
     "move_to",
 ]
 
@@ -41,6 +42,17 @@ def move_to(batch: Batch, device: torch.device) -> Batch:
         return type(batch)(*(move_to(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def batch_slice(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples ``start:stop`` of every tensor in ``batch`` (nested tuples, lists, dicts)."""
+    if isinstance(batch, Tensor):
+        return batch[start:stop]
+    if isinstance(batch, Mapping):
+        return type(batch)({k: batch_slice(v, start, stop) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(batch_slice(v, start, stop) for v in batch)
     return batch
 
 

@@ -276,7 +276,7 @@ class PosteriorSampler:
 
     def _run_sequential(self, kernel: BoundKernel, target, plan, seeds, bar) -> _Record:
         fm = self.flat_model
-        record = _Record(plan, fm.flat.dtype, self.device)
+        record = _Record(plan, fm.state_dtype, self.device)
         for c in range(plan.num_chains):
             generator = torch.Generator(device=self.device).manual_seed(seeds[c])
             next_batch = self.data.stream(generator, self.batch_size)
@@ -323,7 +323,7 @@ class PosteriorSampler:
     def _run_vectorized(self, kernel: BoundKernel, target, plan, seed, bar) -> _Record:
         fm = self.flat_model
         assert isinstance(self.data, TensorData)
-        record = _Record(plan, fm.flat.dtype, self.device)
+        record = _Record(plan, fm.state_dtype, self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         next_batch = self.data.stacked_stream(generator, self.batch_size, plan.num_chains)
         reference = self._references(next_batch)
@@ -374,7 +374,7 @@ class _ReferenceLosses:
     def __init__(self, flat_model: FlatModel, num_batches: int):
         self.fm = flat_model
         self.table = torch.full(
-            (num_batches,), float("nan"), dtype=flat_model.flat.dtype, device=flat_model.device
+            (num_batches,), float("nan"), dtype=flat_model.state_dtype, device=flat_model.device
         )
         self.known: set[int] = set()
         self.num_batches = num_batches

@@ -84,6 +84,10 @@ def select_parameters(
     return [n for n in available if n in chosen], {}
 
 
+#: Parameter dtypes whose chains keep a float32 position.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 class FlatModel:
     """A deep copy of ``model`` whose sampled parameters are views into one flat buffer.
 
@@ -106,7 +110,10 @@ class FlatModel:
     grad : Tensor
         The gradient buffer filled by :meth:`loss_and_grad`.
     center : Tensor
-        A copy of the initial (trained) weights :math:`w^*`.
+        A copy of the initial (trained) weights :math:`w^*`, in :attr:`state_dtype`.
+    state_dtype : torch.dtype
+        The dtype chains hold their positions in: the model's, or float32 for a bfloat16 / float16
+        model (whose forward and backward passes still run in its own dtype).
     coordinate_mask : Tensor or None
         0/1 vector over ``flat`` for partly-sampled parameters.
     """
@@ -151,13 +158,16 @@ class FlatModel:
             p.data = self.flat[offset : offset + k].view_as(p)
             p.grad = self.grad[offset : offset + k].view_as(p)
             offset += k
-        self.center = self.flat.clone()
+        # chains of a low-precision model keep their position and update in float32: a bfloat16 position
+        # loses every step smaller than its resolution near 1 (measured: λ̂ +33% against float32)
+        self.state_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+        self.center = self.flat.to(self.state_dtype, copy=True)
         self.coordinate_mask: Tensor | None = None
         if elementwise:
             pieces = [
-                elementwise[n].reshape(-1).to(self.device, dtype)
+                elementwise[n].reshape(-1).to(self.device, self.state_dtype)
                 if n in elementwise
-                else torch.ones(k, dtype=dtype, device=self.device)
+                else torch.ones(k, dtype=self.state_dtype, device=self.device)
                 for n, k in zip(self.names, self.numels)
             ]
             self.coordinate_mask = torch.cat(pieces)
@@ -186,9 +196,9 @@ class FlatModel:
             self.load(self.center)
 
     def loss(self, batch: Any) -> Tensor:
-        """Mean loss of the current weights on ``batch`` (no gradient)."""
+        """Mean loss of the current weights on ``batch`` (no gradient), in :attr:`state_dtype`."""
         with torch.no_grad():
-            return check_scalar(self.loss_fn(self.module, batch))
+            return check_scalar(self.loss_fn(self.module, batch)).to(self.state_dtype)
 
     def loss_and_grad(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Mean loss on ``batch`` and its gradient with respect to :attr:`flat`.
@@ -198,6 +208,8 @@ class FlatModel:
         self.grad.zero_()
         loss = self.loss_fn(self.module, batch)
         loss.backward()
+        if self.state_dtype != self.grad.dtype:
+            return loss.detach().to(self.state_dtype), self.grad.to(self.state_dtype)
         return loss.detach(), self.grad
 
     def functional_loss(self) -> Any:
@@ -205,10 +217,12 @@ class FlatModel:
         names, shapes, numels = self.names, self.shapes, self.numels
         wrapper = _LossModule(self.module, self.loss_fn)
 
+        dtype = self.flat.dtype
+
         def loss_at(position: Tensor, batch: Any) -> Tensor:
-            pieces = torch.split(position, numels)
+            pieces = torch.split(position.to(dtype), numels)
             params = {"model." + n: v.view(s) for n, v, s in zip(names, pieces, shapes)}
-            return torch.func.functional_call(wrapper, params, (batch,)).reshape(())
+            return torch.func.functional_call(wrapper, params, (batch,)).reshape(()).to(position.dtype)
 
         return loss_at
 

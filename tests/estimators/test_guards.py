@@ -1,0 +1,126 @@
+"""A number slt cannot vouch for comes with a warning that says what to do (issue: silent wrong numbers).
+
+Each guard is triggered by the input that used to pass silently; healthy runs elsewhere in the suite run
+with every warning turned into an error, so the guards are also quiet where they should be.
+"""
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import slt
+from slt.estimators.llc import LLCResult
+from slt.oracles import deep_linear_network, linear_regression_data
+from tests.conftest import Quadratic, gaussian_nll, quadratic_loss
+
+DUMMY = torch.zeros(8, 1)
+
+
+def caught(fn):
+    with warnings.catch_warnings(record=True) as found:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, {(w.category, str(w.message)) for w in found if issubclass(w.category, slt.SLTWarning)}
+
+
+def categories(found):
+    return {c for c, _ in found}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A 6 -> 32 -> 3 ReLU classifier (323 parameters) trained to near-zero cross-entropy."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 6, generator=g)
+    y = x[:, :3].argmax(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(1500):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, (x, y)
+
+
+def test_a_step_far_too_large_is_flagged_by_the_bound_the_basin_and_the_bias(classifier):
+    model, data = classifier
+    result, found = caught(
+        lambda: slt.estimate_llc(model, data, loss_fn="cross_entropy", step_size=0.1, num_draws=200,
+                                 progress=False)
+    )
+    messages = " ".join(m for _, m in found)
+    # it used to return λ̂ ≈ 436 ± 1.8 (above d = 323) with R-hat ≈ 1 and no warning
+    assert result.mean > result.settings.num_params / 2
+    assert {slt.warnings.StepSizeWarning, slt.warnings.LeftBasinWarning} <= categories(found)
+    assert "exceeds d/2" in messages and "predicted discretization bias" in messages
+    assert "left the basin" in messages and "loss with the sampled weights set to zero" in messages
+    assert result.checks.bias_indicator > 0.5 and result.checks.distance > 0.5 * result.checks.center_norm
+
+
+def test_the_default_step_on_the_same_classifier_is_quiet(classifier):
+    model, data = classifier
+    result, found = caught(
+        lambda: slt.estimate_llc(model, data, loss_fn="cross_entropy", num_draws=300, progress=False)
+    )
+    assert found == set() and result.problems == ()
+    assert 0 < result.mean < result.settings.num_params / 2
+    assert result.checks.zero_weights_loss == pytest.approx(float(torch.log(torch.tensor(3.0))), rel=0.1)
+
+
+def test_a_summed_loss_is_flagged():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 3, generator=g)
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        y = model(x) + 0.1 * torch.randn(400, 1, generator=g)
+    result, found = caught(
+        lambda: slt.estimate_llc(model, (x, y), loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(),
+                                 num_draws=100, progress=False)
+    )
+    assert slt.warnings.LossFunctionWarning in categories(found)
+    assert any("grows with the batch size" in m and "reduction='mean'" in m for _, m in found)
+    assert result.checks.batch_size_dependence == pytest.approx(2.0, rel=0.05)
+
+
+def test_one_chain_says_agreement_was_never_checked():
+    _, found = caught(
+        lambda: slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
+                                 num_chains=1, num_draws=200, progress=False)
+    )
+    assert any(c is slt.ConvergenceWarning and "one chain" in m for c, m in found)
+
+
+def test_an_estimate_still_rising_through_the_draws_is_flagged():
+    # the deep linear network 5-5-5-5-5 (rank 1, n = 1e4) with default settings: λ̂ ≈ 2 against an exact
+    # 8.00 at this nβ; R-hat ≈ 1 and the trend test (|z| ≈ 2.4 against a threshold of 7.5 at four chains)
+    # stay quiet, but the second half of the draws is ~66% above the first
+    model = deep_linear_network([5, 5, 5, 5, 5], rank=1, seed=0)
+    data = linear_regression_data(model, 10_000, seed=1)
+    result, found = caught(lambda: slt.estimate_llc(model, data, loss_fn=gaussian_nll, progress=False))
+    assert result.mean < 0.5 * 8.0
+    assert any(c is slt.ConvergenceWarning and "rose" in m and "biased low" in m for c, m in found), found
+
+
+def test_a_bfloat16_model_is_sampled_with_a_float32_position():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 4, generator=g)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    with torch.no_grad():
+        y = model(x) + 0.3 * torch.randn(500, 1, generator=g)
+    kw = dict(loss_fn="mse", step_size=1e-4, num_chains=4, num_draws=500, seed=3, progress=False)
+    full = slt.estimate_llc(model, (x, y), **kw)
+    half = slt.estimate_llc(model.to(torch.bfloat16), (x.bfloat16(), y.bfloat16()), **kw)
+    # a bfloat16 position loses every update below its resolution (measured +33% before this)
+    assert half.mean == pytest.approx(full.mean, rel=0.1)
+
+
+def test_checks_travel_with_the_result():
+    result = slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
+                              num_draws=200, progress=False)
+    back = LLCResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert back.checks == result.checks and back.checks.batch_size_dependence != back.checks.distance
