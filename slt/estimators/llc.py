@@ -112,8 +112,10 @@ MAX_BATCH_SIZE_DEPENDENCE = 1.5
 #: deep linear network 10-5-10 at n = 1e4: L(0) - L(w*) = 0.01 < λ/nβ, chains 0.35 |w*| away).
 MIN_BASIN_DISTANCE = 0.5
 #: The estimate over the second half of the draws exceeding the first half's by this much (and by two
-#: standard errors) means the chains were still spreading from w*: λ̂ is biased low.
-MAX_HALVES_RISE = 0.2
+#: standard errors) means the chains were still spreading from w*: λ̂ is biased low. Half the estimate:
+#: with four chains two standard errors are a weak test, and 20% rises came by chance on a healthy
+#: three-dimensional quadratic (the deep linear network 5-5-5-5-5 at defaults rose 66%).
+MAX_HALVES_RISE = 0.5
 
 
 @dataclass

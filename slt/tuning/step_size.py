@@ -33,6 +33,8 @@ __all__ = [
 
 #: Predicted relative bias the default step size aims for.
 DEFAULT_TARGET_BIAS = 0.05
+#: Times a pilot whose estimate is not positive is rerun four times longer before giving up.
+PILOT_RETRIES = 2
 #: Largest factor by which one pilot round may change the step size.
 MAX_PILOT_FACTOR = 10.0
 
@@ -96,6 +98,32 @@ def largest_preconditioner(
     return bind_kernel(sampler, sampler_options).largest_preconditioner()
 
 
+def _pilot_run(posterior, n_beta, localization, step, sampler, options, length, seed, history):
+    """Two pilot chains of ``length`` steps; on divergence the step is divided by 10 (up to 6 times)."""
+    for _ in range(6):
+        run = posterior.run(
+            n_beta=n_beta,
+            localization=localization,
+            step_size=step,
+            sampler=sampler,
+            sampler_options=options,
+            num_chains=2,
+            num_draws=length,
+            num_burnin=0,
+            seed=seed,
+            record_grad_norm=True,
+            control_variate=True,
+        )
+        if not run.diverged.any():
+            return run, step
+        step /= 10
+        history.append(f"diverged, {step:.3g}")
+    raise ChainDivergenceError(
+        f"pilot chains diverged even at step size {step:.3g}; check that the loss is finite near the trained "
+        "weights"
+    )
+
+
 def default_step_size(
     posterior: PosteriorSampler,
     *,
@@ -116,7 +144,8 @@ def default_step_size(
        SGNHT, :math:`1/\delta` for RMSProp-SGLD). A preconditioned sampler's pilot never raises the step
        above this start.
     2. Run two pilot chains of ``pilot_steps`` steps (with the control variate, as
-       :func:`slt.estimate_llc`); on divergence divide the step by 10 and retry.
+       :func:`slt.estimate_llc`); on divergence divide the step by 10 and retry; if the estimate is not
+       positive (a small λ lost in noise), rerun four times longer, up to twice.
     3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
        ``target_bias`` (changing it by at most a factor of 10 per round); repeat ``rounds`` times. A
        pilot whose estimate is not positive keeps the step and warns.
@@ -140,41 +169,29 @@ def default_step_size(
     if gain > 1:
         history[0] += f", preconditioner up to {gain:.3g}"
     for r in range(rounds):
-        for _ in range(6):
-            run = posterior.run(
-                n_beta=n_beta,
-                localization=localization,
-                step_size=step,
-                sampler=sampler,
-                sampler_options=sampler_options,
-                num_chains=2,
-                num_draws=pilot_steps,
-                num_burnin=0,
-                seed=seed + 7919 * (r + 1),
-                record_grad_norm=True,
-                control_variate=True,
+        length = pilot_steps
+        for attempt in range(PILOT_RETRIES + 1):
+            pilot_seed = seed + 7919 * (r + 1)
+            run, step = _pilot_run(
+                posterior, n_beta, localization, step, sampler, sampler_options, length, pilot_seed, history
             )
-            if not run.diverged.any():
+            half = length // 2
+            # the control variate (w*'s loss on the same minibatches) as in estimate_llc: without it the
+            # minibatch noise swamps small learning coefficients (measured: a normal crossing with λ ≈ 0.36
+            # at nβ ≈ 1086 gave negative pilot estimates, and the step was never sized)
+            llc = n_beta * float(np.mean(run.loss_trace[:, half:] - run.reference_loss_trace[:, half:]))
+            indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
+            if math.isfinite(indicator) and indicator > 0:
                 break
-            step /= 10
-            history.append(f"diverged, {step:.3g}")
+            if attempt < PILOT_RETRIES:  # a small λ drowns in noise on a short pilot: look longer
+                length *= 4
+                history.append(f"pilot estimate not positive, {length} steps")
         else:
-            raise ChainDivergenceError(
-                "pilot chains diverged even at step size "
-                f"{step:.3g}; check that the loss is finite near the trained weights"
-            )
-        half = pilot_steps // 2
-        # the control variate (w*'s loss on the same minibatches) as in estimate_llc: without it the
-        # minibatch noise swamps small learning coefficients (measured: a normal crossing with λ ≈ 0.36 at
-        # nβ ≈ 1086 gave negative pilot estimates, and the step was never sized)
-        llc = n_beta * float(np.mean(run.loss_trace[:, half:] - run.reference_loss_trace[:, half:]))
-        indicator = bias_indicator(step, n_beta, run.grad_norm_sq[:, half:], llc)
-        if not math.isfinite(indicator) or indicator <= 0:
             history.append("pilot estimate not positive; kept")
             warnings.warn(
-                f"the pilot run could not size the step: its estimate was not positive ({llc:.3g}), so the "
-                f"step stays at {step:.3g}. The trained weights may not be a minimum, or the chains did not "
-                "move; pass step_size or use slt.calibrate",
+                f"the pilot run could not size the step: its estimate was not positive ({llc:.3g}) even over "
+                f"{length} steps, so the step stays at {step:.3g}. The trained weights may not be a minimum, "
+                "or the chains did not move; pass step_size or use slt.calibrate",
                 ConvergenceWarning,
                 stacklevel=3,
             )

@@ -217,7 +217,8 @@ def test_default_step_pilot_sizes_the_step_where_lambda_is_small():
         warnings.simplefilter("error")  # no pilot warning, no convergence warning
         result = slt.estimate_llc(model, data, loss_fn=loss, seed=0, progress=False)
     source = result.settings.step_size_source
-    assert "not positive" not in source and source.count("->") >= 2
+    # the step was sized (a short pilot may be rerun longer when the estimate drowns in noise)
+    assert "not positive; kept" not in source and source.count("->") >= 2
     assert result.settings.step_size < 0.01
     assert result.mean > 0 and abs(result.mean - exact) < 3 * result.stderr
 
