@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["default_n_beta", "validate_settings", "check_seed", "resolve_device"]
+__all__ = ["default_n_beta", "validate_settings", "check_seed", "check_device", "resolve_device"]
 
 #: Seeds are 64-bit unsigned integers (what ``torch.manual_seed`` accepts).
 MAX_SEED = 2**64 - 1
@@ -82,12 +82,48 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
     Raises
     ------
     ValueError
-        When ``device`` is None and the model has no parameters.
+        When ``device`` is None and the model has no parameters, or ``device`` is not available (see
+        :func:`check_device`).
     """
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     for p in model.parameters():
         return p.device
     raise ValueError(
         "the model has no parameters at all; slt estimates the learning coefficient of trainable weights"
     )
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``, or a clear ``ValueError`` when this process cannot use it.
+
+    Catches what torch reports late or obscurely: an unknown device string, ``"cuda"`` on a build of
+    torch without CUDA or a machine without a GPU, a CUDA index beyond the GPUs visible, an unavailable
+    ``"mps"``.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"device {device!r} is not a device torch knows ({exc}); use 'cpu' or 'cuda'"
+        ) from exc
+    if resolved.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {str(device)!r} asks for CUDA, but this torch {torch.__version__} is built without "
+                "CUDA; use device='cpu' or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {str(device)!r} asks for CUDA, but no GPU is visible to this process "
+                "(check CUDA_VISIBLE_DEVICES and the driver); use device='cpu'"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device {str(device)!r} does not exist: {count} GPU(s) are visible "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available on this machine; use device='cpu'")
+    return resolved
