@@ -64,6 +64,20 @@ def import_object(spec: str, what: str) -> Any:
     return obj
 
 
+def call_user(fn: Any, what: str) -> Any:
+    """Call a user function given on the command line; what it raises becomes a one-line ``ValueError``."""
+    if not callable(fn):
+        raise ValueError(f"{what} must name a function that returns the data, got {type(fn).__name__}")
+    try:
+        return fn()
+    except Exception as exc:
+        raise ValueError(f"{what}: {_qualname(fn)}() raised {type(exc).__name__}: {exc}") from exc
+
+
+def _qualname(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``slt`` command."""
     parser = argparse.ArgumentParser(
@@ -155,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dict-key", default=None, help="key of the state dict inside checkpoint dicts"
     )
     analyze.add_argument(
+        "--state-dict-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="keep only the weights whose names start with PREFIX, without it ('model.' for Lightning)",
+    )
+    analyze.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -200,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ValueError, ImportError) as exc:
-        print(f"slt {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        print(f"slt {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
@@ -217,8 +238,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     model_factory = import_object(args.model, "--model")
-    data = import_object(args.data, "--data")()
-    test_data = import_object(args.test_data, "--test-data")() if args.test_data else None
+    data = call_user(import_object(args.data, "--data"), "--data")
+    test_data = (
+        call_user(import_object(args.test_data, "--test-data"), "--test-data") if args.test_data else None
+    )
     loss: Any = args.loss if args.loss in ("mse", "cross_entropy") else import_object(args.loss, "--loss")
     measures = [m.strip() for m in args.measures.split(",") if m.strip()]
     if test_data is not None and "loss" not in measures:
@@ -261,6 +284,7 @@ def _analyze(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 allow_pickle=args.allow_pickle,
                 state_dict_key=args.state_dict_key,
+                state_dict_prefix=args.state_dict_prefix,
                 **settings,
             )
     finally:

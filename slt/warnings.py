@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointFailedWarning",
     "ChainDivergenceError",
     "CheckpointError",
+    "SetupError",
     "Problem",
     "emit",
 ]
@@ -80,6 +81,10 @@ class ChainDivergenceError(RuntimeError):
 
 class CheckpointError(ValueError):
     """A checkpoint could not be found, read, or loaded into the model."""
+
+
+class SetupError(ValueError):
+    """A sweep cannot start: its model factory, data, loss or device fails before any checkpoint runs."""
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,16 @@ def calibrate(
     -------
     CalibrationResult
     """
-    validate_settings(n_beta=n_beta, num_chains=num_chains)
+    validate_settings(n_beta=n_beta, num_chains=num_chains, seed=seed)
+    if (
+        not isinstance(tolerance, (int, float, np.integer, np.floating))
+        or isinstance(tolerance, bool)
+        or not (math.isfinite(tolerance) and tolerance > 0)
+    ):
+        raise ValueError(
+            "tolerance must be a positive number (a fraction of the estimate, such as 0.1), "
+            f"got {tolerance!r}"
+        )
     if not localizations:
         raise ValueError("localizations is empty; pass at least one value such as (1.0,)")
     for loc in localizations:

@@ -24,6 +24,7 @@ __all__ = [
     "batch_length",
     "batch_slice",
     "move_to",
+    "check_finite",
 ]
 
 Batch = Any
@@ -75,6 +76,36 @@ def batch_length(batch: Batch) -> int:
         except TypeError:
             continue
     raise TypeError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
+
+
+def check_finite(batch: Batch, where: str = "data") -> None:
+    """Raise a clear ``ValueError`` if a floating-point tensor in ``batch`` holds NaN or infinite values.
+
+    Parameters
+    ----------
+    batch : tensor, or tuple, list or dict of them
+        Checked element by element (the first element of a pair is the inputs, the second the targets).
+    where : str
+        What ``batch`` is, for the message.
+    """
+    items: list[tuple[str, Any]]
+    if isinstance(batch, Mapping):
+        items = [(f"[{k!r}]", v) for k, v in batch.items()]
+    elif isinstance(batch, (list, tuple)):
+        names = {0: " (inputs)", 1: " (targets)"} if len(batch) == 2 else {}
+        items = [(f"[{i}]{names.get(i, '')}", v) for i, v in enumerate(batch)]
+    else:
+        items = [("", batch)]
+    for name, value in items:
+        if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                nan = int(torch.isnan(value).sum())
+                raise ValueError(
+                    f"{where}{name} holds {bad} non-finite values ({nan} NaN, {bad - nan} infinite) of "
+                    f"{value.numel()}, so the loss at the trained weights is not finite on them. Remove or "
+                    "impute those samples before estimating (this is the data, not the step size)"
+                )
 
 
 class DataSource:
@@ -131,6 +162,7 @@ class TensorData(DataSource):
         self.n = sizes.pop()
         if self.n == 0:
             raise ValueError("data is empty (0 samples); pass at least one sample")
+        check_finite(tuple(tensors))
         self.tensors = tuple(t.to(device) for t in tensors)
         self.eval_batch_size = eval_batch_size
         self.partition_seed = partition_seed

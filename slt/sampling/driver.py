@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
-from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source
+from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source, check_finite
 from slt.sampling.flat import FlatModel, Mask
-from slt.sampling.losses import LossFn, check_scalar, resolve_loss
+from slt.sampling.losses import LossFn, check_batch, check_scalar, resolve_loss
 from slt.sampling.progress import progress_bar
+from slt.sampling.settings import check_seed
 
 __all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "CHAIN_MODES"]
 
@@ -35,10 +36,14 @@ Observable = Callable[[nn.Module], Any]
 
 
 def chain_seeds(seed: int, count: int) -> list[int]:
-    """Independent 63-bit seeds derived from ``seed`` (numpy ``SeedSequence``)."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    words = np.random.SeedSequence(int(seed)).generate_state(2 * count, dtype=np.uint32)
+    """Independent 63-bit seeds derived from ``seed`` (numpy ``SeedSequence``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Unless ``seed`` is an integer in ``[0, 2**64)`` (see :func:`slt.sampling.settings.check_seed`).
+    """
+    words = np.random.SeedSequence(check_seed(seed)).generate_state(2 * count, dtype=np.uint32)
     return [int(words[2 * i]) << 31 ^ int(words[2 * i + 1]) for i in range(count)]
 
 
@@ -127,6 +132,7 @@ class PosteriorSampler:
         seed: int = 0,
     ):
         self.loss_fn = resolve_loss(loss_fn)
+        check_not_pruned(model)
         self.flat_model = FlatModel(model, self.loss_fn, mask=mask, device=device)
         self.device = self.flat_model.device
         self.data: DataSource = as_data_source(data, self.device, batch_size, partition_seed=seed)
@@ -147,10 +153,19 @@ class PosteriorSampler:
         return self.flat_model.center
 
     def _full_loss(self) -> tuple[float, int]:
-        init_loss, count = self.full_loss_and_count(self.flat_model.center)
+        fm = self.flat_model
+
+        def checked_loss(batch: Any) -> Tensor:
+            check_batch(self.loss_fn, batch)
+            return fm.loss(batch)
+
+        with fm.at(fm.center):
+            init_loss, count = self.data.mean_over_batches(checked_loss)
         if count == 0:
             raise ValueError("data is empty: iterating it gave no samples; pass at least one sample")
         if not math.isfinite(init_loss):
+            for batch in self.data.full_batches():  # blame the data when it is the data
+                check_finite(batch, "a batch of the data: element ")
             raise ValueError(
                 f"the loss at the trained weights is not finite ({init_loss}); check the model, the data "
                 "and loss_fn before estimating"
@@ -282,7 +297,9 @@ class PosteriorSampler:
             next_batch = self.data.stream(generator, self.batch_size)
             reference = self._references(next_batch)
             state = kernel.init(fm.center)
-            losses: list[Tensor] = []  # appending is far cheaper than writing into a tensor each step
+            # the losses of the steps since the last check; appending is far cheaper than writing
+            # into a tensor each step, and the window is flushed into the record every CHECK_EVERY steps
+            losses: list[Tensor] = []
             references: list[Tensor] = []
             checked = 0
             for t in range(plan.total):
@@ -293,7 +310,7 @@ class PosteriorSampler:
                     check_scalar(loss)
                 if next_batch.weight != 1.0:  # batches of unequal size (see slt.sampling.data.Partition)
                     loss, grad = loss * next_batch.weight, grad * next_batch.weight
-                losses.append(loss)
+                losses.append(loss.detach())
                 draw = plan.draw_index(t)
                 if draw is not None:
                     if plan.record_grad_norm:
@@ -302,21 +319,24 @@ class PosteriorSampler:
                         with torch.no_grad():
                             record.observed[name][c].append(_to_numpy(fn(fm.module)))
                     if plan.control_variate:
-                        references.append(reference.single(next_batch, batch))
+                        references.append(reference.single(next_batch, batch).detach())
                 state = kernel.step(state, grad, target, generator, plan.step_size)
                 if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                     if bar is not None:
                         bar.update(t + 1 - checked)
-                    bad = _first_nonfinite(torch.stack(losses[checked : t + 1]))
+                    window = torch.stack(losses).reshape(1, -1)
+                    record.put(
+                        c, checked, window, torch.stack(references).reshape(1, -1) if references else None
+                    )
+                    losses.clear()
+                    references.clear()
+                    bad = _first_nonfinite(window[0])
                     if bad is not None:
                         record.divergence[c] = checked + bad
                         if bar is not None:
                             bar.update(plan.total - t - 1)
                         break
                     checked = t + 1
-            record.losses[c, : len(losses)] = torch.stack(losses)
-            if references:
-                record.reference[c, : len(references)] = torch.stack(references)
             record.finals.append(state.position)
         return record
 
@@ -330,10 +350,15 @@ class PosteriorSampler:
         grad_and_loss = torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
         state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
         checked = 0
+        window = torch.full(
+            (plan.num_chains, CHECK_EVERY), float("nan"), dtype=fm.flat.dtype, device=self.device
+        )
+        references = torch.full_like(window, float("nan")) if plan.control_variate else None
+        num_references = 0
         for t in range(plan.total):
             batch = next_batch()
             grad, loss = grad_and_loss(state.position, batch)
-            record.losses[:, t] = loss
+            window[:, t - checked] = loss.detach()
             draw = plan.draw_index(t)
             if draw is not None:
                 if plan.record_grad_norm:
@@ -344,16 +369,24 @@ class PosteriorSampler:
                             fm.load(state.position[c])
                             for name, fn in plan.observables.items():
                                 record.observed[name][c].append(_to_numpy(fn(fm.module)))
-                if plan.control_variate:
-                    record.reference[:, draw] = reference.stacked(next_batch)
+                if references is not None:
+                    references[:, num_references] = reference.stacked(next_batch)
+                    num_references += 1
             state = kernel.step(state, grad, target, generator, plan.step_size)
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == plan.total:
                 if bar is not None:
                     bar.update((t + 1 - checked) * plan.num_chains)
-                window = record.losses[:, checked : t + 1]
-                if not bool(torch.isfinite(window).all()):
+                filled = window[:, : t + 1 - checked]
+                record.put(
+                    slice(None),
+                    checked,
+                    filled,
+                    references[:, :num_references] if references is not None else None,
+                )
+                num_references = 0
+                if not bool(torch.isfinite(filled).all()):
                     for c in range(plan.num_chains):
-                        bad = _first_nonfinite(window[c])
+                        bad = _first_nonfinite(filled[c])
                         if record.divergence[c] < 0 and bad is not None:
                             record.divergence[c] = checked + bad
                     if (record.divergence >= 0).all():
@@ -433,38 +466,65 @@ class _Plan:
 
 
 class _Record:
-    """Buffers a set of chains fills, on the sampling device until the end."""
+    """Buffers a set of chains fills, preallocated on the sampling device and copied out at the end.
+
+    Only what the result exposes is kept: the loss at each burn-in step and at each draw (not at the
+    steps between draws), the gradient energy and reference loss at each draw. The drivers hand over the
+    losses of a window of steps at a time (:meth:`put`), so memory does not grow with the number of steps
+    beyond these buffers.
+    """
 
     def __init__(self, plan: _Plan, dtype: torch.dtype, device: torch.device):
         nan = float("nan")
-        self.losses = torch.full((plan.num_chains, plan.total), nan, dtype=dtype, device=device)
-        self.grad_sq = torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
+        self.plan = plan
+        chains = plan.num_chains
+        self.burnin = torch.full((chains, plan.num_burnin), nan, dtype=dtype, device=device)
+        self.draws = torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
+        self.grad_sq = torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
         self.reference = (
-            torch.full((plan.num_chains, plan.num_draws), nan, dtype=dtype, device=device)
+            torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
             if plan.control_variate
             else None
         )
-        self.divergence = np.full(plan.num_chains, -1, dtype=np.int64)
+        self.divergence = np.full(chains, -1, dtype=np.int64)
         self.observed: dict[str, list[list[np.ndarray]]] = {
-            k: [[] for _ in range(plan.num_chains)] for k in plan.observables
+            k: [[] for _ in range(chains)] for k in plan.observables
         }
         self.finals: list[Tensor] = []
 
+    def put(self, chains: int | slice, start: int, losses: Tensor, references: Tensor | None = None) -> None:
+        """Keep the losses of steps ``start, start + 1, ...`` (shape ``(chains, steps)``) that are recorded.
+
+        ``references`` holds the reference losses of the draws among these steps, in order.
+        """
+        plan = self.plan
+        stop = start + losses.shape[1]
+        if start < plan.num_burnin:
+            end = min(stop, plan.num_burnin)
+            self.burnin[chains, start:end] = losses[:, : end - start]
+        first = plan.first_draw_at_or_after(start)
+        offset = plan.num_burnin + first * plan.every - start
+        if offset < losses.shape[1]:
+            picked = losses[:, offset :: plan.every]
+            self.draws[chains, first : first + picked.shape[1]] = picked
+        if references is not None and references.shape[1] and self.reference is not None:
+            self.reference[chains, first : first + references.shape[1]] = references
+
     def finish(self, plan: _Plan, mode: str, seconds: float) -> ChainRun:
-        losses = self.losses.cpu().double().numpy()
+        burnin = self.burnin.cpu().double().numpy()
+        draws = self.draws.cpu().double().numpy()
         grad_sq = self.grad_sq.cpu().double().numpy()
         reference = self.reference.cpu().double().numpy() if self.reference is not None else None
         for c, step in enumerate(self.divergence):
             if step >= 0:  # everything from the first non-finite loss on is meaningless
-                losses[c, step:] = np.nan
+                burnin[c, step:] = np.nan
                 first = plan.first_draw_at_or_after(int(step))
-                grad_sq[c, first:] = np.nan
-                if reference is not None:
-                    reference[c, first:] = np.nan
-        draws = losses[:, plan.num_burnin :][:, :: plan.every][:, : plan.num_draws]
+                for trace in (draws, grad_sq, reference):
+                    if trace is not None:
+                        trace[c, first:] = np.nan
         return ChainRun(
-            loss_trace=draws.copy(),
-            burnin_loss_trace=losses[:, : plan.num_burnin].copy(),
+            loss_trace=draws,
+            burnin_loss_trace=burnin,
             grad_norm_sq=grad_sq,
             reference_loss_trace=reference,
             divergence_step=self.divergence,
@@ -499,6 +559,34 @@ def bind_kernel(
             raise ValueError("sampler_options go with a sampler name or Kernel, not with a BoundKernel")
         return sampler
     return get_kernel(sampler).bind(options, num_burnin=num_burnin)
+
+
+def check_not_pruned(model: nn.Module) -> None:
+    """Refuse a model pruned with ``torch.nn.utils.prune``, naming the remedy.
+
+    Pruning replaces ``weight`` by ``weight_orig`` and ``weight_mask`` and recomputes ``weight`` in a
+    forward pre-hook: such a model cannot be copied, and sampling ``weight_orig`` would move the pruned
+    entries too.
+
+    Raises
+    ------
+    ValueError
+        Naming the pruned modules and parameters.
+    """
+    from torch.nn.utils import prune
+
+    pruned = [
+        f"{name or '(the model)'}.{hook._tensor_name}"
+        for name, module in model.named_modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, prune.BasePruningMethod)
+    ]
+    if pruned:
+        raise ValueError(
+            f"the model is pruned with torch.nn.utils.prune ({', '.join(pruned)}), so it cannot be copied "
+            "and its pruned weights would move. Make the pruning permanent first: prune.remove(module, "
+            '"weight") for each of them (the zeros stay; pass mask= to keep them fixed while sampling)'
+        )
 
 
 def _first_nonfinite(values: Tensor) -> int | None:

@@ -13,7 +13,7 @@ from slt.sampling.driver import PosteriorSampler
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng
-from slt.sampling.settings import resolve_device
+from slt.sampling.settings import check_seed, resolve_device
 
 __all__ = ["prepared_sampler"]
 
@@ -39,8 +39,11 @@ def prepared_sampler(
     ------
     ValueError
         As :class:`PosteriorSampler` (empty data, a non-finite loss at :math:`w^*`, a model without
-        parameters, an empty mask).
+        parameters, an empty mask), or a seed that is negative or does not fit in 64 bits.
+    TypeError
+        For a seed that is not an integer.
     """
+    seed = check_seed(seed)
     device = resolve_device(model, device)
     with isolated_rng(seed, (device,)):
         yield PosteriorSampler(

@@ -101,13 +101,23 @@ class Checkpoint:
         return f"step={self.step}|file-sha256={digest.hexdigest()}"
 
     def load_state_dict(
-        self, *, allow_pickle: bool = False, state_dict_key: str | None = None
+        self,
+        *,
+        allow_pickle: bool = False,
+        state_dict_key: str | None = None,
+        state_dict_prefix: str | None = None,
     ) -> dict[str, Tensor]:
         """The checkpoint's weights as a state dict of CPU tensors (see :func:`load_state_dict`)."""
         if self.path is None:
             assert self.state_dict is not None
-            return extract_state_dict(self.state_dict, self.source, state_dict_key)
-        return load_state_dict(self.path, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
+            found = extract_state_dict(self.state_dict, self.source, state_dict_key)
+            return strip_prefix(found, state_dict_prefix, self.source)
+        return load_state_dict(
+            self.path,
+            allow_pickle=allow_pickle,
+            state_dict_key=state_dict_key,
+            state_dict_prefix=state_dict_prefix,
+        )
 
 
 #: An explicit step marker: ``step=1200``, ``step_1200``, ``step-1200``, ``step1200``, ``global_step=1200``.
@@ -291,7 +301,11 @@ def _from_pair(step: Any, value: Any, index: int) -> Checkpoint:
 
 
 def load_state_dict(
-    path: str | os.PathLike[str], *, allow_pickle: bool = False, state_dict_key: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    state_dict_key: str | None = None,
+    state_dict_prefix: str | None = None,
 ) -> dict[str, Tensor]:
     """Read a checkpoint file into a state dict of CPU tensors.
 
@@ -307,6 +321,9 @@ def load_state_dict(
         Key of the state dict inside a checkpoint dictionary (for example ``"model"``). By default the
         file's top level is used when it maps names to tensors, else the first of
         ``state_dict``, ``model_state_dict``, ``model``, ``module``, ``net``, ``weights`` that does.
+    state_dict_prefix : str, optional
+        Keep only the weights whose names start with this prefix, without it (``"model."`` for a
+        Lightning checkpoint of a ``LightningModule`` holding the network as ``self.model``).
 
     Returns
     -------
@@ -325,7 +342,26 @@ def load_state_dict(
         obj: Any = _load_safetensors(path)
     else:
         obj = _load_torch(path, allow_pickle)
-    return extract_state_dict(obj, str(path), state_dict_key)
+    return strip_prefix(extract_state_dict(obj, str(path), state_dict_key), state_dict_prefix, str(path))
+
+
+def strip_prefix(state_dict: dict[str, Tensor], prefix: str | None, source: str) -> dict[str, Tensor]:
+    """The entries of ``state_dict`` whose names start with ``prefix``, renamed without it.
+
+    Raises
+    ------
+    CheckpointError
+        When no name starts with ``prefix``.
+    """
+    if not prefix:
+        return state_dict
+    kept = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not kept:
+        raise CheckpointError(
+            f"no weight of {source} starts with state_dict_prefix {prefix!r} (its keys: "
+            f"{sorted(state_dict)[:5]}{_more(sorted(state_dict))})"
+        )
+    return kept
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
@@ -350,19 +386,13 @@ def _load_torch(path: Path, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
+        text = str(exc)
+        if "Weights only load failed" not in text and "Unsupported global" not in text:
             raise CheckpointError(
                 f"could not read {path}: the file is corrupt or truncated ({_first_line(exc)})"
             ) from exc
         if not allow_pickle:
-            found = re.search(r"GLOBAL (\S+)", str(exc))
-            what = f" (it holds {found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"{path} pickles Python objects{what}, which safe loading (torch.load weights_only=True) "
-                "refuses because unpickling can run arbitrary code. Save a state dict "
-                "(torch.save(model.state_dict(), ...)) or safetensors instead, or, only if you trust the "
-                "file, pass allow_pickle=True (--allow-pickle on the command line)."
-            ) from exc
+            raise CheckpointError(_refused_pickle(path, text)) from exc
     except Exception as exc:
         raise CheckpointError(
             f"could not read {path}: the file is corrupt or truncated ({_first_line(exc)})"
@@ -377,6 +407,29 @@ def _load_torch(path: Path, allow_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"could not unpickle {path}: {_first_line(exc)}") from exc
+
+
+def _refused_pickle(path: Path, text: str) -> str:
+    """The error for a pickle that torch's safe loader refused, naming what it refused and why."""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    blocked = re.search(r"whose module (\S+) is blocked", text)
+    if found and blocked:
+        return (
+            f"{path} was blocked as a malicious pickle: it calls {found.group(1)} (module "
+            f"{blocked.group(1)}, which torch's safe loader blocks because it can run commands or code). Do "
+            "not load this file unless you made it yourself; a checkpoint needs only tensors "
+            "(torch.save(model.state_dict(), ...) or safetensors)"
+        )
+    reason = f" (it holds {found.group(1)})" if found else ""
+    if not found:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        reason = f" ({detail.group(1).strip()})" if detail else ""
+    return (
+        f"{path} pickles Python objects{reason}, which safe loading (torch.load weights_only=True) "
+        "refuses because unpickling can run arbitrary code. Save a state dict "
+        "(torch.save(model.state_dict(), ...)) or safetensors instead, or, only if you trust the "
+        "file, pass allow_pickle=True (--allow-pickle on the command line)."
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -456,9 +509,26 @@ def build_model(model_factory: Callable[[], nn.Module], state_dict: StateDict, s
             f"checkpoint {source} does not fit the model built by model_factory: "
             + ", ".join(problems)
             + ". Check that model_factory builds the architecture the checkpoint was saved from."
+            + _prefix_hint(list(expected), list(state_dict))
         )
     model.load_state_dict(state_dict)
     return model
+
+
+def _prefix_hint(expected: list[str], found: list[str]) -> str:
+    """A hint when the checkpoint's names are the model's under a common prefix (``model.`` in Lightning)."""
+    for name in found:
+        for key in expected:
+            if name.endswith("." + key):
+                prefix = name[: -len(key)]
+                if all(prefix + k in found for k in expected):
+                    return (
+                        f" Its keys are the model's with the prefix {prefix!r} (a Lightning checkpoint?): "
+                        f"pass state_dict_prefix={prefix!r} (--state-dict-prefix {prefix} on the command "
+                        "line)"
+                    )
+                break
+    return ""
 
 
 def _more(items: list[Any]) -> str:

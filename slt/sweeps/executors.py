@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -26,7 +27,8 @@ def process_pool(max_workers: int, *, threads_per_worker: int | None = None) -> 
     Workers are started with ``spawn`` (no forked copies of torch's thread pools), see this process's
     ``sys.path`` (so model factories defined in local modules can be imported) and the Python files
     loaded by path (:func:`slt.sweeps.user_code.load_file`), and use ``threads_per_worker`` torch
-    threads (default: the CPU cores divided among the workers).
+    threads (default: the CPU cores divided among the workers). Each worker exits within about a second
+    when the process that made the pool dies (killed, crashed), instead of finishing its task for nobody.
     """
     from slt.sweeps import user_code
 
@@ -38,11 +40,17 @@ def process_pool(max_workers: int, *, threads_per_worker: int | None = None) -> 
         max_workers=max_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(list(sys.path), threads_per_worker, user_code.loaded_files()),
+        initargs=(list(sys.path), threads_per_worker, user_code.loaded_files(), os.getpid()),
     )
 
 
-def _init_worker(path: list[str], threads: int, files: dict[str, str] | None = None) -> None:
+#: How often a pool worker checks that the process that made the pool is still alive.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _init_worker(
+    path: list[str], threads: int, files: dict[str, str] | None = None, parent: int | None = None
+) -> None:
     import torch
 
     from slt.sweeps import user_code
@@ -50,6 +58,26 @@ def _init_worker(path: list[str], threads: int, files: dict[str, str] | None = N
     sys.path[:] = path
     user_code.install(files or {})
     torch.set_num_threads(threads)
+    if parent is not None:
+        watch_parent(parent)
+
+
+def watch_parent(parent: int, every: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """Start a daemon thread that ends this process as soon as process ``parent`` is gone.
+
+    A worker whose parent died is re-parented (its ``os.getppid()`` changes); it then exits at once with
+    status 1, whatever task it is running, since nobody will read the result.
+    """
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    thread = threading.Thread(target=watch, name="slt-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 class RayExecutor:

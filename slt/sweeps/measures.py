@@ -459,6 +459,7 @@ class SweepJob:
     seed: int
     allow_pickle: bool = False
     state_dict_key: str | None = None
+    state_dict_prefix: str | None = None
 
 
 def measure_checkpoint(checkpoint: Checkpoint, job: SweepJob) -> Outcome:
@@ -478,7 +479,9 @@ def measure_checkpoint(checkpoint: Checkpoint, job: SweepJob) -> Outcome:
         try:
             with isolated_rng(seed):
                 state_dict = checkpoint.load_state_dict(
-                    allow_pickle=job.allow_pickle, state_dict_key=job.state_dict_key
+                    allow_pickle=job.allow_pickle,
+                    state_dict_key=job.state_dict_key,
+                    state_dict_prefix=job.state_dict_prefix,
                 )
                 model = build_model(job.model_factory, state_dict, checkpoint.source)
             summary, payload = measure_model(model, job.spec, job.seed, checkpoint.step)

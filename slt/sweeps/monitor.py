@@ -21,6 +21,7 @@ from torch import nn
 
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng, preserved_generators
+from slt.sampling.settings import check_device
 from slt.sweeps.checkpoints import state_dict_fingerprint
 from slt.sweeps.measures import (
     captured,
@@ -63,7 +64,7 @@ class LLCMonitor:
         Settings of other registered measures, by name.
     on_error : {"warn", "raise"}
         A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
-        goes on, or raises.
+        goes on, or raises. An unavailable ``device`` raises when the monitor is made.
     run : str
         Name of the training run, stored with each row: give each run monitored into one store its
         own name, so that :meth:`slt.Trajectory.load` keeps them apart.
@@ -109,6 +110,8 @@ class LLCMonitor:
         self.spec = sweep_spec(
             measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
         )
+        if self.spec.device is not None:
+            check_device(self.spec.device)
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed
         self.on_error = on_error

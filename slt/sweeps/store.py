@@ -310,30 +310,63 @@ class ResultStore:
     def results(self, settings_hash: str, checkpoint_ids: Iterable[str] | None = None) -> list[StoredResult]:
         """Rows computed with ``settings_hash`` (only those of ``checkpoint_ids`` if given), by step."""
         rows = self._conn.execute(
-            "SELECT checkpoint_id, settings_hash, step, source, status, error, summary, payload, seconds, "
-            "finished FROM results WHERE settings_hash = ? ORDER BY step, finished",
+            "SELECT rowid, checkpoint_id, settings_hash, step, source, status, error, summary, payload, "
+            "seconds, finished FROM results WHERE settings_hash = ? ORDER BY step, finished",
             (settings_hash,),
         ).fetchall()
         wanted = None if checkpoint_ids is None else set(checkpoint_ids)
-        out = []
-        for cid, key, step, source, status, error, summary, payload, seconds, finished in rows:
-            if wanted is not None and cid not in wanted:
-                continue
-            out.append(
-                StoredResult(
-                    checkpoint_id=cid,
-                    settings_hash=key,
-                    step=int(step),
-                    source=source,
-                    status=status,
-                    error=error,
-                    summary=json.loads(summary),
-                    payload=json.loads(payload),
-                    seconds=float("nan") if seconds is None else float(seconds),
-                    finished=float(finished),
-                )
+        return [self._row(row) for row in rows if wanted is None or row[1] in wanted]
+
+    def _row(self, row: tuple[Any, ...]) -> StoredResult:
+        """A :class:`StoredResult` from a row of the results table; a bad value names its row and column."""
+        rowid, cid, key, step, source, status, error, summary, payload, seconds, finished = row
+
+        def bad(column: str, value: Any, expected: str) -> ValueError:
+            text = repr(value)
+            text = text if len(text) <= 60 else text[:57] + "..."
+            return ValueError(
+                f"the result store {self.path} is damaged: row {rowid} of table results (checkpoint "
+                f"{str(cid)[:80]!r}) has {text} in column {column!r}, expected {expected}; delete that row "
+                "or recompute into a new store"
             )
-        return out
+
+        def number(column: str, value: Any) -> float:
+            if value is None:
+                return float("nan")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            raise bad(column, value, "a number")
+
+        def mapping(column: str, value: Any) -> dict[str, Any]:
+            try:
+                decoded = json.loads(value)
+            except (TypeError, ValueError):
+                raise bad(column, value, "a JSON object") from None
+            if not isinstance(decoded, dict):
+                raise bad(column, value, "a JSON object")
+            return decoded
+
+        for column, value in (("checkpoint_id", cid), ("settings_hash", key), ("source", source)):
+            if not isinstance(value, str):
+                raise bad(column, value, "text")
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise bad("step", step, "an integer")
+        if status not in ("done", "failed"):
+            raise bad("status", status, "'done' or 'failed'")
+        if error is not None and not isinstance(error, str):
+            raise bad("error", error, "text or NULL")
+        return StoredResult(
+            checkpoint_id=cid,
+            settings_hash=key,
+            step=step,
+            source=source,
+            status=status,
+            error=error,
+            summary=mapping("summary", summary),
+            payload=mapping("payload", payload),
+            seconds=number("seconds", seconds),
+            finished=number("finished", finished),
+        )
 
     def count(self, settings_hash: str | None = None, status: str | None = None) -> int:
         """Number of result rows (for one settings hash and/or one status)."""

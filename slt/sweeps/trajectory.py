@@ -34,6 +34,7 @@ from slt.sweeps.measures import (
     reemit_warnings,
     validate_measures,
 )
+from slt.sweeps.preflight import preflight
 from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import CheckpointFailedWarning
 
@@ -56,6 +57,7 @@ def analyze_checkpoints(
     measure_settings: Mapping[str, Mapping[str, Any]] | None = None,
     allow_pickle: bool = False,
     state_dict_key: str | None = None,
+    state_dict_prefix: str | None = None,
     identity: str = "stat",
     retry_failed: bool = True,
     run: str | None = None,
@@ -108,6 +110,9 @@ def analyze_checkpoints(
         :func:`slt.sweeps.checkpoints.load_state_dict`).
     state_dict_key : str, optional
         Key of the model's state dict inside checkpoint dictionaries.
+    state_dict_prefix : str, optional
+        Keep only the weights whose names start with this prefix, without it (``"model."`` for
+        Lightning checkpoints of a module that holds the network as ``self.model``).
     identity : {"stat", "content"}
         How files are recognised across reruns: path, size and modification time, or a hash of the
         bytes (survives moving the folder; reads each file once more).
@@ -127,6 +132,12 @@ def analyze_checkpoints(
     Trajectory
         The results of these checkpoints, in step order; failed checkpoints hold their error.
 
+    Raises
+    ------
+    slt.warnings.SetupError
+        Before any checkpoint runs, when the model factory, the device, the data or the loss cannot
+        work (see :func:`slt.sweeps.preflight.preflight`).
+
     Warns
     -----
     CheckpointFailedWarning
@@ -139,7 +150,22 @@ def analyze_checkpoints(
     if run is not None and (not isinstance(run, str) or not run):
         raise ValueError(f"run must be a non-empty string naming the training run, got {run!r}")
     run = run or run_key(records)
-    job = SweepJob(model_factory, spec, seed, allow_pickle=allow_pickle, state_dict_key=state_dict_key)
+    preflight(
+        model_factory,
+        spec,
+        records[0] if records else None,
+        allow_pickle=allow_pickle,
+        state_dict_key=state_dict_key,
+        state_dict_prefix=state_dict_prefix,
+    )
+    job = SweepJob(
+        model_factory,
+        spec,
+        seed,
+        allow_pickle=allow_pickle,
+        state_dict_key=state_dict_key,
+        state_dict_prefix=state_dict_prefix,
+    )
     settings = {
         **spec.description(),
         "seed": seed,
@@ -147,6 +173,8 @@ def analyze_checkpoints(
         "state_dict_key": state_dict_key,
         "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
     }
+    if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
+        settings["state_dict_prefix"] = state_dict_prefix
 
     result_store, owns_store = _open_store(store)
     try:

@@ -107,3 +107,35 @@ def test_empty_data_and_bad_modes_are_refused():
     sampler = PosteriorSampler(Quadratic(2), DUMMY, quadratic_loss)
     with pytest.raises(ValueError, match="chain_mode must be one of"):
         sampler.run(n_beta=1.0, localization=1.0, step_size=1e-3, chain_mode="parallel")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "vectorized"])
+def test_thinned_records_are_the_burn_in_steps_and_every_kth_step_after(mode):
+    # the chains take the same steps whatever is recorded, so a thinned run keeps a subset of an unthinned one
+    sampler = PosteriorSampler(nn.Linear(3, 1), regression(), "mse", batch_size=10)
+    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-3, num_chains=2, seed=3, chain_mode=mode,
+              control_variate=True)
+    every = sampler.run(num_draws=5 + 3 * 70, **kw)  # windows of CHECK_EVERY steps are crossed
+    thinned = sampler.run(num_draws=70, num_burnin=5, num_steps_bw_draws=3, **kw)
+    np.testing.assert_array_equal(thinned.burnin_loss_trace, every.loss_trace[:, :5])
+    np.testing.assert_array_equal(thinned.loss_trace, every.loss_trace[:, 5::3])
+    np.testing.assert_array_equal(thinned.reference_loss_trace, every.reference_loss_trace[:, 5::3])
+
+
+def test_memory_does_not_grow_with_the_number_of_steps():
+    # the driver kept one tensor per step until the run returned (about 1.7 KB a step); now it keeps the
+    # preallocated traces and a window of CHECK_EVERY steps
+    import tracemalloc
+
+    sampler = PosteriorSampler(nn.Linear(3, 1), regression(), "mse", batch_size=10)
+    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-4, num_chains=1, chain_mode="sequential",
+              num_burnin=0, num_steps_bw_draws=20)
+    sampler.run(num_draws=10, **kw)
+    peaks = []
+    for draws in (50, 500):
+        tracemalloc.start()
+        sampler.run(num_draws=draws, **kw)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # 9000 more steps: a list of per-step tensors costs > 200 bytes a step in Python objects alone
+    assert peaks[1] - peaks[0] < 200_000, peaks

@@ -72,3 +72,11 @@ def train_and_save(folder, count: int = 20, every: int = 5, suffix: str = ".pt")
 
 def make_dropout_model() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Tanh(), nn.Linear(8, 1))
+
+
+def sleep_and_pid(seconds: float) -> int:
+    """A pool task: sleep, then say which process ran it."""
+    import os
+
+    time.sleep(seconds)
+    return os.getpid()

@@ -9,7 +9,7 @@ import pytest
 
 from slt.sweeps.executors import RayExecutor, _with_local_path, iter_completed, process_pool, resolve_executor
 from slt.sweeps.trajectory import CheckpointFailedWarning, analyze_checkpoints
-from tests.sweeps.fixtures import regression_data, train_and_save
+from tests.sweeps.fixtures import make_model, regression_data, train_and_save
 
 
 def test_executors_are_named_or_passed():
@@ -67,7 +67,7 @@ def test_unpicklable_settings_fail_with_a_hint_on_worker_processes(tmp_path):
     with process_pool(1) as pool, pytest.warns(CheckpointFailedWarning):
         trajectory = analyze_checkpoints(
             tmp_path / "ckpts",
-            lambda: None,
+            lambda: make_model(),  # works here, but a lambda cannot be sent to a worker process
             regression_data(),
             loss_fn="mse",
             measures="loss",

@@ -92,3 +92,31 @@ def test_a_file_that_is_not_a_store_gives_a_clear_error(tmp_path):
         ResultStore(tmp_path / "missing" / "r.sqlite")
     with ResultStore(":memory:") as memory, pytest.raises(ValueError, match="holds no results yet"):
         memory.resolve_run()
+
+
+@pytest.mark.parametrize(
+    "column, value, expected",
+    [
+        ("summary", "{not json", "a JSON object"),
+        ("payload", "[1, 2]", "a JSON object"),
+        ("step", "ten", "an integer"),
+        ("seconds", "slow", "a number"),
+        ("finished", b"\x00", "a number"),
+        ("source", b"\x01", "text"),
+    ],
+)
+def test_a_crafted_row_is_named_by_row_and_column(tmp_path, column, value, expected):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        key = store.register_run({"a": 1})
+        for step in (1, 2):
+            store.record(StoredResult(f"ckpt-{step}", key, step, "src", "done", summary={"x": 1.0}))
+    conn = sqlite3.connect(path)
+    conn.execute(f"UPDATE results SET {column} = ? WHERE checkpoint_id = 'ckpt-2'", (value,))
+    conn.commit()
+    conn.close()
+    with ResultStore(path, readonly=True) as store:
+        message = rf"row 2 of table results \(checkpoint 'ckpt-2'\) has .* in column '{column}', "
+        message += f"expected {expected}"
+        with pytest.raises(ValueError, match=message):
+            store.results(key)
