@@ -351,7 +351,7 @@ class PosteriorSampler:
         state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
         checked = 0
         window = torch.full(
-            (plan.num_chains, CHECK_EVERY), float("nan"), dtype=fm.flat.dtype, device=self.device
+            (plan.num_chains, CHECK_EVERY), float("nan"), dtype=fm.state_dtype, device=self.device
         )
         references = torch.full_like(window, float("nan")) if plan.control_variate else None
         num_references = 0
