@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 cal = slt.calibrate(model, data, loss_fn=gaussian_nll, sampler="rmsprop_sgld", progress=False)
-            row = _estimate(model, data, sampler="rmsprop_sgld", **cal.estimate_kwargs())
+            row = _estimate(model, data, **cal.estimate_kwargs())  # carries sampler="rmsprop_sgld"
             row.update(truth=dln_lambda(widths, rank)[0], criteria=cal.criteria, ladder=cal.table)
             key = f"dln {'-'.join(map(str, widths))} r={rank} n={n:.0e}"
             out.setdefault("calibrate_rmsprop", {})[key] = row

@@ -116,15 +116,9 @@ def test_four_layer_deep_linear_network_with_the_calibrated_step():
         batch_size=500,
         progress=False,
     )
-    result = slt.estimate_llc(
-        model,
-        (x, y),
-        loss_fn=gaussian_nll,
-        sampler="rmsprop_sgld",
-        batch_size=500,
-        progress=False,
-        **cal.estimate_kwargs(),
-    )
+    kwargs = cal.estimate_kwargs()  # the sampler and batch size it calibrated come with it
+    assert kwargs["sampler"] == "rmsprop_sgld" and kwargs["batch_size"] == 500
+    result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, progress=False, **kwargs)
     truth = dln_lambda(widths, rank)[0]
     assert truth == 9.5
     assert result.mean == pytest.approx(truth, rel=0.15)

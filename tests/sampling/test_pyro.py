@@ -8,6 +8,7 @@ from slt.sampling.pyro import SGLDKernel
 from tests.conftest import Quadratic, quadratic_loss
 
 
+@pytest.mark.filterwarnings("ignore:one chain:slt.warnings.ConvergenceWarning")  # one chain on purpose
 def test_pyro_mcmc_drives_the_same_chain_as_the_native_driver():
     kwargs = dict(loss_fn=quadratic_loss, n_beta=50.0, localization=1.0, step_size=1e-3, seed=11)
     kernel = SGLDKernel(Quadratic(3), torch.zeros(8, 1), **kwargs)
