@@ -79,9 +79,19 @@ def test_normal_crossing_w1sq_w2quartic_matches_exact_finite_beta_value():
     assert exact < slt.oracles.normal_crossing_lambda([1, 2])[0]  # finite-β value sits below λ = 1/4
 
 
+#: Exact nβ·(E_w[L_n(w)] - L_n(w*)) at nβ = n/log n, γ = 1 on this data, from long full-batch
+#: Metropolis-adjusted chains (DESIGN.md §9): 14-21% below Aoyagi's λ at this finite n.
+EXACT_10_5_10 = {1: 20.25, 2: 24.57}
+
+
 @pytest.mark.parametrize(("rank", "expected"), [(1, 25.5), (2, 29.0)])
 def test_reduced_rank_regression_at_the_true_parameter(rank, expected):
-    """10→5→10 at a most-singular true parameter, n = 1e4 (measured: -4.7% at r=1, +2.3% at r=2)."""
+    """10→5→10 at a most-singular true parameter, n = 1e4.
+
+    Two yardsticks. Measured since every sample is used and a draw's loss is unbiased: r=1 22.75
+    (-10.8% of λ, +12.3% of the exact target), r=2 28.45 ± 0.36 (-1.9%, +15.8%). Before, -4.7% and +2.3%
+    of λ: the next-batch bias (+2%) and the dropped samples happened to offset the finite-β gap.
+    """
     model = deep_linear_network([10, 5, 10], rank)
     x, y = linear_regression_data(model, N)
     assert dln_lambda([10, 5, 10], rank)[0] == expected
@@ -97,7 +107,9 @@ def test_reduced_rank_regression_at_the_true_parameter(rank, expected):
         batch_size=500,
         progress=False,
     )
-    assert result.mean == pytest.approx(expected, rel=0.10)
+    assert result.mean == pytest.approx(expected, rel=0.15)
+    assert result.mean == pytest.approx(EXACT_10_5_10[rank], rel=0.20)
+    assert result.mean > EXACT_10_5_10[rank]  # above the target: the step-size bias of this ε is positive
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # "no step was stable" is allowed
@@ -113,6 +125,7 @@ def test_four_layer_deep_linear_network_with_the_calibrated_step():
         sampler="rmsprop_sgld",
         step_sizes=[2e-5, 1e-5, 5e-6],
         base_steps=5000,
+        max_steps=20_000,  # the length check settled at 20,000 when it was written; it keeps the test short
         batch_size=500,
         progress=False,
     )
