@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "slt"
 
 #: Layers of the pipeline, lowest first: a module may import its own layer's modules or lower ones.
 LAYERS = {
-    "warnings": 0,
+    "warnings": -1,
     "results": 0,
     "oracles": 0,
     "samplers": 1,

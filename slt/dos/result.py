@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from os import PathLike
-from typing import Any
 
 import numpy as np
 
 from slt.dos.analysis import DOSAnalysis, analyze, design_matrix
 from slt.dos.diagnostics import result_problems
+from slt.results.base import JSONResult
 from slt.results.plotting import panels
-from slt.results.serialize import from_jsonable, to_jsonable
 from slt.results.settings import ChainSettings
 from slt.warnings import DivergenceWarning, Problem, emit
 
@@ -44,7 +40,7 @@ class DOSSettings(ChainSettings):
 
 
 @dataclass
-class DOSResult:
+class DOSResult(JSONResult):
     r"""A density-of-states curve :math:`\hat v(t)` of :math:`t = L_n(w) - L_n(w^*)` near the trained weights.
 
     :math:`v(t) = \int \delta(t - [L_n(w) - L_n(w^*)])\, \varphi(w)\, dw` with :math:`\varphi` the Gaussian
@@ -362,30 +358,6 @@ class DOSResult:
         )
         axes[1].legend(fontsize=8, loc="best")
         return fig
-
-    # -- serialization -----------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dictionary (NaN stored as ``None``); see :meth:`from_dict`."""
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DOSResult:
-        """Rebuild a result from :meth:`to_dict` output (its problems kept, not emitted)."""
-        return from_jsonable(cls, data)
-
-    def to_json(self, path: str | PathLike[str]) -> None:
-        """Write :meth:`to_dict` to a JSON file."""
-        with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh)
-
-    @classmethod
-    def from_json(cls, path: str | PathLike[str]) -> DOSResult:
-        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
-        with open(path) as fh:
-            result = cls.from_dict(json.load(fh))
-        emit(result.problems, stacklevel=2)
-        return result
 
 
 def rung_estimates(samples: np.ndarray, temperatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,11 +22,9 @@ bias instead of predicting it.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -35,8 +33,8 @@ from torch import nn
 
 from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
 from slt.estimators.llc import LLCSettings, summarize_run
+from slt.results.base import JSONResult
 from slt.results.plotting import panels
-from slt.results.serialize import from_jsonable, to_jsonable
 from slt.samplers import Kernel, get_kernel
 from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
@@ -50,7 +48,7 @@ from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
 __all__ = ["calibrate", "CalibrationResult"]
 
 @dataclass
-class CalibrationResult:
+class CalibrationResult(JSONResult):
     """What :func:`calibrate` tried and what it recommends.
 
     Attributes
@@ -140,30 +138,13 @@ class CalibrationResult:
         ax.legend(fontsize=7)
         return fig
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dictionary."""
-        return to_jsonable(self)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationResult:
         """Rebuild from :meth:`to_dict` output (its problems kept, not emitted)."""
-        result = from_jsonable(cls, data)
+        result = super().from_dict(data)
         result.table = [
             {k: (float("nan") if v is None else v) for k, v in row.items()} for row in result.table
         ]
-        return result
-
-    def to_json(self, path: str | PathLike[str]) -> None:
-        """Write :meth:`to_dict` to a JSON file."""
-        with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh)
-
-    @classmethod
-    def from_json(cls, path: str | PathLike[str]) -> CalibrationResult:
-        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
-        with open(path) as fh:
-            result = cls.from_dict(json.load(fh))
-        emit(result.problems, stacklevel=2)
         return result
 
 

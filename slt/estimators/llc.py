@@ -11,11 +11,9 @@ minibatch loss over the draws after burn-in. :math:`L_n(w^*)` is computed exactl
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -23,8 +21,8 @@ import torch
 from torch import nn
 
 from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, import_arviz, trend_threshold
+from slt.results.base import JSONResult
 from slt.results.plotting import panels
-from slt.results.serialize import from_jsonable, to_jsonable
 from slt.results.settings import ChainSettings
 from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
@@ -128,7 +126,7 @@ MAX_HALVES_RISE = 0.5
 
 
 @dataclass
-class LLCResult:
+class LLCResult(JSONResult):
     r"""A local learning coefficient estimate with its traces and diagnostics.
 
     Attributes
@@ -259,28 +257,6 @@ class LLCResult:
             title=rf"$\hat\lambda$ = {self.mean:.3g} ± {self.stderr:.2g}",
         )
         return fig
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dictionary (NaN as ``None``), problems included; see :meth:`from_dict`."""
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LLCResult:
-        """Rebuild a result from :meth:`to_dict` output (its problems kept, not emitted)."""
-        return from_jsonable(cls, data)
-
-    def to_json(self, path: str | PathLike[str]) -> None:
-        """Write :meth:`to_dict` to a JSON file."""
-        with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh)
-
-    @classmethod
-    def from_json(cls, path: str | PathLike[str]) -> LLCResult:
-        """Read a result written by :meth:`to_json`, emitting its problems again as warnings."""
-        with open(path) as fh:
-            result = cls.from_dict(json.load(fh))
-        emit(result.problems, stacklevel=2)
-        return result
 
 
 def summarize_run(
