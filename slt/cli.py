@@ -144,8 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling = analyze.add_argument_group("estimator settings (see slt.estimate_llc)")
     sampling.add_argument("--num-chains", type=int, default=4)
-    sampling.add_argument("--num-draws", type=int, default=1000)
-    sampling.add_argument("--num-burnin", type=int, default=None, help="default: num-draws")
+    sampling.add_argument(
+        "--num-draws", type=int, default=None, help="default: automatic (doubled until the estimate holds)"
+    )
+    sampling.add_argument("--num-burnin", type=int, default=None, help="with --num-draws; default: num-draws")
+    sampling.add_argument(
+        "--max-steps", type=int, default=None, help="budget per chain of the automatic length"
+    )
+    sampling.add_argument(
+        "--max-seconds", type=float, default=None, help="time budget of the automatic length"
+    )
     sampling.add_argument(
         "--step-size", type=float, default=None, help="fixed step size (default: chosen per checkpoint)"
     )
@@ -250,6 +258,8 @@ def _analyze(args: argparse.Namespace) -> int:
         "num_chains": args.num_chains,
         "num_draws": args.num_draws,
         "num_burnin": args.num_burnin,
+        "max_steps": args.max_steps,
+        "max_seconds": args.max_seconds,
         "step_size": args.step_size,
         "n_beta": args.n_beta,
         "localization": args.localization,

@@ -24,6 +24,10 @@ def test_tutorial_runs(path, tmp_path):
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__tutorial__')"
     done = subprocess.run(
         [sys.executable, "-c", runner, str(path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]

@@ -46,8 +46,14 @@ def test_estimate_llc_runs_the_toy_kernel_and_records_its_options():
     assert result.mean == pytest.approx(2 * 200 / a / (1 - 1e-3 * a / 4), rel=0.15)
     # its option is bound: half the noise, a quarter of the spread
     quiet = slt.estimate_llc(
-        Quadratic(4), data, sampler="toy_sgld", sampler_options={"noise_scale": 0.5}, num_draws=300,
-        num_burnin=300, seed=1, **QUAD,
+        Quadratic(4),
+        data,
+        sampler="toy_sgld",
+        sampler_options={"noise_scale": 0.5},
+        num_draws=300,
+        num_burnin=300,
+        seed=1,
+        **QUAD,
     )
     assert quiet.mean == pytest.approx(result.mean / 4, rel=0.25)
     with pytest.raises(ValueError, match="sampler 'toy_sgld' has no option 'noise'.*noise_scale=1.0"):
@@ -58,16 +64,33 @@ def test_calibrate_and_estimate_dos_run_the_toy_kernel():
     data = torch.zeros(8, 1)
     cal, steps = steps_during(
         lambda: slt.calibrate(
-            Quadratic(4), data, loss_fn=quadratic_loss, n_beta=100.0, sampler="toy_sgld",
-            step_sizes=[2e-3, 1e-3], num_chains=2, base_steps=200, max_steps=400, progress=False,
+            Quadratic(4),
+            data,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            sampler="toy_sgld",
+            step_sizes=[2e-3, 1e-3],
+            num_chains=2,
+            base_steps=200,
+            max_steps=400,
+            progress=False,
         )
     )
     assert steps > 0 and cal.settings["sampler"] == "toy_sgld"
     assert cal.estimate_kwargs()["sampler"] == "toy_sgld"
     dos, steps = steps_during(
         lambda: slt.estimate_dos(
-            Quadratic(2), data, loss_fn=quadratic_loss, sampler="toy_sgld", step_size=1e-4, num_rungs=3,
-            num_chains=2, num_draws=50, num_burnin=20, num_bootstrap=0, progress=False,
+            Quadratic(2),
+            data,
+            loss_fn=quadratic_loss,
+            sampler="toy_sgld",
+            step_size=1e-4,
+            num_rungs=3,
+            num_chains=2,
+            num_draws=50,
+            num_burnin=20,
+            num_bootstrap=0,
+            progress=False,
         )
     )
     assert steps == 3 * 2 * 70 and dos.settings.sampler == "toy_sgld"
@@ -78,9 +101,15 @@ def test_sweeps_and_the_monitor_take_the_toy_kernel_and_the_toy_measure(tmp_path
     settings = {**TINY, "sampler": "toy_sgld", "sampler_options": {"noise_scale": 0.5}}
     trajectory, steps = steps_during(
         lambda: slt.analyze_checkpoints(
-            tmp_path / "ckpts", make_model, regression_data(), loss_fn=gaussian_nll,
-            measures=("llc", "param_norm"), measure_settings={"param_norm": {"scale": 2.0}},
-            store=tmp_path / "s.sqlite", progress=False, **settings,
+            tmp_path / "ckpts",
+            make_model,
+            regression_data(),
+            loss_fn=gaussian_nll,
+            measures=("llc", "param_norm"),
+            measure_settings={"param_norm": {"scale": 2.0}},
+            store=tmp_path / "s.sqlite",
+            progress=False,
+            **settings,
         )
     )
     assert trajectory.ok.all(), trajectory.failures
@@ -96,8 +125,13 @@ def test_sweeps_and_the_monitor_take_the_toy_kernel_and_the_toy_measure(tmp_path
     assert reloaded.results("param_norm") == norms
     with pytest.raises(ValueError, match="scale must be positive"):
         slt.analyze_checkpoints(
-            tmp_path / "ckpts", make_model, regression_data(), loss_fn=gaussian_nll,
-            measures=("param_norm",), measure_settings={"param_norm": {"scale": -1}}, store=None,
+            tmp_path / "ckpts",
+            make_model,
+            regression_data(),
+            loss_fn=gaussian_nll,
+            measures=("param_norm",),
+            measure_settings={"param_norm": {"scale": -1}},
+            store=None,
         )
 
     monitor = slt.LLCMonitor(
@@ -117,19 +151,46 @@ def test_sweeps_and_the_monitor_take_the_toy_kernel_and_the_toy_measure(tmp_path
 def test_the_command_line_takes_the_toy_kernel_and_measure(tmp_path):
     train_and_save(tmp_path / "ckpts", count=2)
     args = [
-        "--num-chains", "2", "--num-draws", "20", "--num-burnin", "5", "--step-size", "1e-4",
-        "--batch-size", "32", "--threads", "1", "--no-progress",
+        "--num-chains",
+        "2",
+        "--num-draws",
+        "20",
+        "--num-burnin",
+        "5",
+        "--step-size",
+        "1e-4",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--no-progress",
     ]
 
     def analyze(sampler, out):
         return subprocess.run(
             [
-                sys.executable, "-m", "slt", "analyze", str(tmp_path / "ckpts"),
-                "--model", "tests.toy_plugins:make_model", "--data", "tests.toy_plugins:regression_data",
-                "--loss", "mse", "--sampler", sampler, "--measures", "llc,param_norm",
-                "--out", str(tmp_path / out), *args,
+                sys.executable,
+                "-m",
+                "slt",
+                "analyze",
+                str(tmp_path / "ckpts"),
+                "--model",
+                "tests.toy_plugins:make_model",
+                "--data",
+                "tests.toy_plugins:regression_data",
+                "--loss",
+                "mse",
+                "--sampler",
+                sampler,
+                "--measures",
+                "llc,param_norm",
+                "--out",
+                str(tmp_path / out),
+                *args,
             ],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     done = analyze("toy_sgld", "cli.sqlite")

@@ -49,7 +49,13 @@ print(f"{sum(p.numel() for p in model.parameters())} parameters, train loss {los
 #
 # `estimate_llc` takes the model, the data (a tuple of tensors, a `Dataset` or a `DataLoader`) and the
 # loss. Every other setting has a default: $n\beta = n/\log n$, localization $\gamma = 1$, four SGLD
-# chains of 1,000 draws after 1,000 burn-in steps, and a step size chosen from a short pilot run.
+# chains, a step size chosen from a short pilot run, and an automatic length: the chains run in segments
+# of doubling length, each continuing the last, until the estimate over the last segment agrees with the
+# one before (within 5% plus two standard errors) and the simulated time $\varepsilon \cdot T$ has reached
+# $0.5/\gamma$. The last segment gives the draws, everything before it is burn-in. Chains started at $w^*$
+# all drift the same way, so R-hat cannot see a run that is too short; comparing doublings can. A budget
+# (`max_steps`, default 100,000 steps per chain, and `max_seconds`) stops the run with a warning that says
+# how far it got; pass `num_draws` for a fixed length.
 
 # %%
 result = slt.estimate_llc(model, (x, y), loss_fn="cross_entropy", progress=False, seed=0)
@@ -66,6 +72,11 @@ result.summary().T
 #
 # - `llc_mean` is $\hat\lambda$, the mean of the per-chain estimates `result.per_chain`; `llc_stderr` is
 #   the standard error across chains.
+# - `llc_low`, `llc_high` are a 95% interval for the value the estimator targets (at this $n\beta$,
+#   $\gamma$ and data): Student's t over the chains, widened upwards by the change over the last
+#   doubling if the estimate was still rising and downwards by the predicted step-size bias.
+# - `simulated_time` and `converged` say how long the chains ran and whether the last two doublings
+#   agreed within the budget.
 # - `ess` and `rhat` are the effective sample size and split R-hat of the per-draw estimates (from arviz).
 #   R-hat well above 1.01-1.1 means chains disagree: run longer.
 # - `trend_z` compares the last quarter of the draws with the first; a large value means burn-in was too

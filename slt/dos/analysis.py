@@ -333,9 +333,7 @@ def analyze(
     reliable = raw >= min_count
     log_density = np.where(reliable, log_density, np.nan)
     if fit_window is None:
-        window = default_fit_window(
-            t, temperatures, centres, np.where(reliable, raw, 0), min_count, fit_form
-        )
+        window = default_fit_window(t, temperatures, centres, np.where(reliable, raw, 0), min_count, fit_form)
     else:
         window = (float(fit_window[0]), float(fit_window[1]))
     in_window = (centres >= window[0] * (1 - 1e-12)) & (centres <= window[1] * (1 + 1e-12)) & reliable

@@ -47,6 +47,7 @@ from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
 
 __all__ = ["calibrate", "CalibrationResult"]
 
+
 @dataclass
 class CalibrationResult(JSONResult):
     """What :func:`calibrate` tried and what it recommends.
@@ -266,7 +267,16 @@ def calibrate(
             steps_grid = sorted((float(s) for s in step_sizes), reverse=True)
             reference = steps_grid[len(steps_grid) // 2]
 
-        bar = progress_bar(progress, None, "calibrate")
+        def ladder_steps(length: int) -> int:
+            return sum(max(8, round(length * reference / step)) for step in steps_grid)
+
+        length_check_steps, k = 0, base_steps
+        while check_length and k <= max_steps:
+            length_check_steps, k = length_check_steps + k, 2 * k
+        # the most a localization can take (the length check to max_steps, then the ladder at that length);
+        # the total shrinks to what is left once a length check settles, so the ETA is an upper bound
+        most_per_localization = num_chains * (length_check_steps + ladder_steps(max_steps))
+        bar = progress_bar(progress, most_per_localization * len(localizations), "calibrate")
 
         def run(loc: float, step: float, num_steps: int, kind: str) -> dict[str, Any]:
             burn = num_steps // 2
@@ -298,6 +308,14 @@ def calibrate(
                     length_converged &= converged
                     table.extend(rows)
                     done[(reference, length)] = rows[-1]
+                if bar is not None:
+                    later = sorted(localizations).index(loc) + 1
+                    bar.total = (
+                        bar.n
+                        + num_chains * ladder_steps(length)
+                        + most_per_localization * (len(localizations) - later)
+                    )
+                    bar.refresh()
                 for step in steps_grid:
                     num_steps = max(8, round(length * reference / step))
                     if (step, num_steps) in done:  # the length check already ran this setting

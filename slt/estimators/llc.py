@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, import_arviz, trend_threshold
+from slt.estimators.length import DEFAULT_MAX_STEPS, MIN_SIMULATED_TIME, LengthPolicy, run_until_converged
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -58,7 +59,7 @@ __all__ = [
 
 @dataclass
 class LLCSettings(ChainSettings):
-    """Every setting an LLC estimate used, including those slt chose (see :class:`ChainSettings`).
+    r"""Every setting an LLC estimate used, including those slt chose (see :class:`ChainSettings`).
 
     Attributes
     ----------
@@ -68,11 +69,26 @@ class LLCSettings(ChainSettings):
         ``"given"`` or ``"n/log n"``.
     control_variate : bool
         Whether each draw's loss was paired with the loss of w* on the same minibatch.
+    length_source : str
+        ``"given"`` (``num_draws`` set by the caller) or ``"auto"`` (run until the estimate held; see
+        :mod:`slt.estimators.length`).
+    simulated_time : float
+        :math:`\varepsilon \cdot` steps over the whole run, burn-in included.
+    converged : bool or None
+        With the automatic length, whether the last two doublings agreed within the budget; ``None``
+        for a given length.
+    max_steps, max_seconds : int, float or None
+        The budget of the automatic length.
     """
 
     n_beta: float
     n_beta_source: str
     control_variate: bool = False
+    length_source: str = "given"
+    simulated_time: float = float("nan")
+    converged: bool | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -92,6 +108,11 @@ class LLCChecks:
         :math:`\lVert w^* \rVert` over the sampled coordinates.
     bias_indicator : float
         Predicted relative step-size bias :func:`slt.tuning.bias_indicator` over the draws.
+    segment_steps, segment_estimates, segment_stderrs : list
+        With the automatic length: steps per chain, :math:`\hat\lambda` and its standard error over each
+        doubling segment (the last one is the draws).
+    step_history : list of str
+        Step-size changes made during the run (the recheck after the first segment).
     """
 
     zero_weights_loss: float = float("nan")
@@ -99,6 +120,17 @@ class LLCChecks:
     distance: float = float("nan")
     center_norm: float = float("nan")
     bias_indicator: float = float("nan")
+    segment_steps: list[int] = field(default_factory=list)
+    segment_estimates: list[float] = field(default_factory=list)
+    segment_stderrs: list[float] = field(default_factory=list)
+    step_history: list[str] = field(default_factory=list)
+
+    @property
+    def last_change(self) -> float:
+        r""":math:`\hat\lambda` of the last segment minus the one before (NaN without two segments)."""
+        if len(self.segment_estimates) < 2:
+            return float("nan")
+        return self.segment_estimates[-1] - self.segment_estimates[-2]
 
 
 #: λ̂ above this multiple of d/2 is reported: no learning coefficient exceeds d/2, and a regular model's
@@ -162,6 +194,10 @@ class LLCResult(JSONResult):
         for a healthy run.
     checks : LLCChecks
         The measurements behind the checks that are not chain diagnostics.
+    interval : tuple of float
+        A 95% interval for the value the estimator targets, :math:`n\beta(\mathbb{E}_w L_n - L_n(w^*))`
+        at this nβ, γ and data, widened by what the run measured of its own bias (see
+        :func:`llc_interval`); NaN with fewer than two healthy chains.
     """
 
     mean: float
@@ -179,11 +215,13 @@ class LLCResult(JSONResult):
     seconds: float = float("nan")
     problems: tuple[Problem, ...] = ()
     checks: LLCChecks = field(default_factory=LLCChecks)
+    interval: tuple[float, float] = (float("nan"), float("nan"))
 
     def __repr__(self) -> str:
         d = self.diagnostics
         return (
-            f"LLCResult(llc={self.mean:.4g} ± {self.stderr:.2g} (stderr), chains={len(self.per_chain)}, "
+            f"LLCResult(llc={self.mean:.4g} ± {self.stderr:.2g} (stderr), 95% interval "
+            f"[{self.interval[0]:.4g}, {self.interval[1]:.4g}], chains={len(self.per_chain)}, "
             f"diverged={int(d.diverged.sum())}, rhat={d.rhat:.3f}, ess={d.ess:.0f})"
         )
 
@@ -201,6 +239,8 @@ class LLCResult(JSONResult):
             "llc_mean": self.mean,
             "llc_std": self.std,
             "llc_stderr": self.stderr,
+            "llc_low": self.interval[0],
+            "llc_high": self.interval[1],
             "ess": d.ess,
             "rhat": d.rhat,
             "trend_z": d.trend_z,
@@ -214,6 +254,8 @@ class LLCResult(JSONResult):
             "num_chains": s.num_chains,
             "num_draws": s.num_draws,
             "num_burnin": s.num_burnin,
+            "simulated_time": s.simulated_time,
+            "converged": s.converged,
             "seconds": self.seconds,
             "problems": "; ".join(map(str, self.problems)),
         }
@@ -297,6 +339,7 @@ def summarize_run(
         bias_indicator=bias_indicator(settings.step_size, settings.n_beta, run.grad_norm_sq[healthy], mean),
     )
     problems = llc_problems(diagnostics, mean, stderr, settings, checks, sampler.init_loss, trace)
+    interval = llc_interval(mean, stderr, int(healthy.size), checks, trace[healthy])
     if warn:
         emit(problems, stacklevel=3)
     return LLCResult(
@@ -315,7 +358,43 @@ def summarize_run(
         seconds=run.seconds,
         problems=problems,
         checks=checks,
+        interval=interval,
     )
+
+
+def llc_interval(
+    mean: float, stderr: float, num_healthy: int, checks: LLCChecks, trace: np.ndarray | None = None
+) -> tuple[float, float]:
+    r"""A 95% interval for the exact finite-nβ target, widened by the bias the run measured.
+
+    Three parts, added:
+
+    - sampling error: Student's t quantile with (chains - 1) degrees of freedom times ``stderr``
+      (3.18 standard errors with four chains, not 1.96: the spread of four chain means is itself uncertain);
+    - non-stationarity: the change of :math:`\hat\lambda` over the last doubling of the run
+      (``checks.segment_estimates``) or, for a given length, between the halves of the draws (``trace``,
+      shape (healthy chains, draws)); a rise widens the interval upwards (the chains were still spreading
+      from :math:`w^*`), a fall downwards;
+    - step size: the predicted discretization bias ``checks.bias_indicator`` times :math:`\hat\lambda`
+      widens it downwards (a finite step inflates the estimate; DESIGN §9 measured +5 to +7% at a 5%
+      prediction).
+
+    Returns ``(nan, nan)`` with fewer than two healthy chains.
+    """
+    from scipy.stats import t as student_t
+
+    if num_healthy < 2 or not math.isfinite(stderr):
+        return float("nan"), float("nan")
+    half_width = float(student_t.ppf(0.975, num_healthy - 1)) * stderr
+    change = checks.last_change
+    if not math.isfinite(change) and trace is not None and trace.ndim == 2 and trace.shape[1] >= 8:
+        half = trace.shape[1] // 2
+        change = float(trace[:, half:].mean() - trace[:, :half].mean())
+    change = change if math.isfinite(change) else 0.0
+    step_bias = checks.bias_indicator * mean if math.isfinite(checks.bias_indicator) and mean > 0 else 0.0
+    low = mean - half_width - max(step_bias, 0.0) - max(-change, 0.0)
+    high = mean + half_width + max(change, 0.0)
+    return float(low), float(high)
 
 
 def llc_problems(
@@ -339,6 +418,7 @@ def llc_problems(
     checks = checks or LLCChecks()
     healthy_trace = None if trace is None else np.asarray(trace)[d.healthy_chains]
     problems = list(_chain_problems(d, mean, stderr, s, healthy_trace))
+    problems += _length_problems(s, checks)
     problems += _plausibility_problems(mean, stderr, s, checks, init_loss)
     return tuple(problems)
 
@@ -397,7 +477,9 @@ def _chain_problems(
         )
     rise, z = _halves_rise(trace) if trace is not None else (math.nan, math.nan)
     if math.isfinite(rise) and rise > MAX_HALVES_RISE and z > 2:
-        tau = s.step_size * (s.num_burnin + s.num_draws * s.num_steps_bw_draws)
+        tau = s.simulated_time
+        if not math.isfinite(tau):
+            tau = s.step_size * (s.num_burnin + s.num_draws * s.num_steps_bw_draws)
         problems.append(
             Problem.of(
                 ConvergenceWarning,
@@ -408,6 +490,29 @@ def _chain_problems(
             )
         )
     return problems
+
+
+def _length_problems(s: LLCSettings, checks: LLCChecks) -> list[Problem]:
+    if s.converged is not False:
+        return []
+    change = checks.last_change
+    estimates = checks.segment_estimates
+    moved = (
+        f"λ̂ moved from {estimates[-2]:.4g} to {estimates[-1]:.4g} over the last doubling"
+        if math.isfinite(change)
+        else "there were too few segments to compare"
+    )
+    budget = f"max_steps={s.max_steps}" + (f", max_seconds={s.max_seconds:g}" if s.max_seconds else "")
+    return [
+        Problem.of(
+            ConvergenceWarning,
+            f"the estimate had not settled when the budget ({budget}) stopped the chains: {moved}, after a "
+            f"simulated time ε·steps = {s.simulated_time:.3g} "
+            "(singular models often need 0.2 to 1 at γ = 1). "
+            "The interval includes that change, but the estimate is likely biased "
+            f"{'low' if not change < 0 else 'high'}. Raise max_steps or max_seconds, or use slt.calibrate",
+        )
+    ]
 
 
 def _halves_rise(trace: np.ndarray) -> tuple[float, float]:
@@ -492,9 +597,11 @@ def estimate_llc(
     localization: float = 1.0,
     step_size: float | None = None,
     num_chains: int = 4,
-    num_draws: int = 1000,
+    num_draws: int | None = None,
     num_burnin: int | None = None,
     num_steps_bw_draws: int = 1,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    max_seconds: float | None = None,
     batch_size: int | None = None,
     sampler: str | Kernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
@@ -525,12 +632,22 @@ def estimate_llc(
     step_size : float, optional
         Sampler step size. By default chosen from the curvature of the loss at :math:`w^*` (see
         :func:`slt.tuning.default_step_size`); :func:`slt.calibrate` chooses more carefully.
-    num_chains, num_draws : int
-        Chains, and draws per chain that enter the estimate.
+    num_chains : int
+        Independent chains, all started at :math:`w^*`.
+    num_draws : int, optional
+        Draws per chain that enter the estimate. By default (``None``) the length is automatic: the
+        chains run in doubling segments until the estimate over the last segment agrees with the one
+        before (within 5% plus two standard errors), the last segment giving the draws and the rest
+        burn-in (see :mod:`slt.estimators.length`); a budget stops it with a warning.
     num_burnin : int, optional
-        Steps discarded at the start of each chain; default ``num_draws * num_steps_bw_draws``.
+        With ``num_draws``: steps discarded at the start of each chain (default
+        ``num_draws * num_steps_bw_draws``). Not allowed with the automatic length.
     num_steps_bw_draws : int
         Sampler steps per recorded draw.
+    max_steps : int or None
+        Budget of steps per chain for the automatic length (``None``: unlimited).
+    max_seconds : float or None
+        Budget of wall time for the chains of the automatic length (``None``: unlimited).
     batch_size : int, optional
         Minibatch size (default ``min(n, 256)``); not allowed with a ``DataLoader``.
     sampler : {"sgld", "rmsprop_sgld", "sgnht"}, any registered name, or Kernel
@@ -579,9 +696,20 @@ def estimate_llc(
         num_burnin=num_burnin,
         num_steps_bw_draws=num_steps_bw_draws,
     )
-    if num_burnin is None:
+    auto_length = num_draws is None
+    if auto_length:
+        if num_burnin is not None:
+            raise ValueError("num_burnin goes with num_draws; leave both None for the automatic length")
+        policy = LengthPolicy(
+            max_steps=max_steps,
+            max_seconds=max_seconds,
+            min_simulated_time=MIN_SIMULATED_TIME / max(float(localization), 1.0),
+        )
+        num_burnin = policy.first_segment
+    elif num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
     kernel = bind_kernel(sampler, sampler_options, num_burnin)
+    report = None
     with prepared_sampler(
         model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
     ) as posterior:
@@ -603,22 +731,45 @@ def estimate_llc(
             )
         else:
             step_size_source = "given"
-        run = posterior.run(
-            n_beta=n_beta_value,
-            localization=localization,
-            step_size=step_size,
-            sampler=kernel,
-            num_chains=num_chains,
-            num_draws=num_draws,
-            num_burnin=num_burnin,
-            num_steps_bw_draws=num_steps_bw_draws,
-            seed=seed,
-            chain_mode=chain_mode,
-            observables=observables,
-            control_variate=control_variate,
-            record_grad_norm=True,
-            progress="LLC" if progress else False,
-        )
+        if auto_length:
+            run, report = run_until_converged(
+                posterior,
+                kernel=kernel,
+                n_beta=n_beta_value,
+                localization=localization,
+                step_size=step_size,
+                num_chains=num_chains,
+                seed=seed,
+                policy=policy,
+                num_steps_bw_draws=num_steps_bw_draws,
+                chain_mode=chain_mode,
+                observables=observables,
+                control_variate=control_variate,
+                recheck_step=step_size_source != "given",
+                progress="LLC" if progress else False,
+            )
+            if report.step_history:
+                step_size_source += "; rechecked: " + "; ".join(report.step_history)
+            step_size = report.step_size
+            num_draws = run.loss_trace.shape[1]
+            num_burnin = sum(report.segment_steps) - num_draws * num_steps_bw_draws
+        else:
+            run = posterior.run(
+                n_beta=n_beta_value,
+                localization=localization,
+                step_size=step_size,
+                sampler=kernel,
+                num_chains=num_chains,
+                num_draws=num_draws,
+                num_burnin=num_burnin,
+                num_steps_bw_draws=num_steps_bw_draws,
+                seed=seed,
+                chain_mode=chain_mode,
+                observables=observables,
+                control_variate=control_variate,
+                record_grad_norm=True,
+                progress="LLC" if progress else False,
+            )
     settings = LLCSettings(
         n_beta=n_beta_value,
         n_beta_source=n_beta_source,
@@ -637,5 +788,20 @@ def estimate_llc(
         num_params=posterior.num_params,
         device=str(posterior.device),
         control_variate=control_variate,
+        length_source="auto" if auto_length else "given",
+        simulated_time=report.simulated_time
+        if report
+        else step_size * (num_burnin + num_draws * num_steps_bw_draws),
+        converged=report.converged if report else None,
+        max_steps=max_steps if auto_length else None,
+        max_seconds=max_seconds if auto_length else None,
     )
+    if report is not None:
+        checks = dataclasses.replace(
+            checks,
+            segment_steps=report.segment_steps,
+            segment_estimates=report.segment_estimates,
+            segment_stderrs=report.segment_stderrs,
+            step_history=report.step_history,
+        )
     return summarize_run(run, posterior, settings, checks=checks)

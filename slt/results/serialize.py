@@ -75,7 +75,6 @@ def from_jsonable(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**values)
 
 
-
 def _restore(hint: Any, value: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

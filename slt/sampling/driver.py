@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,9 @@ class ChainRun:
         Wall time of the chains.
     final_positions : Tensor
         Flat positions of the chains after their last step, shape ``(chains, d)``.
+    final_states : list
+        Each chain's kernel state after its last step; pass it as ``initial_states`` to
+        :meth:`PosteriorSampler.run` to continue the chains.
     """
 
     loss_trace: np.ndarray
@@ -83,6 +86,7 @@ class ChainRun:
     chain_mode: str
     seconds: float
     final_positions: Tensor = field(repr=False)
+    final_states: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def diverged(self) -> np.ndarray:
@@ -237,6 +241,7 @@ class PosteriorSampler:
         control_variate: bool = False,
         record_grad_norm: bool = False,
         progress: bool | Any = False,
+        initial_states: Sequence[Any] | None = None,
     ) -> ChainRun:
         """Run ``num_chains`` chains from :math:`w^*` and record the loss at every draw.
 
@@ -248,7 +253,17 @@ class PosteriorSampler:
 
         ``sampler`` is a registered name, a :class:`~slt.samplers.Kernel` (bound here with
         ``sampler_options``, adaptation ending at ``num_burnin``) or a :class:`~slt.samplers.BoundKernel`.
+        ``initial_states`` (one kernel state per chain, a previous run's ``final_states``) continues
+        chains instead of starting them at :math:`w^*`; ``progress`` may also be an open progress bar,
+        which is advanced and left open.
+
+        Raises
+        ------
+        ValueError
+            When ``initial_states`` does not hold one state per chain.
         """
+        if initial_states is not None and len(initial_states) != num_chains:
+            raise ValueError(f"initial_states holds {len(initial_states)} states for {num_chains} chains")
         kernel = bind_kernel(sampler, sampler_options, num_burnin)
         fm = self.flat_model
         target = LocalPosterior(
@@ -266,37 +281,40 @@ class PosteriorSampler:
             control_variate,
             record_grad_norm,
         )
-        bar = progress_bar(progress, num_chains * plan.total, "sampling")
+        shared_bar = progress is not None and not isinstance(progress, (bool, str))
+        bar = progress if shared_bar else progress_bar(progress, num_chains * plan.total, "sampling")
+        done = bar.n if bar is not None else 0
         start = time.perf_counter()
         record = None
         try:
             if mode == "vectorized":
                 try:
-                    record = self._run_vectorized(kernel, target, plan, seeds[-1], bar)
+                    record = self._run_vectorized(kernel, target, plan, seeds[-1], bar, initial_states)
                 except Exception:
                     if chain_mode != "auto":
                         raise
                     mode = "sequential"
                     if bar is not None:
-                        bar.reset()
+                        bar.n = done
+                        bar.refresh()
             if record is None:
-                record = self._run_sequential(kernel, target, plan, seeds[:num_chains], bar)
+                record = self._run_sequential(kernel, target, plan, seeds[:num_chains], bar, initial_states)
         finally:
-            if bar is not None:
+            if bar is not None and not shared_bar:
                 bar.close()
             fm.load(fm.center)
         return record.finish(plan, mode, time.perf_counter() - start)
 
     # -- the two back ends -------------------------------------------------------------------
 
-    def _run_sequential(self, kernel: BoundKernel, target, plan, seeds, bar) -> _Record:
+    def _run_sequential(self, kernel: BoundKernel, target, plan, seeds, bar, initial_states) -> _Record:
         fm = self.flat_model
         record = _Record(plan, fm.state_dtype, self.device)
         for c in range(plan.num_chains):
             generator = torch.Generator(device=self.device).manual_seed(seeds[c])
             next_batch = self.data.stream(generator, self.batch_size)
             reference = self._references(next_batch)
-            state = kernel.init(fm.center)
+            state = kernel.init(fm.center) if initial_states is None else initial_states[c]
             # the losses of the steps since the last check; appending is far cheaper than writing
             # into a tensor each step, and the window is flushed into the record every CHECK_EVERY steps
             losses: list[Tensor] = []
@@ -338,9 +356,10 @@ class PosteriorSampler:
                         break
                     checked = t + 1
             record.finals.append(state.position)
+            record.states.append(state)
         return record
 
-    def _run_vectorized(self, kernel: BoundKernel, target, plan, seed, bar) -> _Record:
+    def _run_vectorized(self, kernel: BoundKernel, target, plan, seed, bar, initial_states) -> _Record:
         fm = self.flat_model
         assert isinstance(self.data, TensorData)
         record = _Record(plan, fm.state_dtype, self.device)
@@ -348,7 +367,10 @@ class PosteriorSampler:
         next_batch = self.data.stacked_stream(generator, self.batch_size, plan.num_chains)
         reference = self._references(next_batch)
         grad_and_loss = torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
-        state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
+        if initial_states is None:
+            state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
+        else:
+            state = stack_states(initial_states)
         checked = 0
         window = torch.full(
             (plan.num_chains, CHECK_EVERY), float("nan"), dtype=fm.state_dtype, device=self.device
@@ -393,6 +415,7 @@ class PosteriorSampler:
                         break
                 checked = t + 1
         record.finals = list(state.position)
+        record.states = unstack_state(state, plan.num_chains)
         return record
 
 
@@ -491,6 +514,7 @@ class _Record:
             k: [[] for _ in range(chains)] for k in plan.observables
         }
         self.finals: list[Tensor] = []
+        self.states: list[Any] = []
 
     def put(self, chains: int | slice, start: int, losses: Tensor, references: Tensor | None = None) -> None:
         """Keep the losses of steps ``start, start + 1, ...`` (shape ``(chains, steps)``) that are recorded.
@@ -532,7 +556,25 @@ class _Record:
             chain_mode=mode,
             seconds=seconds,
             final_positions=torch.stack(self.finals) if self.finals else torch.empty(0),
+            final_states=self.states,
         )
+
+
+def unstack_state(state: Any, num_chains: int) -> list[Any]:
+    """One kernel state per chain from the state of ``num_chains`` vectorized chains (a ``NamedTuple``).
+
+    Tensor fields are split along their first axis; other fields (step counters) are shared.
+    """
+    return [
+        type(state)(*(f[c] if isinstance(f, Tensor) and f.ndim > 0 else f for f in state))
+        for c in range(num_chains)
+    ]
+
+
+def stack_states(states: Sequence[Any]) -> Any:
+    """The state of vectorized chains from one kernel state per chain (inverse of :func:`unstack_state`)."""
+    fields = zip(*states)
+    return type(states[0])(*(torch.stack(f) if isinstance(f[0], Tensor) else f[0] for f in fields))
 
 
 #: On CPU, ``vmap`` costs about a millisecond per step whatever the model, so it pays only with many

@@ -252,6 +252,8 @@ def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any],
         "llc_stderr": result.stderr,
         "llc_ess": result.diagnostics.ess,
         "llc_rhat": result.diagnostics.rhat,
+        "llc_low": result.interval[0],
+        "llc_high": result.interval[1],
         "llc_chains_diverged": int(result.diagnostics.diverged.sum()),
         "step_size": result.settings.step_size,
         "train_loss": result.init_loss,
@@ -412,7 +414,8 @@ def measure_model(
     -------
     summary : dict
         Scalars of every measure: ``llc_mean``, ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
-        ``llc_chains_diverged``, ``step_size``, ``train_loss``, ``test_loss``, ``dos_llc``,
+        ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``, ``step_size``, ``train_loss``,
+        ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).
     payload : dict
         Full results by measure name (``payload["llc"]`` is ``LLCResult.to_dict()``), and

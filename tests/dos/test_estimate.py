@@ -44,8 +44,14 @@ def product_loss(model, batch):
 TOY_LADDER = np.geomspace(1.0, 1e8, 17)
 #: Rows of dummy data (the toy losses ignore the batch).
 DUMMY = torch.zeros(4, 1)
-FAST = dict(temperatures=[10.0, 30.0, 100.0, 300.0], num_chains=4, num_draws=100, num_burnin=100,
-            num_bootstrap=20, progress=False)
+FAST = dict(
+    temperatures=[10.0, 30.0, 100.0, 300.0],
+    num_chains=4,
+    num_draws=100,
+    num_burnin=100,
+    num_bootstrap=20,
+    progress=False,
+)
 
 
 # -- Must show: accuracy against analytic densities ------------------------------------------
@@ -59,8 +65,15 @@ def test_quadratic_slope_is_half_the_dimension_minus_one():
         # a single bowl: every rung equilibrates on its own (checked through x E_x[t] below), so the
         # replica round-trip heuristic (0 trips here: swap acceptance ~0.08 at this spacing) does not apply
         warnings.filterwarnings("ignore", "replicas made a median", slt.ConvergenceWarning)
-        result = slt.estimate_dos(Quadratic(10), DUMMY, loss_fn=quadratic_loss, temperatures=TOY_LADDER,
-                                  num_chains=16, num_draws=1000, progress=False)
+        result = slt.estimate_dos(
+            Quadratic(10),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            temperatures=TOY_LADDER,
+            num_chains=16,
+            num_draws=1000,
+            progress=False,
+        )
     assert result.fit_window[1] <= 1e-2
     assert result.in_fit_window.sum() >= 30  # the fit spans several decades of t
     assert abs(result.slope - 4.0) < 0.1
@@ -78,8 +91,15 @@ def test_two_term_normal_crossing_gives_lambda_one_half_and_multiplicity_two():
     """K = w1^2 w2^2 with the localizer as prior: λ = 1/2, m = 2 (v(t) = K0(√t)/(π√t))."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt.SLTWarning)
-        result = slt.estimate_dos(Product(2), DUMMY, loss_fn=product_loss, temperatures=TOY_LADDER,
-                                  num_chains=32, num_draws=2000, progress=False)
+        result = slt.estimate_dos(
+            Product(2),
+            DUMMY,
+            loss_fn=product_loss,
+            temperatures=TOY_LADDER,
+            num_chains=32,
+            num_draws=2000,
+            progress=False,
+        )
     assert abs(result.llc - 0.5) < 0.05
     assert abs(result.multiplicity - 2.0) < 0.3
     # the error bars are honest: the truth lies within about three of them
@@ -97,8 +117,15 @@ def test_three_term_normal_crossing_gives_multiplicity_three():
     """K = w1^2 w2^2 w3^2: m = 3 (the three-term form itself gives about 2.7 on the exact density)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt.SLTWarning)
-        result = slt.estimate_dos(Product(3), DUMMY, loss_fn=product_loss, temperatures=TOY_LADDER,
-                                  num_chains=32, num_draws=2000, progress=False)
+        result = slt.estimate_dos(
+            Product(3),
+            DUMMY,
+            loss_fn=product_loss,
+            temperatures=TOY_LADDER,
+            num_chains=32,
+            num_draws=2000,
+            progress=False,
+        )
     assert abs(result.multiplicity - 3.0) < 0.5
     assert abs(result.llc - 0.5) < 0.05
 
@@ -116,10 +143,25 @@ def test_reduced_rank_regression_matches_aoyagi_and_estimate_llc():
     x, y = oracles.linear_regression_data(model, 100, noise=0.0, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt.SLTWarning)
-        dos = slt.estimate_dos(model, (x, y), loss_fn=gaussian_nll, temperatures=np.geomspace(30, 3e5, 16),
-                               num_chains=8, num_draws=2000, progress=False)
-        llc = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, n_beta=dos.settings.reference_temperature,
-                               step_size=1e-5, num_chains=8, num_draws=4000, progress=False)
+        dos = slt.estimate_dos(
+            model,
+            (x, y),
+            loss_fn=gaussian_nll,
+            temperatures=np.geomspace(30, 3e5, 16),
+            num_chains=8,
+            num_draws=2000,
+            progress=False,
+        )
+        llc = slt.estimate_llc(
+            model,
+            (x, y),
+            loss_fn=gaussian_nll,
+            n_beta=dos.settings.reference_temperature,
+            step_size=1e-5,
+            num_chains=8,
+            num_draws=4000,
+            progress=False,
+        )
     assert np.median(dos.round_trips) >= 1
     assert abs(dos.llc - lam) < 0.15 * lam
     assert abs(dos.llc - llc.mean) < 2 * math.hypot(dos.llc_stderr, llc.stderr)
@@ -132,9 +174,16 @@ def test_cumulative_volume_is_absolute_with_a_rung_at_temperature_zero():
     d = 4 with γ = 1, V(ε) = P(χ²_4 < ε), over ten decades of V."""
     from scipy.stats import chi2
 
-    result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss,
-                              temperatures=[0, 1, 3, 10, 30, 100, 300, 1000], num_chains=8, num_draws=500,
-                              num_bootstrap=0, progress=False)
+    result = slt.estimate_dos(
+        Quadratic(4),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        temperatures=[0, 1, 3, 10, 30, 100, 300, 1000],
+        num_chains=8,
+        num_draws=500,
+        num_bootstrap=0,
+        progress=False,
+    )
     upper = result.bin_edges[1:]
     check = (upper >= 2e-4) & (upper <= 20)
     assert check.sum() >= 40
@@ -176,8 +225,9 @@ def test_result_holds_curve_bands_volume_fit_and_per_rung_table():
 
 
 def test_step_sizes_follow_the_documented_rule_without_adaptation():
-    result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, step_size=1e-3,
-                              adapt_step_size=False, **FAST)
+    result = slt.estimate_dos(
+        Quadratic(4), DUMMY, loss_fn=quadratic_loss, step_size=1e-3, adapt_step_size=False, **FAST
+    )
     ref = result.settings.reference_temperature
     expected = np.minimum(1e-3 * ref / result.temperatures, 0.1 / result.settings.localization)
     assert result.step_sizes == pytest.approx(expected)
@@ -266,16 +316,31 @@ def test_json_round_trip_refit_and_plot(tmp_path):
 @pytest.mark.filterwarnings("ignore::slt.dos.FitWarning")
 def test_rungs_that_barely_overlap_warn():
     with pytest.warns(OverlapWarning, match=r"overlap too little.*10-1e\+04"):
-        slt.estimate_dos(Quadratic(10), DUMMY, loss_fn=quadratic_loss, temperatures=[10.0, 1e4], num_chains=4,
-                         num_draws=200, num_bootstrap=0, progress=False)
+        slt.estimate_dos(
+            Quadratic(10),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            temperatures=[10.0, 1e4],
+            num_chains=4,
+            num_draws=200,
+            num_bootstrap=0,
+            progress=False,
+        )
 
 
 def test_well_spaced_long_enough_ladder_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss,
-                                  temperatures=np.geomspace(10, 1e4, 8), num_chains=4, num_draws=800,
-                                  num_bootstrap=30, progress=False)
+        result = slt.estimate_dos(
+            Quadratic(4),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            temperatures=np.geomspace(10, 1e4, 8),
+            num_chains=4,
+            num_draws=800,
+            num_bootstrap=30,
+            progress=False,
+        )
     assert np.median(result.round_trips) >= 1
 
 
@@ -290,9 +355,17 @@ def test_narrow_fit_window_warns_that_lambda_and_m_are_not_separable():
 
 def test_too_few_replica_round_trips_warn():
     with pytest.warns(slt.ConvergenceWarning, match=r"median of 0 round trips"):
-        result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss,
-                                  temperatures=np.geomspace(10, 1e4, 10), num_chains=4, num_draws=30,
-                                  num_burnin=0, num_bootstrap=0, progress=False)
+        result = slt.estimate_dos(
+            Quadratic(4),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            temperatures=np.geomspace(10, 1e4, 10),
+            num_chains=4,
+            num_draws=30,
+            num_burnin=0,
+            num_bootstrap=0,
+            progress=False,
+        )
     assert result.round_trips.shape == (4,) and np.all(result.round_trips == 0)
 
 
@@ -326,8 +399,17 @@ def cliff_loss(model, batch):
 
 
 def test_diverging_sgld_chains_are_reported_and_left_out():
-    kw = dict(temperatures=[1.0, 2.0], localization=0.0, sampler="sgld", step_size=2e-3, num_chains=8,
-              num_draws=150, num_burnin=50, num_bootstrap=0, progress=False)
+    kw = dict(
+        temperatures=[1.0, 2.0],
+        localization=0.0,
+        sampler="sgld",
+        step_size=2e-3,
+        num_chains=8,
+        num_draws=150,
+        num_burnin=50,
+        num_bootstrap=0,
+        progress=False,
+    )
     with pytest.warns(slt.DivergenceWarning, match="chains diverged"):
         result = slt.estimate_dos(Cliff(), DUMMY, loss_fn=cliff_loss, **kw)
     assert np.isnan(result.samples).any() and np.isfinite(result.samples).any()
@@ -339,8 +421,16 @@ def test_diverging_sgld_chains_are_reported_and_left_out():
 def test_mala_rejects_the_non_finite_region_instead_of_diverging():
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt.DivergenceWarning)
-        result = slt.estimate_dos(Cliff(), DUMMY, loss_fn=cliff_loss, temperatures=[0.3, 1.0, 3.0],
-                                  num_chains=8, num_draws=300, num_bootstrap=0, progress=False)
+        result = slt.estimate_dos(
+            Cliff(),
+            DUMMY,
+            loss_fn=cliff_loss,
+            temperatures=[0.3, 1.0, 3.0],
+            num_chains=8,
+            num_draws=300,
+            num_bootstrap=0,
+            progress=False,
+        )
     assert np.all(np.isfinite(result.samples))  # proposals into the NaN region are simply rejected
     assert np.all(result.acceptance > 0.3)
 
@@ -401,8 +491,13 @@ def test_out_of_range_settings_are_rejected(setting, value, message):
 
 def test_temperature_zero_needs_a_localizer():
     with pytest.raises(ValueError, match="temperature 0 needs localization > 0"):
-        slt.estimate_dos(Quadratic(2), DUMMY, loss_fn=quadratic_loss, **dict(FAST, temperatures=[0.0, 10.0]),
-                         localization=0.0)
+        slt.estimate_dos(
+            Quadratic(2),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            **dict(FAST, temperatures=[0.0, 10.0]),
+            localization=0.0,
+        )
 
 
 def test_data_and_model_errors_match_estimate_llc(tiny_regression):

@@ -238,3 +238,44 @@ def test_preconditioned_pilot_never_raises_the_step_past_its_start():
     )
     assert step <= 0.01 * (1 + 1e-9)
     assert "preconditioner up to 10" in source
+
+
+class RecordingBar:
+    """Stands in for tqdm: keeps the totals calibrate announces and the steps it reports."""
+
+    def __init__(self, total):
+        self.n, self.total, self.totals = 0, total, [total]
+
+    def update(self, k):
+        self.n += k
+
+    def refresh(self):
+        self.totals.append(self.total)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains: no stable step
+def test_calibrate_progress_has_a_total_that_bounds_the_work_and_ends_exact(monkeypatch):
+    bars = []
+
+    def recording(enabled, total, description, unit="step"):
+        bars.append(RecordingBar(total))
+        return bars[-1]
+
+    monkeypatch.setattr("slt.estimators.calibration.progress_bar", recording)
+    slt.calibrate(
+        Quadratic(3),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=50.0,
+        step_sizes=[2e-3, 1e-3],
+        num_chains=2,
+        base_steps=100,
+        max_steps=800,
+        progress=True,
+    )
+    (bar,) = bars
+    assert bar.totals[0] is not None and bar.totals[0] >= bar.n  # an upper bound from the start (an ETA)
+    assert bar.total == bar.n  # once the length check settled, the total is what was left

@@ -49,8 +49,9 @@ def classifier():
 def test_a_step_far_too_large_is_flagged_by_the_bound_the_basin_and_the_bias(classifier):
     model, data = classifier
     result, found = caught(
-        lambda: slt.estimate_llc(model, data, loss_fn="cross_entropy", step_size=0.1, num_draws=200,
-                                 progress=False)
+        lambda: slt.estimate_llc(
+            model, data, loss_fn="cross_entropy", step_size=0.1, num_draws=200, progress=False
+        )
     )
     messages = " ".join(m for _, m in found)
     # it used to return λ̂ ≈ 436 ± 1.8 (above d = 323) with R-hat ≈ 1 and no warning
@@ -78,8 +79,9 @@ def test_a_summed_loss_is_flagged():
     with torch.no_grad():
         y = model(x) + 0.1 * torch.randn(400, 1, generator=g)
     result, found = caught(
-        lambda: slt.estimate_llc(model, (x, y), loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(),
-                                 num_draws=100, progress=False)
+        lambda: slt.estimate_llc(
+            model, (x, y), loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(), num_draws=100, progress=False
+        )
     )
     assert slt.warnings.LossFunctionWarning in categories(found)
     assert any("grows with the batch size" in m and "reduction='mean'" in m for _, m in found)
@@ -88,19 +90,29 @@ def test_a_summed_loss_is_flagged():
 
 def test_one_chain_says_agreement_was_never_checked():
     _, found = caught(
-        lambda: slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
-                                 num_chains=1, num_draws=200, progress=False)
+        lambda: slt.estimate_llc(
+            Quadratic(3),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_size=1e-3,
+            num_chains=1,
+            num_draws=200,
+            progress=False,
+        )
     )
     assert any(c is slt.ConvergenceWarning and "one chain" in m for c, m in found)
 
 
 def test_an_estimate_still_rising_through_the_draws_is_flagged():
-    # the deep linear network 5-5-5-5-5 (rank 1, n = 1e4) with default settings: λ̂ ≈ 2 against an exact
-    # 8.00 at this nβ; R-hat ≈ 1 and the trend test (|z| ≈ 2.4 against a threshold of 7.5 at four chains)
-    # stay quiet, but the second half of the draws is ~66% above the first
+    # the deep linear network 5-5-5-5-5 (rank 1, n = 1e4) with the former default length (1,000 draws after
+    # 1,000 steps): λ̂ ≈ 2 against an exact 8.00 at this nβ; R-hat ≈ 1 and the trend test (|z| ≈ 2.4 against
+    # a threshold of 7.5 at four chains) stay quiet, but the second half of the draws is ~66% above the first
     model = deep_linear_network([5, 5, 5, 5, 5], rank=1, seed=0)
     data = linear_regression_data(model, 10_000, seed=1)
-    result, found = caught(lambda: slt.estimate_llc(model, data, loss_fn=gaussian_nll, progress=False))
+    result, found = caught(
+        lambda: slt.estimate_llc(model, data, loss_fn=gaussian_nll, num_draws=1000, progress=False)
+    )
     assert result.mean < 0.5 * 8.0
     assert any(c is slt.ConvergenceWarning and "rose" in m and "biased low" in m for c, m in found), found
 
@@ -120,7 +132,14 @@ def test_a_bfloat16_model_is_sampled_with_a_float32_position():
 
 
 def test_checks_travel_with_the_result():
-    result = slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
-                              num_draws=200, progress=False)
+    result = slt.estimate_llc(
+        Quadratic(3),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=100.0,
+        step_size=1e-3,
+        num_draws=200,
+        progress=False,
+    )
     back = LLCResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert back.checks == result.checks and back.checks.batch_size_dependence != back.checks.distance

@@ -39,8 +39,15 @@ def off_minimum_model():
 
 def test_llc_problems_round_trip_and_are_emitted_again_on_reload(tmp_path):
     result, emitted = recorded(
-        lambda: slt.estimate_llc(off_minimum_model(), DUMMY, loss_fn=quadratic_loss, n_beta=100.0,
-                                 step_size=1e-3, num_draws=200, progress=False)
+        lambda: slt.estimate_llc(
+            off_minimum_model(),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_size=1e-3,
+            num_draws=200,
+            progress=False,
+        )
     )
     assert "NotAMinimumWarning" in [p.category for p in result.problems]
     assert as_pairs(result.problems) == emitted
@@ -57,15 +64,28 @@ def test_llc_problems_round_trip_and_are_emitted_again_on_reload(tmp_path):
 
 def test_a_healthy_llc_has_no_problems():
     result, emitted = recorded(
-        lambda: slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0, step_size=1e-3,
-                                 num_draws=400, progress=False)
+        lambda: slt.estimate_llc(
+            Quadratic(3),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_size=1e-3,
+            num_draws=400,
+            progress=False,
+        )
     )
     assert result.problems == () and emitted == []
 
 
 def test_dos_refit_and_reload_show_the_same_warnings(tmp_path):
-    settings = dict(temperatures=[10.0, 30.0, 100.0, 300.0], num_chains=4, num_draws=100, num_burnin=100,
-                    num_bootstrap=0, progress=False)
+    settings = dict(
+        temperatures=[10.0, 30.0, 100.0, 300.0],
+        num_chains=4,
+        num_draws=100,
+        num_burnin=100,
+        num_bootstrap=0,
+        progress=False,
+    )
     result, emitted = recorded(
         lambda: slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, **settings)
     )
@@ -83,9 +103,18 @@ def test_dos_refit_and_reload_show_the_same_warnings(tmp_path):
 
 def test_calibration_problems_round_trip(tmp_path):
     result, emitted = recorded(
-        lambda: slt.calibrate(Quadratic(3), DUMMY, loss_fn=quadratic_loss, n_beta=100.0,
-                              step_sizes=[1e-2, 5e-3], num_chains=2, base_steps=40, max_steps=80,
-                              tolerance=1e-6, progress=False)
+        lambda: slt.calibrate(
+            Quadratic(3),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_sizes=[1e-2, 5e-3],
+            num_chains=2,
+            base_steps=40,
+            max_steps=80,
+            tolerance=1e-6,
+            progress=False,
+        )
     )
     assert emitted and as_pairs(result.problems) == emitted
     result.to_json(tmp_path / "cal.json")

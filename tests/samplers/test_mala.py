@@ -52,8 +52,9 @@ def test_per_chain_temperatures_and_steps_broadcast():
 
 def test_steps_are_pure_and_non_finite_proposals_are_rejected():
     center = torch.tensor([0.5, -1.0], dtype=torch.float64)
-    target = LocalPosterior(n_beta=3.0, localization=1.0, center=center,
-                            mask=torch.tensor([1.0, 0.0], dtype=torch.float64))
+    target = LocalPosterior(
+        n_beta=3.0, localization=1.0, center=center, mask=torch.tensor([1.0, 0.0], dtype=torch.float64)
+    )
     position = center.expand(4, 2).clone()
     state = mala.init(position, *_quadratic(position))
     before = [v.clone() for v in state]

@@ -30,8 +30,15 @@ def test_a_loss_of_shape_1_is_taken_as_the_scalar_it_holds(mode):
 
     x, y = regression()
     sampler = PosteriorSampler(nn.Linear(3, 1), (x, y), loss, batch_size=10)
-    run = sampler.run(n_beta=20.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=80,
-                      chain_mode=mode, control_variate=True)
+    run = sampler.run(
+        n_beta=20.0,
+        localization=1.0,
+        step_size=1e-3,
+        num_chains=2,
+        num_draws=80,
+        chain_mode=mode,
+        control_variate=True,
+    )
     assert run.loss_trace.shape == (2, 80) and np.isfinite(run.loss_trace).all()
     with pytest.raises(ValueError, match=r"shape \(2,\); reduce it with .mean\(\)"):
         PosteriorSampler(nn.Linear(3, 1), (x, y), lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(0).repeat(2))
@@ -39,8 +46,11 @@ def test_a_loss_of_shape_1_is_taken_as_the_scalar_it_holds(mode):
 
 def test_mse_refuses_targets_it_would_broadcast():
     x, y = regression()
-    with pytest.raises(ValueError, match=r"outputs have shape \(40, 1\) but the targets have shape \(40,\).*"
-                                         r"y.reshape\(-1, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"outputs have shape \(40, 1\) but the targets have shape \(40,\).*"
+        r"y.reshape\(-1, 1\)",
+    ):
         slt.estimate_llc(nn.Linear(3, 1), (x, y[:, 0]), loss_fn="mse", **QUICK)
 
 

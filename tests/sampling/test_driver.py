@@ -21,8 +21,16 @@ def regression(n=40, seed=0):
 
 def test_the_schedule_records_draws_after_burn_in_every_k_steps():
     sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
-    run = sampler.run(n_beta=10.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=7, num_burnin=5,
-                      num_steps_bw_draws=3, chain_mode="sequential")
+    run = sampler.run(
+        n_beta=10.0,
+        localization=1.0,
+        step_size=1e-3,
+        num_chains=2,
+        num_draws=7,
+        num_burnin=5,
+        num_steps_bw_draws=3,
+        chain_mode="sequential",
+    )
     assert run.loss_trace.shape == (2, 7) and run.burnin_loss_trace.shape == (2, 5)
     assert run.final_positions.shape == (2, 3) and (run.divergence_step == -1).all()
     assert run.chain_mode == "sequential" and run.reference_loss_trace is None
@@ -52,8 +60,9 @@ def test_the_same_seed_gives_the_same_chains():
 
 def test_a_chain_that_diverges_is_cut_at_its_first_non_finite_loss():
     sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
-    run = sampler.run(n_beta=1e3, localization=1.0, step_size=10.0, num_chains=2, num_draws=200,
-                      chain_mode="sequential")
+    run = sampler.run(
+        n_beta=1e3, localization=1.0, step_size=10.0, num_chains=2, num_draws=200, chain_mode="sequential"
+    )
     assert run.diverged.all()
     for c in range(2):
         step = run.divergence_step[c]
@@ -64,8 +73,9 @@ def test_control_variate_records_the_loss_of_w_star_on_the_same_batch():
     model = nn.Linear(3, 1)
     data = regression()
     sampler = PosteriorSampler(model, data, "mse", batch_size=10)
-    run = sampler.run(n_beta=20.0, localization=1.0, step_size=1e-9, num_chains=1, num_draws=8,
-                      control_variate=True)
+    run = sampler.run(
+        n_beta=20.0, localization=1.0, step_size=1e-9, num_chains=1, num_draws=8, control_variate=True
+    )
     # at a vanishing step the chain stays at w*, so each draw's loss equals its reference loss
     np.testing.assert_allclose(run.loss_trace, run.reference_loss_trace, rtol=2e-3)
     # each reference is the loss of w* on one of the four batches, which average to L_n(w*)
@@ -79,8 +89,15 @@ def test_control_variate_records_the_loss_of_w_star_on_the_same_batch():
 
 def test_observables_and_gradient_energy_are_recorded_per_draw():
     sampler = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
-    run = sampler.run(n_beta=10.0, localization=1.0, step_size=1e-3, num_chains=2, num_draws=6,
-                      observables={"norm": lambda m: m.w.norm()}, record_grad_norm=True)
+    run = sampler.run(
+        n_beta=10.0,
+        localization=1.0,
+        step_size=1e-3,
+        num_chains=2,
+        num_draws=6,
+        observables={"norm": lambda m: m.w.norm()},
+        record_grad_norm=True,
+    )
     assert run.observables["norm"].shape == (2, 6) and np.isfinite(run.grad_norm_sq).all()
     np.testing.assert_allclose(run.observables["norm"] ** 2 * 4, run.grad_norm_sq, rtol=1e-6)
 
@@ -88,8 +105,9 @@ def test_observables_and_gradient_energy_are_recorded_per_draw():
 def test_the_model_is_never_modified():
     model = nn.Linear(3, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    PosteriorSampler(model, regression(), "mse").run(n_beta=20.0, localization=1.0, step_size=1e-2,
-                                                     num_chains=2, num_draws=20)
+    PosteriorSampler(model, regression(), "mse").run(
+        n_beta=20.0, localization=1.0, step_size=1e-2, num_chains=2, num_draws=20
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -113,8 +131,15 @@ def test_empty_data_and_bad_modes_are_refused():
 def test_thinned_records_are_the_burn_in_steps_and_every_kth_step_after(mode):
     # the chains take the same steps whatever is recorded, so a thinned run keeps a subset of an unthinned one
     sampler = PosteriorSampler(nn.Linear(3, 1), regression(), "mse", batch_size=10)
-    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-3, num_chains=2, seed=3, chain_mode=mode,
-              control_variate=True)
+    kw = dict(
+        n_beta=20.0,
+        localization=1.0,
+        step_size=1e-3,
+        num_chains=2,
+        seed=3,
+        chain_mode=mode,
+        control_variate=True,
+    )
     every = sampler.run(num_draws=5 + 3 * 70, **kw)  # windows of CHECK_EVERY steps are crossed
     thinned = sampler.run(num_draws=70, num_burnin=5, num_steps_bw_draws=3, **kw)
     np.testing.assert_array_equal(thinned.burnin_loss_trace, every.loss_trace[:, :5])
@@ -128,8 +153,15 @@ def test_memory_does_not_grow_with_the_number_of_steps():
     import tracemalloc
 
     sampler = PosteriorSampler(nn.Linear(3, 1), regression(), "mse", batch_size=10)
-    kw = dict(n_beta=20.0, localization=1.0, step_size=1e-4, num_chains=1, chain_mode="sequential",
-              num_burnin=0, num_steps_bw_draws=20)
+    kw = dict(
+        n_beta=20.0,
+        localization=1.0,
+        step_size=1e-4,
+        num_chains=1,
+        chain_mode="sequential",
+        num_burnin=0,
+        num_steps_bw_draws=20,
+    )
     sampler.run(num_draws=10, **kw)
     peaks = []
     for draws in (50, 500):

@@ -84,8 +84,9 @@ def test_lightning_checkpoints_load_with_a_prefix_and_the_error_says_so(tmp_path
     folder.mkdir()
     for step, path in enumerate(train_and_save(tmp_path / "plain", count=2)):
         state = torch.load(path)
-        torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": step},
-                   folder / path.name)
+        torch.save(
+            {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": step}, folder / path.name
+        )
     with pytest.warns(match="2 of 2 checkpoints failed"):
         failed = sweep(folder, store=None)
     assert "pass state_dict_prefix='model.' (--state-dict-prefix model." in failed.failures[0].error

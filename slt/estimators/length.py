@@ -1,0 +1,291 @@
+r"""How long to run the chains: until the estimate holds, measured in simulated time.
+
+SG-MCMC chains started at :math:`w^*` approach the localized posterior over a *simulated time*
+:math:`\tau = \varepsilon \cdot T` (step size times steps), not over a number of steps: on deep linear
+networks :math:`\hat\lambda` reaches 61% of its stationary value at :math:`\tau = 0.013`, 89% at 0.11 and
+97% at 0.85 (DESIGN §9). Every chain starts at :math:`w^*` and drifts the same way, so split R-hat and a
+trend test within one run do not see the shortfall; comparing the estimate over successive doublings of
+the length does.
+
+:func:`run_until_converged` therefore runs the chains in segments of doubling length, each continuing
+where the last ended. After each segment it compares the estimate over that segment with the estimate
+over the one before (the run's second half against the quarter before it) and stops when they agree
+within ``tolerance`` plus two standard errors and the simulated time is at least ``min_simulated_time``;
+the last segment (about half the run) gives the draws, everything before it is burn-in. A budget
+(``max_steps`` per chain, ``max_seconds``) stops it earlier, and the result then says it did not converge.
+
+After the first segment, with the chains spread from :math:`w^*`, an automatically chosen step is checked
+again with :func:`slt.tuning.bias_indicator` (posterior curvature away from :math:`w^*` measured 2-700×
+the curvature at it) and shrunk if its predicted bias grew past twice the target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from slt.samplers import BoundKernel
+from slt.sampling import PosteriorSampler
+from slt.sampling.driver import ChainRun, Observable
+from slt.sampling.progress import progress_bar
+from slt.tuning import DEFAULT_TARGET_BIAS, bias_indicator
+
+__all__ = ["LengthPolicy", "LengthReport", "run_until_converged", "DEFAULT_MAX_STEPS"]
+
+#: Default budget of steps per chain for the automatic length.
+DEFAULT_MAX_STEPS = 100_000
+#: Segments after which an automatic step may be resized (never once the run compares segments for good).
+MAX_RECHECKS = 3
+#: Simulated time a run must reach at γ = 1 before it may stop; :math:`\tau_{min} = 0.5 / \max(\gamma, 1)`
+#: (the localizing pull relaxes flat directions over a time 2/γ; DESIGN §9 measured 95% of the stationary
+#: value at τ = 0.43 on 10-5-10 r=1 and 90% at 0.39 on 5-5-5-5-5).
+MIN_SIMULATED_TIME = 0.5
+
+
+@dataclass(frozen=True)
+class LengthPolicy:
+    r"""When to stop doubling the chains.
+
+    Attributes
+    ----------
+    first_segment : int
+        Steps of the first segment (from :math:`w^*`); later segments double.
+    tolerance : float
+        Relative change between the estimates of two successive segments accepted as converged (on top
+        of two standard errors of that change).
+    min_simulated_time : float
+        Simulated time :math:`\varepsilon T` the run must reach before it may stop (singular models
+        relax over :math:`\tau \approx 0.1`-1 at :math:`\gamma = 1`).
+    max_steps : int or None
+        Budget of steps per chain (``None``: no limit).
+    max_seconds : float or None
+        Budget of wall time for the chains (``None``: no limit).
+    """
+
+    first_segment: int = 500
+    tolerance: float = 0.05
+    min_simulated_time: float = 0.0
+    max_steps: int | None = DEFAULT_MAX_STEPS
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.first_segment, int) and self.first_segment >= 16):
+            raise ValueError(f"first_segment must be an integer >= 16, got {self.first_segment!r}")
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance must be positive, got {self.tolerance!r}")
+        if self.max_steps is not None and self.max_steps < 2 * self.first_segment:
+            raise ValueError(
+                f"max_steps must allow two segments (at least {2 * self.first_segment}), got {self.max_steps}"
+            )
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+
+
+@dataclass
+class LengthReport:
+    r"""How the automatic length went.
+
+    Attributes
+    ----------
+    converged : bool
+        Whether the last two segments agreed before the budget ran out.
+    reason : str
+        Why the run stopped, in words.
+    segment_steps : list of int
+        Steps per chain of each segment.
+    segment_estimates : list of float
+        :math:`\hat\lambda` over each segment (healthy chains).
+    segment_stderrs : list of float
+        Standard error across chains of each segment's estimate.
+    simulated_time : float
+        :math:`\sum_k \varepsilon_k T_k` over the whole run.
+    step_size : float
+        The step of the draws (smaller than the one given if the recheck shrank it).
+    step_history : list of str
+        Step-size changes, in words.
+    """
+
+    converged: bool
+    reason: str
+    segment_steps: list[int] = field(default_factory=list)
+    segment_estimates: list[float] = field(default_factory=list)
+    segment_stderrs: list[float] = field(default_factory=list)
+    simulated_time: float = 0.0
+    step_size: float = float("nan")
+    step_history: list[str] = field(default_factory=list)
+
+    @property
+    def last_change(self) -> float:
+        """Estimate of the last segment minus the one before it (NaN with fewer than two)."""
+        if len(self.segment_estimates) < 2:
+            return float("nan")
+        return self.segment_estimates[-1] - self.segment_estimates[-2]
+
+
+def _step_factor(indicator: float, target_bias: float) -> float:
+    """How much to resize the step given its predicted bias: 1 unless it is off by more than 2×.
+
+    Shrinks by up to 10× when the bias is above twice the target; grows by at most 2× when it is below
+    half the target (the pilot measures λ̂ before the chains spread, which inflates its prediction).
+    """
+    if not math.isfinite(indicator) or indicator <= 0:
+        return 1.0
+    if indicator > 2 * target_bias:
+        return max(target_bias / indicator, 0.1)
+    if indicator < target_bias / 2:
+        return min(target_bias / indicator, 2.0)
+    return 1.0
+
+
+def _segment_means(run: ChainRun, n_beta: float, baseline: float) -> np.ndarray:
+    reference = run.reference_loss_trace if run.reference_loss_trace is not None else baseline
+    return n_beta * np.mean(run.loss_trace - reference, axis=1)  # NaN for diverged chains
+
+
+def _agree(previous: np.ndarray, current: np.ndarray, tolerance: float) -> tuple[bool, float]:
+    """Whether two segments' per-chain estimates agree, and the standard error of their change."""
+    healthy = np.isfinite(previous) & np.isfinite(current)
+    if healthy.sum() == 0:
+        return False, float("nan")
+    diffs = current[healthy] - previous[healthy]
+    se = float(diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else 0.0
+    level = abs(float(current[healthy].mean()))
+    return abs(float(diffs.mean())) <= tolerance * level + 2 * se, se
+
+
+def run_until_converged(
+    posterior: PosteriorSampler,
+    *,
+    kernel: BoundKernel,
+    n_beta: float,
+    localization: float,
+    step_size: float,
+    num_chains: int,
+    seed: int,
+    policy: LengthPolicy,
+    num_steps_bw_draws: int = 1,
+    chain_mode: str = "auto",
+    observables: Mapping[str, Observable] | None = None,
+    control_variate: bool = True,
+    recheck_step: bool = True,
+    target_bias: float = DEFAULT_TARGET_BIAS,
+    progress: bool | str = False,
+) -> tuple[ChainRun, LengthReport]:
+    """Run chains in doubling segments until two successive segments agree (see the module docstring).
+
+    Returns
+    -------
+    run : ChainRun
+        The last segment as the draws, every earlier segment's (thinned) losses as burn-in.
+    report : LengthReport
+
+    The kernel must already be bound (its adaptation, if any, ends within the first segment).
+    """
+    every = num_steps_bw_draws
+    first = max(policy.first_segment // every, 8) * every
+    total_budget = policy.max_steps
+    bar = progress_bar(progress, total_budget * num_chains if total_budget else None, "LLC")
+    report = LengthReport(converged=False, reason="", step_size=step_size)
+    burnin: list[np.ndarray] = []
+    run: ChainRun | None = None
+    previous: np.ndarray | None = None
+    states = None
+    diverged_at = np.full(num_chains, -1, dtype=np.int64)
+    steps_done, seconds, length, segment = 0, 0.0, first, 0
+    try:
+        while True:
+            started = time.perf_counter()
+            run = posterior.run(
+                n_beta=n_beta,
+                localization=localization,
+                step_size=step_size,
+                sampler=kernel,
+                num_chains=num_chains,
+                num_draws=length // every,
+                num_burnin=0,
+                num_steps_bw_draws=every,
+                seed=seed + 7_368_787 * segment,
+                chain_mode=chain_mode,
+                observables=observables,
+                control_variate=control_variate,
+                record_grad_norm=True,
+                progress=bar if bar is not None else False,
+                initial_states=states,
+            )
+            chain_mode = run.chain_mode
+            seconds += time.perf_counter() - started
+            newly = (diverged_at < 0) & (run.divergence_step >= 0)
+            diverged_at[newly] = steps_done + run.divergence_step[newly]
+            steps_done += length
+            segment += 1
+            states = run.final_states
+            report.simulated_time += step_size * length
+            current = _segment_means(run, n_beta, posterior.init_loss)
+            healthy = np.isfinite(current)
+            estimate = float(current[healthy].mean()) if healthy.any() else float("nan")
+            report.segment_steps.append(length)
+            report.segment_estimates.append(estimate)
+            report.segment_stderrs.append(
+                float(current[healthy].std(ddof=1) / math.sqrt(healthy.sum()))
+                if healthy.sum() > 1
+                else math.nan
+            )
+            if not healthy.any():
+                report.reason = "every chain diverged"
+                break
+            if recheck_step and segment <= MAX_RECHECKS and estimate > 0:
+                half = run.grad_norm_sq.shape[1] // 2
+                indicator = bias_indicator(step_size, n_beta, run.grad_norm_sq[healthy, half:], estimate)
+                factor = _step_factor(indicator, target_bias)
+                if factor != 1.0:
+                    # the chains reached stiffer (or flatter) places than w*: resize the step, count from here
+                    step_size *= factor
+                    report.step_history.append(
+                        f"predicted bias {indicator:.1%} after {steps_done} steps: step -> {step_size:.3g}"
+                    )
+                    burnin.append(run.loss_trace)
+                    previous = None
+                    continue
+            if previous is not None:
+                agree, _ = _agree(previous, current, policy.tolerance)
+                if agree and report.simulated_time >= policy.min_simulated_time:
+                    report.converged = True
+                    report.reason = (
+                        f"the last two segments agree within {policy.tolerance:.0%} plus two standard errors"
+                    )
+                    break
+            previous = current
+            next_length = 2 * length
+            if total_budget is not None and steps_done + next_length > total_budget:
+                report.reason = f"max_steps={total_budget} reached"
+                break
+            if (
+                policy.max_seconds is not None
+                and seconds * (1 + next_length / steps_done) > policy.max_seconds
+            ):
+                report.reason = f"max_seconds={policy.max_seconds:g} would be exceeded by the next segment"
+                break
+            burnin.append(run.loss_trace)
+            length = next_length
+    finally:
+        if bar is not None:
+            bar.close()
+    assert run is not None
+    report.step_size = step_size
+    combined = ChainRun(
+        loss_trace=run.loss_trace,
+        burnin_loss_trace=np.concatenate(burnin, axis=1) if burnin else np.empty((num_chains, 0)),
+        grad_norm_sq=run.grad_norm_sq,
+        reference_loss_trace=run.reference_loss_trace,
+        divergence_step=diverged_at,
+        observables=run.observables,
+        chain_mode=run.chain_mode,
+        seconds=seconds,
+        final_positions=run.final_positions,
+        final_states=run.final_states,
+    )
+    return combined, report

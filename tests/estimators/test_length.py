@@ -1,0 +1,139 @@
+"""The automatic length: chains doubled until the estimate holds, a budget, and an honest interval."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import slt
+from slt.estimators.length import LengthPolicy, run_until_converged
+from slt.estimators.llc import LLCChecks, llc_interval
+from slt.oracles import deep_linear_network, linear_regression_data
+from slt.samplers import get_kernel
+from slt.sampling import PosteriorSampler
+from slt.sampling.driver import stack_states, unstack_state
+from slt.warnings import ConvergenceWarning
+from tests.conftest import Quadratic, gaussian_nll, quadratic_loss
+
+DUMMY = (torch.zeros(64, 1),)
+
+
+def quadratic_target(d: int, n_beta: float, gamma: float) -> float:
+    """Exact nβ E[L] for L = |w|^2 under exp(-nβ L - γ|w|^2/2): each coordinate has variance 1/(2nβ + γ)."""
+    return n_beta * d / (2 * n_beta + gamma)
+
+
+def test_default_length_runs_until_two_doublings_agree_on_a_quadratic():
+    n_beta = 100.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = slt.estimate_llc(
+            Quadratic(6), DUMMY, loss_fn=quadratic_loss, n_beta=n_beta, step_size=1e-3, progress=False
+        )
+    s, c = result.settings, result.checks
+    assert s.length_source == "auto" and s.converged is True
+    # doubling segments, the last one gives the draws and everything before is burn-in
+    assert c.segment_steps[1:] == [2 * k for k in c.segment_steps[:-1]]
+    assert s.num_draws == c.segment_steps[-1] and s.num_burnin == sum(c.segment_steps[:-1])
+    assert result.burnin_loss_trace.shape == (4, s.num_burnin)
+    assert s.simulated_time == pytest.approx(1e-3 * sum(c.segment_steps))
+    assert s.simulated_time >= 0.5  # the floor at γ = 1
+    exact = quadratic_target(6, n_beta, 1.0)
+    assert result.mean == pytest.approx(exact, rel=0.08)
+    low, high = result.interval
+    assert low < result.mean < high and low <= exact <= high
+
+
+def test_a_budget_that_stops_the_chains_early_warns_with_the_simulated_time():
+    model = deep_linear_network([5, 5, 5, 5, 5], 1)
+    x, y = linear_regression_data(model, 2000)
+    with pytest.warns(ConvergenceWarning, match="had not settled.*simulated time") as record:
+        result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, max_steps=1500, progress=False)
+    assert any("max_steps=1500" in str(w.message) for w in record)
+    assert result.settings.converged is False and result.settings.max_steps == 1500
+    assert sum(result.checks.segment_steps) <= 1500
+    assert any("had not settled" in str(p) for p in result.problems)
+    # still rising: the interval reaches above the estimate by at least the last change
+    assert result.checks.last_change > 0
+    assert result.interval[1] >= result.mean + result.checks.last_change
+
+
+def test_a_time_budget_stops_the_chains():
+    model = deep_linear_network([5, 5, 5, 5, 5], 1)
+    x, y = linear_regression_data(model, 2000)
+    with pytest.warns(ConvergenceWarning, match="max_seconds=0.5"):
+        result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, max_seconds=0.5, progress=False)
+    assert result.settings.converged is False
+    assert result.seconds < 5
+
+
+def test_given_num_draws_keeps_the_fixed_length_and_refuses_a_lone_num_burnin():
+    result = slt.estimate_llc(
+        Quadratic(3),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=100.0,
+        step_size=1e-3,
+        num_draws=1000,
+        progress=False,
+    )
+    assert result.settings.length_source == "given" and result.settings.converged is None
+    assert result.settings.num_burnin == 1000 and result.trace.shape == (4, 1000)
+    with pytest.raises(ValueError, match="num_burnin goes with num_draws"):
+        slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, num_burnin=10, progress=False)
+
+
+def test_a_step_too_large_for_where_the_chains_go_is_shrunk_after_the_first_segment():
+    posterior = PosteriorSampler(Quadratic(20), DUMMY, quadratic_loss)
+    kernel = get_kernel("sgld").bind()
+    # at nβ = 1000 a step of 4e-4 predicts (εnβ²E|g|²/8)/λ ≈ 20% bias on |w|^2, four times the 5% target
+    run, report = run_until_converged(
+        posterior,
+        kernel=kernel,
+        n_beta=1000.0,
+        localization=1.0,
+        step_size=4e-4,
+        num_chains=4,
+        seed=0,
+        policy=LengthPolicy(first_segment=200, max_steps=6400),
+    )
+    assert report.step_history and "step ->" in report.step_history[0]
+    assert report.step_size < 4e-4
+    # the draws come from the resized step's segments only
+    assert run.loss_trace.shape[1] == report.segment_steps[-1]
+
+
+def test_chains_continue_from_given_states_in_both_modes():
+    posterior = PosteriorSampler(Quadratic(3), DUMMY, quadratic_loss)
+    start = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    kernel = get_kernel("sgld").bind()
+    states = unstack_state(kernel.init(start), 2)
+    assert torch.equal(stack_states(states).position, start)
+    for mode in ("sequential", "vectorized"):
+        run = posterior.run(
+            n_beta=10.0,
+            localization=1.0,
+            step_size=1e-6,
+            num_chains=2,
+            num_draws=1,
+            chain_mode=mode,
+            initial_states=states,
+        )
+        np.testing.assert_allclose(run.loss_trace[:, 0], [1.0, 4.0])  # L = |w|^2 at the given positions
+        assert len(run.final_states) == 2
+    with pytest.raises(ValueError, match="1 states for 2 chains"):
+        posterior.run(n_beta=10.0, localization=1.0, step_size=1e-6, num_chains=2, initial_states=states[:1])
+
+
+def test_interval_adds_sampling_error_drift_and_step_bias():
+    checks = LLCChecks(segment_estimates=[8.0, 10.0], bias_indicator=0.05)
+    low, high = llc_interval(10.0, 0.5, 4, checks)
+    t = 3.1824463  # Student's t, 3 degrees of freedom, 97.5%
+    assert high == pytest.approx(10 + t * 0.5 + 2.0)  # still rising by 2: the target may be higher
+    assert low == pytest.approx(10 - t * 0.5 - 0.5)  # a 5% predicted step bias: it may be lower
+    falling = LLCChecks(segment_estimates=[12.0, 10.0])
+    low, high = llc_interval(10.0, 0.5, 4, falling)
+    assert low == pytest.approx(10 - t * 0.5 - 2.0) and high == pytest.approx(10 + t * 0.5)
+    assert all(math.isnan(v) for v in llc_interval(10.0, float("nan"), 1, checks))
