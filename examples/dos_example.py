@@ -24,8 +24,16 @@ from torch import nn
 import slt
 from slt import oracles
 
-COLUMNS = ["llc", "llc_stderr", "multiplicity", "multiplicity_stderr", "fit_t_low", "fit_t_high",
-           "median_round_trips", "seconds"]
+COLUMNS = [
+    "llc",
+    "llc_stderr",
+    "multiplicity",
+    "multiplicity_stderr",
+    "fit_t_low",
+    "fit_t_high",
+    "median_round_trips",
+    "seconds",
+]
 
 
 def gaussian_nll(model, batch):
@@ -46,8 +54,9 @@ def trained_mlp(n: int = 500, seed: int = 0):
         gaussian_nll(model, (x, y)).backward()
         opt.step()
     # polish with full-batch L-BFGS so the weights sit at a minimum (t >= 0 near them)
-    lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=500, tolerance_grad=1e-9,
-                              line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS(
+        model.parameters(), max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         lbfgs.zero_grad()
@@ -71,15 +80,28 @@ def main() -> None:
     model, x, y = trained_mlp()
     n_beta = slt.default_n_beta(len(x))
     ladder = np.geomspace(n_beta / 10, 1000 * n_beta, 18)
-    mlp = slt.estimate_dos(model, (x, y), loss_fn=gaussian_nll, temperatures=ladder, num_draws=draws,
-                           num_burnin=2 * draws, progress=False)
+    mlp = slt.estimate_dos(
+        model,
+        (x, y),
+        loss_fn=gaussian_nll,
+        temperatures=ladder,
+        num_draws=draws,
+        num_burnin=2 * draws,
+        progress=False,
+    )
     print(f"trained MLP ({mlp.settings.num_params} parameters, n = {mlp.n}):")
     print(mlp.summary()[COLUMNS].to_string(index=False))
 
     rrr = oracles.deep_linear_network([4, 3, 4], rank=1, seed=0, dtype=torch.float64)
     rx, ry = oracles.linear_regression_data(rrr, 100, noise=0.0, seed=1)
-    known = slt.estimate_dos(rrr, (rx, ry), loss_fn=gaussian_nll, temperatures=np.geomspace(30, 3e5, 16),
-                             num_draws=2 * draws, progress=False)
+    known = slt.estimate_dos(
+        rrr,
+        (rx, ry),
+        loss_fn=gaussian_nll,
+        temperatures=np.geomspace(30, 3e5, 16),
+        num_draws=2 * draws,
+        progress=False,
+    )
     lam, mult = oracles.rrr_lambda(4, 3, 4, 1)
     print(f"\nreduced-rank regression (Aoyagi: λ = {lam:g}, m = {mult}):")
     print(known.summary()[COLUMNS].to_string(index=False))
