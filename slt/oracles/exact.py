@@ -86,8 +86,8 @@ class ExactTarget(JSONResult):
         Mean Metropolis acceptance probability over the draws.
     converged : bool
         Whether the last two quarters, and the last half against the quarter before it, agreed within
-        ``tolerance`` relative plus two standard errors of their difference (and the chains moved: a
-        mean acceptance of at least 0.1).
+        ``tolerance`` relative plus two standard errors of their difference, the standard error was
+        within ``tolerance`` relative, and the chains moved (a mean acceptance of at least 0.1).
     chain_values : ndarray, shape (chains,)
         Each chain's mean of :math:`n\beta(L_n(w) - L_n(w^*))` over the last half of its draws.
     history : tuple of (steps, value, stderr)
@@ -160,7 +160,9 @@ def exact_llc_target(
     step over the second half of burn-in, frozen. The chains then run ``min_steps`` steps, and their
     length doubles until (a) the means over the last two quarters of the draws and (b) the mean over
     the last half against the quarter before it agree within ``tolerance`` relative plus two standard
-    errors of the per-chain differences, or until burn-in plus draws would exceed ``max_steps``. The
+    errors of the per-chain differences, and (c) the standard error of the value is within ``tolerance``
+    relative (without it the test of (a) and (b) has too little power to see a slow drift), or until
+    burn-in plus draws would exceed ``max_steps``. The
     value is the mean over the last half of the draws (DESIGN.md §9: chains started at :math:`w^*`
     drift together for a long time, which comparing successive doublings detects).
 
@@ -193,7 +195,8 @@ def exact_llc_target(
     min_steps : int
         Steps after burn-in before the first convergence check; each check doubles the length.
     tolerance : float
-        Relative agreement required between successive windows (besides two standard errors).
+        Relative agreement required between successive windows (besides two standard errors), and the
+        relative standard error required of the value.
     target_acceptance : float
         Acceptance rate of the step-size adaptation, in (0, 1).
     chain_mode : {"auto", "vectorized", "sequential"}
@@ -357,6 +360,8 @@ def _windows(trace: np.ndarray, tolerance: float) -> _Check:
     stderr = float(last_half.std(ddof=1) / math.sqrt(chains))
     allowed = tolerance * abs(value)
     reasons = []
+    if not stderr <= allowed:  # without this precision the windows' agreement says little (also NaN)
+        reasons.append(f"the standard error {stderr:.3g} exceeds the tolerance ({allowed:.3g})")
     for label, diff in (
         ("the last two quarters differ by", fourth - third),
         ("the last half differs from the quarter before it by", last_half - second),

@@ -92,7 +92,9 @@ def test_normal_crossing_quadrature_regular_limit_and_below_lambda():
 def test_mala_reference_matches_the_linear_regression_closed_form(n, loss, num_chains, min_steps):
     model, (x, y) = fitted_regression(n)
     loss_fn = "mse" if loss == "mse" else gaussian_nll
-    result = exact_llc_target(model, (x, y), loss_fn, num_chains=num_chains, min_steps=min_steps, seed=1)
+    result = exact_llc_target(
+        model, (x, y), loss_fn, num_chains=num_chains, min_steps=min_steps, seed=1, tolerance=0.02
+    )
     exact = linear_regression_target(x, n / math.log(n), 1.0, bias=True, loss=loss)
     # measured (seed 1): n=501 2.952 ± 0.015 against 2.981 (-1.0%); n=4100 2.998 ± 0.027 against 2.994 (+0.1%)
     assert result.converged and result.problems == ()
@@ -109,7 +111,14 @@ def test_mala_reference_matches_the_normal_crossing_quadrature():
     n_beta, gamma = 300.0, 4.0
     model = NormalCrossing([1, 2], dtype=torch.float64)
     result = exact_llc_target(
-        model, (x, y), gaussian_nll, n_beta=n_beta, localization=gamma, num_chains=256, min_steps=4000
+        model,
+        (x, y),
+        gaussian_nll,
+        n_beta=n_beta,
+        localization=gamma,
+        num_chains=256,
+        min_steps=4000,
+        tolerance=0.02,
     )
     exact = normal_crossing_target(x, y, n_beta, gamma, power=2, loss="gaussian_nll")
     # measured: 0.09635 ± 0.0017 against 0.09618 (+0.2%)
@@ -120,6 +129,7 @@ def test_mala_reference_matches_the_normal_crossing_quadrature():
     assert result.offset_from(0.25) < 0  # the finite-β target sits below λ = 1/4
 
 
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # 150 steps: too short on purpose
 def test_the_model_its_grads_mode_and_the_global_rng_are_left_as_they_were():
     model, (x, y) = fitted_regression(200)
     model.train()
