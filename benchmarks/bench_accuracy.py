@@ -66,6 +66,7 @@ from slt.oracles import (
     deep_linear_network,
     dln_lambda,
     linear_regression_data,
+    normal_crossing_target,
     regression_data,
     tanh_lambda,
     tanh_network,
@@ -101,22 +102,8 @@ def dln_case(widths: list[int], rank: int, n: int, calibrate: bool = True) -> Ca
 
 
 def normal_crossing_exact(x: torch.Tensor, y: torch.Tensor, k: int, n_beta: float, gamma: float) -> float:
-    """Exact nβ·E[L_n(w) - L_n(0)] for f = x·w1·w2^k under exp(-nβ L_n - γ|w|²/2), by quadrature.
-
-    With p = w1·c, c = w2^k: L_n(w) - L_n(0) = (A p² - 2 B p)/2 where A = mean(x²), B = mean(x·y). Given
-    w2 the posterior of w1 is Gaussian, so the w1 integral is closed-form; one quadrature over w2 remains.
-    """
-    a = float((x.double() ** 2).mean())
-    b = float((x.double() * y.double()).mean())
-    w2 = np.linspace(-12 / math.sqrt(gamma), 12 / math.sqrt(gamma), 400_001)
-    c = w2**k
-    precision = n_beta * a * c**2 + gamma
-    linear = n_beta * b * c
-    mean = linear / precision
-    log_weight = -0.5 * np.log(precision) + 0.5 * linear**2 / precision - 0.5 * gamma * w2**2
-    expected_k = 0.5 * (a * c**2 * (1 / precision + mean**2) - 2 * b * c * mean)
-    weight = np.exp(log_weight - log_weight.max())
-    return float(n_beta * np.trapezoid(weight * expected_k, w2) / np.trapezoid(weight, w2))
+    """Exact nβ·E[L_n(w) - L_n(0)] for f = x·w1·w2^k with the Gaussian NLL: the library's quadrature."""
+    return normal_crossing_target(x, y, n_beta, gamma, power=k, loss="gaussian_nll")
 
 
 def normal_crossing_case(k: int, n: int, gamma: float = 1.0, calibrate: bool = True) -> Case:

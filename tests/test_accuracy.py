@@ -16,6 +16,7 @@ from slt.oracles import (
     deep_linear_network,
     dln_lambda,
     linear_regression_data,
+    normal_crossing_target,
     regression_data,
 )
 from tests.conftest import gaussian_nll
@@ -27,22 +28,8 @@ N_BETA = N / math.log(N)
 
 
 def normal_crossing_exact(x: torch.Tensor, y: torch.Tensor, n_beta: float, gamma: float) -> float:
-    """Exact nβ·E[L_n(w) - L_n(0)] for f = x·w1·w2² under exp(-nβ L_n - γ|w|²/2), by quadrature.
-
-    With p = w1·w2², L_n(w) - L_n(0) = (A p² - 2 B p)/2 where A = mean(x²), B = mean(x·y). Given w2 the
-    posterior of w1 is Gaussian, so the w1 integral is closed-form and one 1-D quadrature over w2 remains.
-    """
-    a = float((x.double() ** 2).mean())
-    b = float((x.double() * y.double()).mean())
-    w2 = np.linspace(-12 / math.sqrt(gamma), 12 / math.sqrt(gamma), 400_001)
-    c = w2**2
-    precision = n_beta * a * c**2 + gamma
-    linear = n_beta * b * c
-    mean = linear / precision
-    log_weight = -0.5 * np.log(precision) + 0.5 * linear**2 / precision - 0.5 * gamma * w2**2
-    expected_k = 0.5 * (a * c**2 * (1 / precision + mean**2) - 2 * b * c * mean)
-    weight = np.exp(log_weight - log_weight.max())
-    return n_beta * np.trapezoid(weight * expected_k, w2) / np.trapezoid(weight, w2)
+    """Exact nβ·E[L_n(w) - L_n(0)] for f = x·w1·w2² with the Gaussian NLL, by quadrature (the library's)."""
+    return normal_crossing_target(x, y, n_beta, gamma, power=2, loss="gaussian_nll")
 
 
 def test_quadrature_reproduces_the_regular_limit():

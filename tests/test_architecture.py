@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "slt"
 LAYERS = {
     "warnings": -1,
     "results": 0,
-    "oracles": 0,
     "samplers": 1,
     "sampling": 2,
     "tuning": 3,
     "estimators": 4,
+    "oracles": 4,  # its exact targets run the sampling layer
     "dos": 4,
     "transitions": 4,
     "sweeps": 5,

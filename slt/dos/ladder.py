@@ -27,8 +27,8 @@ from torch import Tensor
 
 from slt.samplers import Kernel, LocalPosterior, exchange, mala
 from slt.sampling import PosteriorSampler
-from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import chain_seeds
+from slt.sampling.full_loss import full_loss_over_positions
 from slt.sampling.progress import progress_bar
 from slt.sampling.settings import default_n_beta
 
@@ -133,79 +133,6 @@ def rung_step_sizes(
     return steps
 
 
-# -- exact full-data loss over batches of positions ------------------------------------------
-
-
-class FullLoss:
-    """Exact full-data mean loss (and gradient) at many flat positions at once.
-
-    Uses ``torch.func.vmap`` over positions for in-memory data (``mode="vectorized"``), otherwise loads
-    positions one by one into the working copy (``mode="sequential"``). Accumulates over the data in
-    chunks, so memory stays bounded for large data sets.
-    """
-
-    def __init__(self, posterior: PosteriorSampler, mode: str):
-        self.posterior = posterior
-        self.mode = mode
-        fm = posterior.flat_model
-        if mode == "vectorized":
-            loss_at = fm.functional_loss()
-            self._grad_and_value = torch.func.vmap(torch.func.grad_and_value(loss_at), in_dims=(0, None))
-
-    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean loss over the full data, shape ``(rows,)``, and its gradient, shape ``(rows, d)``."""
-        if self.mode == "vectorized":
-            total_loss = torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
-            total_grad = torch.zeros_like(positions)
-            count = 0
-            for batch in self.posterior.data.full_batches():
-                size = batch_length(batch)
-                grad, loss = self._grad_and_value(positions, batch)
-                total_loss += size * loss.detach()
-                total_grad += size * grad.detach()
-                count += size
-            return total_loss / count, total_grad / count
-        fm = self.posterior.flat_model
-        losses = torch.empty(positions.shape[0], dtype=positions.dtype, device=positions.device)
-        grads = torch.empty_like(positions)
-        try:
-            for row in range(positions.shape[0]):
-                fm.load(positions[row])
-                total, grad, count = 0.0, torch.zeros_like(fm.flat), 0
-                for batch in self.posterior.data.full_batches():
-                    size = batch_length(batch)
-                    loss, g = fm.loss_and_grad(batch)
-                    total += size * float(loss)
-                    grad += size * g
-                    count += size
-                losses[row] = total / count
-                grads[row] = grad / count
-        finally:
-            fm.load(fm.center)
-        return losses, grads
-
-
-def _choose_full_loss(posterior: PosteriorSampler, chain_mode: str, rows: int) -> FullLoss:
-    if chain_mode not in ("auto", "sequential", "vectorized"):
-        raise ValueError(f"chain_mode must be 'auto', 'sequential' or 'vectorized', got {chain_mode!r}")
-    in_memory = isinstance(posterior.data, TensorData)
-    if chain_mode == "vectorized" and not in_memory:
-        raise ValueError(
-            "vectorized chains need in-memory data (a tuple of tensors or a TensorDataset); "
-            "use chain_mode='sequential' with datasets and loaders"
-        )
-    if chain_mode == "sequential" or not in_memory:
-        return FullLoss(posterior, "sequential")
-    full = FullLoss(posterior, "vectorized")
-    if chain_mode == "vectorized":
-        return full
-    try:  # "auto": vectorize unless the model does something vmap cannot handle
-        full(posterior.center.expand(min(rows, 2), -1).clone())
-    except Exception:
-        return FullLoss(posterior, "sequential")
-    return full
-
-
 # -- back end 1: Metropolis-adjusted Langevin with replica exchange ---------------------------
 
 
@@ -235,7 +162,7 @@ def run_exchange_ladder(
     fm = posterior.flat_model
     rungs, chains = len(temperatures), num_chains
     rows = rungs * chains
-    full_loss = _choose_full_loss(posterior, chain_mode, rows)
+    full_loss = full_loss_over_positions(posterior, chain_mode, rows)
     device, dtype = fm.center.device, fm.center.dtype
     x = torch.as_tensor(temperatures, dtype=dtype, device=device)
     x_rows = x.repeat_interleave(chains)

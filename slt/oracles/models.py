@@ -7,6 +7,8 @@ Tests, benchmarks and tutorials share these as one source of truth.
 * Normal crossings :math:`K(w) = \prod_i w_i^{2k_i}`: :func:`normal_crossing_lambda`,
   :class:`NormalCrossing`.
 * One-hidden-layer tanh networks with zero true function: :func:`tanh_lambda`, :func:`tanh_network`.
+
+The values the estimator targets at a finite nβ are in :mod:`slt.oracles.exact`.
 """
 
 from __future__ import annotations
