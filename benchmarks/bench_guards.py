@@ -103,7 +103,13 @@ def row(case: str, fn: Any) -> dict[str, Any]:
         "center_norm": c.center_norm,
         "bias_indicator": c.bias_indicator,
         "rhat": result.diagnostics.rhat,
+        "interval": list(result.interval),
+        "simulated_time": result.settings.simulated_time,
+        "converged": result.settings.converged,
+        "steps_per_chain": result.settings.num_burnin
+        + result.settings.num_draws * result.settings.num_steps_bw_draws,
         "warnings": sorted({w.category.__name__ for w in ours}),
+        "messages": [str(w.message) for w in ours],
         "seconds": time.perf_counter() - start,
     }
 
@@ -111,6 +117,12 @@ def row(case: str, fn: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transformer-steps", type=int, default=1500)
+    parser.add_argument(
+        "--transformer-max-steps",
+        type=int,
+        default=8000,
+        help="budget per chain of the automatic length on the transformer (the default 100,000 takes hours)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     clf, clf_data = trained_classifier()
@@ -118,6 +130,7 @@ def main() -> None:
     half = trained_mlp()[0].to(torch.bfloat16)
     half_data = tuple(t.bfloat16() for t in mlp_data)
     lm, tokens = trained_transformer(args.transformer_steps)
+    budget = args.transformer_max_steps
 
     def summed(m: nn.Module, b: Any) -> torch.Tensor:
         return ((m(b[0]) - b[1]) ** 2).sum()
@@ -130,8 +143,14 @@ def main() -> None:
         ("MLP, summed loss", mlp, mlp_data, summed, {}),
         ("MLP, num_chains=1", mlp, mlp_data, "mse", {"num_chains": 1}),
         ("MLP, bfloat16", half, half_data, "mse", {}),
-        ("transformer, defaults", lm, tokens, next_token_loss, {}),
-        ("transformer, γ=100", lm, tokens, next_token_loss, {"localization": 100.0}),
+        (f"transformer, max_steps={budget}", lm, tokens, next_token_loss, {"max_steps": budget}),
+        (
+            f"transformer, γ=100, max_steps={budget}",
+            lm,
+            tokens,
+            next_token_loss,
+            {"localization": 100.0, "max_steps": budget},
+        ),
     ]
     rows = [
         row(name, lambda m=m, d=d, f=f, kw=kw: slt.estimate_llc(m, d, loss_fn=f, progress=False, **kw))
@@ -139,17 +158,22 @@ def main() -> None:
     ]
     write_json("guards", {"environment": environment("cpu"), "rows": rows})
     lines = [
-        "| case | λ̂ | d | L(w*) | L(w*)+λ̂/nβ | L(0) | ‖w−w*‖ / ‖w*‖ | bias ind. | R-hat | warnings | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | λ̂ | 95% interval | d | L(w*) | L(w*)+λ̂/nβ | L(0) | ‖w−w*‖ / ‖w*‖ | bias ind. | R-hat | ε·T "
+        "| warnings | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "raised" in r:
-            lines.append(f"| {r['case']} | raised: {r['raised'][:80]} | | | | | | | | | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {r['case']} | raised: {r['raised'][:80]} | | | | | | | | | | | {r['seconds']:.0f} |"
+            )
             continue
         lines.append(
-            f"| {r['case']} | {r['llc']:.4g} ± {r['llc_stderr']:.2g} | {r['d']} | {r['init_loss']:.3g} | "
+            f"| {r['case']} | {r['llc']:.4g} ± {r['llc_stderr']:.2g} | [{r['interval'][0]:.4g}, "
+            f"{r['interval'][1]:.4g}] | {r['d']} | {r['init_loss']:.3g} | "
             f"{r['implied_mean_loss']:.3g} | {r['zero_weights_loss']:.3g} | {r['distance']:.3g} / "
             f"{r['center_norm']:.3g} | {r['bias_indicator']:.2g} | {r['rhat']:.3f} | "
+            f"{r['simulated_time']:.3g} | "
             f"{', '.join(r['warnings']) or '—'} | {r['seconds']:.0f} |"
         )
     (RESULTS / "guards.md").write_text("\n".join(lines) + "\n")

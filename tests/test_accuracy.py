@@ -99,33 +99,22 @@ def test_reduced_rank_regression_at_the_true_parameter(rank, expected):
     assert result.mean > EXACT_10_5_10[rank]  # above the target: the step-size bias of this ε is positive
 
 
-@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # "no step was stable" is allowed
-def test_four_layer_deep_linear_network_with_the_calibrated_step():
-    """Widths 5-5-5-5-5, rank 1 (λ = 9.5), n = 1e4, step from calibrate (measured +2.3%)."""
-    widths, rank = [5, 5, 5, 5, 5], 1
-    model = deep_linear_network(widths, rank)
+def test_defaults_alone_reach_the_exact_target_of_a_deep_linear_network():
+    """10→5→10 rank 1 at n = 1e4 with no tuning argument: the pilot's step, re-sized once the chains have
+    spread, and the automatic length (doublings until two agree, ε·T ≥ 0.5).
+
+    Measured: 20.06 (-0.9% of the exact 20.25, -21% of Aoyagi's 25.5, which the target itself sits 21%
+    below at this nβ), 95% interval [17.52, 20.96], ε·T = 0.68 after 64,500 steps per chain. The former
+    default (1,000 draws after 1,000 steps) gave 15.0 without a warning.
+    """
+    model = deep_linear_network([10, 5, 10], 1)
     x, y = linear_regression_data(model, N)
-    cal = slt.calibrate(
-        model,
-        (x, y),
-        loss_fn=gaussian_nll,
-        sampler="rmsprop_sgld",
-        step_sizes=[2e-5, 1e-5, 5e-6],
-        base_steps=5000,
-        max_steps=20_000,  # the length check settled at 20,000 when it was written; it keeps the test short
-        batch_size=500,
-        progress=False,
-    )
-    kwargs = cal.estimate_kwargs()  # the sampler and batch size it calibrated come with it
-    assert kwargs["sampler"] == "rmsprop_sgld" and kwargs["batch_size"] == 500
-    result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, progress=False, **kwargs)
-    truth = dln_lambda(widths, rank)[0]
-    assert truth == 9.5
-    assert result.mean == pytest.approx(truth, rel=0.15)
-    # the largest step of the grid is biased upwards, which is why calibration rejects it
-    largest = max(cal.table, key=lambda r: r["step_size"])
-    assert largest["llc_mean"] > 1.15 * truth and not largest["stable"]
-    assert cal.step_size < largest["step_size"]
+    result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, progress=False)
+    exact = EXACT_10_5_10[1]
+    assert result.settings.converged and result.settings.simulated_time >= 0.5
+    assert result.mean == pytest.approx(exact, rel=0.05)
+    low, high = result.interval
+    assert low <= exact <= high
 
 
 def regular_regression(n: int, d_in: int = 4, seed: int = 0):
