@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, import_arviz, trend_threshold
-from slt.estimators.length import DEFAULT_MAX_STEPS, MIN_SIMULATED_TIME, LengthPolicy, run_until_converged
+from slt.estimators.length import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_PRECISION,
+    MIN_SIMULATED_TIME,
+    LengthPolicy,
+    run_until_converged,
+)
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -502,6 +508,13 @@ def _length_problems(s: LLCSettings, checks: LLCChecks) -> list[Problem]:
         if math.isfinite(change)
         else "there were too few segments to compare"
     )
+    if estimates and checks.segment_stderrs and estimates[-1]:
+        relative = checks.segment_stderrs[-1] / abs(estimates[-1])
+        if relative > DEFAULT_PRECISION:
+            moved += (
+                f" and its standard error is {relative:.0%} of it (the automatic length asks for "
+                f"{DEFAULT_PRECISION:.0%}; more chains, num_chains, shrink it too)"
+            )
     budget = f"max_steps={s.max_steps}" + (f", max_seconds={s.max_seconds:g}" if s.max_seconds else "")
     return [
         Problem.of(
@@ -638,7 +651,9 @@ def estimate_llc(
         Draws per chain that enter the estimate. By default (``None``) the length is automatic: the
         chains run in doubling segments until the estimate over the last segment agrees with the one
         before (within 5% plus two standard errors), the last segment giving the draws and the rest
-        burn-in (see :mod:`slt.estimators.length`); a budget stops it with a warning.
+        burn-in, once the standard error is within 5% of the estimate and the simulated time
+        :math:`\varepsilon T` has reached :math:`0.5/\max(\gamma, 1)` (see :mod:`slt.estimators.length`);
+        a budget stops it with a warning.
     num_burnin : int, optional
         With ``num_draws``: steps discarded at the start of each chain (default
         ``num_draws * num_steps_bw_draws``). Not allowed with the automatic length.
