@@ -215,7 +215,9 @@ def test_default_step_pilot_sizes_the_step_where_lambda_is_small():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no pilot warning, no convergence warning
-        result = slt.estimate_llc(model, data, loss_fn=loss, seed=0, progress=False)
+        # the former default length: this test is about the pilot (the automatic length asks for a 5%
+        # standard error, which on this λ ≈ 0.2 takes ~80,000 steps per chain)
+        result = slt.estimate_llc(model, data, loss_fn=loss, seed=0, num_draws=1000, progress=False)
     source = result.settings.step_size_source
     # the step was sized (a short pilot may be rerun longer when the estimate drowns in noise)
     assert "not positive; kept" not in source and source.count("->") >= 2
