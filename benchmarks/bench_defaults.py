@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
     summary = summarize(rows)
     payload = {"environment": environment("cpu"), "rows": rows, "summary": summary}
-    write_json("defaults", payload)
+    write_json("defaults.json", payload)
     (RESULTS / "defaults.md").write_text(markdown(rows, summary))
     print(markdown(rows, summary))
     return payload

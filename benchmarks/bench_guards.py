@@ -156,7 +156,7 @@ def main() -> None:
         row(name, lambda m=m, d=d, f=f, kw=kw: slt.estimate_llc(m, d, loss_fn=f, progress=False, **kw))
         for name, m, d, f, kw in cases
     ]
-    write_json("guards", {"environment": environment("cpu"), "rows": rows})
+    write_json("guards.json", {"environment": environment("cpu"), "rows": rows})
     lines = [
         "| case | λ̂ | 95% interval | d | L(w*) | L(w*)+λ̂/nβ | L(0) | ‖w−w*‖ / ‖w*‖ | bias ind. | R-hat | ε·T "
         "| warnings | s |",

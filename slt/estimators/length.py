@@ -11,7 +11,8 @@ the length does.
 where the last ended. After each segment it compares the estimate over that segment with the estimate
 over the one before (the run's second half against the quarter before it) and stops when they agree
 within ``tolerance`` plus two standard errors, the standard error of the last is within ``precision`` of
-it, and the simulated time is at least ``min_simulated_time``;
+it, its split R-hat is within :data:`~slt.estimators.diagnostics.RHAT_MAX` (chains that disagree have not
+mixed), and the simulated time is at least ``min_simulated_time``;
 the last segment (about half the run) gives the draws, everything before it is burn-in. A budget
 (``max_steps`` per chain, ``max_seconds``) stops it earlier, and the result then says it did not converge.
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slt.estimators.diagnostics import RHAT_MAX, diagnose
 from slt.samplers import BoundKernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.driver import ChainRun, Observable
@@ -158,6 +160,13 @@ def _segment_means(run: ChainRun, n_beta: float, baseline: float) -> np.ndarray:
     return n_beta * np.mean(run.loss_trace - reference, axis=1)  # NaN for diverged chains
 
 
+def _segment_rhat(run: ChainRun, n_beta: float, baseline: float) -> float:
+    """Split R-hat of a segment's per-draw estimates over its healthy chains (NaN with one chain)."""
+    reference = run.reference_loss_trace if run.reference_loss_trace is not None else baseline
+    trace = n_beta * (run.loss_trace - reference)
+    return diagnose(trace, run.divergence_step).rhat
+
+
 def _agree(previous: np.ndarray, current: np.ndarray, tolerance: float) -> tuple[bool, float]:
     """Whether two segments' per-chain estimates agree, and the standard error of their change."""
     healthy = np.isfinite(previous) & np.isfinite(current)
@@ -268,11 +277,13 @@ def run_until_converged(
                 agree, _ = _agree(previous, current, policy.tolerance)
                 relative_se = report.segment_stderrs[-1] / abs(estimate) if estimate else math.inf
                 precise = not relative_se > policy.precision  # NaN (one chain) cannot be judged
-                if agree and precise and report.simulated_time >= policy.min_simulated_time:
+                mixed = not _segment_rhat(run, n_beta, posterior.init_loss) > RHAT_MAX
+                if agree and precise and mixed and report.simulated_time >= policy.min_simulated_time:
                     report.converged = True
                     report.reason = (
-                        f"the last two segments agree within {policy.tolerance:.0%} plus two standard errors,"
-                        f" and the standard error is within {policy.precision:.0%}"
+                        f"the last two segments agree within {policy.tolerance:.0%} plus two standard "
+                        f"errors, the standard error is within {policy.precision:.0%} and split R-hat "
+                        f"within {RHAT_MAX}"
                     )
                     break
             previous = current
