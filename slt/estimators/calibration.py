@@ -310,9 +310,12 @@ def calibrate(
                     done[(reference, length)] = rows[-1]
                 if bar is not None:
                     later = sorted(localizations).index(loc) + 1
+                    reused = (
+                        length if check_length else 0
+                    )  # the reference step's rung reuses the length check
                     bar.total = (
                         bar.n
-                        + num_chains * ladder_steps(length)
+                        + num_chains * (ladder_steps(length) - reused)
                         + most_per_localization * (len(localizations) - later)
                     )
                     bar.refresh()
