@@ -26,7 +26,7 @@
 # | `optimizer_kwargs=dict(lr=...)` | `step_size=` | default chosen by a pilot; `slt.calibrate` to tune |
 # | `nbeta=` (`default_nbeta` = batch size / log batch size) | `n_beta=` (default n / log n, n the dataset size) | |
 # | `localization=` | `localization=` | same γ |
-# | `num_chains`, `num_draws` | `num_chains`, `num_draws` | |
+# | `num_chains`, `num_draws` | `num_chains`, `num_draws` | slt's `num_draws=None` (default) runs until the estimate holds |
 # | `num_burnin_steps` (2.0.1 averages burn-in into the estimate) | `num_burnin` (never in the estimate) | |
 # | `num_steps_bw_draws` | `num_steps_bw_draws` | |
 # | `init_loss` from a few minibatches | `result.init_loss` on the full data | its error is multiplied by nβ |
