@@ -38,7 +38,7 @@ from slt.sampling.driver import ChainRun, Observable
 from slt.sampling.progress import progress_bar
 from slt.tuning import DEFAULT_TARGET_BIAS, bias_indicator
 
-__all__ = ["LengthPolicy", "LengthReport", "run_until_converged", "DEFAULT_MAX_STEPS"]
+__all__ = ["LengthPolicy", "LengthReport", "run_until_converged", "llc_trace", "DEFAULT_MAX_STEPS"]
 
 #: Largest relative standard error of the estimate the automatic length accepts as converged.
 DEFAULT_PRECISION = 0.05
@@ -132,13 +132,6 @@ class LengthReport:
     step_size: float = float("nan")
     step_history: list[str] = field(default_factory=list)
 
-    @property
-    def last_change(self) -> float:
-        """Estimate of the last segment minus the one before it (NaN with fewer than two)."""
-        if len(self.segment_estimates) < 2:
-            return float("nan")
-        return self.segment_estimates[-1] - self.segment_estimates[-2]
-
 
 def _step_factor(indicator: float, target_bias: float) -> float:
     """How much to resize the step given its predicted bias: 1 unless it is off by more than 2×.
@@ -155,16 +148,23 @@ def _step_factor(indicator: float, target_bias: float) -> float:
     return 1.0
 
 
-def _segment_means(run: ChainRun, n_beta: float, baseline: float) -> np.ndarray:
-    reference = run.reference_loss_trace if run.reference_loss_trace is not None else baseline
-    return n_beta * np.mean(run.loss_trace - reference, axis=1)  # NaN for diverged chains
+def llc_trace(run: ChainRun, n_beta: float, init_loss: float) -> np.ndarray:
+    r"""Per-draw estimates :math:`n\beta (L_B(w_t) - L_{ref})`, shape (chains, draws).
+
+    The reference is the loss of :math:`w^*` on each draw's minibatch when the run recorded it (the
+    control variate), else ``init_loss`` (:math:`L_n(w^*)`). NaN after a chain diverged.
+    """
+    reference = run.reference_loss_trace if run.reference_loss_trace is not None else init_loss
+    return n_beta * (run.loss_trace - reference)
 
 
-def _segment_rhat(run: ChainRun, n_beta: float, baseline: float) -> float:
-    """Split R-hat of a segment's per-draw estimates over its healthy chains (NaN with one chain)."""
-    reference = run.reference_loss_trace if run.reference_loss_trace is not None else baseline
-    trace = n_beta * (run.loss_trace - reference)
-    return diagnose(trace, run.divergence_step).rhat
+def _out_of_budget(policy: LengthPolicy, steps_done: int, seconds: float, next_length: int) -> str | None:
+    """Why running ``next_length`` more steps per chain would break the budget, or ``None``."""
+    if policy.max_steps is not None and steps_done + next_length > policy.max_steps:
+        return f"max_steps={policy.max_steps} reached"
+    if policy.max_seconds is not None and seconds * (1 + next_length / steps_done) > policy.max_seconds:
+        return f"max_seconds={policy.max_seconds:g} would be exceeded by the next segment"
+    return None
 
 
 def _agree(previous: np.ndarray, current: np.ndarray, tolerance: float) -> tuple[bool, float]:
@@ -208,8 +208,7 @@ def run_until_converged(
     """
     every = num_steps_bw_draws
     first = max(policy.first_segment // every, 8) * every
-    total_budget = policy.max_steps
-    bar = progress_bar(progress, total_budget * num_chains if total_budget else None, "LLC")
+    bar = progress_bar(progress, policy.max_steps * num_chains if policy.max_steps else None, "LLC")
     report = LengthReport(converged=False, reason="", step_size=step_size)
     burnin: list[np.ndarray] = []
     run: ChainRun | None = None
@@ -245,7 +244,8 @@ def run_until_converged(
             segment += 1
             states = run.final_states
             report.simulated_time += step_size * length
-            current = _segment_means(run, n_beta, posterior.init_loss)
+            trace = llc_trace(run, n_beta, posterior.init_loss)
+            current = trace.mean(axis=1)  # NaN for diverged chains
             healthy = np.isfinite(current)
             estimate = float(current[healthy].mean()) if healthy.any() else float("nan")
             report.segment_steps.append(length)
@@ -266,6 +266,11 @@ def run_until_converged(
                     factor = 1.0  # grow only early; shrink whenever the chains reach stiffer places
                 if factor != 1.0:
                     # the chains reached stiffer (or flatter) places than w*: resize the step, count from here
+                    # (within the budget: otherwise this segment stays the draws, flagged unconverged)
+                    reason = _out_of_budget(policy, steps_done, seconds, length)
+                    if reason is not None:
+                        report.reason = reason
+                        break
                     step_size *= factor
                     report.step_history.append(
                         f"predicted bias {indicator:.1%} after {steps_done} steps: step -> {step_size:.3g}"
@@ -277,7 +282,7 @@ def run_until_converged(
                 agree, _ = _agree(previous, current, policy.tolerance)
                 relative_se = report.segment_stderrs[-1] / abs(estimate) if estimate else math.inf
                 precise = not relative_se > policy.precision  # NaN (one chain) cannot be judged
-                mixed = not _segment_rhat(run, n_beta, posterior.init_loss) > RHAT_MAX
+                mixed = not diagnose(trace, run.divergence_step).rhat > RHAT_MAX
                 if agree and precise and mixed and report.simulated_time >= policy.min_simulated_time:
                     report.converged = True
                     report.reason = (
@@ -288,14 +293,9 @@ def run_until_converged(
                     break
             previous = current
             next_length = 2 * length
-            if total_budget is not None and steps_done + next_length > total_budget:
-                report.reason = f"max_steps={total_budget} reached"
-                break
-            if (
-                policy.max_seconds is not None
-                and seconds * (1 + next_length / steps_done) > policy.max_seconds
-            ):
-                report.reason = f"max_seconds={policy.max_seconds:g} would be exceeded by the next segment"
+            reason = _out_of_budget(policy, steps_done, seconds, next_length)
+            if reason is not None:
+                report.reason = reason
                 break
             burnin.append(run.loss_trace)
             length = next_length

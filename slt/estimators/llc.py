@@ -26,6 +26,7 @@ from slt.estimators.length import (
     DEFAULT_PRECISION,
     MIN_SIMULATED_TIME,
     LengthPolicy,
+    llc_trace,
     run_until_converged,
 )
 from slt.results.base import JSONResult
@@ -320,8 +321,7 @@ def summarize_run(
     ``checks`` carries what was measured before sampling (the zero-weights loss, the loss's batch-size
     dependence); the distance the chains travelled and the bias indicator are added here.
     """
-    baseline = run.reference_loss_trace if run.reference_loss_trace is not None else sampler.init_loss
-    trace = settings.n_beta * (run.loss_trace - baseline)
+    trace = llc_trace(run, settings.n_beta, sampler.init_loss)
     diagnostics = diagnose(trace, run.divergence_step)
     healthy = diagnostics.healthy_chains
     if healthy.size == 0:
