@@ -51,8 +51,8 @@ print(f"{sum(p.numel() for p in model.parameters())} parameters, train loss {los
 # loss. Every other setting has a default: $n\beta = n/\log n$, localization $\gamma = 1$, four SGLD
 # chains, a step size chosen from a short pilot run, and an automatic length: the chains run in segments
 # of doubling length, each continuing the last, until the estimate over the last segment agrees with the
-# one before (within 5% plus two standard errors) and the simulated time $\varepsilon \cdot T$ has reached
-# $0.5/\gamma$. The last segment gives the draws, everything before it is burn-in. Chains started at $w^*$
+# one before (within 5% plus two standard errors), its standard error is within 5%, split R-hat within 1.1,
+# and the simulated time $\varepsilon \cdot T$ has reached $0.5/\gamma$. The last segment gives the draws, everything before it is burn-in. Chains started at $w^*$
 # all drift the same way, so R-hat cannot see a run that is too short; comparing doublings can. A budget
 # (`max_steps`, default 100,000 steps per chain, and `max_seconds`) stops the run with a warning that says
 # how far it got; pass `num_draws` for a fixed length.
