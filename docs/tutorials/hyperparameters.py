@@ -41,11 +41,13 @@ for _ in range(1500):
 # %% [markdown]
 # ## Calibrate
 #
-# `calibrate` runs chains over a halving ladder of step sizes. Each step size runs for the *same
-# simulated time* (half the step, twice the steps), so small steps are not penalized for moving less. With
-# a bias linear in the step, halving the step changes the estimate by half the bias of the larger step:
-# `bias_estimate` is that measured bias. The recommendation is the largest healthy step whose bias, plus
-# one standard error, is within 10%.
+# `calibrate` first runs the chains from the trained weights with `estimate_llc`'s automatic length
+# (the `length` rows: doubling segments until the estimate holds), so they are equilibrated. From there
+# it continues them over a halving ladder of step sizes (the `step` rows). Each step size runs for the
+# *same simulated time* (half the step, twice the steps), so small steps are not penalized for moving
+# less. With a bias linear in the step, halving the step changes the estimate by half the bias of the
+# larger step: `bias_estimate` is that measured bias. The recommendation is the largest healthy step
+# whose bias, plus one standard error, is within 10%; `max_seconds` caps the whole calibration.
 
 # %%
 calibration = slt.calibrate(model, (x, y), loss_fn="mse", progress=False)

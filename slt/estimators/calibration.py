@@ -21,8 +21,10 @@ bias instead of predicting it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,13 @@ import torch
 from torch import nn
 
 from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
+from slt.estimators.length import (
+    DEFAULT_MAX_STEPS,
+    MIN_SIMULATED_TIME,
+    LengthPolicy,
+    LengthReport,
+    run_until_converged,
+)
 from slt.estimators.llc import LLCSettings, summarize_run
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
@@ -158,8 +167,9 @@ def calibrate(
     step_sizes: Sequence[float] | None = None,
     localizations: Sequence[float] = (1.0,),
     num_chains: int = 4,
-    base_steps: int = 1000,
-    max_steps: int = 64_000,
+    base_steps: int = 500,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    max_seconds: float | None = None,
     check_length: bool = True,
     tolerance: float = 0.1,
     batch_size: int | None = None,
@@ -171,19 +181,22 @@ def calibrate(
     chain_mode: str = "auto",
     progress: bool = True,
 ) -> CalibrationResult:
-    """Recommend a step size, a chain length (and a localization) by running chains and measuring.
+    r"""Recommend a step size, chain lengths (and a localization) by running chains and measuring.
 
     Two stages, for each localization:
 
-    1. **Chain length.** At a reference step (the pilot's :func:`default_step_size`, or the middle of
-       ``step_sizes``), chains of ``base_steps`` steps (half burn-in, half draws) are compared with chains
-       twice as long, doubling until the estimate moves by less than ``tolerance`` (plus one standard
-       error), up to ``max_steps``. Chains that are too short underestimate: they have not yet spread from
-       the trained weights into the flat directions of a singular model, and no within-run diagnostic
-       reliably sees it (measured: 20-65% low on deep linear networks with R-hat below 1.06).
-    2. **Step size.** Every step of the ladder runs for the same simulated time as the reference
-       (``num_steps * step_size`` constant), so smaller steps are not penalized for mixing less. Each is
-       judged by:
+    1. **Length, to an equilibrated state.** At a reference step (the pilot's :func:`default_step_size`,
+       or the middle of ``step_sizes``) the chains run from :math:`w^*` by the automatic length of
+       :func:`slt.estimate_llc` (:func:`slt.estimators.length.run_until_converged`: segments of doubling
+       length, from ``base_steps``, until two successive segments agree within 5% plus two standard
+       errors, the standard error is within 5%, split R-hat within 1.1 and the simulated time has
+       reached :math:`0.5/\max(\gamma, 1)`). An automatic reference step is re-checked with the bias
+       indicator after every segment, so the ladder is centred on a step judged where the chains *are*,
+       not at :math:`w^*` (posterior curvature measured 2-700× the curvature at :math:`w^*` on deep linear
+       networks). Chains that are too short underestimate, and no within-run diagnostic reliably sees it.
+    2. **Step size, from that state.** Every step of the ladder continues the equilibrated chains for the
+       simulated time of the last segment (``num_steps * step_size`` constant; the first quarter, a
+       re-equilibration at the new step, is burn-in). Each is judged by:
 
        a. **No divergence**: every chain keeps a finite loss.
        b. **Agreement between chains**: split R-hat of the per-draw estimates below 1.1.
@@ -195,34 +208,54 @@ def calibrate(
           noise never vouches for a step).
 
     The recommendation is the largest step that is healthy (a-c) and stable (d) at the smallest healthy
-    localization, with the chain length used for it; if none is stable, the smallest healthy step, with a
-    warning.
+    localization, with chain lengths for the same simulated times as the reference (burn-in: what the
+    chains needed to equilibrate from :math:`w^*`; draws: the last segment); if none is stable, the
+    smallest healthy step, with a warning. :meth:`CalibrationResult.estimate_kwargs` carries every choice
+    (step, localization, lengths, nβ, sampler, its options, batch size) into :func:`slt.estimate_llc`.
+
+    ``llc_extrapolated`` (the estimate extrapolated to step 0) is given only where it measurably helps:
+    a weighted line through at least three healthy steps no larger than twice the recommended one whose
+    slope differs from zero by more than two standard errors and whose intercept is positive; otherwise
+    NaN, with the reason in ``settings["extrapolation"]``.
 
     Parameters
     ----------
     model, data, loss_fn, n_beta, batch_size, sampler, sampler_options, mask, seed, device, chain_mode
         As in :func:`slt.estimate_llc`.
     step_sizes : sequence of float, optional
-        Steps to try. Default: a halving ladder of five steps from four times
-        :func:`default_step_size` down to a quarter of it.
+        Steps to try. Default: a halving ladder of five steps from four times the reference step down to
+        a quarter of it.
     localizations : sequence of float
         Localization strengths to try (each with every step size).
     num_chains : int
         Chains per setting.
     base_steps : int
-        Shortest chain (burn-in plus draws) of the length check at the reference step.
-    max_steps : int
-        Longest chain the length check may try at the reference step.
+        Steps of the first segment of the length stage (at least 16).
+    max_steps : int or None
+        Budget of steps per chain for the length stage (``None``: unlimited); it stops unconverged, with a
+        warning.
+    max_seconds : float or None
+        Budget of wall time for the whole calibration (``None``: unlimited). The length stage stops when it
+        would be exceeded, and so does the ladder (its remaining steps are not run, with a warning).
     check_length : bool
-        Run stage 1. Without it the reference step runs ``base_steps`` steps.
+        Run stage 1. Without it the reference step runs ``base_steps`` steps from :math:`w^*` (half
+        burn-in), and so does every step of the ladder, for the same simulated time.
     tolerance : float
-        Largest acceptable relative change, for both the length check and step stability.
+        Largest acceptable relative step-size bias.
     progress : bool
-        Show a progress bar.
+        Show a progress bar; its total is an upper bound (the budget) until the length stage settles,
+        then exact.
 
     Returns
     -------
     CalibrationResult
+
+    Raises
+    ------
+    ValueError
+        On out-of-range settings, or the errors of :func:`slt.estimate_llc` on bad data and models.
+    slt.warnings.ChainDivergenceError
+        When every setting tried diverged.
     """
     validate_settings(n_beta=n_beta, num_chains=num_chains, seed=seed)
     if (
@@ -243,18 +276,26 @@ def calibrate(
             raise ValueError("step_sizes is empty; pass at least one or leave it None")
         for s in step_sizes:
             validate_settings(step_size=s)
-    if base_steps < 8:
-        raise ValueError(f"base_steps must be at least 8, got {base_steps}")
-    if max_steps < base_steps:
-        raise ValueError(f"max_steps ({max_steps}) must be at least base_steps ({base_steps})")
+    if not (isinstance(base_steps, int) and base_steps >= 16):
+        raise ValueError(f"base_steps must be an integer of at least 16, got {base_steps!r}")
+    if max_steps is not None and max_steps < 2 * base_steps:
+        raise ValueError(
+            f"max_steps ({max_steps}) must allow two segments of the length stage (2 * base_steps = "
+            f"{2 * base_steps}); raise it or lower base_steps"
+        )
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    started = time.perf_counter()
     table: list[dict[str, Any]] = []
-    length_converged = True
+    problems: list[Problem] = []
+    lengths: dict[float, _Lengths] = {}
+    skipped: list[str] = []
     with prepared_sampler(
         model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
     ) as posterior:
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
         if step_sizes is None:
-            reference, _ = default_step_size(
+            first_reference, _ = default_step_size(
                 posterior,
                 n_beta=nb,
                 localization=min(localizations),
@@ -262,81 +303,136 @@ def calibrate(
                 sampler_options=sampler_options,
                 seed=seed,
             )
-            steps_grid = [reference * 4 / 2**k for k in range(5)]
         else:
-            steps_grid = sorted((float(s) for s in step_sizes), reverse=True)
-            reference = steps_grid[len(steps_grid) // 2]
+            given = sorted((float(s) for s in step_sizes), reverse=True)
+            first_reference = given[len(given) // 2]
 
-        def ladder_steps(length: int) -> int:
-            return sum(max(8, round(length * reference / step)) for step in steps_grid)
+        def grid_for(reference: float) -> list[float]:
+            return given if step_sizes is not None else [reference * 4 / 2**k for k in range(5)]
 
-        length_check_steps, k = 0, base_steps
-        while check_length and k <= max_steps:
-            length_check_steps, k = length_check_steps + k, 2 * k
-        # the most a localization can take (the length check to max_steps, then the ladder at that length);
-        # the total shrinks to what is left once a length check settles, so the ETA is an upper bound
-        most_per_localization = num_chains * (length_check_steps + ladder_steps(max_steps))
+        def ladder_steps(reference: float, length: int) -> int:
+            return sum(max(8, round(length * reference / step)) for step in grid_for(reference))
+
+        # an upper bound per localization: the length stage to its budget, then the ladder at half of it
+        longest = (max_steps or 64 * base_steps) if check_length else base_steps
+        most_per_localization = num_chains * (
+            (longest if check_length else 0)
+            + ladder_steps(first_reference, longest // 2 if check_length else longest)
+        )
         bar = progress_bar(progress, most_per_localization * len(localizations), "calibrate")
 
-        def run(loc: float, step: float, num_steps: int, kind: str) -> dict[str, Any]:
-            burn = num_steps // 2
-            row = _try_setting(
-                posterior,
-                nb,
-                loc,
-                step,
-                num_chains,
-                burn,
-                num_steps - burn,
-                sampler,
-                sampler_options,
-                seed,
-                chain_mode,
-            )
-            row["kind"] = kind
-            if bar is not None:
-                bar.update(num_steps * num_chains)
-            return row
+        def seconds_left() -> float | None:
+            return None if max_seconds is None else max_seconds - (time.perf_counter() - started)
 
         try:
-            for loc in sorted(localizations):
-                length, done = base_steps, {}
+            for index, loc in enumerate(sorted(localizations)):
                 if check_length:
-                    length, rows, converged = _find_length(
-                        run, loc, reference, base_steps, max_steps, tolerance
+                    left = seconds_left()
+                    if left is not None and left <= 0:
+                        skipped.append(f"γ={loc:g}")
+                        continue
+                    stage = _length_stage(
+                        posterior,
+                        nb,
+                        loc,
+                        first_reference,
+                        num_chains,
+                        base_steps,
+                        max_steps,
+                        left,
+                        sampler,
+                        sampler_options,
+                        seed,
+                        chain_mode,
+                        recheck=step_sizes is None,
+                        bar=bar,
                     )
-                    length_converged &= converged
-                    table.extend(rows)
-                    done[(reference, length)] = rows[-1]
+                    table.extend(stage.rows)
+                    if not stage.report.converged:
+                        reason = stage.report.reason
+                        if reason.startswith("max_seconds="):  # it got what was left of the budget
+                            reason = f"max_seconds={max_seconds:g} would be exceeded by the next segment"
+                        problems.append(
+                            Problem.of(
+                                ConvergenceWarning,
+                                f"calibrate: at γ={loc:g} the length stage stopped before the estimate "
+                                f"held ({reason}; simulated time "
+                                f"{stage.report.simulated_time:.3g}); the ladder started from chains that "
+                                "may not have equilibrated. Raise max_steps or max_seconds",
+                            )
+                        )
+                    reference, draws_steps = stage.report.step_size, stage.report.segment_steps[-1]
+                    states, burn_fraction = _healthy_states(stage.run), 0.25
+                    lengths[loc] = _Lengths(
+                        reference, draws_steps, stage.report.simulated_time, stage.report.converged
+                    )
+                    done = {reference: stage.reference_row}
+                else:
+                    reference, draws_steps, states, burn_fraction, done = (
+                        first_reference,
+                        base_steps,
+                        None,
+                        0.5,
+                        {},
+                    )
+                    lengths[loc] = _Lengths(reference, base_steps // 2, reference * base_steps, None)
+                steps_grid = grid_for(reference)
                 if bar is not None:
-                    later = sorted(localizations).index(loc) + 1
-                    reused = (
-                        length if check_length else 0
-                    )  # the reference step's rung reuses the length check
-                    bar.total = (
-                        bar.n
-                        + num_chains * (ladder_steps(length) - reused)
-                        + most_per_localization * (len(localizations) - later)
+                    remaining = ladder_steps(reference, draws_steps) - (
+                        draws_steps if reference in done else 0
                     )
+                    later = len(localizations) - index - 1
+                    bar.total = bar.n + num_chains * remaining + most_per_localization * later
                     bar.refresh()
+                per_step_seconds = None
                 for step in steps_grid:
-                    num_steps = max(8, round(length * reference / step))
-                    if (step, num_steps) in done:  # the length check already ran this setting
-                        table.append(dict(done[(step, num_steps)], kind="step"))
-                    else:
-                        table.append(run(loc, step, num_steps, "step"))
+                    num_steps = max(8, round(draws_steps * reference / step))
+                    if step in done:  # the length stage's last segment is this rung
+                        table.append(dict(done[step], kind="step"))
+                        continue
+                    left = seconds_left()
+                    if (
+                        left is not None
+                        and per_step_seconds is not None
+                        and num_steps * per_step_seconds > left
+                    ):
+                        skipped.append(f"ε={step:.3g} at γ={loc:g}")
+                        continue
+                    burn = int(num_steps * burn_fraction)
+                    clock = time.perf_counter()
+                    row = _try_setting(
+                        posterior,
+                        nb,
+                        loc,
+                        step,
+                        num_chains,
+                        burn,
+                        num_steps - burn,
+                        sampler,
+                        sampler_options,
+                        seed,
+                        chain_mode,
+                        initial_states=states,
+                    )
+                    per_step_seconds = (time.perf_counter() - clock) / num_steps
+                    row["kind"] = "step"
+                    table.append(row)
+                    if bar is not None:
+                        bar.update(num_steps * num_chains)
         finally:
             if bar is not None:
                 bar.close()
-    problems = []
-    if not length_converged:
+    if skipped:
         problems.append(
             Problem.of(
                 ConvergenceWarning,
-                f"calibrate: the estimate still moved by more than {tolerance:.0%} when the chains doubled "
-                f"to max_steps={max_steps} steps at step size {reference:.3g}; the recommendation uses the "
-                "longest chains tried. Raise max_steps, or expect the estimate to be biased low",
+                f"calibrate: max_seconds={max_seconds:g} ran out before {', '.join(skipped)}; the "
+                "recommendation uses the settings that ran. Raise max_seconds for the full ladder",
             )
+        )
+    if not any(r.get("kind") == "step" for r in table):
+        raise RuntimeError(
+            f"calibrate: max_seconds={max_seconds:g} ran out before any step of the ladder ran; raise it"
         )
     _mark_stability(table, tolerance)
     result = _recommend(
@@ -349,56 +445,146 @@ def calibrate(
             sampler_options=dict(sampler_options or {}),
             batch_size=posterior.batch_size,
             seed=seed,
-            reference_step=reference,
-            length_converged=length_converged,
+            reference_step={f"{loc:g}": lengths[loc].reference for loc in lengths},
+            length_converged=all(v.converged is not False for v in lengths.values()),
+            simulated_time={f"{loc:g}": lengths[loc].simulated_time for loc in lengths},
+            max_steps=max_steps,
+            max_seconds=max_seconds,
+            seconds=time.perf_counter() - started,
         ),
+        lengths,
     )
     result.problems = (*problems, *result.problems)
     emit(result.problems, stacklevel=2)
     return result
 
 
-def _find_length(run, loc, step, base_steps, max_steps, tolerance):
-    """Double the chain length at ``step`` until the estimate moves by less than ``tolerance``.
-
-    Returns the length whose estimate agreed with the one at half the length, the rows run, and whether
-    such a length was found within ``max_steps`` (a divergence stops the search without blaming the
-    length: the ladder then reports the step as unhealthy).
-    """
-    short = run(loc, step, base_steps, "length")
-    rows, length = [short], base_steps
-    while 2 * length <= max_steps:
-        long = run(loc, step, 2 * length, "length")
-        rows.append(long)
-        if short["chains_diverged"] or long["chains_diverged"]:
-            long["note"] = ", ".join(filter(None, [long["note"], "length check stopped by divergence"]))
-            return 2 * length, rows, True  # not a length problem: the step itself is reported unhealthy
-        change = abs(long["llc_mean"] - short["llc_mean"])
-        noise = math.hypot(_nz(long["llc_stderr"]), _nz(short["llc_stderr"]))
-        long["bias_estimate"] = (long["llc_mean"] - short["llc_mean"]) / long["llc_mean"]
-        if change + noise <= tolerance * abs(long["llc_mean"]):
-            long["stable"] = True
-            return 2 * length, rows, True
-        short, length = long, 2 * length
-    return length, rows, False
+def _healthy_states(run) -> list[Any] | None:
+    """The chains' final states, a diverged chain's replaced by a copy of a healthy one (None if none)."""
+    healthy = [i for i, d in enumerate(run.divergence_step) if d < 0]
+    if not healthy:
+        return None
+    return [
+        state if run.divergence_step[i] < 0 else copy.deepcopy(run.final_states[healthy[i % len(healthy)]])
+        for i, state in enumerate(run.final_states)
+    ]
 
 
-def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler, options, seed, chain_mode):
-    row: dict[str, Any] = {
-        "step_size": step,
-        "localization": loc,
-        "num_steps": burn + draws,
-        "llc_mean": float("nan"),
-        "llc_stderr": float("nan"),
-        "rhat": float("nan"),
-        "trend_z": float("nan"),
-        "chains_diverged": num_chains,
-        "bias_indicator": float("nan"),
-        "bias_estimate": float("nan"),
-        "healthy": False,
-        "stable": False,
-        "note": "",
-    }
+@dataclass(frozen=True)
+class _Lengths:
+    """What the length stage found at one localization: its step, draws and total simulated time."""
+
+    reference: float
+    draws_steps: int
+    simulated_time: float
+    converged: bool | None
+
+    def at(self, step: float) -> tuple[int, int]:
+        """(burn-in, draws) for ``step`` covering the same simulated times as the reference."""
+        draws = max(8, round(self.draws_steps * self.reference / step))
+        burn = max(0, round((self.simulated_time - self.draws_steps * self.reference) / step))
+        return burn, draws
+
+
+@dataclass
+class _LengthStage:
+    run: Any
+    report: LengthReport
+    rows: list[dict[str, Any]]
+    reference_row: dict[str, Any]
+
+
+def _length_stage(
+    posterior,
+    n_beta,
+    loc,
+    step,
+    num_chains,
+    base_steps,
+    max_steps,
+    max_seconds,
+    sampler,
+    options,
+    seed,
+    chain_mode,
+    *,
+    recheck,
+    bar,
+) -> _LengthStage:
+    """The automatic length of :func:`slt.estimate_llc` at ``step``: chains equilibrated from w*."""
+    policy = LengthPolicy(
+        first_segment=base_steps,
+        min_simulated_time=MIN_SIMULATED_TIME / max(float(loc), 1.0),
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+    )
+    kernel = bind_kernel(sampler, options, policy.first_segment)
+    run, report = run_until_converged(
+        posterior,
+        kernel=kernel,
+        n_beta=n_beta,
+        localization=loc,
+        step_size=step,
+        num_chains=num_chains,
+        seed=seed,
+        policy=policy,
+        chain_mode=chain_mode,
+        control_variate=True,
+        recheck_step=recheck,
+        progress=bar if bar is not None else False,
+    )
+    rows = [
+        {
+            "kind": "length",
+            "step_size": seg_step,
+            "localization": loc,
+            "num_steps": seg_steps,
+            "llc_mean": estimate,
+            "llc_stderr": stderr,
+            "note": "",
+        }
+        for seg_step, seg_steps, estimate, stderr in zip(
+            report.segment_step_sizes,
+            report.segment_steps,
+            report.segment_estimates,
+            report.segment_stderrs,
+            strict=True,
+        )
+    ]
+    rows[-1]["stable"] = report.converged
+    rows[-1]["note"] = report.reason
+    draws = report.segment_steps[-1]
+    reference_row = _row_from_run(
+        run,
+        posterior,
+        n_beta,
+        loc,
+        report.step_size,
+        num_chains,
+        draws,
+        0,  # the draws continue the previous segment's chains: no burn-in of their own
+        kernel,
+        seed,
+        chain_mode=run.chain_mode,
+    )
+    return _LengthStage(run, report, rows, reference_row)
+
+
+def _try_setting(
+    posterior,
+    n_beta,
+    loc,
+    step,
+    num_chains,
+    burn,
+    draws,
+    sampler,
+    options,
+    seed,
+    chain_mode,
+    initial_states=None,
+):
+    """Run one rung of the ladder (from ``initial_states`` or w*) and judge it; a table row."""
     kernel = bind_kernel(sampler, options, burn)
     run = posterior.run(
         n_beta=n_beta,
@@ -412,7 +598,33 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         chain_mode=chain_mode,
         control_variate=True,
         record_grad_norm=True,
+        initial_states=initial_states,
     )
+    return _row_from_run(
+        run, posterior, n_beta, loc, step, num_chains, draws, burn, kernel, seed, run.chain_mode
+    )
+
+
+def _row_from_run(run, posterior, n_beta, loc, step, num_chains, draws, burn, kernel, seed, chain_mode):
+    """A table row for a finished run: its estimate, diagnostics, predicted bias and health."""
+    row: dict[str, Any] = {
+        "step_size": step,
+        "localization": loc,
+        "num_steps": burn + draws,
+        "llc_mean": float("nan"),
+        "llc_stderr": float("nan"),
+        "rhat": float("nan"),
+        "trend_z": float("nan"),
+        "chains_diverged": int(np.sum(run.divergence_step >= 0)),
+        "bias_indicator": float("nan"),
+        "bias_estimate": float("nan"),
+        "healthy": False,
+        "stable": False,
+        "note": "",
+    }
+    if row["chains_diverged"] == num_chains:
+        row["note"] = "diverged"
+        return row
     settings = LLCSettings(
         n_beta=n_beta,
         n_beta_source="",
@@ -427,16 +639,11 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         num_steps_bw_draws=1,
         batch_size=posterior.batch_size,
         seed=seed,
-        chain_mode=run.chain_mode,
+        chain_mode=chain_mode,
         num_params=posterior.num_params,
         device=str(posterior.device),
         control_variate=True,
     )
-    row["chains_diverged"] = int(run.diverged.sum())
-    if run.diverged.any():
-        row["note"] = "diverged"
-        if run.diverged.all():
-            return row
     result = summarize_run(run, posterior, settings, warn=False)
     d = result.diagnostics
     row.update(
@@ -447,7 +654,7 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
         bias_indicator=bias_indicator(step, n_beta, run.grad_norm_sq, result.mean),
     )
     problems = []
-    if run.diverged.any():
+    if row["chains_diverged"]:
         problems.append("diverged")
     if math.isfinite(d.rhat) and d.rhat > RHAT_MAX:
         problems.append(f"R-hat {d.rhat:.2f}")
@@ -481,7 +688,7 @@ def _nz(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
+def _recommend(full_table, n_beta, tolerance, n, settings, lengths) -> CalibrationResult:
     problems = []
     table = [r for r in full_table if r.get("kind", "step") == "step"]
     usable = [r for r in table if r["chains_diverged"] == 0]
@@ -520,27 +727,38 @@ def _recommend(full_table, n_beta, tolerance, n, settings) -> CalibrationResult:
         )
     # the bias is linear in the step only for small steps: fit the recommendation, the steps below it
     # and one halving above it
-    lam0, lam0_se = _extrapolate([r for r in healthy if r["step_size"] <= 2 * chosen["step_size"]])
-    burn = chosen["num_steps"] // 2
+    lam0, lam0_se, extrapolation = _extrapolate(
+        [r for r in healthy if r["step_size"] <= 2 * chosen["step_size"]]
+    )
+    burn, draws = lengths[loc].at(chosen["step_size"])
     return CalibrationResult(
         step_size=chosen["step_size"],
         localization=loc,
         num_burnin=burn,
-        num_draws=chosen["num_steps"] - burn,
+        num_draws=draws,
         llc_extrapolated=lam0,
         llc_extrapolated_stderr=lam0_se,
         table=full_table,
         criteria=criteria,
         n_beta=n_beta,
-        settings={**settings, "n": n, "tolerance": tolerance},
+        settings={**settings, "n": n, "tolerance": tolerance, "extrapolation": extrapolation},
         problems=tuple(problems),
     )
 
 
-def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float]:
-    """Weighted least squares of llc = a + b * step over ``rows``; returns (a, stderr of a)."""
-    if len(rows) < 2:
-        return float("nan"), float("nan")
+def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float, str]:
+    """Weighted least squares of llc = a + b * step over ``rows``: (a, stderr of a, what was done).
+
+    Only where it measurably helps: at least three steps, a slope more than two standard errors from zero
+    (otherwise the step's bias is not measurable and the line only adds noise) and a positive intercept
+    (a line drawn to a negative value extrapolates past where the bias is linear). Otherwise NaN.
+    """
+    if len(rows) < 3:
+        return (
+            float("nan"),
+            float("nan"),
+            f"not done: {len(rows)} healthy steps at or below twice the chosen one",
+        )
     x = np.array([r["step_size"] for r in rows])
     y = np.array([r["llc_mean"] for r in rows])
     se = np.array([r["llc_stderr"] for r in rows], dtype=float)
@@ -549,4 +767,17 @@ def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float]:
     design = np.stack([np.ones_like(x), x], axis=1)
     cov = np.linalg.pinv(design.T @ (design * w[:, None]))
     coef = cov @ design.T @ (w * y)
-    return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
+    slope_z = abs(coef[1]) / math.sqrt(max(cov[1, 1], 1e-300))
+    if slope_z <= 2:
+        return (
+            float("nan"),
+            float("nan"),
+            f"not done: no measurable step dependence (slope z = {slope_z:.2g})",
+        )
+    if not coef[0] > 0:
+        return float("nan"), float("nan"), f"not done: the line reaches {coef[0]:.3g} at step 0"
+    return (
+        float(coef[0]),
+        float(math.sqrt(max(cov[0, 0], 0.0))),
+        f"weighted line through {len(rows)} steps (slope z = {slope_z:.2g})",
+    )

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -117,6 +118,8 @@ class LengthReport:
         Standard error across chains of each segment's estimate.
     simulated_time : float
         :math:`\sum_k \varepsilon_k T_k` over the whole run.
+    segment_step_sizes : list of float
+        Step size of each segment.
     step_size : float
         The step of the draws (smaller than the one given if the recheck shrank it).
     step_history : list of str
@@ -128,6 +131,7 @@ class LengthReport:
     segment_steps: list[int] = field(default_factory=list)
     segment_estimates: list[float] = field(default_factory=list)
     segment_stderrs: list[float] = field(default_factory=list)
+    segment_step_sizes: list[float] = field(default_factory=list)
     simulated_time: float = 0.0
     step_size: float = float("nan")
     step_history: list[str] = field(default_factory=list)
@@ -194,9 +198,11 @@ def run_until_converged(
     control_variate: bool = True,
     recheck_step: bool = True,
     target_bias: float = DEFAULT_TARGET_BIAS,
-    progress: bool | str = False,
+    progress: bool | str | Any = False,
 ) -> tuple[ChainRun, LengthReport]:
     """Run chains in doubling segments until two successive segments agree (see the module docstring).
+
+    ``progress`` may be an open progress bar (then advanced, not closed) instead of a flag or a label.
 
     Returns
     -------
@@ -208,7 +214,12 @@ def run_until_converged(
     """
     every = num_steps_bw_draws
     first = max(policy.first_segment // every, 8) * every
-    bar = progress_bar(progress, policy.max_steps * num_chains if policy.max_steps else None, "LLC")
+    shared_bar = progress is not None and not isinstance(progress, (bool, str))
+    bar = (
+        progress
+        if shared_bar
+        else progress_bar(progress, policy.max_steps * num_chains if policy.max_steps else None, "LLC")
+    )
     report = LengthReport(converged=False, reason="", step_size=step_size)
     burnin: list[np.ndarray] = []
     run: ChainRun | None = None
@@ -249,6 +260,7 @@ def run_until_converged(
             healthy = np.isfinite(current)
             estimate = float(current[healthy].mean()) if healthy.any() else float("nan")
             report.segment_steps.append(length)
+            report.segment_step_sizes.append(step_size)
             report.segment_estimates.append(estimate)
             report.segment_stderrs.append(
                 float(current[healthy].std(ddof=1) / math.sqrt(healthy.sum()))
@@ -300,7 +312,7 @@ def run_until_converged(
             burnin.append(run.loss_trace)
             length = next_length
     finally:
-        if bar is not None:
+        if bar is not None and not shared_bar:
             bar.close()
     assert run is not None
     report.step_size = step_size

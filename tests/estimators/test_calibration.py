@@ -36,7 +36,8 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     assert cal.step_size == 1e-3
     ladder = [r for r in cal.table if r["kind"] == "step"]
     length_check = [r for r in cal.table if r["kind"] == "length"]
-    # the length check at the middle step (1e-3) stops once doubling 2000 steps changes nothing
+    # the length stage at the middle step (1e-3) stops once a doubled segment (4000 steps) agrees with the
+    # first; the ladder continues those equilibrated chains for the simulated time of the last segment
     assert [(r["step_size"], r["num_steps"]) for r in length_check] == [(1e-3, 2000), (1e-3, 4000)]
     assert length_check[-1]["stable"] and cal.settings["length_converged"]
     assert [r["num_steps"] for r in ladder] == [1000, 2000, 4000, 8000]  # the same simulated time
@@ -47,12 +48,13 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     assert not rows[4e-3]["stable"] and not rows[2e-3]["stable"] and rows[1e-3]["stable"]
     # extrapolation to step 0 recovers the continuous-time value (d/2)(2nβ/(2nβ+1)) = 4.975
     assert cal.llc_extrapolated == pytest.approx(4.975, rel=0.03)
+    assert cal.settings["extrapolation"].startswith("weighted line through 3 steps")
     assert "largest step" in cal.criteria
     assert cal.estimate_kwargs() == {
         "step_size": 1e-3,
         "localization": 1.0,
-        "num_burnin": 2000,
-        "num_draws": 2000,
+        "num_burnin": 2000,  # what the chains took to equilibrate from w*
+        "num_draws": 4000,  # the last segment
         "n_beta": 100.0,
         "sampler": "sgld",
         "sampler_options": {},
@@ -119,9 +121,10 @@ def test_chains_too_short_to_converge_are_reported():
             progress=False,
         )
     messages = [str(w.message) for w in caught]
-    assert any("still moved by more than 10% when the chains doubled" in m for m in messages)
+    stopped = "the length stage stopped before the estimate held (max_steps=64 reached"
+    assert any(stopped in m for m in messages)
     assert not cal.settings["length_converged"]
-    assert [r["num_steps"] for r in cal.table if r["kind"] == "length"] == [16, 32, 64]
+    assert [r["num_steps"] for r in cal.table if r["kind"] == "length"] == [16, 32]
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
@@ -174,7 +177,9 @@ def test_all_settings_diverging_raises():
         ({"step_sizes": [1e-3, -1.0]}, "step_size must be a positive number"),
         ({"localizations": []}, "localizations is empty"),
         ({"localizations": [-1.0]}, "localization must be >= 0"),
-        ({"base_steps": 4}, "base_steps must be at least 8"),
+        ({"base_steps": 4}, "base_steps must be an integer of at least 16"),
+        ({"base_steps": 100, "max_steps": 150}, "max_steps \\(150\\) must allow two segments"),
+        ({"max_seconds": 0}, "max_seconds must be positive"),
         ({"num_chains": 0}, "num_chains must be an integer >= 1"),
     ],
 )
@@ -281,3 +286,42 @@ def test_calibrate_progress_has_a_total_that_bounds_the_work_and_ends_exact(monk
     (bar,) = bars
     assert bar.totals[0] is not None and bar.totals[0] >= bar.n  # an upper bound from the start (an ETA)
     assert bar.total == bar.n  # once the length check settled, the total is what was left
+
+
+def test_a_time_budget_stops_the_length_stage_and_the_ladder_and_says_so():
+    # the first segment always runs; any further work would exceed 50 ms
+    with pytest.warns(slt.ConvergenceWarning) as caught:
+        cal = slt.calibrate(
+            Quadratic(10),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            n_beta=100.0,
+            step_sizes=[4e-3, 2e-3, 1e-3, 5e-4],
+            num_chains=4,
+            base_steps=2000,
+            max_seconds=0.05,
+            progress=False,
+        )
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "max_seconds=0.05 would be exceeded" in messages  # the length stage
+    assert "max_seconds=0.05 ran out before ε=0.002 at γ=1, ε=0.0005 at γ=1" in messages
+    assert [r["num_steps"] for r in cal.table if r["kind"] == "length"] == [2000]
+    # the first rung ran (its cost was unknown), the reference rung is the length stage's segment
+    assert [r["step_size"] for r in cal.table if r["kind"] == "step"] == [4e-3, 1e-3]
+    assert not cal.settings["length_converged"] and cal.settings["max_seconds"] == 0.05
+
+
+def test_extrapolation_is_refused_where_the_step_makes_no_measurable_difference():
+    from slt.estimators.calibration import _extrapolate
+
+    flat = [
+        {"step_size": s, "llc_mean": 5.0 + d, "llc_stderr": 0.2} for s, d in [(4, 0.1), (2, -0.1), (1, 0.05)]
+    ]
+    value, stderr, why = _extrapolate(flat)
+    assert np.isnan(value) and np.isnan(stderr) and why.startswith("not done: no measurable step dependence")
+    steep = [{"step_size": s, "llc_mean": 1.0 + 2.0 * s, "llc_stderr": 0.01} for s in (4, 2, 1)]
+    value, _, why = _extrapolate([dict(r, llc_mean=r["llc_mean"] - 3.0) for r in steep])
+    assert np.isnan(value) and why == "not done: the line reaches -2 at step 0"
+    value, _, why = _extrapolate(steep)
+    assert value == pytest.approx(1.0) and why.startswith("weighted line through 3 steps")
+    assert np.isnan(_extrapolate(steep[:2])[0])  # two points never make a line to trust
