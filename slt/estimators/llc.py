@@ -29,6 +29,7 @@ from slt.estimators.length import (
     llc_trace,
     run_until_converged,
 )
+from slt.estimators.wbic import WBICEstimate, wbic_from_llc
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -236,6 +237,32 @@ class LLCResult(JSONResult):
     def n_beta(self) -> float:
         """The inverse temperature times sample size used."""
         return self.settings.n_beta
+
+    @property
+    def wbic(self) -> WBICEstimate:
+        r"""The WBIC of Watanabe (2013) from the same draws: :math:`n L_n(w^*) + (n/n\beta)\hat\lambda`.
+
+        That is :math:`n\,\hat{\mathbb{E}}_w[L_n(w)]`, in nats when ``loss_fn`` is the mean negative log
+        likelihood per sample (normalizing constants included). It is Watanabe's WBIC only at
+        nβ = n/log n (the default) with ``localization=0``; otherwise a
+        :class:`~slt.warnings.WBICWarning` says what the number is instead, and
+        :attr:`WBICEstimate.notes` keeps it. See :mod:`slt.estimators.wbic`.
+
+        Raises
+        ------
+        ValueError
+            For fewer than two training samples.
+        """
+        return wbic_from_llc(
+            llc_mean=self.mean,
+            llc_stderr=self.stderr,
+            llc_per_chain=self.per_chain,
+            llc_interval=self.interval,
+            init_loss=self.init_loss,
+            n=self.n,
+            n_beta=self.settings.n_beta,
+            localization=self.settings.localization,
+        )
 
     def summary(self):
         """One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings."""
