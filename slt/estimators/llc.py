@@ -708,7 +708,10 @@ def estimate_llc(
         Run chains one after another or batched with ``torch.func.vmap``; ``"auto"`` picks the faster
         for the model size and device.
     observables : dict of str to callable, optional
-        ``fn(model)`` evaluated on the sampled model at every draw.
+        ``fn(model)`` evaluated on the sampled model at every draw, returning a number, tensor or numeric
+        array of a fixed shape; stored in ``result.observables`` as ``(chains, draws, ...)``. Each is
+        evaluated once at :math:`w^*` before sampling, so a bad one fails at once, by name.
+        :class:`slt.sampling.PerSampleLoss` records per-sample losses on a probe set (for :func:`slt.bif`).
     control_variate : bool
         Subtract the loss of :math:`w^*` *on the same minibatch* at each draw instead of
         :math:`L_n(w^*)`. Both are unbiased; the paired difference cancels the minibatch-to-minibatch
@@ -725,7 +728,9 @@ def estimate_llc(
     ------
     ValueError
         On empty data, a non-scalar or non-finite loss at :math:`w^*`, a model without trainable
-        parameters, an empty mask, or out-of-range settings.
+        parameters, an empty mask, out-of-range settings, or an observable that raises at :math:`w^*`.
+    TypeError
+        For an observable that is not callable or returns something other than numbers (a dict, ...).
     slt.warnings.ChainDivergenceError
         When every chain diverges.
     """

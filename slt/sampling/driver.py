@@ -296,10 +296,15 @@ class PosteriorSampler:
         chains instead of starting them at :math:`w^*`; ``progress`` may also be an open progress bar,
         which is advanced and left open.
 
+        ``observables`` are evaluated once at :math:`w^*` first (see :meth:`check_observables`).
+
         Raises
         ------
         ValueError
-            When ``initial_states`` does not hold one state per chain.
+            When ``initial_states`` does not hold one state per chain, an observable raises at :math:`w^*`,
+            or its value changes shape at a draw.
+        TypeError
+            For an observable that is not callable or does not return numbers.
         """
         if initial_states is not None and len(initial_states) != num_chains:
             raise ValueError(f"initial_states holds {len(initial_states)} states for {num_chains} chains")
