@@ -34,7 +34,8 @@ is :math:`(n / n\beta)` times that of :math:`\hat\lambda`.
 What it needs to be Watanabe's WBIC:
 
 * ``loss_fn`` must be the mean negative log likelihood per sample, normalizing constants included (for a
-  Gaussian noise of variance :math:`\sigma^2`, :math:`\tfrac12\log(2\pi\sigma^2) + (y - f(x))^2/(2\sigma^2)`).
+  Gaussian noise of variance :math:`\sigma^2`, :math:`\tfrac12\log(2\pi\sigma^2) + (y - f(x))^2/(2\sigma^2)`:
+  :func:`gaussian_nll` builds it).
   ``"cross_entropy"`` is the NLL of a categorical model; ``"mse"`` is not an NLL (it is the NLL of a noise
   variance ½ less its constant :math:`\tfrac12\log\pi`), so its "WBIC" is off by a scale and a constant.
 * :math:`n\beta = n / \log n` (slt's default).
@@ -46,7 +47,10 @@ What it needs to be Watanabe's WBIC:
   :math:`L_n`), which vanishes as :math:`n` grows; for a singular model it is a *local* WBIC around
   :math:`w^*`, not the global one of the paper.
 
-Any other setting is recorded on :attr:`WBICEstimate.notes` and emitted as a
+* every parameter sampled: with ``mask=`` the other weights stay at :math:`w^*`, and the value is the
+  WBIC of the model restricted to the sampled ones.
+
+Any other setting of nβ or γ is recorded on :attr:`WBICEstimate.notes` and emitted as a
 :class:`~slt.warnings.WBICWarning` when :attr:`slt.LLCResult.wbic` is read.
 """
 
@@ -56,10 +60,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor, nn
 
+from slt.sampling.losses import LossFn
 from slt.warnings import Problem, WBICWarning, emit
 
-__all__ = ["WBICEstimate", "wbic_from_llc", "STANDARD_N_BETA_RTOL"]
+__all__ = ["WBICEstimate", "wbic_from_llc", "gaussian_nll", "STANDARD_N_BETA_RTOL"]
 
 #: nβ within this relative distance of n / log n counts as Watanabe's temperature.
 STANDARD_N_BETA_RTOL = 1e-9
@@ -183,3 +189,51 @@ def wbic_from_llc(
         localization=float(localization),
         notes=tuple(notes),
     )
+
+
+def gaussian_nll(noise_std: float) -> LossFn:
+    r"""``loss_fn(model, batch)``: the mean negative log likelihood per sample of Gaussian noise, in nats.
+
+    For a batch ``(x, y)`` with outputs of m entries,
+
+    .. math::
+
+        \frac{1}{B}\sum_{i \le B} \Big[\frac{m}{2}\log(2\pi\sigma^2)
+            + \frac{\lVert y_i - f(x_i)\rVert^2}{2\sigma^2}\Big],
+
+    the loss whose WBIC is Watanabe's for a regression with known noise :math:`\sigma` (``"mse"`` is not:
+    see the module docstring). Its gradient is that of ``"mse"`` times :math:`m / (2\sigma^2)`, so nβ's
+    effect on the chains changes with σ.
+
+    Parameters
+    ----------
+    noise_std : float
+        σ > 0, the noise standard deviation, in the units of ``y``.
+
+    Raises
+    ------
+    ValueError
+        For σ <= 0 (when built) and, when called, batches that are not ``(x, y)`` or outputs whose shape
+        differs from the targets'.
+    """
+    if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):
+        raise ValueError(f"noise_std must be a positive number, got {noise_std!r}")
+    sigma = float(noise_std)
+    constant = 0.5 * math.log(2 * math.pi * sigma**2)
+
+    def loss(model: nn.Module, batch: object) -> Tensor:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"gaussian_nll expects batches of (inputs, targets); got {type(batch).__name__}")
+        x, y = batch
+        out = model(x)
+        if out.shape != y.shape:
+            raise ValueError(
+                f"gaussian_nll: the model's outputs have shape {tuple(out.shape)} but the targets "
+                f"{tuple(y.shape)}; give the targets the outputs' shape"
+            )
+        residual = (y - out).reshape(out.shape[0], -1)
+        entries = residual.shape[1]
+        return entries * constant + (residual**2).sum(dim=1).mean() / (2 * sigma**2)
+
+    loss.__name__ = f"gaussian_nll(sigma={sigma:g})"
+    return loss

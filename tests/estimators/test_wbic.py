@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import slt
+from slt.estimators.wbic import gaussian_nll as gaussian_nll_loss
 from slt.oracles.exact import linear_regression_target
 from slt.warnings import WBICWarning
 
@@ -162,3 +163,18 @@ def test_wbic_survives_the_json_round_trip(fitted_regression):
     )
     back = slt.LLCResult.from_dict(result.to_dict())
     assert back.wbic.value == result.wbic.value
+
+
+def test_gaussian_nll_is_the_per_sample_nll_with_its_constant(fitted_regression):
+    model, x, y = fitted_regression
+    loss = gaussian_nll_loss(SIGMA)
+    with torch.no_grad():
+        assert loss(model, (x, y)).item() == pytest.approx(gaussian_nll(model, (x, y)).item(), rel=1e-12)
+        two = nn.Linear(D, 2, bias=False).double()
+        y2 = torch.cat([y, 2 * y], dim=1)
+        expected = torch.distributions.Normal(two(x), SIGMA).log_prob(y2).sum(1).mean().neg()
+        assert loss(two, (x, y2)).item() == pytest.approx(expected.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="noise_std must be a positive number, got 0"):
+        gaussian_nll_loss(0)
+    with pytest.raises(ValueError, match=r"outputs have shape \(1000, 1\) but the targets \(1000,\)"):
+        loss(model, (x, y[:, 0]))
