@@ -699,7 +699,10 @@ def _first_nonfinite(values: Tensor) -> int | None:
 
 
 def observable_array(name: str, value: Any) -> np.ndarray:
-    """``value`` of observable ``name`` as a numeric numpy array (a copy off the device).
+    """``value`` of observable ``name`` as a numeric numpy array, always a copy.
+
+    A copy, because an observable may return a view of the working copy's weights (``m.weight[0]``),
+    which the next step overwrites: without it every draw would read the last position.
 
     Raises
     ------
@@ -708,7 +711,10 @@ def observable_array(name: str, value: Any) -> np.ndarray:
         string, ``None``, a list of tensors).
     """
     if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.cpu().numpy().copy()
     if isinstance(value, Mapping):
         raise TypeError(
             f"observable {name!r} returned a dict (keys {list(value)[:5]}); an observable returns one number "
@@ -727,7 +733,7 @@ def observable_array(name: str, value: Any) -> np.ndarray:
             f"observable {name!r} returned {type(value).__name__} (as an array: dtype {array.dtype}); "
             "return a number, a tensor or a numeric array (stack a list of tensors with torch.stack)"
         )
-    return array
+    return array.copy()
 
 
 def _stack_observable(

@@ -178,3 +178,22 @@ def test_per_sample_loss_refuses_bad_probes_and_losses():
         ValueError, match=r"observable 'l'.*returned \(\) for 64 probe samples.*reduction='none'"
     ):
         sampler.run(observables={"l": mean_loss}, **RUN)
+
+
+@pytest.mark.parametrize("chain_mode", ["sequential", "vectorized"])
+def test_an_observable_returning_a_view_of_the_weights_records_each_draw(chain_mode):
+    # m.weight[0, 0] is a view of the working copy, overwritten by the next step; it used to record the
+    # last position (w*, reloaded at the end) at every draw
+    sampler = PosteriorSampler(linear(), regression(), "mse")
+    run = sampler.run(
+        observables={
+            "view": lambda m: m.weight[0, 0],
+            "numpy_view": lambda m: m.weight.detach().numpy()[0, 0],
+            "copy": lambda m: m.weight[0, 0].clone(),
+        },
+        chain_mode=chain_mode,
+        **RUN,
+    )
+    np.testing.assert_array_equal(run.observables["view"], run.observables["copy"])
+    np.testing.assert_array_equal(run.observables["numpy_view"], run.observables["copy"])
+    assert np.ptp(run.observables["copy"], axis=1).min() > 0
