@@ -6,9 +6,12 @@ choose hyperparameters, and check the answer against models whose learning coeff
 
 from slt import oracles, samplers
 from slt.dos import DOSResult, estimate_dos
+from slt.estimators.bif import BIFResult, bif, estimate_bif
 from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
+from slt.estimators.wbic import WBICEstimate
+from slt.sampling.observables import PerSampleLoss
 from slt.sampling.settings import default_n_beta
 from slt.sweeps.checkpoints import (
     CheckpointError,
@@ -40,6 +43,11 @@ __all__ = [
     "DOSResult",
     "LLCResult",
     "LLCSettings",
+    "WBICEstimate",
+    "PerSampleLoss",
+    "bif",
+    "estimate_bif",
+    "BIFResult",
     "calibrate",
     "CalibrationResult",
     "default_step_size",

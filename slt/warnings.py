@@ -21,6 +21,8 @@ __all__ = [
     "LeftBasinWarning",
     "StepSizeWarning",
     "LossFunctionWarning",
+    "WBICWarning",
+    "ConstantLossWarning",
     "UnsafeCheckpointWarning",
     "CheckpointFailedWarning",
     "ChainDivergenceError",
@@ -65,6 +67,14 @@ class StepSizeWarning(SLTWarning):
 
 class LossFunctionWarning(SLTWarning):
     """The loss does not behave as a mean loss per sample, which the estimator assumes."""
+
+
+class WBICWarning(SLTWarning):
+    """A WBIC read from chains that were localized or not at nβ = n/log n: not Watanabe's WBIC."""
+
+
+class ConstantLossWarning(SLTWarning):
+    """Some per-sample losses did not vary over the draws: their correlations are undefined (set to 0)."""
 
 
 class UnsafeCheckpointWarning(SLTWarning):

@@ -29,6 +29,7 @@ from slt.estimators.length import (
     llc_trace,
     run_until_converged,
 )
+from slt.estimators.wbic import WBICEstimate, wbic_from_llc
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -236,6 +237,32 @@ class LLCResult(JSONResult):
     def n_beta(self) -> float:
         """The inverse temperature times sample size used."""
         return self.settings.n_beta
+
+    @property
+    def wbic(self) -> WBICEstimate:
+        r"""The WBIC of Watanabe (2013) from the same draws: :math:`n L_n(w^*) + (n/n\beta)\hat\lambda`.
+
+        That is :math:`n\,\hat{\mathbb{E}}_w[L_n(w)]`, in nats when ``loss_fn`` is the mean negative log
+        likelihood per sample (normalizing constants included). It is Watanabe's WBIC only at
+        nβ = n/log n (the default) with ``localization=0``; otherwise a
+        :class:`~slt.warnings.WBICWarning` says what the number is instead, and
+        :attr:`WBICEstimate.notes` keeps it. See :mod:`slt.estimators.wbic`.
+
+        Raises
+        ------
+        ValueError
+            For fewer than two training samples.
+        """
+        return wbic_from_llc(
+            llc_mean=self.mean,
+            llc_stderr=self.stderr,
+            llc_per_chain=self.per_chain,
+            llc_interval=self.interval,
+            init_loss=self.init_loss,
+            n=self.n,
+            n_beta=self.settings.n_beta,
+            localization=self.settings.localization,
+        )
 
     def summary(self):
         """One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings."""
@@ -681,7 +708,10 @@ def estimate_llc(
         Run chains one after another or batched with ``torch.func.vmap``; ``"auto"`` picks the faster
         for the model size and device.
     observables : dict of str to callable, optional
-        ``fn(model)`` evaluated on the sampled model at every draw.
+        ``fn(model)`` evaluated on the sampled model at every draw, returning a number, tensor or numeric
+        array of a fixed shape; stored in ``result.observables`` as ``(chains, draws, ...)``. Each is
+        evaluated once at :math:`w^*` before sampling, so a bad one fails at once, by name.
+        :class:`slt.sampling.PerSampleLoss` records per-sample losses on a probe set (for :func:`slt.bif`).
     control_variate : bool
         Subtract the loss of :math:`w^*` *on the same minibatch* at each draw instead of
         :math:`L_n(w^*)`. Both are unbiased; the paired difference cancels the minibatch-to-minibatch
@@ -698,7 +728,9 @@ def estimate_llc(
     ------
     ValueError
         On empty data, a non-scalar or non-finite loss at :math:`w^*`, a model without trainable
-        parameters, an empty mask, or out-of-range settings.
+        parameters, an empty mask, out-of-range settings, or an observable that raises at :math:`w^*`.
+    TypeError
+        For an observable that is not callable or returns something other than numbers (a dict, ...).
     slt.warnings.ChainDivergenceError
         When every chain diverges.
     """

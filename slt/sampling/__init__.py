@@ -2,5 +2,14 @@
 
 from slt.sampling.driver import CHAIN_MODES, ChainRun, PosteriorSampler, chain_seeds
 from slt.sampling.flat import FlatModel, select_parameters
+from slt.sampling.observables import PerSampleLoss
 
-__all__ = ["PosteriorSampler", "ChainRun", "FlatModel", "select_parameters", "chain_seeds", "CHAIN_MODES"]
+__all__ = [
+    "PosteriorSampler",
+    "ChainRun",
+    "FlatModel",
+    "PerSampleLoss",
+    "select_parameters",
+    "chain_seeds",
+    "CHAIN_MODES",
+]

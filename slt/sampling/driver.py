@@ -26,7 +26,7 @@ from slt.sampling.losses import LossFn, check_batch, check_scalar, resolve_loss
 from slt.sampling.progress import progress_bar
 from slt.sampling.settings import check_seed
 
-__all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "CHAIN_MODES"]
+__all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "observable_array", "CHAIN_MODES"]
 
 CHAIN_MODES = ("auto", "sequential", "vectorized")
 #: Steps between checks for non-finite losses (each check synchronizes with the device).
@@ -141,6 +141,7 @@ class PosteriorSampler:
         self.device = self.flat_model.device
         self.data: DataSource = as_data_source(data, self.device, batch_size, partition_seed=seed)
         self._reference_tables: dict[int, _ReferenceLosses] = {}
+        self._observable_shapes: dict[str, tuple[Observable, tuple[int, ...]]] = {}
         self.init_loss, self.n = self._full_loss()
         if batch_size is None and not isinstance(data, DataLoader):
             batch_size = min(self.n, self.DEFAULT_BATCH_SIZE)
@@ -184,6 +185,44 @@ class PosteriorSampler:
         """Exact mean loss over the full data at a flat ``position``, and the number of samples."""
         with self.flat_model.at(position):
             return self.data.mean_over_batches(self.flat_model.loss)
+
+    def check_observables(self, observables: Mapping[str, Observable]) -> dict[str, tuple[int, ...]]:
+        """Evaluate each observable once at :math:`w^*`, before any step, and return the shape of its value.
+
+        A bad observable then fails at once, by name, instead of after the whole run. Each (name,
+        function) pair is checked once per sampler.
+
+        Raises
+        ------
+        TypeError
+            For an observable that is not callable or returns something other than a number, a tensor or
+            a numeric array (see :func:`observable_array`).
+        ValueError
+            Wrapping any exception the observable raises at :math:`w^*`, with its name.
+        """
+        shapes = {}
+        fm = self.flat_model
+        for name, fn in observables.items():
+            known = self._observable_shapes.get(name)
+            if known is not None and known[0] is fn:
+                shapes[name] = known[1]
+                continue
+            if not callable(fn):
+                raise TypeError(
+                    f"observable {name!r} is a {type(fn).__name__}, not a callable fn(model); pass a "
+                    "function of the sampled model (for per-sample losses, slt.sampling.PerSampleLoss)"
+                )
+            try:
+                with fm.at(fm.center), torch.no_grad():
+                    value = fn(fm.module)
+            except Exception as error:
+                raise ValueError(
+                    f"observable {name!r} failed at the trained weights, before sampling: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            shapes[name] = observable_array(name, value).shape
+            self._observable_shapes[name] = (fn, shapes[name])
+        return shapes
 
     def _references(self, stream: Minibatches) -> _ReferenceLosses:
         """The reference-loss table of ``stream``'s partition (a fresh one for data loaders)."""
@@ -257,10 +296,15 @@ class PosteriorSampler:
         chains instead of starting them at :math:`w^*`; ``progress`` may also be an open progress bar,
         which is advanced and left open.
 
+        ``observables`` are evaluated once at :math:`w^*` first (see :meth:`check_observables`).
+
         Raises
         ------
         ValueError
-            When ``initial_states`` does not hold one state per chain.
+            When ``initial_states`` does not hold one state per chain, an observable raises at :math:`w^*`,
+            or its value changes shape at a draw.
+        TypeError
+            For an observable that is not callable or does not return numbers.
         """
         if initial_states is not None and len(initial_states) != num_chains:
             raise ValueError(f"initial_states holds {len(initial_states)} states for {num_chains} chains")
@@ -271,6 +315,7 @@ class PosteriorSampler:
         )
         mode = self.choose_mode(chain_mode, num_chains)
         seeds = chain_seeds(seed, num_chains + 1)
+        shapes = self.check_observables(observables or {})
         plan = _Plan(
             num_chains,
             num_burnin,
@@ -280,6 +325,7 @@ class PosteriorSampler:
             observables or {},
             control_variate,
             record_grad_norm,
+            shapes,
         )
         shared_bar = progress is not None and not isinstance(progress, (bool, str))
         bar = progress if shared_bar else progress_bar(progress, num_chains * plan.total, "sampling")
@@ -335,7 +381,7 @@ class PosteriorSampler:
                         record.grad_sq[c, draw] = kernel.gradient_energy(state, grad)
                     for name, fn in plan.observables.items():
                         with torch.no_grad():
-                            record.observed[name][c].append(_to_numpy(fn(fm.module)))
+                            record.observe(name, c, fn(fm.module))
                     if plan.control_variate:
                         references.append(reference.single(next_batch, batch).detach())
                 state = kernel.step(state, grad, target, generator, plan.step_size)
@@ -390,7 +436,7 @@ class PosteriorSampler:
                         for c in range(plan.num_chains):
                             fm.load(state.position[c])
                             for name, fn in plan.observables.items():
-                                record.observed[name][c].append(_to_numpy(fn(fm.module)))
+                                record.observe(name, c, fn(fm.module))
                 if references is not None:
                     references[:, num_references] = reference.stacked(next_batch)
                     num_references += 1
@@ -472,6 +518,7 @@ class _Plan:
     observables: Mapping[str, Observable]
     control_variate: bool
     record_grad_norm: bool
+    observable_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -516,6 +563,18 @@ class _Record:
         self.finals: list[Tensor] = []
         self.states: list[Any] = []
 
+    def observe(self, name: str, chain: int, value: Any) -> None:
+        """Keep one draw's value of observable ``name``, refusing a type or shape unlike its value at w*."""
+        array = observable_array(name, value)
+        expected = self.plan.observable_shapes.get(name)
+        if expected is not None and array.shape != expected:
+            raise ValueError(
+                f"observable {name!r} returned shape {array.shape} at draw {len(self.observed[name][chain])} "
+                f"of chain {chain}, but {expected} at the trained weights; an observable must return the "
+                "same shape at every draw"
+            )
+        self.observed[name][chain].append(array)
+
     def put(self, chains: int | slice, start: int, losses: Tensor, references: Tensor | None = None) -> None:
         """Keep the losses of steps ``start, start + 1, ...`` (shape ``(chains, steps)``) that are recorded.
 
@@ -552,7 +611,10 @@ class _Record:
             grad_norm_sq=grad_sq,
             reference_loss_trace=reference,
             divergence_step=self.divergence,
-            observables={k: _stack_observable(v, plan.num_draws) for k, v in self.observed.items()},
+            observables={
+                k: _stack_observable(v, plan.num_draws, plan.observable_shapes.get(k))
+                for k, v in self.observed.items()
+            },
             chain_mode=mode,
             seconds=seconds,
             final_positions=torch.stack(self.finals) if self.finals else torch.empty(0),
@@ -636,14 +698,49 @@ def _first_nonfinite(values: Tensor) -> int | None:
     return int(bad[0, 0]) if bad.numel() else None
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def observable_array(name: str, value: Any) -> np.ndarray:
+    """``value`` of observable ``name`` as a numeric numpy array, always a copy.
+
+    A copy, because an observable may return a view of the working copy's weights (``m.weight[0]``),
+    which the next step overwrites: without it every draw would read the last position.
+
+    Raises
+    ------
+    TypeError
+        Naming the observable, for a value that is not a number, a tensor or a numeric array (a dict, a
+        string, ``None``, a list of tensors).
+    """
     if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+        value = value.detach()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.cpu().numpy().copy()
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"observable {name!r} returned a dict (keys {list(value)[:5]}); an observable returns one number "
+            "or array per draw: pass one observable per entry, for example "
+            "{'a': lambda m: f(m)['a'], 'b': lambda m: f(m)['b']}"
+        )
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"observable {name!r} returned {type(value).__name__}, which is not an array ({error}); return a "
+            "number, a tensor or a numeric array"
+        ) from error
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"observable {name!r} returned {type(value).__name__} (as an array: dtype {array.dtype}); "
+            "return a number, a tensor or a numeric array (stack a list of tensors with torch.stack)"
+        )
+    return array.copy()
 
 
-def _stack_observable(per_chain: list[list[np.ndarray]], num_draws: int) -> np.ndarray:
-    shape = next((np.shape(v[0]) for v in per_chain if v), ())
+def _stack_observable(
+    per_chain: list[list[np.ndarray]], num_draws: int, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
+    if shape is None:
+        shape = next((np.shape(v[0]) for v in per_chain if v), ())
     out = np.full((len(per_chain), num_draws, *shape), np.nan)
     for c, values in enumerate(per_chain):
         if values:
