@@ -132,7 +132,7 @@ def test_data_loaders_keep_their_own_batch_size():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ((), "data is an empty tuple"),
+        ((), "data is empty \\(no tensors\\)"),
         ((torch.zeros(3, 1), torch.zeros(4, 1)), "disagree on the number of samples"),
         ((torch.tensor(1.0),), "leading sample dimension"),
         ((torch.zeros(0, 2),), "data is empty"),
@@ -145,7 +145,7 @@ def test_bad_tensor_data_is_rejected(data, message):
 
 def test_unsupported_data_and_batch_size_are_rejected():
     with pytest.raises(TypeError, match="data must be a tuple of tensors"):
-        as_data_source({"x": torch.zeros(2)}, CPU)
+        as_data_source("x", CPU)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         as_data_source((torch.zeros(3, 1),), CPU, batch_size=0)
 
