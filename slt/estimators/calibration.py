@@ -416,6 +416,8 @@ def _try_setting(posterior, n_beta, loc, step, num_chains, burn, draws, sampler,
     settings = LLCSettings(
         n_beta=n_beta,
         n_beta_source="",
+        n_unit=posterior.n_unit,
+        n_source=posterior.n_source,
         localization=loc,
         step_size=step,
         step_size_source="calibrate",
