@@ -449,7 +449,7 @@ class LoaderData(DataSource):
     dtype : torch.dtype, optional
         Floating-point tensors of every batch are cast to it (integer ones keep their dtype).
     eval_samples : int
-        For streams: the samples :meth:`full_batches` reads (whole batches, so up to a batch more).
+        For streams: the samples :meth:`full_batches` reads (the last batch cut to fit).
 
     Raises
     ------
@@ -497,9 +497,12 @@ class LoaderData(DataSource):
         if self._loader is not None:
             loader = self._loader
         else:
-            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size)  # type: ignore[arg-type]
+            size = min(self.eval_batch_size, self.eval_samples) if self.bounded else self.eval_batch_size
+            loader = DataLoader(self._dataset, batch_size=size)  # type: ignore[arg-type]
         seen = 0
         for batch in loader:
+            if self.bounded and seen + batch_length(batch) > self.eval_samples:
+                batch = batch_slice(batch, 0, self.eval_samples - seen)
             yield move_to(batch, self.device, self.dtype)
             seen += batch_length(batch)
             if self.bounded and seen >= self.eval_samples:

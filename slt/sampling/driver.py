@@ -153,6 +153,9 @@ class PosteriorSampler:
         Rows of the data evaluated for :attr:`init_loss` (all of it, or a stream's first ``eval_samples``).
     init_loss : float
         :math:`L_n(w^*)`, the mean loss over the *full* data (a stream: over its first ``eval_samples``).
+    batching_rules_missing : bool
+        Whether ``torch.func.vmap`` named ops without a batching rule on a vectorized run; ``"auto"``
+        then runs chains sequentially (see :mod:`slt.sampling.vmap`).
 
     Raises
     ------
@@ -202,8 +205,7 @@ class PosteriorSampler:
                 f"evaluated on the stream's first eval_samples={eval_samples} samples"
             )
         self._counter = UnitCounter(n_unit, model)
-        #: Set when ``torch.func.vmap`` reported ops without a batching rule (see :func:`quiet_vmap_call`).
-        self._batching_rules_missing = False
+        self.batching_rules_missing = False
         self._reference_tables: dict[int, _ReferenceLosses] = {}
         self.init_loss, counted = self._full_loss()
         self.n_unit = self._counter.unit
@@ -294,7 +296,7 @@ class PosteriorSampler:
             return chain_mode
         if num_chains < 2 or not isinstance(self.data, TensorData) or self.flat_model.model_mode == "train":
             return "sequential"
-        if self._batching_rules_missing:  # found on an earlier run: vmap would fall back op by op
+        if self.batching_rules_missing:  # found on an earlier run: vmap would fall back op by op
             return "sequential"
         if not self.data.partition(self.batch_size).equal:  # batches of unequal size cannot be stacked
             return "sequential"
@@ -468,7 +470,7 @@ class PosteriorSampler:
             if t == 0:
                 (grad, loss), missing = quiet_vmap_call(grad_and_loss, state.position, batch)
                 if missing:
-                    self._batching_rules_missing = True
+                    self.batching_rules_missing = True
                     if not strict:
                         raise MissingBatchingRuleError(missing)
                     warn_missing_batching_rules(missing)

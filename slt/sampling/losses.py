@@ -119,13 +119,23 @@ def model_loss(model: nn.Module, batch: Any) -> Tensor:
     ValueError
         When the output holds no loss (see :func:`extract_loss`): a model that returns predictions
         needs ``loss_fn="mse"``, ``"cross_entropy"`` or a callable.
+    TypeError
+        When the model does not take the batch that way (its message kept, the remedy added).
     """
-    if isinstance(batch, Mapping):
-        output = model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        output = model(*batch)
-    else:
-        output = model(batch)
+    try:
+        if isinstance(batch, Mapping):
+            output = model(**batch)
+        elif isinstance(batch, (tuple, list)):
+            output = model(*batch)
+        else:
+            output = model(batch)
+    except TypeError as exc:  # the signature does not fit: most likely a model that returns predictions
+        layout = "model(**batch)" if isinstance(batch, Mapping) else "model(*batch)"
+        raise TypeError(
+            f"loss_fn is not given, so slt called {layout} to get the loss the model computes itself, and "
+            f"that failed: {exc}. For a model that returns predictions pass loss_fn='mse', "
+            "'cross_entropy' or a callable loss_fn(model, batch) returning the mean loss"
+        ) from exc
     if isinstance(output, Tensor) and output.numel() != 1:
         raise ValueError(
             f"loss_fn is not given, so slt called the model on each batch and expected the loss it "
