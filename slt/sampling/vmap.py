@@ -26,7 +26,7 @@ __all__ = [
 
 #: The start of torch's warning for an op that ``vmap`` runs without a batching rule.
 BATCHING_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
-_OP = re.compile(r"batching rule for ([\w.:]+)")
+_OP = re.compile(r"batching rule for ([\w:]+(?:\.\w+)*)")
 
 
 class MissingBatchingRuleError(RuntimeError):
