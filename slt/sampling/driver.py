@@ -198,9 +198,9 @@ class PosteriorSampler:
         )
         if self.data.bounded and n is None:
             raise ValueError(
-                f"data is a stream ({type(data).__name__} over an IterableDataset or one itself): slt cannot "
-                "count its samples without reading all of it (a streaming data set may never end), and n "
-                "sets the temperature nβ and scales λ̂. Pass n=, the size of the training data in "
+                f"data is a stream ({type(data).__name__}: an IterableDataset or a loader of one): slt "
+                "cannot count its samples without reading all of it (a streaming data set may never end), "
+                "and n sets the temperature nβ and scales λ̂. Pass n=, the size of the training data in "
                 "n_unit (sequences with n_unit='samples', tokens with n_unit='tokens'); L_n(w*) is then "
                 f"evaluated on the stream's first eval_samples={eval_samples} samples"
             )
