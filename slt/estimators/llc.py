@@ -198,7 +198,7 @@ class LLCResult(JSONResult):
     init_loss : float
         :math:`L_n(w^*)` over the full data.
     n : int
-        Number of training samples.
+        The sample size: samples or tokens, as ``settings.n_unit`` says.
     settings : LLCSettings
         Every setting used.
     diagnostics : ChainDiagnostics
@@ -265,6 +265,7 @@ class LLCResult(JSONResult):
             "chains_diverged": int(d.diverged.sum()),
             "init_loss": self.init_loss,
             "n": self.n,
+            "n_unit": s.n_unit,
             "n_beta": s.n_beta,
             "localization": s.localization,
             "step_size": s.step_size,

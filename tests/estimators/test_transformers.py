@@ -66,11 +66,14 @@ def test_a_language_model_is_estimated_with_no_loss_fn_on_dict_data(build):
     assert torch.isfinite(torch.tensor(result.mean))
 
 
-def test_sequences_or_tokens_is_an_explicit_recorded_choice():
+def test_sequences_or_tokens_is_an_explicit_recorded_choice(tmp_path):
     torch.manual_seed(0)
     model, data = gpt2(), tokens()
     by_samples = slt.estimate_llc(model, data, n_unit="samples", **RUN)
     assert by_samples.n == ROWS and by_samples.settings.n_unit == "samples"
+    assert by_samples.summary()["n_unit"].iloc[0] == "samples"
+    by_samples.to_json(tmp_path / "result.json")
+    assert slt.LLCResult.from_json(tmp_path / "result.json").settings.n_unit == "samples"
     given = slt.estimate_llc(model, data, n=10_000, n_unit="tokens", **RUN)
     assert given.n == 10_000 and given.settings.n_source == "given" and given.settings.n_unit == "tokens"
     # -100 labels are left out of the loss, and so out of the token count
