@@ -20,6 +20,8 @@
 # |---|---|---|
 # | `estimate_learning_coeff_with_summary(model, loader, ...)` / `llc(...)` | `slt.estimate_llc(model, data, loss_fn=...)` | `data` may be tensors, a `Dataset` or a `DataLoader` |
 # | `evaluate=` / `evaluate_mse` / `evaluate_ce` | `loss_fn=` callable `(model, batch) -> loss`, or `"mse"` / `"cross_entropy"` | |
+# | a dataset with an `input_ids` column (2.x) | a dict of tensors (`{"input_ids": ids, "labels": ids}`) or a loader of dicts, no `loss_fn` | the model's own `.loss`; n counts tokens (`n_unit`) |
+# | chains in `model.train()` mode | `model_mode="train"` | slt's default is eval mode (dropout off) |
 # | `sampling_method=SGLD` / `SGMCMC.sgld` | `sampler="sgld"` | |
 # | `SGMCMC.rmsprop_sgld` | `sampler="rmsprop_sgld"` | slt freezes the preconditioner after burn-in |
 # | `SGNHT` / `SGMCMC.sgnht` | `sampler="sgnht"` | same learning-rate parametrization |
@@ -38,6 +40,8 @@
 #
 # - **nβ**: devinterp's default uses the *batch* size; slt the *dataset* size, as in the papers. Pass
 #   `n_beta=` explicitly to reproduce a devinterp run.
+# - **Mode**: devinterp samples in train mode (dropout on); slt in eval mode unless `model_mode="train"`.
+# - **n for sequence data**: slt counts the tokens the loss averages over (see "What slt computes").
 # - **Burn-in**: excluded from the estimate in slt.
 # - **L_n(w\*)**: computed on the full data in slt, so the reported error bar includes everything.
 # - **Divergences**: a chain with a non-finite loss is excluded with a warning naming it; if all diverge,

@@ -628,6 +628,8 @@ def _row_from_run(run, posterior, n_beta, loc, step, num_chains, draws, burn, ke
     settings = LLCSettings(
         n_beta=n_beta,
         n_beta_source="",
+        n_unit=posterior.n_unit,
+        n_source=posterior.n_source,
         localization=loc,
         step_size=step,
         step_size_source="calibrate",

@@ -36,6 +36,7 @@ from slt.results.settings import ChainSettings
 from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
 from slt.sampling.checks import batch_size_dependence, zero_weights_loss
+from slt.sampling.data import DEFAULT_EVAL_SAMPLES
 from slt.sampling.driver import ChainRun, Observable, bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
@@ -75,6 +76,13 @@ class LLCSettings(ChainSettings):
         Inverse temperature times sample size, nβ.
     n_beta_source : str
         ``"given"`` or ``"n/log n"``.
+    n_unit : str
+        What n counts: ``"samples"`` (rows of the data: sequences for token data) or ``"tokens"`` (the
+        tokens the loss averages over).
+    n_source : str
+        ``"counted"`` (over the data) or ``"given"`` (the ``n`` argument).
+    model_mode : str
+        ``"eval"`` or ``"train"``: the mode of the working copy while sampling.
     control_variate : bool
         Whether each draw's loss was paired with the loss of w* on the same minibatch.
     length_source : str
@@ -91,6 +99,9 @@ class LLCSettings(ChainSettings):
 
     n_beta: float
     n_beta_source: str
+    n_unit: str = "samples"
+    n_source: str = "counted"
+    model_mode: str = "eval"
     control_variate: bool = False
     length_source: str = "given"
     simulated_time: float = float("nan")
@@ -188,7 +199,7 @@ class LLCResult(JSONResult):
     init_loss : float
         :math:`L_n(w^*)` over the full data.
     n : int
-        Number of training samples.
+        The sample size: samples or tokens, as ``settings.n_unit`` says.
     settings : LLCSettings
         Every setting used.
     diagnostics : ChainDiagnostics
@@ -281,6 +292,7 @@ class LLCResult(JSONResult):
             "chains_diverged": int(d.diverged.sum()),
             "init_loss": self.init_loss,
             "n": self.n,
+            "n_unit": s.n_unit,
             "n_beta": s.n_beta,
             "localization": s.localization,
             "step_size": s.step_size,
@@ -632,7 +644,11 @@ def estimate_llc(
     model: nn.Module,
     data: Any,
     *,
-    loss_fn: str | LossFn,
+    loss_fn: str | LossFn | None = None,
+    n: int | None = None,
+    n_unit: str = "auto",
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
+    model_mode: str = "eval",
     n_beta: float | None = None,
     localization: float = 1.0,
     step_size: float | None = None,
@@ -660,11 +676,33 @@ def estimate_llc(
     model : nn.Module
         The trained model; its weights are :math:`w^*`. It is copied and left exactly as it was
         (weights, gradients, train/eval mode, ``requires_grad``), as are the global RNG states.
-    data : tuple of Tensor, Dataset or DataLoader
-        Training data. In-memory tensors are fastest.
-    loss_fn : str or callable
-        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``; the mean
-        negative log-likelihood per sample is what the theory assumes.
+    data : tuple or dict of Tensor, Dataset, IterableDataset or DataLoader
+        Training data. In-memory tensors are fastest; a dict (a tokenizer's ``BatchEncoding`` of
+        ``input_ids``, ``attention_mask``, ``labels``) gives dict batches. Floating-point data is cast to
+        the model's dtype, integer data (token ids, labels) is left as it is. A stream
+        (``IterableDataset``, e.g. a streaming Hugging Face dataset) needs ``n``.
+    loss_fn : str, callable or None
+        ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch)`` returning the scalar mean loss, a
+        dict with ``"loss"`` or an output with ``.loss`` (a Hugging Face ``ModelOutput``). ``None`` (the
+        default) uses the loss the model computes itself: ``model(**batch).loss`` for dict batches,
+        ``model(*batch)`` for tuples (for Hugging Face models, the batch must hold ``labels``). The mean
+        negative log-likelihood per sample (or per token) is what the theory assumes.
+    n : int, optional
+        The sample size, in ``n_unit``; default: counted over the data. Required for a stream.
+    n_unit : {"auto", "samples", "tokens"}
+        What n counts. ``"samples"``: rows of the data (sequences); ``"tokens"``: the tokens the loss
+        averages over (``labels`` other than -100, without each sequence's first for causal language
+        models; else the attention mask). ``"auto"`` counts tokens for token data (dict batches with
+        ``input_ids``) and samples otherwise: n·L_n is then the negative log-likelihood of the data, as the
+        tempered posterior needs (see the docs page on n for sequence data). Recorded in
+        ``settings.n_unit``.
+    eval_samples : int
+        For a stream only: the samples read to evaluate L_n(w*) (finite data is read whole).
+    model_mode : {"eval", "train"}
+        The mode of the working copy while sampling. ``"eval"`` (default): dropout off and batch-norm
+        statistics frozen, so L_n(w) is a deterministic function of w, as the theory defines it.
+        ``"train"``: dropout on (devinterp's choice), L_n(w*) and the control variate in train mode too;
+        chains then run sequentially. The caller's model keeps its modes either way.
     n_beta : float, optional
         Inverse temperature times sample size; default ``n / log n``.
     localization : float
@@ -727,8 +765,9 @@ def estimate_llc(
     Raises
     ------
     ValueError
-        On empty data, a non-scalar or non-finite loss at :math:`w^*`, a model without trainable
-        parameters, an empty mask, out-of-range settings, or an observable that raises at :math:`w^*`.
+        On empty data, a non-scalar or non-finite loss at :math:`w^*`, an output without a loss, a
+        model without trainable parameters, an empty mask, a device this process cannot use, a stream
+        without ``n``, out-of-range settings, or an observable that raises at :math:`w^*`.
     TypeError
         For an observable that is not callable or returns something other than numbers (a dict, ...).
     slt.warnings.ChainDivergenceError
@@ -758,7 +797,17 @@ def estimate_llc(
     kernel = bind_kernel(sampler, sampler_options, num_burnin)
     report = None
     with prepared_sampler(
-        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        model,
+        data,
+        loss_fn,
+        batch_size=batch_size,
+        mask=mask,
+        device=device,
+        seed=seed,
+        n=n,
+        n_unit=n_unit,
+        eval_samples=eval_samples,
+        model_mode=model_mode,
     ) as posterior:
         checks = LLCChecks(
             zero_weights_loss=zero_weights_loss(posterior),
@@ -820,6 +869,9 @@ def estimate_llc(
     settings = LLCSettings(
         n_beta=n_beta_value,
         n_beta_source=n_beta_source,
+        n_unit=posterior.n_unit,
+        n_source=posterior.n_source,
+        model_mode=model_mode,
         localization=float(localization),
         step_size=float(step_size),
         step_size_source=step_size_source,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 __all__ = [
     "DataSource",
@@ -25,24 +25,33 @@ __all__ = [
     "batch_slice",
     "move_to",
     "check_finite",
+    "DEFAULT_EVAL_SAMPLES",
 ]
 
 Batch = Any
 
+#: Samples of a stream (an ``IterableDataset``) read to evaluate :math:`L_n(w^*)`, by default.
+DEFAULT_EVAL_SAMPLES = 1024
 #: Data up to this size is copied in shuffled order once per epoch, then sliced without copies.
 SHUFFLED_COPY_BYTES = 256 * 2**20
 
 
-def move_to(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor inside ``batch`` (nested tuples, lists, dicts) to ``device``."""
+def move_to(batch: Batch, device: torch.device, dtype: torch.dtype | None = None) -> Batch:
+    """Move every tensor inside ``batch`` (nested tuples, lists, dicts) to ``device``.
+
+    With ``dtype``, floating-point tensors are also cast to it (the model's dtype: float32 data for a
+    float64 model); integer tensors such as token ids and class labels keep theirs.
+    """
     if isinstance(batch, Tensor):
+        if dtype is not None and batch.is_floating_point() and batch.dtype != dtype:
+            return batch.to(device, dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return type(batch)({k: move_to(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
+        return type(batch)({k: move_to(v, device, dtype) for k, v in batch.items()})  # type: ignore[call-arg]
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to(v, device) for v in batch))
+        return type(batch)(*(move_to(v, device, dtype) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
+        return type(batch)(move_to(v, device, dtype) for v in batch)
     return batch
 
 
@@ -114,14 +123,20 @@ class DataSource:
     #: Leading-dimension tensors when the data is an in-memory tensor set, else ``None``.
     tensors: tuple[Tensor, ...] | None = None
 
-    def mean_over_batches(self, fn: Callable[[Batch], Any]) -> tuple[float, int]:
-        """Mean of ``fn(batch)`` per sample over :meth:`full_batches`, and the number of samples.
+    #: Whether :meth:`full_batches` reads only part of the data (a stream), so ``n`` cannot be counted.
+    bounded: bool = False
 
-        Each batch's value is weighted by its size; empty data gives ``(nan, 0)``.
+    def mean_over_batches(
+        self, fn: Callable[[Batch], Any], counter: Callable[[Batch], int] = batch_length
+    ) -> tuple[float, int]:
+        """Mean of ``fn(batch)`` per unit over :meth:`full_batches`, and the number of units.
+
+        Each batch's value is weighted by ``counter(batch)``: its samples by default, or its tokens for a
+        per-token mean loss (see :mod:`slt.sampling.counting`); empty data gives ``(nan, 0)``.
         """
         total, count = 0.0, 0
         for batch in self.full_batches():
-            size = batch_length(batch)
+            size = counter(batch)
             total += float(fn(batch)) * size
             count += size
         return (total / count if count else math.nan), count
@@ -136,42 +151,81 @@ class DataSource:
 
 
 class TensorData(DataSource):
-    """A tuple of tensors sharing their first dimension, held on one device.
+    """A tuple (or a dict) of tensors sharing their first dimension, held on one device.
 
-    Minibatches are the batches of one fixed :class:`Partition` of every sample, drawn independently
-    and uniformly at each step; a batch size of at least ``n`` gives the full data every step.
+    A dict, such as a tokenizer's ``BatchEncoding`` of ``input_ids``, ``attention_mask`` and
+    ``labels``, gives batches that are plain dicts with the same keys. Minibatches are the batches of
+    one fixed :class:`Partition` of every sample, drawn independently and uniformly at each step; a
+    batch size of at least ``n`` gives the full data every step.
+
+    Parameters
+    ----------
+    tensors : sequence of Tensor, or mapping of str to Tensor
+        Each of shape ``(n, ...)``.
+    device : torch.device
+    eval_batch_size : int
+        Samples per batch of :meth:`full_batches`.
+    partition_seed : int
+    dtype : torch.dtype, optional
+        Floating-point tensors are cast to it (the model's dtype); integer tensors keep theirs.
+
+    Raises
+    ------
+    TypeError
+        For an entry that is not a tensor (a list of token ids: ask the tokenizer for
+        ``return_tensors="pt"``).
+    ValueError
+        For no tensors, 0-d tensors, tensors disagreeing on ``n``, empty or non-finite data.
     """
 
     def __init__(
         self,
-        tensors: Sequence[Tensor],
+        tensors: Sequence[Tensor] | Mapping[str, Tensor],
         device: torch.device,
         eval_batch_size: int = 4096,
         partition_seed: int = 0,
+        dtype: torch.dtype | None = None,
     ):
-        if len(tensors) == 0:
-            raise ValueError("data is an empty tuple; pass (inputs, targets) tensors")
-        for t in tensors:
+        self.keys: tuple[str, ...] | None = None
+        if isinstance(tensors, Mapping):
+            self.keys = tuple(tensors.keys())
+            named = [(f"data[{k!r}]", v) for k, v in tensors.items()]
+        else:
+            named = [(f"data[{i}]", v) for i, v in enumerate(tensors)]
+        if len(named) == 0:
+            raise ValueError("data is empty (no tensors); pass (inputs, targets) tensors or a dict of them")
+        for name, t in named:
             if not isinstance(t, Tensor):
-                raise TypeError(f"data tuples must hold tensors, got {type(t).__name__}")
+                hint = (
+                    " (for a tokenizer's output, ask for tensors: tokenizer(..., padding=True, "
+                    'return_tensors="pt"))'
+                    if self.keys is not None
+                    else ""
+                )
+                raise TypeError(f"data must hold tensors, but {name} is a {type(t).__name__}{hint}")
             if t.ndim == 0:
-                raise ValueError("data tensors must have a leading sample dimension; got a 0-d tensor")
-        sizes = {int(t.shape[0]) for t in tensors}
+                raise ValueError(f"data tensors must have a leading sample dimension; {name} is 0-d")
+        sizes = {int(t.shape[0]) for _, t in named}
         if len(sizes) != 1:
-            raise ValueError(f"data tensors disagree on the number of samples: {sorted(sizes)}")
+            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in named)
+            raise ValueError(f"data tensors disagree on the number of samples (dimension 0): {shapes}")
         self.n = sizes.pop()
         if self.n == 0:
             raise ValueError("data is empty (0 samples); pass at least one sample")
-        check_finite(tuple(tensors))
-        self.tensors = tuple(t.to(device) for t in tensors)
+        check_finite(self.pack(tuple(t for _, t in named)))
+        self.tensors = tuple(move_to(t, device, dtype) for _, t in named)
         self.eval_batch_size = eval_batch_size
         self.partition_seed = partition_seed
         self._partitions: dict[int | None, Partition] = {}
 
+    def pack(self, tensors: tuple[Tensor, ...]) -> Batch:
+        """A batch in the layout the data came in: the tuple itself, or a dict with the data's keys."""
+        return tensors if self.keys is None else dict(zip(self.keys, tensors))
+
     def full_batches(self) -> Iterator[Batch]:
         """Consecutive slices of ``eval_batch_size`` samples."""
         for start in range(0, self.n, self.eval_batch_size):
-            yield tuple(t[start : start + self.eval_batch_size] for t in self.tensors)
+            yield self.pack(tuple(t[start : start + self.eval_batch_size] for t in self.tensors))
 
     def partition(self, batch_size: int | None) -> Partition:
         """The partition into balanced batches of at most ``batch_size``, drawn once from ``partition_seed``.
@@ -182,7 +236,12 @@ class TensorData(DataSource):
         if batch_size not in self._partitions:
             device = self.tensors[0].device  # type: ignore[index]
             generator = torch.Generator(device=device).manual_seed(self.partition_seed)
-            self._partitions[batch_size] = Partition(self.tensors, batch_size, generator)  # type: ignore[arg-type]
+            self._partitions[batch_size] = Partition(
+                self.tensors,  # type: ignore[arg-type]
+                batch_size,
+                generator,
+                pack=self.pack,
+            )
         return self._partitions[batch_size]
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
@@ -249,9 +308,16 @@ class Partition:
         Whether every batch has the same size (needed to stack batches of several chains).
     """
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int | None, generator: torch.Generator):
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int | None,
+        generator: torch.Generator,
+        pack: Callable[[tuple[Tensor, ...]], Batch] = tuple,
+    ):
         n = int(tensors[0].shape[0])
         self.device = tensors[0].device
+        self.pack = pack
         self._tensors = tensors
         num_batches = 1 if batch_size is None or batch_size >= n else -(-n // batch_size)
         base, extra = divmod(n, num_batches)
@@ -286,9 +352,9 @@ class Partition:
         """The batch with id ``index``."""
         lo, hi = self.starts[index], self.starts[index + 1]
         if self._shuffled is not None:
-            return tuple(t[lo:hi] for t in self._shuffled)
+            return self.pack(tuple(t[lo:hi] for t in self._shuffled))
         idx = self._perm[lo:hi]  # type: ignore[index]
-        return tuple(t.index_select(0, idx) for t in self._tensors)
+        return self.pack(tuple(t.index_select(0, idx) for t in self._tensors))
 
     def stacked(self, ids: Tensor) -> Batch:
         """The batches with ids ``ids`` stacked on a new leading dimension (equal sizes only).
@@ -307,9 +373,11 @@ class Partition:
         size = self.batch_size
         if self._shuffled is not None:
             blocks = (t.view(self.num_batches, size, *t.shape[1:]) for t in self._shuffled)
-            return tuple(block.index_select(0, ids) for block in blocks)
+            return self.pack(tuple(block.index_select(0, ids) for block in blocks))
         idx = self._perm.view(self.num_batches, size).index_select(0, ids).reshape(-1)  # type: ignore[union-attr]
-        return tuple(t.index_select(0, idx).view(len(ids), size, *t.shape[1:]) for t in self._tensors)
+        return self.pack(
+            tuple(t.index_select(0, idx).view(len(ids), size, *t.shape[1:]) for t in self._tensors)
+        )
 
 
 class _PartitionStream(Minibatches):
@@ -358,11 +426,35 @@ class _PartitionStream(Minibatches):
 
 
 class LoaderData(DataSource):
-    """Any map-style dataset or data loader, read batch by batch and moved to ``device``.
+    """Any dataset or data loader, read batch by batch and moved to ``device``.
 
     A :class:`~torch.utils.data.DataLoader` is used as configured (its batch size, sampler and
-    collate function). A :class:`~torch.utils.data.Dataset` is wrapped in shuffling loaders driven by
-    the chain's own generator.
+    collate function). A map-style :class:`~torch.utils.data.Dataset` is wrapped in shuffling loaders
+    driven by the chain's own generator.
+
+    A stream (an :class:`~torch.utils.data.IterableDataset`, such as a streaming Hugging Face
+    dataset, or a loader over one) cannot be shuffled or counted: every chain reads it in order from
+    its start, over again if it ends, and :meth:`full_batches` stops after ``eval_samples`` samples,
+    the bounded evaluation set for :math:`L_n(w^*)` (``bounded`` is then ``True`` and the caller must
+    know ``n``).
+
+    Parameters
+    ----------
+    data : Dataset or DataLoader
+    device : torch.device
+    batch_size : int or None
+        Minibatch size for datasets (a loader keeps its own).
+    eval_batch_size : int
+        Batch size of :meth:`full_batches` over a dataset.
+    dtype : torch.dtype, optional
+        Floating-point tensors of every batch are cast to it (integer ones keep their dtype).
+    eval_samples : int
+        For streams: the samples :meth:`full_batches` reads (the last batch cut to fit).
+
+    Raises
+    ------
+    ValueError
+        For ``batch_size`` with a loader, or a dataset of length 0.
     """
 
     def __init__(
@@ -371,8 +463,15 @@ class LoaderData(DataSource):
         device: torch.device,
         batch_size: int | None,
         eval_batch_size: int = 1024,
+        dtype: torch.dtype | None = None,
+        eval_samples: int = DEFAULT_EVAL_SAMPLES,
     ):
         self.device = device
+        self.dtype = dtype
+        self.eval_samples = eval_samples
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        #: Whether the data is a stream: :meth:`full_batches` then reads only ``eval_samples`` samples.
+        self.bounded = isinstance(dataset, IterableDataset)
         if isinstance(data, DataLoader):
             if batch_size is not None:
                 raise ValueError(
@@ -384,27 +483,40 @@ class LoaderData(DataSource):
         else:
             self._loader = None
             self._dataset = data
-            try:
-                size = len(data)  # type: ignore[arg-type]
-            except TypeError:
-                size = None
-            if size == 0:
-                raise ValueError("data is empty (the dataset has length 0); pass at least one sample")
+            if not self.bounded:
+                try:
+                    size = len(data)  # type: ignore[arg-type]
+                except TypeError:
+                    size = None
+                if size == 0:
+                    raise ValueError("data is empty (the dataset has length 0); pass at least one sample")
         self.eval_batch_size = eval_batch_size
 
     def full_batches(self) -> Iterator[Batch]:
-        """One pass of the loader (or of the dataset in order)."""
+        """One pass of the loader (or of the dataset in order); for a stream, its first ``eval_samples``."""
         if self._loader is not None:
             loader = self._loader
         else:
-            loader = DataLoader(self._dataset, batch_size=self.eval_batch_size)  # type: ignore[arg-type]
+            size = min(self.eval_batch_size, self.eval_samples) if self.bounded else self.eval_batch_size
+            loader = DataLoader(self._dataset, batch_size=size)  # type: ignore[arg-type]
+        seen = 0
         for batch in loader:
-            yield move_to(batch, self.device)
+            if self.bounded and seen + batch_length(batch) > self.eval_samples:
+                batch = batch_slice(batch, 0, self.eval_samples - seen)
+            yield move_to(batch, self.device, self.dtype)
+            seen += batch_length(batch)
+            if self.bounded and seen >= self.eval_samples:
+                return
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
-        """The user's loader as configured, or a shuffling loader over the dataset seeded by ``generator``."""
+        """The user's loader as configured, or a loader over the dataset (shuffled by ``generator``).
+
+        A stream is read in order: it cannot be shuffled.
+        """
         if self._loader is not None:
             loader = self._loader
+        elif self.bounded:
+            loader = DataLoader(self._dataset, batch_size=batch_size or 256)  # type: ignore[arg-type]
         else:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
             loader = DataLoader(
@@ -413,15 +525,16 @@ class LoaderData(DataSource):
                 shuffle=True,
                 generator=torch.Generator().manual_seed(seed),
             )
-        return _LoaderStream(loader, self.device)
+        return _LoaderStream(loader, self.device, self.dtype)
 
 
 class _LoaderStream(Minibatches):
     """Cycles through a data loader forever; its batches have no stable identity."""
 
-    def __init__(self, loader: DataLoader, device: torch.device):
+    def __init__(self, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None):
         self.loader = loader
         self.device = device
+        self.dtype = dtype
         self._it = iter(loader)
 
     def __call__(self) -> Batch:
@@ -433,42 +546,62 @@ class _LoaderStream(Minibatches):
                 batch = next(self._it)
             except StopIteration:
                 raise ValueError("data is empty: the data loader yields no batches") from None
-        return move_to(batch, self.device)
+        return move_to(batch, self.device, self.dtype)
 
 
 def as_data_source(
-    data: Any, device: torch.device, batch_size: int | None = None, partition_seed: int = 0
+    data: Any,
+    device: torch.device,
+    batch_size: int | None = None,
+    partition_seed: int = 0,
+    dtype: torch.dtype | None = None,
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
 ) -> DataSource:
     """Wrap ``data`` for sampling.
 
     Parameters
     ----------
-    data : tuple of Tensor, TensorDataset, Dataset or DataLoader
-        The training data. Tuples of tensors and ``TensorDataset`` are held in memory on ``device``
-        (fastest, and the only form that allows vectorized chains); other datasets and loaders are
-        read batch by batch.
+    data : tuple or dict of Tensor, TensorDataset, Dataset, IterableDataset or DataLoader
+        The training data. Tuples of tensors, dicts of tensors (a tokenizer's ``BatchEncoding``) and
+        ``TensorDataset`` are held in memory on ``device`` (fastest, and the only form that allows
+        vectorized chains); other datasets and loaders are read batch by batch, streams
+        (``IterableDataset``) in order.
     device : torch.device
         Where batches are placed.
     batch_size : int, optional
         Minibatch size for the chains (not allowed with a ``DataLoader``, which keeps its own).
     partition_seed : int
         Seed of the fixed partition of in-memory data into minibatches (see :meth:`TensorData.partition`).
+    dtype : torch.dtype, optional
+        Floating-point data is cast to it (pass the model's dtype); integer data keeps its dtype.
+    eval_samples : int
+        For streams only: how many samples the evaluation of :math:`L_n(w^*)` reads.
 
     Returns
     -------
     DataSource
+
+    Raises
+    ------
+    TypeError
+        For data of another kind, or a dict holding something other than tensors.
+    ValueError
+        For a bad ``batch_size``, or empty or inconsistent tensors.
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(eval_samples, int) or isinstance(eval_samples, bool) or eval_samples < 1:
+        raise ValueError(f"eval_samples must be a positive integer, got {eval_samples!r}")
     if isinstance(data, Tensor):
-        return TensorData((data,), device, partition_seed=partition_seed)
-    if isinstance(data, (tuple, list)):
-        return TensorData(tuple(data), device, partition_seed=partition_seed)
+        return TensorData((data,), device, partition_seed=partition_seed, dtype=dtype)
+    if isinstance(data, (tuple, list, Mapping)):
+        return TensorData(data, device, partition_seed=partition_seed, dtype=dtype)
     if isinstance(data, TensorDataset):
-        return TensorData(data.tensors, device, partition_seed=partition_seed)
+        return TensorData(data.tensors, device, partition_seed=partition_seed, dtype=dtype)
     if isinstance(data, (Dataset, DataLoader)):
-        return LoaderData(data, device, batch_size)
+        return LoaderData(data, device, batch_size, dtype=dtype, eval_samples=eval_samples)
     raise TypeError(
-        "data must be a tuple of tensors (inputs, targets), a torch Dataset or a DataLoader; "
+        "data must be a tuple of tensors (inputs, targets), a dict of tensors (such as a tokenizer's "
+        "output), a torch Dataset, IterableDataset or DataLoader; "
         f"got {type(data).__name__}"
     )

@@ -20,11 +20,26 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
-from slt.sampling.data import DataSource, Minibatches, TensorData, as_data_source, check_finite
+from slt.sampling.counting import UnitCounter, check_n, resolve_n_unit
+from slt.sampling.data import (
+    DEFAULT_EVAL_SAMPLES,
+    DataSource,
+    Minibatches,
+    TensorData,
+    as_data_source,
+    batch_length,
+    check_finite,
+)
 from slt.sampling.flat import FlatModel, Mask
 from slt.sampling.losses import LossFn, check_batch, check_scalar, resolve_loss
 from slt.sampling.progress import progress_bar
 from slt.sampling.settings import check_seed
+from slt.sampling.vmap import (
+    MissingBatchingRuleError,
+    quiet_vmap_call,
+    suppressed_batching_warnings,
+    warn_missing_batching_rules,
+)
 
 __all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "observable_array", "CHAIN_MODES"]
 
@@ -113,13 +128,41 @@ class PosteriorSampler:
         Where to sample; defaults to the model's device.
     seed : int
         Seed of the partition of in-memory data into minibatches, shared by every chain and run.
+    n : int, optional
+        The sample size, in ``n_unit``; by default counted over the data. Required for a stream
+        (``IterableDataset``), whose size cannot be counted.
+    n_unit : {"auto", "samples", "tokens"}
+        What ``n`` counts (see :mod:`slt.sampling.counting`): ``"samples"`` the rows of the data
+        (sequences), ``"tokens"`` the tokens the loss averages over; ``"auto"`` counts tokens for token
+        data (dict batches with ``input_ids``) and samples otherwise. :math:`L_n(w^*)` is the mean
+        per unit (batches weighted by their tokens with ``"tokens"``).
+    eval_samples : int
+        For streams: how many samples the evaluation of :math:`L_n(w^*)` reads (finite data is read whole).
+    model_mode : {"eval", "train"}
+        The mode of the working copy while sampling (see :class:`~slt.sampling.flat.FlatModel`).
 
     Attributes
     ----------
     n : int
-        Number of training samples.
+        The sample size, in :attr:`n_unit`.
+    n_unit : str
+        ``"samples"`` or ``"tokens"``.
+    n_source : str
+        ``"given"`` or ``"counted"``.
+    num_samples : int
+        Rows of the data evaluated for :attr:`init_loss` (all of it, or a stream's first ``eval_samples``).
     init_loss : float
-        :math:`L_n(w^*)`, the mean loss over the *full* data.
+        :math:`L_n(w^*)`, the mean loss over the *full* data (a stream: over its first ``eval_samples``).
+    batching_rules_missing : bool
+        Whether ``torch.func.vmap`` named ops without a batching rule on a vectorized run; ``"auto"``
+        then runs chains sequentially (see :mod:`slt.sampling.vmap`).
+
+    Raises
+    ------
+    ValueError
+        For a stream without ``n``, an ``n`` that is not a positive integer, an unknown ``n_unit`` or
+        ``model_mode``, empty data or a non-finite loss at :math:`w^*` (and see
+        :func:`~slt.sampling.data.as_data_source`).
     """
 
     DEFAULT_BATCH_SIZE = 256
@@ -128,23 +171,48 @@ class PosteriorSampler:
         self,
         model: nn.Module,
         data: Any,
-        loss_fn: str | LossFn,
+        loss_fn: str | LossFn | None,
         *,
         batch_size: int | None = None,
         mask: Mask = None,
         device: torch.device | str | None = None,
         seed: int = 0,
+        n: int | None = None,
+        n_unit: str = "auto",
+        eval_samples: int = DEFAULT_EVAL_SAMPLES,
+        model_mode: str = "eval",
     ):
         self.loss_fn = resolve_loss(loss_fn)
         check_not_pruned(model)
-        self.flat_model = FlatModel(model, self.loss_fn, mask=mask, device=device)
+        check_n(n)
+        resolve_n_unit(n_unit, None)
+        self.flat_model = FlatModel(model, self.loss_fn, mask=mask, device=device, model_mode=model_mode)
         self.device = self.flat_model.device
-        self.data: DataSource = as_data_source(data, self.device, batch_size, partition_seed=seed)
+        self.data: DataSource = as_data_source(
+            data,
+            self.device,
+            batch_size,
+            partition_seed=seed,
+            dtype=self.flat_model.flat.dtype,
+            eval_samples=eval_samples,
+        )
+        if self.data.bounded and n is None:
+            raise ValueError(
+                f"data is a stream ({type(data).__name__}: an IterableDataset or a loader of one): slt "
+                "cannot count its samples without reading all of it (a streaming data set may never end), "
+                "and n sets the temperature nβ and scales λ̂. Pass n=, the size of the training data in "
+                "n_unit (sequences with n_unit='samples', tokens with n_unit='tokens'); L_n(w*) is then "
+                f"evaluated on the stream's first eval_samples={eval_samples} samples"
+            )
+        self._counter = UnitCounter(n_unit, model)
+        self.batching_rules_missing = False
         self._reference_tables: dict[int, _ReferenceLosses] = {}
         self._observable_shapes: dict[str, tuple[Observable, tuple[int, ...]]] = {}
-        self.init_loss, self.n = self._full_loss()
+        self.init_loss, counted = self._full_loss()
+        self.n_unit = self._counter.unit
+        self.n, self.n_source = (int(n), "given") if n is not None else (counted, "counted")
         if batch_size is None and not isinstance(data, DataLoader):
-            batch_size = min(self.n, self.DEFAULT_BATCH_SIZE)
+            batch_size = min(self.num_samples, self.DEFAULT_BATCH_SIZE)
         self.batch_size = batch_size
 
     @property
@@ -158,16 +226,24 @@ class PosteriorSampler:
         return self.flat_model.center
 
     def _full_loss(self) -> tuple[float, int]:
+        """:math:`L_n(w^*)` per unit over the data, and the units counted; sets :attr:`num_samples`."""
         fm = self.flat_model
+        self.num_samples = 0
 
         def checked_loss(batch: Any) -> Tensor:
             check_batch(self.loss_fn, batch)
+            self.num_samples += batch_length(batch)
             return fm.loss(batch)
 
         with fm.at(fm.center):
-            init_loss, count = self.data.mean_over_batches(checked_loss)
-        if count == 0:
+            init_loss, count = self.data.mean_over_batches(checked_loss, self._counter)
+        if self.num_samples == 0:
             raise ValueError("data is empty: iterating it gave no samples; pass at least one sample")
+        if count == 0:
+            raise ValueError(
+                "the data holds no tokens the loss counts (every label is -100, or every attention mask "
+                "is 0); check the labels, or pass n_unit='samples'"
+            )
         if not math.isfinite(init_loss):
             for batch in self.data.full_batches():  # blame the data when it is the data
                 check_finite(batch, "a batch of the data: element ")
@@ -178,13 +254,13 @@ class PosteriorSampler:
         return init_loss, count
 
     def full_loss_at(self, position: Tensor) -> float:
-        """Exact mean loss over the full data at a flat ``position``."""
+        """Exact mean loss over the full data at a flat ``position`` (per unit of :attr:`n_unit`)."""
         return self.full_loss_and_count(position)[0]
 
     def full_loss_and_count(self, position: Tensor) -> tuple[float, int]:
-        """Exact mean loss over the full data at a flat ``position``, and the number of samples."""
+        """Exact mean loss over the full data at a flat ``position``, and the number of units."""
         with self.flat_model.at(position):
-            return self.data.mean_over_batches(self.flat_model.loss)
+            return self.data.mean_over_batches(self.flat_model.loss, self._counter)
 
     def check_observables(self, observables: Mapping[str, Observable]) -> dict[str, tuple[int, ...]]:
         """Evaluate each observable once at :math:`w^*`, before any step, and return the shape of its value.
@@ -247,17 +323,25 @@ class PosteriorSampler:
         if chain_mode != "auto":
             if chain_mode == "vectorized" and not isinstance(self.data, TensorData):
                 raise ValueError(
-                    "vectorized chains need in-memory data (a tuple of tensors or a TensorDataset); "
+                    "vectorized chains need in-memory data (a tuple or dict of tensors or a TensorDataset); "
                     "use chain_mode='sequential' with datasets and loaders"
                 )
+            if chain_mode == "vectorized" and self.flat_model.model_mode == "train":
+                raise ValueError(
+                    "vectorized chains run the model in eval mode only (dropout and batch statistics under "
+                    "torch.func.vmap would be shared or fail); use chain_mode='sequential' with "
+                    "model_mode='train'"
+                )
             return chain_mode
-        if num_chains < 2 or not isinstance(self.data, TensorData):
+        if num_chains < 2 or not isinstance(self.data, TensorData) or self.flat_model.model_mode == "train":
+            return "sequential"
+        if self.batching_rules_missing:  # found on an earlier run: vmap would fall back op by op
             return "sequential"
         if not self.data.partition(self.batch_size).equal:  # batches of unequal size cannot be stacked
             return "sequential"
         if self.device.type == "cuda":
             return "vectorized" if self.flat_model.dim * num_chains <= VECTORIZE_CUDA_PARAMS else "sequential"
-        work = self.flat_model.dim * min(self.batch_size or self.n, self.n)
+        work = self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
         if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
             return "vectorized"
         return "sequential"
@@ -335,7 +419,9 @@ class PosteriorSampler:
         try:
             if mode == "vectorized":
                 try:
-                    record = self._run_vectorized(kernel, target, plan, seeds[-1], bar, initial_states)
+                    record = self._run_vectorized(
+                        kernel, target, plan, seeds[-1], bar, initial_states, strict=chain_mode != "auto"
+                    )
                 except Exception:
                     if chain_mode != "auto":
                         raise
@@ -405,7 +491,9 @@ class PosteriorSampler:
             record.states.append(state)
         return record
 
-    def _run_vectorized(self, kernel: BoundKernel, target, plan, seed, bar, initial_states) -> _Record:
+    def _run_vectorized(
+        self, kernel: BoundKernel, target, plan, seed, bar, initial_states, strict: bool = True
+    ) -> _Record:
         fm = self.flat_model
         assert isinstance(self.data, TensorData)
         record = _Record(plan, fm.state_dtype, self.device)
@@ -425,7 +513,16 @@ class PosteriorSampler:
         num_references = 0
         for t in range(plan.total):
             batch = next_batch()
-            grad, loss = grad_and_loss(state.position, batch)
+            if t == 0:
+                (grad, loss), missing = quiet_vmap_call(grad_and_loss, state.position, batch)
+                if missing:
+                    self.batching_rules_missing = True
+                    if not strict:
+                        raise MissingBatchingRuleError(missing)
+                    warn_missing_batching_rules(missing)
+            else:
+                with suppressed_batching_warnings():
+                    grad, loss = grad_and_loss(state.position, batch)
             window[:, t - checked] = loss.detach()
             draw = plan.draw_index(t)
             if draw is not None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from slt.sampling.losses import LossFn, check_scalar
 
-__all__ = ["FlatModel", "Mask", "select_parameters"]
+__all__ = ["FlatModel", "Mask", "select_parameters", "MODEL_MODES"]
 
 Mask = Union[Sequence[str], Mapping[str, Tensor], None]  # noqa: UP007 - a runtime alias
 
@@ -84,6 +84,8 @@ def select_parameters(
     return [n for n in available if n in chosen], {}
 
 
+#: The modes the working copy can sample in.
+MODEL_MODES = ("eval", "train")
 #: Parameter dtypes whose chains keep a float32 position.
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -100,11 +102,25 @@ class FlatModel:
     mask : see :func:`select_parameters`
     device : torch.device, optional
         Where the copy lives; defaults to the model's device.
+    model_mode : {"eval", "train"}
+        The mode of the working copy. ``"eval"`` (the default) turns dropout off and freezes batch-norm
+        statistics, so the loss at fixed weights is a deterministic function of the weights and the batch:
+        the :math:`L_n(w)` the theory defines. ``"train"`` keeps dropout on (and batch statistics), as
+        devinterp samples: the chains then sample the posterior of the dropout-averaged loss, and
+        :math:`L_n(w^*)` and the control variate are measured in train mode too, so both sides of
+        λ̂ see the same noise. The caller's model keeps its own modes either way.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not an ``nn.Module``.
+    ValueError
+        For an unknown ``model_mode``, parameters of several dtypes, or a bad ``mask``.
 
     Attributes
     ----------
     module : nn.Module
-        The working copy, in eval mode.
+        The working copy, in ``model_mode``.
     flat : Tensor
         The sampled coordinates, shape ``(d,)``; writing to it changes ``module``.
     grad : Tensor
@@ -119,10 +135,21 @@ class FlatModel:
     """
 
     def __init__(
-        self, model: nn.Module, loss_fn: LossFn, mask: Mask = None, device: torch.device | None = None
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        mask: Mask = None,
+        device: torch.device | None = None,
+        model_mode: str = "eval",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if model_mode not in MODEL_MODES:
+            raise ValueError(
+                f"model_mode must be 'eval' (dropout off, batch-norm statistics frozen: a deterministic "
+                f"loss) or 'train' (dropout on, as devinterp samples), got {model_mode!r}"
+            )
+        self.model_mode = model_mode
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names, elementwise = select_parameters(trainable, mask)
         if device is None:
@@ -133,7 +160,7 @@ class FlatModel:
         except Exception as exc:  # pragma: no cover - depends on exotic user models
             raise ValueError(f"slt works on a copy of the model, and copying it failed: {exc!r}") from exc
         module.to(self.device)
-        module.eval()
+        module.train(model_mode == "train")
         params = dict(module.named_parameters())
         chosen = set(self.names)
         for name, p in params.items():

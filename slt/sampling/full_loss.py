@@ -11,6 +11,7 @@ from torch import Tensor
 
 from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import PosteriorSampler
+from slt.sampling.vmap import quiet_vmap_call
 
 __all__ = ["FullLoss", "full_loss_over_positions"]
 
@@ -18,7 +19,8 @@ __all__ = ["FullLoss", "full_loss_over_positions"]
 class FullLoss:
     """Exact full-data mean loss (and gradient) at many flat positions at once.
 
-    Uses ``torch.func.vmap`` over positions for in-memory data (``mode="vectorized"``), otherwise loads
+    Uses ``torch.func.vmap`` over positions for in-memory data (``mode="vectorized"``; in eval mode
+    only, see :class:`~slt.sampling.flat.FlatModel`), otherwise loads
     positions one by one into the working copy (``mode="sequential"``). Accumulates over the data in
     chunks, so memory stays bounded for large data sets.
     """
@@ -83,13 +85,13 @@ def full_loss_over_positions(posterior: PosteriorSampler, chain_mode: str, rows:
             "vectorized chains need in-memory data (a tuple of tensors or a TensorDataset); "
             "use chain_mode='sequential' with datasets and loaders"
         )
-    if chain_mode == "sequential" or not in_memory:
+    if chain_mode == "sequential" or not in_memory or posterior.flat_model.model_mode == "train":
         return FullLoss(posterior, "sequential")
     full = FullLoss(posterior, "vectorized")
     if chain_mode == "vectorized":
         return full
-    try:  # "auto": vectorize unless the model does something vmap cannot handle
-        full(posterior.center.expand(min(rows, 2), -1).clone())
+    try:  # "auto": vectorize unless the model does something vmap cannot handle, or handles slowly
+        _, missing = quiet_vmap_call(full, posterior.center.expand(min(rows, 2), -1).clone())
     except Exception:
         return FullLoss(posterior, "sequential")
-    return full
+    return FullLoss(posterior, "sequential") if missing else full

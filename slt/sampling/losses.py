@@ -1,14 +1,29 @@
-"""Loss functions: ``loss_fn(model, batch) -> scalar mean loss`` and the string shortcuts."""
+"""Loss functions: ``loss_fn(model, batch) -> scalar mean loss``, the string shortcuts and the default.
+
+A ``loss_fn`` may return the loss itself (a scalar tensor), a dict with a ``"loss"`` entry, or an object
+with a ``.loss`` tensor such as a Hugging Face ``ModelOutput``: :func:`resolve_loss` wraps it so that the
+rest of slt always sees the scalar. Without a ``loss_fn``, :func:`model_loss` calls the model on each
+batch and takes the loss the model computes itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LossFn", "resolve_loss", "mse", "cross_entropy", "check_batch", "IGNORE_INDEX"]
+__all__ = [
+    "LossFn",
+    "resolve_loss",
+    "mse",
+    "cross_entropy",
+    "model_loss",
+    "extract_loss",
+    "check_batch",
+    "IGNORE_INDEX",
+]
 
 #: The label ``torch.nn.functional.cross_entropy`` skips by default.
 IGNORE_INDEX = -100
@@ -50,21 +65,129 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
     return F.cross_entropy(model(x), y)
 
 
-_SHORTCUTS: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy}
+def extract_loss(output: Any, source: str = "loss_fn") -> Tensor:
+    """The loss tensor inside what a loss function or a model returned.
+
+    Parameters
+    ----------
+    output : Tensor, mapping with a ``"loss"`` entry, or object with a ``.loss`` tensor
+        A scalar tensor is returned as it is; a Hugging Face ``ModelOutput`` (a mapping that also has
+        the attribute) gives its ``loss``.
+    source : str
+        What produced ``output``, for the message.
+
+    Raises
+    ------
+    ValueError
+        When ``output`` holds no loss tensor: an output whose ``loss`` is ``None`` (the model was not
+        given its targets) is told to add them, anything else to return a scalar tensor.
+    """
+    if isinstance(output, Tensor):
+        return output
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if isinstance(loss, Tensor):
+        return loss
+    kind = type(output).__name__
+    if isinstance(output, Mapping) or hasattr(output, "loss") or hasattr(output, "logits"):
+        raise ValueError(
+            f"{source} returned a {kind} without a loss (fields: {_fields(output)}). A model computes its "
+            "own loss only when the batch holds the targets: for Hugging Face models add 'labels' to each "
+            "batch (for a causal language model, labels = input_ids; -100 marks positions to skip), or "
+            "pass loss_fn(model, batch) returning the mean loss"
+        )
+    raise ValueError(
+        f"{source} must return a scalar tensor, a dict with a 'loss' entry or an output with a .loss "
+        f"tensor, got {kind}"
+    )
 
 
-def resolve_loss(loss_fn: str | LossFn) -> LossFn:
-    """Turn ``"mse"``, ``"cross_entropy"`` or a callable ``loss_fn(model, batch)`` into a callable."""
+def _fields(output: Any) -> str:
+    keys = list(output.keys()) if isinstance(output, Mapping) else [k for k in vars(output) if k[0] != "_"]
+    return ", ".join(map(str, keys[:8])) or "none"
+
+
+def model_loss(model: nn.Module, batch: Any) -> Tensor:
+    """The loss the model computes itself: ``model(**batch)`` for a dict, ``model(*batch)`` for a tuple.
+
+    The default when no ``loss_fn`` is given. Hugging Face models return a ``ModelOutput`` whose
+    ``loss`` is the mean cross-entropy over the label tokens (positions labelled -100 left out) when
+    the batch holds ``labels``; any model returning a scalar tensor, a dict with ``"loss"`` or an
+    object with ``.loss`` works.
+
+    Raises
+    ------
+    ValueError
+        When the output holds no loss (see :func:`extract_loss`): a model that returns predictions
+        needs ``loss_fn="mse"``, ``"cross_entropy"`` or a callable.
+    TypeError
+        When the model does not take the batch that way (its message kept, the remedy added).
+    """
+    try:
+        if isinstance(batch, Mapping):
+            output = model(**batch)
+        elif isinstance(batch, (tuple, list)):
+            output = model(*batch)
+        else:
+            output = model(batch)
+    except TypeError as exc:  # the signature does not fit: most likely a model that returns predictions
+        layout = "model(**batch)" if isinstance(batch, Mapping) else "model(*batch)"
+        raise TypeError(
+            f"loss_fn is not given, so slt called {layout} to get the loss the model computes itself, and "
+            f"that failed: {exc}. For a model that returns predictions pass loss_fn='mse', "
+            "'cross_entropy' or a callable loss_fn(model, batch) returning the mean loss"
+        ) from exc
+    if isinstance(output, Tensor) and output.numel() != 1:
+        raise ValueError(
+            f"loss_fn is not given, so slt called the model on each batch and expected the loss it "
+            f"computes, but it returned a tensor of shape {tuple(output.shape)} (predictions?). Pass "
+            "loss_fn='mse', 'cross_entropy' or a callable loss_fn(model, batch) returning the mean loss"
+        )
+    return extract_loss(output, "the model (called without a loss_fn)")
+
+
+class _Extracting:
+    """A user's ``loss_fn`` whose output is reduced to its loss tensor by :func:`extract_loss`."""
+
+    def __init__(self, fn: LossFn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        return extract_loss(self.fn(model, batch))
+
+
+_SHORTCUTS: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy, "model": model_loss}
+
+
+def resolve_loss(loss_fn: str | LossFn | None) -> LossFn:
+    """Turn ``"mse"``, ``"cross_entropy"``, ``None`` or a callable ``loss_fn(model, batch)`` into a callable.
+
+    ``None`` (or ``"model"``) gives :func:`model_loss`, the loss the model computes itself. A callable
+    may return a scalar tensor, a dict with ``"loss"`` or an object with ``.loss`` (see
+    :func:`extract_loss`); the returned callable always gives the tensor.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    TypeError
+        For anything else that is not callable.
+    """
+    if loss_fn is None:
+        return model_loss
     if isinstance(loss_fn, str):
         try:
             return _SHORTCUTS[loss_fn]
         except KeyError:
             raise ValueError(
-                f"unknown loss {loss_fn!r}; use 'mse', 'cross_entropy' or a callable loss_fn(model, batch)"
+                f"unknown loss {loss_fn!r}; use 'mse', 'cross_entropy', 'model' (the loss the model "
+                "computes itself) or a callable loss_fn(model, batch)"
             ) from None
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a string or a callable, got {type(loss_fn).__name__}")
-    return loss_fn
+    if isinstance(loss_fn, _Extracting) or loss_fn in _SHORTCUTS.values():
+        return loss_fn
+    return _Extracting(loss_fn)
 
 
 def check_batch(loss_fn: LossFn, batch: Any) -> None:

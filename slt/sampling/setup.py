@@ -22,18 +22,20 @@ __all__ = ["prepared_sampler"]
 def prepared_sampler(
     model: nn.Module,
     data: Any,
-    loss_fn: str | LossFn,
+    loss_fn: str | LossFn | None,
     *,
     batch_size: int | None = None,
     mask: Mask = None,
     device: torch.device | str | None = None,
     seed: int = 0,
+    **options: Any,
 ) -> Iterator[PosteriorSampler]:
     """A :class:`PosteriorSampler` of ``model`` on its device, with the global RNGs isolated.
 
     Inside the block the global torch, numpy and Python RNGs (and the device's) are seeded from
     ``seed``; after it they are exactly as the caller left them, so estimating never changes a training
-    run's random stream. The model itself is copied by the sampler and never modified.
+    run's random stream. The model itself is copied by the sampler and never modified. ``options``
+    (``n``, ``n_unit``, ``eval_samples``, ``model_mode``) go to :class:`PosteriorSampler`.
 
     Raises
     ------
@@ -47,5 +49,5 @@ def prepared_sampler(
     device = resolve_device(model, device)
     with isolated_rng(seed, (device,)):
         yield PosteriorSampler(
-            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+            model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, **options
         )

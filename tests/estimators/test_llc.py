@@ -189,6 +189,25 @@ def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
     _assert_same(before, _snapshot(model, optimizer))
 
 
+@pytest.mark.filterwarnings("ignore::slt.warnings.SLTWarning")
+def test_train_mode_sampling_leaves_every_submodules_mode_untouched():
+    torch.manual_seed(0)
+    model = Recorder()
+    model.train()
+    model.bn.eval()  # a mixed-mode model: the copy goes all-train, the caller's keeps its flags
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    nn.functional.mse_loss(model(x), y).backward()
+    before = _snapshot(model, optimizer)
+    seen = {"dropout": lambda m: float(m.drop.training), "bn": lambda m: float(m.bn.training)}
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    result = slt.estimate_llc(model, loader, loss_fn="mse", model_mode="train", observables=seen, **FAST)
+    assert result.observables["dropout"].min() == 1.0 and result.observables["bn"].min() == 1.0
+    result = slt.estimate_llc(model, (x, y), loss_fn="mse", model_mode="train", **FAST)
+    assert result.settings.model_mode == "train" and result.settings.chain_mode == "sequential"
+    _assert_same(before, _snapshot(model, optimizer))
+
+
 class ListDataset(Dataset):
     def __init__(self, x, y):
         self.items = list(zip(x, y))

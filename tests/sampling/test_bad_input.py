@@ -127,3 +127,20 @@ def test_seeds_must_fit_in_64_bits(seed):
 def test_calibrate_refuses_a_tolerance_that_is_not_a_positive_number(tolerance):
     with pytest.raises(ValueError, match="tolerance must be a positive number"):
         slt.calibrate(nn.Linear(3, 1), regression(), loss_fn="mse", tolerance=tolerance, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_named_with_the_remedy():
+    x, y = regression()
+    with pytest.raises(ValueError, match=r"device 'cuda' asks for CUDA, but .*use device='cpu'"):
+        slt.estimate_llc(nn.Linear(3, 1), (x, y), loss_fn="mse", device="cuda", **QUICK)
+
+
+def test_a_float64_model_takes_float32_data():
+    x, y = regression()
+    model = nn.Linear(3, 1).double()
+    sampler = PosteriorSampler(model, (x, y), "mse")
+    assert sampler.data.tensors[0].dtype == torch.float64
+    with torch.no_grad():
+        expected = float(nn.functional.mse_loss(model(x.double()), y.double()))
+    assert sampler.init_loss == pytest.approx(expected, rel=1e-12)  # the loss in float64, not float32

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from slt.sampling.data import LoaderData, TensorData, as_data_source, batch_length, move_to
 
@@ -132,7 +132,7 @@ def test_data_loaders_keep_their_own_batch_size():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ((), "data is an empty tuple"),
+        ((), "data is empty \\(no tensors\\)"),
         ((torch.zeros(3, 1), torch.zeros(4, 1)), "disagree on the number of samples"),
         ((torch.tensor(1.0),), "leading sample dimension"),
         ((torch.zeros(0, 2),), "data is empty"),
@@ -145,7 +145,7 @@ def test_bad_tensor_data_is_rejected(data, message):
 
 def test_unsupported_data_and_batch_size_are_rejected():
     with pytest.raises(TypeError, match="data must be a tuple of tensors"):
-        as_data_source({"x": torch.zeros(2)}, CPU)
+        as_data_source("x", CPU)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         as_data_source((torch.zeros(3, 1),), CPU, batch_size=0)
 
@@ -155,3 +155,60 @@ def test_move_to_handles_nested_batches():
     moved = move_to(batch, CPU)
     assert moved["tag"] == "keep" and moved["pair"][1][0].shape == (3,)
     assert batch_length(moved) == 2
+
+
+def test_a_dict_of_tensors_gives_dict_batches_with_its_keys():
+    ids = torch.arange(24).reshape(12, 2)
+    data = as_data_source({"input_ids": ids, "labels": ids + 100}, CPU)
+    (batch,) = list(data.full_batches())
+    assert isinstance(batch, dict) and torch.equal(batch["labels"], ids + 100)
+    stream = data.stacked_stream(torch.Generator().manual_seed(0), 4, num_chains=2)
+    stacked = stream()
+    assert stacked["input_ids"].shape == (2, 4, 2)
+    assert torch.equal(stacked["labels"], stacked["input_ids"] + 100)  # rows stay together
+    with pytest.raises(TypeError, match=r"data\['input_ids'\] is a list .*return_tensors=\"pt\""):
+        as_data_source({"input_ids": [[1, 2], [3, 4]]}, CPU)
+
+
+def test_float_data_takes_the_models_dtype_and_integer_data_keeps_its_own():
+    x, y = torch.randn(6, 2), torch.arange(6)
+    data = as_data_source((x, y), CPU, dtype=torch.float64)
+    assert data.tensors[0].dtype == torch.float64 and data.tensors[1].dtype == torch.int64
+    loader = as_data_source(DataLoader(TensorDataset(x, y), batch_size=3), CPU, dtype=torch.float64)
+    batch = loader.stream(torch.Generator().manual_seed(0), None)()
+    assert batch[0].dtype == torch.float64 and batch[1].dtype == torch.int64
+
+
+class Counting(IterableDataset):
+    """The integers 0, 1, 2, ... (endless) or up to ``stop``."""
+
+    def __init__(self, stop=None):
+        self.stop = stop
+
+    def __iter__(self):
+        i = 0
+        while self.stop is None or i < self.stop:
+            yield torch.tensor([float(i)])
+            i += 1
+
+
+def test_a_stream_is_read_in_order_and_evaluated_on_its_first_samples_only():
+    data = as_data_source(Counting(), CPU, eval_samples=10)
+    assert data.bounded
+    seen = torch.cat(list(data.full_batches()))
+    assert torch.equal(seen.flatten(), torch.arange(10.0))  # exactly the first 10 of an endless stream
+    stream = data.stream(torch.Generator().manual_seed(0), 4)
+    assert torch.equal(stream().flatten(), torch.arange(4.0))
+    assert torch.equal(stream().flatten(), torch.arange(4.0, 8.0))
+    finite = as_data_source(Counting(stop=6), CPU).stream(torch.Generator(), 4)
+    assert [len(finite()) for _ in range(3)] == [4, 2, 4]  # a finite stream starts over
+
+
+def test_a_stream_without_n_is_refused_with_the_remedy():
+    from slt.sampling import PosteriorSampler
+
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match=r"data is a stream .*Pass n=.*eval_samples=1024"):
+        PosteriorSampler(model, Counting(), lambda m, b: m(b).pow(2).mean())
+    sampler = PosteriorSampler(model, Counting(), lambda m, b: m(b).pow(2).mean(), n=500, eval_samples=8)
+    assert sampler.n == 500 and sampler.num_samples == 8

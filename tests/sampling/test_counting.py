@@ -1,0 +1,73 @@
+"""What n counts: samples or tokens."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from slt.sampling import PosteriorSampler
+from slt.sampling.counting import UnitCounter, check_n, count_tokens, resolve_n_unit, shifts_labels
+
+
+def test_tokens_are_the_labels_the_loss_keeps_else_the_mask_else_every_id():
+    ids = torch.ones(3, 5, dtype=torch.long)
+    labels = ids.clone()
+    labels[0, 3:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    assert count_tokens({"input_ids": ids, "labels": labels, "attention_mask": mask}) == 13
+    assert count_tokens({"input_ids": ids, "labels": labels}, shift=True) == 10  # 4 + 4 + 4 - 2
+    assert count_tokens({"input_ids": ids, "attention_mask": mask}) == 13
+    assert count_tokens({"input_ids": ids}) == 15
+    assert count_tokens((torch.zeros(3, 2), labels)) == 13  # per-token targets of a pair
+    with pytest.raises(ValueError, match=r"cannot tell how many tokens.*Pass n= yourself, or n_unit="):
+        count_tokens(torch.zeros(3, 2))
+
+
+def test_auto_counts_tokens_for_token_data_only():
+    assert resolve_n_unit("auto", {"input_ids": torch.ones(2, 3)}) == "tokens"
+    assert resolve_n_unit("auto", (torch.ones(2, 3), torch.ones(2))) == "samples"
+    assert resolve_n_unit("auto", {"x": torch.ones(2, 3)}) == "samples"
+    assert resolve_n_unit("samples", {"input_ids": torch.ones(2, 3)}) == "samples"
+    with pytest.raises(ValueError, match="n_unit must be one of"):
+        resolve_n_unit("sequences", None)
+
+
+class TinyForCausalLM(nn.Module):
+    def forward(self, input_ids, labels):
+        return {"loss": torch.zeros(())}
+
+
+def test_causal_language_models_lose_each_sequences_first_label():
+    assert shifts_labels(TinyForCausalLM()) and not shifts_labels(nn.Linear(2, 2))
+    counter = UnitCounter("auto", TinyForCausalLM())
+    ids = torch.ones(4, 6, dtype=torch.long)
+    assert counter({"input_ids": ids, "labels": ids}) == 20 and counter.unit == "tokens"
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, "100"])
+def test_n_must_be_a_positive_integer(n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        check_n(n)
+
+
+def test_a_given_n_replaces_the_count_and_the_loss_is_a_mean_per_token():
+    class Scorer(nn.Module):
+        """Loss = mean over the labelled tokens of w * label, so the per-token mean is checkable."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, input_ids, labels):
+            keep = labels != -100
+            return {"loss": (self.w * labels * keep).sum() / keep.sum()}
+
+    labels = torch.tensor([[1, 1, 1, 1], [3, -100, -100, -100]])
+    rows = [{"input_ids": torch.zeros(4, dtype=torch.long), "labels": row} for row in labels]
+    loader = DataLoader(rows, batch_size=1)  # one sequence per batch: 1 over 4 tokens, 3 over 1
+    sampler = PosteriorSampler(Scorer(), loader, None)
+    assert sampler.n == 5 and sampler.n_unit == "tokens" and sampler.n_source == "counted"
+    assert sampler.init_loss == pytest.approx(7 / 5)  # per token over the data, not the mean of 1 and 3
+    by_rows = PosteriorSampler(Scorer(), loader, None, n_unit="samples", n=1000)
+    assert by_rows.n == 1000 and by_rows.n_source == "given" and by_rows.init_loss == pytest.approx(2.0)

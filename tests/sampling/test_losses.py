@@ -1,0 +1,73 @@
+"""Loss functions: outputs reduced to their loss, the model's own loss as the default."""
+
+import pickle
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from slt.sampling.losses import extract_loss, model_loss, mse, resolve_loss
+
+
+class Output(OrderedDict):
+    """Like a Hugging Face ModelOutput: a mapping whose fields are also attributes."""
+
+    def __getattr__(self, name):
+        return self.get(name)
+
+
+def test_the_loss_is_found_in_a_tensor_a_dict_an_output_and_an_attribute():
+    loss = torch.tensor(1.5)
+    assert extract_loss(loss) is loss
+    assert extract_loss({"loss": loss, "logits": torch.zeros(2)}) is loss
+    assert extract_loss(Output(loss=loss, logits=torch.zeros(2))) is loss
+    assert extract_loss(SimpleNamespace(loss=loss)) is loss
+
+
+def test_an_output_without_a_loss_is_told_to_add_labels():
+    with pytest.raises(ValueError, match=r"returned a Output without a loss \(fields: logits\).*'labels'"):
+        extract_loss(Output(logits=torch.zeros(2)))
+    with pytest.raises(ValueError, match="must return a scalar tensor, a dict with a 'loss' entry"):
+        extract_loss(3.0)
+
+
+class SelfScoring(nn.Module):
+    """Computes its own loss from (x, y), or from x=..., y=... keywords."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x, y):
+        return {"loss": ((self.lin(x) - y) ** 2).mean()}
+
+
+def test_without_a_loss_fn_the_model_scores_tuples_and_dicts_itself():
+    model, x, y = SelfScoring(), torch.randn(5, 2), torch.randn(5, 1)
+    assert resolve_loss(None) is model_loss and resolve_loss("model") is model_loss
+    expected = ((model.lin(x) - y) ** 2).mean()
+    assert torch.equal(model_loss(model, (x, y)), expected)
+    assert torch.equal(model_loss(model, {"x": x, "y": y}), expected)
+
+
+def test_a_model_that_returns_predictions_needs_a_loss_fn():
+    mlp = nn.Linear(2, 1)
+    with pytest.raises(TypeError, match=r"called model\(\*batch\).*loss_fn='mse'"):
+        model_loss(mlp, (torch.randn(4, 2), torch.randn(4, 1)))
+    with pytest.raises(ValueError, match=r"returned a tensor of shape \(4, 1\) \(predictions\?\)"):
+        model_loss(mlp, torch.randn(4, 2))
+
+
+def _output_of(model, batch):
+    x, y = batch
+    return {"loss": ((model(x) - y) ** 2).mean(), "extra": 1}
+
+
+def test_a_callable_returning_an_output_is_wrapped_and_still_pickles():
+    loss_fn = resolve_loss(_output_of)
+    model, batch = nn.Linear(2, 1), (torch.randn(4, 2), torch.randn(4, 1))
+    assert torch.equal(loss_fn(model, batch), mse(model, batch))
+    assert resolve_loss(loss_fn) is loss_fn and resolve_loss("mse") is mse
+    assert torch.equal(pickle.loads(pickle.dumps(loss_fn))(model, batch), mse(model, batch))
