@@ -160,9 +160,9 @@ MAX_OVER_HALF_D = 1.1
 MAX_BIAS_INDICATOR = 0.5
 #: A loss whose value on a batch is this far from the mean over its halves is not a mean per sample.
 MAX_BATCH_SIZE_DEPENDENCE = 1.5
-#: Chains worse than a zero-weights model have left the basin only if they also went this far (relative to
-#: |w*|): with a weak signal a model near w* can legitimately score worse than zero weights (measured on a
-#: deep linear network 10-5-10 at n = 1e4: L(0) - L(w*) = 0.01 < λ/nβ, chains 0.35 |w*| away).
+#: How far from w* (relative to |w*|) the message calls the chains far. Not a condition of the warning:
+#: on a grokked modular-addition MLP at γ = 10 the chains scored 4.21 nats against 3.97 for zero weights
+#: (L(w*) = 0.46) while only 0.496 |w*| away, and the old requirement of 0.5 |w*| kept it quiet.
 MIN_BASIN_DISTANCE = 0.5
 #: ... and only where a trivial model is clearly worse than w*: L(0) - L(w*) above this fraction of L(w*).
 #: Where noise dominates the loss (the deep linear networks of the tests: L(0) - L(w*) = 0.01 against
@@ -456,7 +456,7 @@ def llc_problems(
     Checks: diverged chains; a significantly negative estimate (w* not a minimum); split R-hat above
     :data:`~slt.estimators.diagnostics.RHAT_MAX`; a trace still drifting during the draws; a single
     chain; an estimate above d/2 (impossible for a learning coefficient); a mean sampled loss above a
-    trivial model's and chains far from w* (they left the basin); a predicted step-size bias above
+    trivial model's (the chains left the basin); a predicted step-size bias above
     :data:`MAX_BIAS_INDICATOR`; a loss that grows or shrinks with the batch size; an estimate still
     rising between the halves of the draws (``trace``, the per-draw estimates).
     """
@@ -604,14 +604,15 @@ def _plausibility_problems(
     implied = init_loss + mean / s.n_beta
     far = not checks.distance <= MIN_BASIN_DISTANCE * checks.center_norm  # NaN distance counts as far
     telling = math.isfinite(gap) and gap > MIN_BASIN_CONTRAST * abs(init_loss)
-    if telling and mean / s.n_beta > gap and far:
+    if telling and mean / s.n_beta > gap:
         problems.append(
             Problem.of(
                 LeftBasinWarning,
                 f"the chains left the basin of the trained weights: their mean loss L(w*) + λ̂/nβ = "
                 f"{implied:.4g} is above {checks.zero_weights_loss:.4g}, the loss with the sampled weights "
                 f"set to zero (L(w*) = {init_loss:.4g}), and they ended |w - w*| = {checks.distance:.3g} "
-                f"from w* (|w*| = {checks.center_norm:.3g}). λ̂ then only measures that gap. Lower "
+                f"from w* (|w*| = {checks.center_norm:.3g}{', far' if far else ''}). λ̂ then only measures "
+                "that gap. Lower "
                 f"step_size (now {s.step_size:.3g}) or raise localization (γ = {s.localization:g}); networks "
                 "trained to near-zero cross-entropy often need γ in the tens to hundreds",
             )

@@ -143,3 +143,28 @@ def test_checks_travel_with_the_result():
     )
     back = LLCResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert back.checks == result.checks and back.checks.batch_size_dependence != back.checks.distance
+
+
+def test_chains_worse_than_zero_weights_left_the_basin_even_when_not_far(tiny_regression):
+    """A grokked modular-addition MLP at γ = 10 (measured): sampled loss 4.21 nats against 3.97 for zero
+    weights and L(w*) = 0.46, chains 0.496 |w*| from w*; it was quiet while the warning required 0.5 |w*|."""
+    import dataclasses
+    import warnings
+
+    from slt.estimators.llc import _plausibility_problems
+
+    model, x, y = tiny_regression
+    with warnings.catch_warnings():  # a short run, only for a result's settings and checks
+        warnings.simplefilter("ignore")
+        result = slt.estimate_llc(model, (x, y), loss_fn="mse", num_draws=20, progress=False)
+    settings = dataclasses.replace(result.settings, n_beta=125.0, num_params=4481)
+    near = dataclasses.replace(result.checks, zero_weights_loss=3.97, distance=19.5, center_norm=39.3)
+    problems = _plausibility_problems(469.5, 0.37, settings, near, init_loss=0.4588)
+    (left,) = [p for p in problems if p.category == "LeftBasinWarning"]
+    assert "4.215 is above 3.97" in left.message and "(|w*| = 39.3)" in left.message
+    far = dataclasses.replace(near, distance=30.0)
+    (left,) = [p for p in _plausibility_problems(469.5, 0.37, settings, far, 0.4588) if "basin" in p.message]
+    assert "(|w*| = 39.3, far)" in left.message
+    # below the zero-weights loss it stays quiet, however far the chains went
+    inside = _plausibility_problems(300.0, 0.37, settings, far, init_loss=0.4588)
+    assert not [p for p in inside if p.category == "LeftBasinWarning"]
