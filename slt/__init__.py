@@ -8,7 +8,9 @@ from slt import oracles, samplers
 from slt.dos import DOSResult, estimate_dos
 from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
+from slt.estimators.heads import llc_per_head
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
+from slt.sampling import masks
 from slt.sampling.settings import default_n_beta
 from slt.sweeps.checkpoints import (
     CheckpointError,
@@ -36,6 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "estimate_llc",
+    "llc_per_head",
+    "masks",
     "estimate_dos",
     "DOSResult",
     "LLCResult",

@@ -16,47 +16,11 @@ from torch import nn
 
 from slt import masks
 from slt.sampling.flat import select_parameters
+from tests.tiny_transformers import HEADS, HIDDEN, KV_HEADS, tiny
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-HIDDEN, HEADS, KV_HEADS = 16, 4, 2
 D = HIDDEN // HEADS
-
-
-def tiny(kind: str, heads: int = HEADS) -> nn.Module:
-    """A 2-layer model of ``kind`` with ``heads`` heads of size ``16 // heads``, in eval mode."""
-    torch.manual_seed(0)
-    common = dict(vocab_size=32, bos_token_id=0, eos_token_id=0)
-    if kind == "gpt2":
-        config = transformers.GPT2Config(n_layer=2, n_head=heads, n_embd=HIDDEN, n_positions=16, **common)
-        model = transformers.GPT2LMHeadModel(config)
-    elif kind == "llama":
-        config = transformers.LlamaConfig(
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            num_key_value_heads=max(heads // 2, 1),
-            hidden_size=HIDDEN,
-            intermediate_size=32,
-            max_position_embeddings=16,
-            attention_bias=True,
-            **common,
-        )
-        model = transformers.LlamaForCausalLM(config)
-    else:
-        config = transformers.GPTNeoXConfig(
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            hidden_size=HIDDEN,
-            intermediate_size=32,
-            max_position_embeddings=16,
-            **common,
-        )
-        model = transformers.GPTNeoXForCausalLM(config)
-    with torch.no_grad():  # biases start at zero; give them values so that a wrong bias slice shows
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.5)
-    return model.eval()
 
 
 #: Each model's attention module and its output projection, written out here rather than taken from slt.
