@@ -22,6 +22,7 @@ def llc_per_head(
     loss_fn: str | LossFn,
     layers: Sequence[int] | None = None,
     parts: Sequence[str] | str = masks.PARTS,
+    return_results: bool = False,
     **estimate_kwargs: Any,
 ):
     """The weight-restricted LLC of every attention head, each from :func:`slt.estimate_llc`.
@@ -42,6 +43,8 @@ def llc_per_head(
         Only these layers (default every layer).
     parts : sequence of {"q", "k", "v", "o"}
         Which projections of each head are sampled (default all four).
+    return_results : bool
+        Also return every head's :class:`slt.LLCResult` (traces, diagnostics, settings).
     **estimate_kwargs
         Passed to every :func:`slt.estimate_llc` call (``num_chains``, ``num_draws``, ``step_size``,
         ``seed``, ...); ``mask`` is not allowed (each head sets its own).
@@ -53,8 +56,9 @@ def llc_per_head(
         then :meth:`LLCResult.summary`'s columns (``llc_mean``, ``llc_stderr``, ``llc_low``/``llc_high``
         the 95% interval, ``ess``, ``rhat``, ``step_size``, ...) with ``problems`` replaced by
         ``warnings``: every warning the head's estimate raised, ``"Category: message"`` joined by ``"; "``
-        (empty for a clean run). ``frame.attrs["results"]`` maps ``(layer, head)`` to the
-        :class:`slt.LLCResult`.
+        (empty for a clean run).
+    dict of (int, int) to LLCResult
+        Only with ``return_results=True``: each head's result, keyed by ``(layer, head)``.
 
     Warns
     -----
@@ -75,14 +79,14 @@ def llc_per_head(
 
     if "mask" in estimate_kwargs:
         raise TypeError("llc_per_head sets each head's mask itself; call slt.estimate_llc for a single mask")
-    count = masks.num_layers(model)
-    chosen = range(count) if layers is None else list(layers)
-    per_head = {}
+    chosen = range(masks.num_layers(model)) if layers is None else list(layers)
     for i in chosen:
-        for h in range(masks.num_heads(model)):
-            per_head[(i, h)] = masks.head(model, i, h, parts)  # validates layers and parts before any run
+        masks.head(model, i, 0, parts)  # refuses bad layers and parts before any run
+    # one head's mask at a time: all of them together hold a bool per attention weight per head
+    per_head = [(i, h) for i in chosen for h in range(masks.num_heads(model))]
     rows, results, caught_by_class = [], {}, {}
-    for (i, h), mask in per_head.items():
+    for i, h in per_head:
+        mask = masks.head(model, i, h, parts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = estimate_llc(model, data, loss_fn=loss_fn, mask=mask, **estimate_kwargs)
@@ -95,7 +99,6 @@ def llc_per_head(
         rows.append({"layer": i, "head": h, "sampled": sampled, **summary, "warnings": "; ".join(messages)})
         results[(i, h)] = result
     frame = pd.DataFrame(rows)
-    frame.attrs["results"] = results
     for category, where in caught_by_class.items():
         where = list(dict.fromkeys(where))
         warnings.warn(
@@ -104,4 +107,4 @@ def llc_per_head(
             category,
             stacklevel=2,
         )
-    return frame
+    return (frame, results) if return_results else frame

@@ -333,7 +333,12 @@ def head(model: nn.Module, layer: int, head: int, parts: Sequence[str] | str = P
 
 
 def heads(model: nn.Module, parts: Sequence[str] | str = PARTS) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """:func:`head` masks for every head of every layer, keyed by ``(layer, head)`` in order."""
+    """:func:`head` masks for every head of every layer, keyed by ``(layer, head)`` in order.
+
+    Every mask holds a boolean per entry of each attention parameter it touches, so on a large model
+    this is layers x heads x the attention's size in booleans; build one :func:`head` at a time there
+    (as :func:`slt.llc_per_head` does).
+    """
     info = _inspect(model)
     return {
         (i, h): head(model, i, h, parts)

@@ -41,15 +41,18 @@ def per_head(model, data, **kwargs):
     """``slt.llc_per_head`` and the warnings it raised again (each head's were caught)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = slt.llc_per_head(model, data, loss_fn=loss_fn, **SETTINGS, **kwargs)
-    return table, caught
+        table, results = slt.llc_per_head(
+            model, data, loss_fn=loss_fn, return_results=True, **SETTINGS, **kwargs
+        )
+    return table, results, caught
 
 
-def check_table(table, caught, model):
+def check_table(table, results, caught, model):
     assert list(zip(table["layer"], table["head"])) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(math.isfinite(x) for x in table["llc_mean"])
     assert (table["llc_low"] <= table["llc_mean"]).all() and (table["llc_mean"] <= table["llc_high"]).all()
-    for (i, h), result in table.attrs["results"].items():
+    assert sorted(results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (i, h), result in results.items():
         row = table[(table["layer"] == i) & (table["head"] == h)].iloc[0]
         assert row["llc_mean"] == result.mean and row["sampled"] == result.settings.num_params
         assert row["sampled"] == sum(int(m.sum()) for m in masks.head(model, i, h).values())
@@ -71,8 +74,8 @@ def test_gpt2_per_head_llcs_match_estimates_made_one_head_at_a_time_and_leave_th
     model.transformer.h[1].attn.c_proj.weight.grad = torch.full((16, 16), 3.0)
     model.transformer.wpe.requires_grad_(False)
     before = copy.deepcopy(model.state_dict())
-    table, caught = per_head(model, data)
-    check_table(table, caught, model)
+    table, results, caught = per_head(model, data)
+    check_table(table, results, caught, model)
     # the same as estimate_llc with that head's mask and the same settings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", slt.SLTWarning)
@@ -88,8 +91,8 @@ def test_gpt2_per_head_llcs_match_estimates_made_one_head_at_a_time_and_leave_th
 @pytest.mark.parametrize("kind", ["llama", "gpt_neox"])
 def test_every_head_of_a_two_layer_model_gets_its_llc(kind):
     model, data = trained(kind)
-    table, caught = per_head(model, data, layers=[0, 1], parts=("q", "k", "v", "o"))
-    check_table(table, caught, model)
+    table, results, caught = per_head(model, data, layers=[0, 1], parts=("q", "k", "v", "o"))
+    check_table(table, results, caught, model)
 
 
 def test_per_head_refuses_a_mask_and_bad_layers_before_sampling():
