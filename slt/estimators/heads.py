@@ -35,8 +35,8 @@ def llc_per_head(
     Parameters
     ----------
     model : nn.Module
-        A GPT-2, Llama or GPT-NeoX model from ``transformers`` (see :data:`slt.masks.ARCHITECTURES`); it
-        is left exactly as it was.
+        A GPT-2, Llama, Mistral, Qwen2 or GPT-NeoX model from ``transformers``
+        (:data:`slt.masks.ARCHITECTURES`); it is left exactly as it was.
     data, loss_fn
         As for :func:`slt.estimate_llc`.
     layers : sequence of int, optional

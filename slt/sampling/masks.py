@@ -15,7 +15,7 @@ Hugging Face ``config``). The layouts, taken from the attention ``forward`` of e
     ``h * head_dim : (h + 1) * head_dim`` of each; the bias ``(3 * hidden,)`` follows the same columns.
     ``attn.c_proj`` (weight ``(hidden, hidden)``) takes the heads' outputs concatenated, so head ``h``
     owns its rows ``h * head_dim : (h + 1) * head_dim``.
-``llama`` (also Mistral-style grouped-query attention)
+``llama``, ``mistral``, ``qwen2``
     Blocks ``layers.<i>``. ``self_attn.q_proj`` (``nn.Linear``, weight ``(heads * head_dim, hidden)``):
     head ``h`` owns rows ``h * head_dim : (h + 1) * head_dim``. ``k_proj`` and ``v_proj`` have
     ``num_key_value_heads`` heads; query head ``h`` reads key/value head ``h // (heads / kv_heads)``,
@@ -76,6 +76,7 @@ PARTS = ("q", "k", "v", "o")
 
 @dataclass(frozen=True)
 class _Layout:
+    style: str  # "gpt2" (fused Conv1D), "gpt_neox" (fused, interleaved per head) or "llama" (separate)
     blocks: str  # name of the ModuleList of blocks (its last dotted component)
     attention: str  # block-relative prefix of the attention module
     mlp: str  # block-relative prefix of the MLP
@@ -85,10 +86,13 @@ class _Layout:
     positional: tuple[str, ...] = ()  # learned position embeddings, names relative to the config's module
 
 
+_LLAMA = _Layout("llama", "layers", "self_attn", "mlp", None, ("q_proj", "k_proj", "v_proj"), "o_proj")
 _LAYOUTS = {
-    "gpt2": _Layout("h", "attn", "mlp", "c_attn", ("", "", ""), "c_proj", positional=("wpe",)),
-    "llama": _Layout("layers", "self_attn", "mlp", None, ("q_proj", "k_proj", "v_proj"), "o_proj"),
-    "gpt_neox": _Layout("layers", "attention", "mlp", "query_key_value", ("", "", ""), "dense"),
+    "gpt2": _Layout("gpt2", "h", "attn", "mlp", "c_attn", ("", "", ""), "c_proj", positional=("wpe",)),
+    "gpt_neox": _Layout("gpt_neox", "layers", "attention", "mlp", "query_key_value", ("", "", ""), "dense"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,  # the same attention and names as Llama (transformers' MistralAttention)
+    "qwen2": _LLAMA,  # the same, with q/k/v biases (Qwen2Attention)
 }
 
 #: Architectures (``config.model_type``) whose layers, heads, MLPs and embeddings are known by name.
@@ -258,8 +262,8 @@ def head(model: nn.Module, layer: int, head: int, parts: Sequence[str] | str = P
     Parameters
     ----------
     model : nn.Module
-        A GPT-2, Llama or GPT-NeoX model from ``transformers`` (see :data:`ARCHITECTURES`), or a module
-        that contains one.
+        A GPT-2, Llama, Mistral, Qwen2 or GPT-NeoX model from ``transformers`` (:data:`ARCHITECTURES`),
+        or a module that contains one.
     layer : int
         Block index, ``0 <= layer < num_layers(model)``.
     head : int
@@ -295,7 +299,7 @@ def head(model: nn.Module, layer: int, head: int, parts: Sequence[str] | str = P
     attn = f"{block}.{lay.attention}"
     mask: dict[str, Tensor] = {}
     own = [(head * d, (head + 1) * d)]
-    if info.model_type == "gpt2":
+    if lay.style == "gpt2":
         qkv = f"{attn}.{lay.fused}"
         _check_shape(info, f"{qkv}.weight", 1, 3 * H * d, "c_attn")
         offsets = {"q": 0, "k": H * d, "v": 2 * H * d}
@@ -306,7 +310,7 @@ def head(model: nn.Module, layer: int, head: int, parts: Sequence[str] | str = P
         if "o" in parts:
             _check_shape(info, f"{attn}.{lay.out}.weight", 0, H * d, "c_proj")
             _add(mask, info, f"{attn}.{lay.out}.weight", own, 0)  # Conv1D rows are its inputs
-    elif info.model_type == "gpt_neox":
+    elif lay.style == "gpt_neox":
         qkv = f"{attn}.{lay.fused}"
         _check_shape(info, f"{qkv}.weight", 0, 3 * H * d, "query_key_value")
         offsets = {"q": 0, "k": d, "v": 2 * d}

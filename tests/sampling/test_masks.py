@@ -27,9 +27,12 @@ D = HIDDEN // HEADS
 ATTENTION = {
     "gpt2": ("transformer.h.{}.attn", "c_proj"),
     "llama": ("model.layers.{}.self_attn", "o_proj"),
+    "mistral": ("model.layers.{}.self_attn", "o_proj"),
+    "qwen2": ("model.layers.{}.self_attn", "o_proj"),
     "gpt_neox": ("gpt_neox.layers.{}.attention", "dense"),
 }
 KINDS = sorted(ATTENTION)
+GROUPED = ("llama", "mistral", "qwen2")  # built with grouped-query attention
 TOKENS = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(1))
 
 
@@ -94,7 +97,7 @@ def test_the_qkv_part_of_a_head_mask_is_exactly_what_that_head_reads(kind, layer
     model = tiny(kind)
     assert masks.architecture(model) == kind
     base, _ = head_outputs(model, kind, layer)
-    group = HEADS // KV_HEADS if kind == "llama" else 1
+    group = HEADS // KV_HEADS if kind in GROUPED else 1
     for h in range(HEADS):
         m = masks.head(model, layer, h, parts=("q", "k", "v"))
         assert set(m) <= set(qkv_params(model, kind, layer))
@@ -144,7 +147,7 @@ def test_the_heads_of_a_layer_cover_its_attention_and_overlap_only_through_share
     assert sorted(covered) == sorted(set(attention) - set(out_bias))
     for name, m in covered.items():
         assert bool(m.all()), name
-    if kind != "llama":  # without grouped-query attention the heads are disjoint
+    if kind not in GROUPED:  # without grouped-query attention the heads are disjoint
         total = sum(int(m.sum()) for h in range(HEADS) for m in everything[(1, h)].values())
         assert total == sum(int(m.sum()) for m in covered.values())
     else:  # query and output weights are disjoint; each key/value head is shared by its group
@@ -156,14 +159,13 @@ def test_the_heads_of_a_layer_cover_its_attention_and_overlap_only_through_share
 def test_layer_mlp_and_embedding_masks_hold_whole_parameters_by_module(kind):
     model = tiny(kind)
     names = [n for n, _ in model.named_parameters()]
-    block = {"gpt2": "transformer.h.1.", "llama": "model.layers.1.", "gpt_neox": "gpt_neox.layers.1."}[kind]
+    block = {"gpt2": "transformer.h.1.", "gpt_neox": "gpt_neox.layers.1."}.get(kind, "model.layers.1.")
     assert sorted(masks.layer(model, 1)) == sorted(n for n in names if n.startswith(block))
     assert sorted(masks.mlp(model, 1)) == sorted(n for n in names if n.startswith(block + "mlp."))
     expected = {
         "gpt2": ["transformer.wpe.weight", "transformer.wte.weight"],
-        "llama": ["model.embed_tokens.weight"],
         "gpt_neox": ["gpt_neox.embed_in.weight"],
-    }[kind]
+    }.get(kind, ["model.embed_tokens.weight"])
     assert sorted(masks.embeddings(model)) == expected
     with_output = sorted(masks.embeddings(model, unembedding=True))
     assert with_output == (
