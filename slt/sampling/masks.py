@@ -143,7 +143,7 @@ def _inspect(model: nn.Module) -> _Model:
     layout = _LAYOUTS[model_type]
     blocks = [
         name
-        for name, m in model.named_modules()
+        for name, m in module.named_modules(prefix=base)
         if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] == layout.blocks
     ]
     if len(blocks) != 1:
@@ -225,8 +225,6 @@ def _add(mask: dict[str, Tensor], info: _Model, name: str, spans: list[tuple[int
     param = info.params.get(name)
     if param is None:
         return  # frozen, or a bias this model does not have
-    if dim >= param.dim():
-        dim = 0  # a bias: its only dimension is the output one
     m = _rows(param, spans, dim)
     mask[name] = mask[name] | m if name in mask else m
 
