@@ -70,8 +70,8 @@ def llc_per_head(
     ------
     ValueError
         For an unknown architecture (build masks with :func:`slt.masks.matching` and call
-        :func:`slt.estimate_llc` yourself), a layer out of range, unknown parts, or any error of
-        :func:`slt.estimate_llc`.
+        :func:`slt.estimate_llc` yourself), an empty ``layers`` or a layer out of range, unknown parts,
+        or any error of :func:`slt.estimate_llc` (which stops the loop: earlier heads are lost).
     TypeError
         If ``mask`` is among ``estimate_kwargs``.
     """
@@ -80,6 +80,8 @@ def llc_per_head(
     if "mask" in estimate_kwargs:
         raise TypeError("llc_per_head sets each head's mask itself; call slt.estimate_llc for a single mask")
     chosen = range(masks.num_layers(model)) if layers is None else list(layers)
+    if not chosen:
+        raise ValueError("layers is empty; pass layer indices, or layers=None for every layer")
     for i in chosen:
         masks.head(model, i, 0, parts)  # refuses bad layers and parts before any run
     # one head's mask at a time: all of them together hold a bool per attention weight per head

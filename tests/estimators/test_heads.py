@@ -85,7 +85,6 @@ def test_gpt2_per_head_llcs_match_estimates_made_one_head_at_a_time_and_leave_th
     assert model.training and not model.transformer.wpe.weight.requires_grad
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.equal(model.transformer.h[1].attn.c_proj.weight.grad, torch.full((16, 16), 3.0))
-    print(table[["layer", "head", "sampled", "llc_mean", "llc_stderr", "llc_low", "llc_high"]].to_string())
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt_neox"])
@@ -102,5 +101,9 @@ def test_per_head_refuses_a_mask_and_bad_layers_before_sampling():
         slt.llc_per_head(model, data, loss_fn=loss_fn, mask=["transformer.h.0"])
     with pytest.raises(ValueError, match="layer 3 is out of range: the model has 2 layers"):
         slt.llc_per_head(model, data, loss_fn=loss_fn, layers=[0, 3])
+    with pytest.raises(ValueError, match="layers is empty"):
+        slt.llc_per_head(model, data, loss_fn=loss_fn, layers=[])
+    with pytest.raises(ValueError, match=r"unknown head parts \['out'\]"):
+        slt.llc_per_head(model, data, loss_fn=loss_fn, parts=["q", "out"])
     with pytest.raises(ValueError, match="no Hugging Face config.*matching"):
         slt.llc_per_head(torch.nn.Linear(2, 2), data, loss_fn=loss_fn)
