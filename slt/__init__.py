@@ -9,8 +9,10 @@ from slt.dos import DOSResult, estimate_dos
 from slt.estimators.bif import BIFResult, bif, estimate_bif
 from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
+from slt.estimators.heads import llc_per_head
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
 from slt.estimators.wbic import WBICEstimate
+from slt.sampling import masks
 from slt.sampling.observables import PerSampleLoss
 from slt.sampling.settings import default_n_beta
 from slt.sweeps.checkpoints import (
@@ -39,6 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "estimate_llc",
+    "llc_per_head",
+    "masks",
     "estimate_dos",
     "DOSResult",
     "LLCResult",
