@@ -20,7 +20,8 @@ extensions = [
     "sphinx.ext.viewcode",
 ]
 
-source_suffix = {".md": "myst-nb", ".py": "myst-nb"}
+# ".rst" first: autosummary writes its generated API pages with the first suffix, and they are rst
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".py": "myst-nb"}
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
 nb_execution_mode = "force"
 nb_execution_timeout = 600
@@ -35,8 +36,12 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
+# Attributes sections as fields, not attribute entries that autodoc's members would duplicate
+napoleon_use_ivar = True
 
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "conf.py"]
+exclude_patterns = ["_build", "_templates", "**/.ipynb_checkpoints", "conf.py"]
+templates_path = ["_templates"]
 html_theme = "furo"
 html_title = "slt"
-suppress_warnings = ["mystnb.unknown_mime_type"]
+# "ref.python": a type named in a docstring (such as "chains" in a shape) that matches several attributes
+suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"]

@@ -23,7 +23,7 @@ __all__ = [
 #: Split R-hat above which chains are said to disagree (Vehtari et al. 2021 recommend 1.01 for
 #: publication-grade runs; 1.1 is the classic Gelman-Rubin screen, loose enough for short LLC chains).
 RHAT_MAX = 1.1
-#: |trend z| above which calibrate calls a setting unhealthy: a fixed screen, stricter than the
+#: ``|trend z|`` above which calibrate calls a setting unhealthy: a fixed screen, stricter than the
 #: per-estimate :func:`trend_threshold` with few chains (7.5 at four chains), because calibrate compares
 #: settings against each other and a drifting one must not be recommended.
 CALIBRATION_TREND_Z = 4.0
@@ -106,7 +106,7 @@ def trend_z(trace: np.ndarray) -> float:
 
 
 def trend_threshold(num_chains: int, p_value: float = 0.005) -> float:
-    """|trend_z| above which a drift is significant at two-sided level ``p_value``.
+    """``|trend_z|`` above which a drift is significant at two-sided level ``p_value``.
 
     With three or more chains ``trend_z`` is a t statistic with ``num_chains - 1`` degrees of freedom
     (four chains: 7.5; eight: 4.0; sixteen: 3.3); with fewer it is treated as normal (2.8).

@@ -1,13 +1,13 @@
 """SG-MCMC kernels as pure ``init``/``step`` functions over flat parameter vectors, and their registry.
 
-=================  ============================================  ===================================
-name               kernel                                        options (defaults)
-=================  ============================================  ===================================
-``"sgld"``         :mod:`slt.samplers.sgld`                      none
-``"rmsprop_sgld"`` :mod:`slt.samplers.rmsprop_sgld`              ``alpha=0.99, delta=0.1,
-                                                                 adapt_steps=num_burnin``
-``"sgnht"``        :mod:`slt.samplers.sgnht`                     ``diffusion=0.01``
-=================  ============================================  ===================================
+==================  ============================================  ===================================
+name                kernel                                        options (defaults)
+==================  ============================================  ===================================
+``"sgld"``          :mod:`slt.samplers.sgld`                      none
+``"rmsprop_sgld"``  :mod:`slt.samplers.rmsprop_sgld`              ``alpha=0.99, delta=0.1,
+                                                                  adapt_steps=num_burnin``
+``"sgnht"``         :mod:`slt.samplers.sgnht`                     ``diffusion=0.01``
+==================  ============================================  ===================================
 
 A new sampler is one module that defines ``init`` and ``step`` and one call of :func:`register_kernel`;
 from then on every estimator, sweep and ``slt analyze --sampler`` accepts its name. The Metropolis-adjusted
