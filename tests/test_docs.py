@@ -1,4 +1,8 @@
-"""Every tutorial under docs/tutorials runs from start to end (the docs build executes them too)."""
+"""Every tutorial under docs/tutorials runs from start to end.
+
+The runs carry the ``docs`` marker, which the default test run deselects: the docs build executes every
+tutorial (CI runs it, and a cell that raises fails it). ``python -m pytest -m docs`` runs them here.
+"""
 
 import os
 import subprocess
