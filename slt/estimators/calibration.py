@@ -207,7 +207,10 @@ def calibrate(
        d. **Step-size stability**: halving the step moves the estimate by little. With bias linear in the
           step, twice the change is the bias of the larger step; a setting is *stable* when that bias plus
           one standard error of it is at most ``tolerance`` times the estimate (so a comparison drowned in
-          noise never vouches for a step).
+          noise never vouches for a step). The rungs continue the same chains, so the change is measured
+          chain by chain (the standard error of the per-chain differences, which cancels what a chain's
+          rungs share; compared as independent estimates, rungs with 3-5% standard errors could never
+          certify 10%).
 
     The recommendation is the largest step that is healthy (a-c) and stable (d) at the smallest healthy
     localization, with chain lengths for the same simulated times as the reference (burn-in: what the
@@ -675,6 +678,7 @@ def _row_from_run(
         rhat=d.rhat,
         trend_z=d.trend_z,
         bias_indicator=bias_indicator(step, n_beta, run.grad_norm_sq, result.mean),
+        per_chain=[float(v) if math.isfinite(v) else None for v in result.per_chain],
     )
     problems = []
     if row["chains_diverged"]:
@@ -701,10 +705,28 @@ def _mark_stability(table: list[dict[str, Any]], tolerance: float) -> None:
             factor = ratio / (ratio - 1)
             # bias linear in the step: bias(big) = (llc(big) - llc(small)) * ratio / (ratio - 1)
             bias = (big["llc_mean"] - small["llc_mean"]) * factor
-            noise = factor * math.hypot(_nz(big["llc_stderr"]), _nz(small["llc_stderr"]))
+            noise = factor * _difference_stderr(big, small)
             big["bias_estimate"] = bias / small["llc_mean"]
             # one-sigma upper bound on the bias: a noisy comparison cannot vouch for a step
             big["stable"] = abs(bias) + noise <= tolerance * abs(small["llc_mean"])
+
+
+def _difference_stderr(big: dict[str, Any], small: dict[str, Any]) -> float:
+    """Standard error of ``llc(big) - llc(small)``: paired by chain where both rows have per-chain values.
+
+    The rungs of the ladder continue the same chains (chain ``c`` of every rung starts where chain ``c``
+    of the length stage ended), so their estimates share each chain's slow components; the standard
+    error of the per-chain differences keeps that shared part out of the comparison. Paired differences
+    of independent chains are a valid standard error whether or not the rungs are correlated. Rows
+    without per-chain values (or fewer than two chains healthy in both) fall back to the two standard
+    errors combined as if independent.
+    """
+    a, b = big.get("per_chain"), small.get("per_chain")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        diffs = np.array([x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None])
+        if diffs.size >= 2:
+            return float(diffs.std(ddof=1) / math.sqrt(diffs.size))
+    return math.hypot(_nz(big["llc_stderr"]), _nz(small["llc_stderr"]))
 
 
 def _nz(x: float) -> float:

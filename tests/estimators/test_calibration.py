@@ -325,3 +325,22 @@ def test_extrapolation_is_refused_where_the_step_makes_no_measurable_difference(
     value, _, why = _extrapolate(steep)
     assert value == pytest.approx(1.0) and why.startswith("weighted line through 3 steps")
     assert np.isnan(_extrapolate(steep[:2])[0])  # two points never make a line to trust
+
+
+def test_rungs_are_compared_chain_by_chain():
+    """Chains that continue the same states share their slow part: the paired difference sees through it."""
+    from slt.estimators.calibration import _difference_stderr
+
+    shared = [10.0, 14.0, 12.0, 16.0]  # each chain's own level, common to both rungs
+    big = {"per_chain": [v + 0.5 for v in shared], "llc_stderr": float(np.std(shared, ddof=1) / 2)}
+    small = {
+        "per_chain": [v + d for v, d in zip(shared, [0.1, -0.1, 0.0, 0.2])],
+        "llc_stderr": big["llc_stderr"],
+    }
+    paired = _difference_stderr(big, small)
+    assert paired == pytest.approx(np.std([0.4, 0.6, 0.5, 0.3], ddof=1) / 2)
+    assert paired < 0.05 * np.hypot(big["llc_stderr"], small["llc_stderr"])
+    # a diverged chain (None) is left out of the pairs; without per-chain values, the independent form
+    small["per_chain"][0] = None
+    assert _difference_stderr(big, small) == pytest.approx(np.std([0.6, 0.5, 0.3], ddof=1) / np.sqrt(3))
+    assert _difference_stderr({"llc_stderr": 0.3}, {"llc_stderr": 0.4}) == pytest.approx(0.5)
