@@ -371,6 +371,9 @@ def calibrate(
                     lengths[loc] = _Lengths(
                         reference, draws_steps, stage.report.simulated_time, stage.report.converged
                     )
+                    # the reference step runs again from the equilibrated states like every rung, so that
+                    # chain c of every rung starts at the same place (paired comparisons); the length
+                    # stage's last segment stands in only when the time budget runs out
                     done = {reference: stage.reference_row}
                 else:
                     reference, draws_steps, states, burn_fraction, done = (
@@ -383,25 +386,23 @@ def calibrate(
                     lengths[loc] = _Lengths(reference, base_steps // 2, reference * base_steps, None)
                 steps_grid = grid_for(reference)
                 if bar is not None:
-                    remaining = ladder_steps(reference, draws_steps) - (
-                        draws_steps if reference in done else 0
-                    )
+                    remaining = ladder_steps(reference, draws_steps)
                     later = len(localizations) - index - 1
                     bar.total = bar.n + num_chains * remaining + most_per_localization * later
                     bar.refresh()
                 per_step_seconds = None
                 for step in steps_grid:
                     num_steps = max(8, round(draws_steps * reference / step))
-                    if step in done:  # the length stage's last segment is this rung
-                        table.append(dict(done[step], kind="step"))
-                        continue
                     left = seconds_left()
                     if (
                         left is not None
                         and per_step_seconds is not None
                         and num_steps * per_step_seconds > left
                     ):
-                        skipped.append(f"ε={step:.3g} at γ={loc:g}")
+                        if step in done:  # out of time: the length stage's last segment stands in
+                            table.append(dict(done[step], kind="step"))
+                        else:
+                            skipped.append(f"ε={step:.3g} at γ={loc:g}")
                         continue
                     burn = int(num_steps * burn_fraction)
                     clock = time.perf_counter()
