@@ -371,7 +371,9 @@ def susceptibilities_from_draws(
             susceptibility(
                 a[sampling][:, :1], a[probe][:, :1], f[sampling][:, :1], f[probe][:, :1], init_loss
             )
-    units = min(a[sampling].shape[0] for a in arrays.values())
+    # jackknife units: chain i of every run that has one; every run needs two chains to lose one
+    counts = [a[sampling].shape[0] for a in arrays.values()]
+    units = max(counts) if min(counts) >= 2 else 1
     components = list(restricted)
     values = np.empty((len(components), len(names)))
     stderr = np.empty_like(values)
@@ -471,7 +473,7 @@ def _probe_tuple(value: Any, what: str) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _default_sampling_probe(model: nn.Module, data: Any, size: int, causal: bool) -> tuple[torch.Tensor, ...]:
+def _default_sampling_probe(data: Any, size: int, causal: bool) -> tuple[torch.Tensor, ...]:
     if isinstance(data, Mapping):
         if not causal or "input_ids" not in data or not isinstance(data["input_ids"], torch.Tensor):
             raise ValueError(
@@ -533,7 +535,9 @@ def susceptibilities(
         name.
     sampling_probe : Tensor or tuple of Tensor, optional
         The fixed training samples whose mean loss is the sampling task :math:`L_{pt}`. Default: a fixed
-        random subset (seed 1337) of ``sampling_samples`` rows of in-memory ``data``.
+        random subset (seed 1337) of ``sampling_samples`` rows of in-memory ``data`` (of a dict, its
+        ``input_ids`` only, as devinterp: padding and ``-100`` labels are not looked at; pass
+        ``sampling_probe=`` for such data).
     sampling_samples : int
         Rows in the default sampling task (default 96, devinterp's 32 x 3).
     probe_batch_size : int, optional
@@ -594,7 +598,7 @@ def susceptibilities(
             )
     probe_sets = {name: _probe_tuple(value, f"probe set {name!r}") for name, value in probes.items()}
     if sampling_probe is None:
-        train = _default_sampling_probe(model, data, sampling_samples, causal)
+        train = _default_sampling_probe(data, sampling_samples, causal)
     else:
         train = _probe_tuple(sampling_probe, "sampling_probe")
 

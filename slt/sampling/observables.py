@@ -107,7 +107,11 @@ def per_token_causal_lm(model: nn.Module, batch: Any) -> Tensor:
             'per-sample loss "causal_lm" expects a probe set (input_ids,) of integer token ids, shape '
             f"(samples, length >= 2); got {got}"
         )
-    out = model(ids)
+    # Hugging Face models: no key/value cache (a forward pass, not generation)
+    options = (
+        {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    )
+    out = model(ids, **options)
     logits = getattr(out, "logits", out)
     if not isinstance(logits, Tensor) or logits.ndim != 3 or logits.shape[:2] != ids.shape:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
