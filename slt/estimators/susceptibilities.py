@@ -290,14 +290,21 @@ class SusceptibilityResult(JSONResult):
         return fig
 
 
-def _jackknife(statistic, units: int) -> tuple[Any, Any]:
-    """The statistic on everything and its leave-one-unit-out jackknife standard error."""
-    whole = statistic(None)
+def _jackknife(statistic, units: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """An array statistic with its leave-one-unit-out jackknife errors, and the same for its mean.
+
+    The replicates of the mean are the means of the replicates.
+    """
+    whole = np.asarray(statistic(None), dtype=float)
     if units < 2:
-        return whole, np.full_like(np.asarray(whole, dtype=float), np.nan)
+        return whole, np.full_like(whole, np.nan), whole.mean(), float("nan")
+
+    def se(replicates: np.ndarray) -> np.ndarray:
+        return np.sqrt((units - 1) / units * ((replicates - replicates.mean(axis=0)) ** 2).sum(axis=0))
+
     loo = np.stack([np.asarray(statistic(i), dtype=float) for i in range(units)])
-    se = np.sqrt((units - 1) / units * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))
-    return whole, se
+    means = loo.reshape(units, -1).mean(axis=1)
+    return whole, se(loo), whole.mean(), float(se(means))
 
 
 def _without(array: np.ndarray, chain: int | None) -> np.ndarray:
@@ -393,8 +400,7 @@ def susceptibilities_from_draws(
                     float(init_loss),
                 )
 
-            chi, chi_se = _jackknife(statistic, units)
-            mean, mean_se = _jackknife(lambda drop, s=statistic: float(np.mean(s(drop))), units)
+            chi, chi_se, mean, mean_se = _jackknife(statistic, units)
             rows.append(chi)
             row_se.append(chi_se)
             values[c, k], stderr[c, k] = mean, mean_se
