@@ -36,10 +36,12 @@ samples and tokens (which, the formula being linear in :math:`\ell`, is the same
 probe set's mean loss); every per-token value is kept in :attr:`SusceptibilityResult.per_sample`.
 
 **Standard errors** are leave-one-chain-out jackknife errors: chain ``i`` of every run (the full run and
-each restricted one; the runs are independent, so chain ``i`` of each forms one independent unit) is left
-out in turn, the susceptibility recomputed, and
+each restricted one) is left out in turn, the susceptibility recomputed, and
 :math:`\mathrm{SE}^2 = \frac{G-1}{G}\sum_i (\chi_{(i)} - \bar\chi_{(\cdot)})^2` over the :math:`G`
-units. Chains are the independent units of an MCMC run (draws within a chain are autocorrelated), so
+units. Chain ``i`` of every run is left out together because the runs share their seed (as devinterp's
+runs share ``init_seed + chain``): chain ``i`` of one run may be correlated with chain ``i`` of another, while
+chains of different indices are independent. Chains are the independent units of an MCMC run (draws within
+a chain are autocorrelated), so
 this needs no autocorrelation model, but with :math:`G` chains the error itself has about :math:`G-1`
 degrees of freedom: two chains give a rough error bar; NaN with fewer than two.
 """
@@ -520,8 +522,10 @@ def susceptibilities(
     Runs :func:`slt.estimate_llc` once without a mask (the full run) and once per component with its
     ``mask=``, all with the same settings, each recording the sampling-task loss (fixed training samples)
     and every probe set's per-sample losses at every draw; then applies
-    :func:`susceptibilities_from_results`. Cost: ``1 + len(components)`` LLC runs, each evaluating every
-    probe set at every draw.
+    :func:`susceptibilities_from_results`. Cost: ``1 + len(components)`` LLC runs, each evaluating the
+    sampling task and every probe set at every draw of every chain. Settings slt chooses per run (the
+    default step size, the automatic length) are chosen per run; pass ``step_size`` and ``num_draws`` for
+    devinterp's one learning rate and length for all.
 
     Parameters
     ----------
