@@ -11,7 +11,7 @@ from slt.estimators.bif import BIFResult, estimate_bif
 from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
-from slt.estimators.susceptibilities import SusceptibilityResult, susceptibilities
+from slt.estimators.susceptibilities import SusceptibilityResult
 from slt.estimators.wbic import WBICEstimate
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "WBICEstimate",
     "estimate_bif",
     "BIFResult",
-    "susceptibilities",
     "SusceptibilityResult",
     "calibrate",
     "CalibrationResult",
