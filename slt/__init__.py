@@ -11,6 +11,7 @@ from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
 from slt.estimators.heads import llc_per_head
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
+from slt.estimators.susceptibilities import SusceptibilityResult, susceptibilities
 from slt.estimators.wbic import WBICEstimate
 from slt.sampling import masks
 from slt.sampling.observables import PerSampleLoss
@@ -52,6 +53,8 @@ __all__ = [
     "bif",
     "estimate_bif",
     "BIFResult",
+    "susceptibilities",
+    "SusceptibilityResult",
     "calibrate",
     "CalibrationResult",
     "default_step_size",

@@ -19,7 +19,7 @@ def llc_per_head(
     model: nn.Module,
     data: Any,
     *,
-    loss_fn: str | LossFn,
+    loss_fn: str | LossFn | None = None,
     layers: Sequence[int] | None = None,
     parts: Sequence[str] | str = masks.PARTS,
     return_results: bool = False,
@@ -38,7 +38,8 @@ def llc_per_head(
         A GPT-2, Llama, Mistral, Qwen2 or GPT-NeoX model from ``transformers``
         (:data:`slt.masks.ARCHITECTURES`); it is left exactly as it was.
     data, loss_fn
-        As for :func:`slt.estimate_llc`.
+        As for :func:`slt.estimate_llc` (``loss_fn=None``, the default, uses the model's own loss, e.g.
+        ``{"input_ids": ids, "labels": ids}`` for a causal language model).
     layers : sequence of int, optional
         Only these layers (default every layer).
     parts : sequence of {"q", "k", "v", "o"}

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PerSampleLoss", "PerSampleLossFn", "per_sample_mse", "per_sample_cross_entropy"]
+__all__ = [
+    "PerSampleLoss",
+    "PerSampleLossFn",
+    "per_sample_mse",
+    "per_sample_cross_entropy",
+    "per_token_causal_lm",
+]
 
 #: ``fn(model, batch) -> Tensor`` of shape ``(samples,)`` or ``(samples, tokens)``: one loss per sample.
 PerSampleLossFn = Callable[[nn.Module, Any], Tensor]
@@ -79,7 +85,51 @@ def per_sample_cross_entropy(model: nn.Module, batch: Any) -> Tensor:
     )
 
 
-_SHORTCUTS: dict[str, PerSampleLossFn] = {"mse": per_sample_mse, "cross_entropy": per_sample_cross_entropy}
+def per_token_causal_lm(model: nn.Module, batch: Any) -> Tensor:
+    """Next-token cross-entropy of every predicted position of a causal language model.
+
+    ``batch`` is ``(input_ids,)`` (or a bare ``input_ids`` tensor), shape ``(samples, length)``; the
+    model is called as ``model(input_ids)`` and its ``.logits`` (or the output itself) taken. Position
+    ``t`` of the result is the loss of token ``t + 1`` given the tokens before it, so the result has shape
+    ``(samples, length - 1)``: the loss Hugging Face's ``model(input_ids, labels=input_ids).loss`` averages
+    (without ``-100`` labels), and devinterp 2.0.1's ``compute_per_token_loss``.
+
+    Raises
+    ------
+    ValueError
+        For token ids that are not a 2-d integer tensor of at least two positions, or logits that are not
+        ``(samples, length, vocabulary)``.
+    """
+    ids = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 1 else batch
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point or ids.shape[1] < 2:
+        got = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(
+            'per-sample loss "causal_lm" expects a probe set (input_ids,) of integer token ids, shape '
+            f"(samples, length >= 2); got {got}"
+        )
+    # Hugging Face models: no key/value cache (a forward pass, not generation)
+    options = (
+        {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    )
+    out = model(ids, **options)
+    logits = getattr(out, "logits", out)
+    if not isinstance(logits, Tensor) or logits.ndim != 3 or logits.shape[:2] != ids.shape:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f'per-sample loss "causal_lm": expected logits of shape {tuple(ids.shape)} + (vocabulary,), got '
+            f"{got}"
+        )
+    shifted = logits[:, :-1].float()
+    return F.cross_entropy(shifted.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").reshape(
+        ids.shape[0], -1
+    )
+
+
+_SHORTCUTS: dict[str, PerSampleLossFn] = {
+    "mse": per_sample_mse,
+    "cross_entropy": per_sample_cross_entropy,
+    "causal_lm": per_token_causal_lm,
+}
 
 
 class PerSampleLoss:
@@ -96,8 +146,10 @@ class PerSampleLoss:
     probe : tuple or list of Tensor
         The probe samples, each tensor with the samples along its first axis (for example ``(x, y)``:
         training samples, held-out samples or both). Moved to the model's device once.
-    loss_fn : {"mse", "cross_entropy"} or callable
-        The per-sample loss: :func:`per_sample_mse`, :func:`per_sample_cross_entropy`, or
+    loss_fn : {"mse", "cross_entropy", "causal_lm"} or callable
+        The per-sample loss: :func:`per_sample_mse`, :func:`per_sample_cross_entropy`,
+        :func:`per_token_causal_lm` (per-token next-token loss of a causal language model, probe
+        ``(input_ids,)``), or
         ``fn(model, batch) -> Tensor`` of shape ``(samples,)`` or ``(samples, tokens)`` (reduction
         ``"none"``). For BIFs it should be the same loss as the posterior's, per sample.
     batch_size : int, optional
@@ -144,8 +196,8 @@ class PerSampleLoss:
         if isinstance(loss_fn, str):
             if loss_fn not in _SHORTCUTS:
                 raise ValueError(
-                    f"unknown per-sample loss {loss_fn!r}; use 'mse', 'cross_entropy' or a callable "
-                    "fn(model, batch) returning one loss per sample"
+                    f"unknown per-sample loss {loss_fn!r}; use 'mse', 'cross_entropy', 'causal_lm' or a "
+                    "callable fn(model, batch) returning one loss per sample"
                 )
             loss_fn = _SHORTCUTS[loss_fn]
         elif not callable(loss_fn):

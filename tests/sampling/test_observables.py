@@ -197,3 +197,23 @@ def test_an_observable_returning_a_view_of_the_weights_records_each_draw(chain_m
     np.testing.assert_array_equal(run.observables["view"], run.observables["copy"])
     np.testing.assert_array_equal(run.observables["numpy_view"], run.observables["copy"])
     assert np.ptp(run.observables["copy"], axis=1).min() > 0
+
+
+def test_causal_lm_per_token_loss_averages_to_the_models_own_loss():
+    pytest.importorskip("transformers")
+    from tests.tiny_transformers import tiny
+
+    model = tiny("gpt2", heads=2)
+    ids = torch.randint(0, 32, (5, 9), generator=torch.Generator().manual_seed(0))
+    observable = PerSampleLoss((ids,), "causal_lm")
+    losses = observable(model)
+    assert losses.shape == (5, 8)  # one loss per predicted position
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=ids).loss
+    assert float(losses.mean()) == pytest.approx(float(own), rel=1e-6)
+    with pytest.raises(ValueError, match=r'"causal_lm" expects a probe set \(input_ids,\) of integer'):
+        PerSampleLoss((torch.randn(5, 9),), "causal_lm")(model)
+    with pytest.raises(ValueError, match=r"shape \(samples, length >= 2\); got \(5, 1\)"):
+        PerSampleLoss((ids[:, :1],), "causal_lm")(model)
+    with pytest.raises(ValueError, match=r"expected logits of shape \(5, 9\) \+ \(vocabulary,\)"):
+        PerSampleLoss((ids,), "causal_lm")(nn.Sequential(nn.Embedding(32, 4), nn.Flatten()))
