@@ -111,57 +111,6 @@ def test_equals_the_transcribed_devinterp_computation_on_the_same_draws():
     np.testing.assert_allclose(out3.per_sample["code"][0], ref3, rtol=1e-12)
 
 
-def test_equals_devinterp_itself_when_its_source_is_at_hand(monkeypatch):
-    """devinterp 2.0.1's own compute_susceptibilities on the same draws, when DEVINTERP_2_0_1 names its
-    unzipped wheel (``pip download devinterp==2.0.1 --no-deps``; not installed: the imports its sampling code
-    needs, datasets and zarr, are stubbed, and compute_susceptibilities never calls them)."""
-    import os
-    import sys
-    import types
-
-    source = os.environ.get("DEVINTERP_2_0_1")
-    if not source:
-        pytest.skip("set DEVINTERP_2_0_1 to an unzipped devinterp 2.0.1 wheel to compare with its own code")
-    xr = pytest.importorskip("xarray")
-    monkeypatch.syspath_prepend(source)
-    stubs = {
-        "datasets": {"Dataset": object},
-        "devinterp.slt.sampler": {"ParamMasks": dict},
-        "devinterp.slt.sampling": {"ObservableSpec": object, "sample": None},
-    }
-    for name, attributes in stubs.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        monkeypatch.setitem(sys.modules, name, module)
-    from devinterp.slt.susceptibilities import compute_susceptibilities
-
-    rng = np.random.default_rng(2)
-    runs = random_runs(rng, chains=(3, 3, 3))
-
-    def tree(observed, init_loss=None):
-        data = {}
-        for k, v in observed.items():
-            data[f"loss_{k}"] = (("chain", "draw", f"batch_{k}", "token_pos"), v)
-            data[f"input_ids_{k}"] = ((f"batch_{k}", "token"), np.zeros((v.shape[2], 6), dtype=np.int64))
-        if init_loss is not None:
-            data["init_loss"] = (("chain", "token_pos"), init_loss)
-        return xr.DataTree(dataset=xr.Dataset(data))
-
-    wr_map = {
-        "full": tree(runs["full"], np.full((3, 5), 1.9)),
-        "attn": tree(runs["attn"]),
-        "mlp": tree(runs["mlp"]),
-    }
-    theirs = compute_susceptibilities(wr_map, "sampling")["susceptibilities"]
-    ours = susceptibilities_from_draws(
-        runs["full"], {"attn": runs["attn"], "mlp": runs["mlp"]}, init_loss=1.9
-    )
-    for i, probe in enumerate(theirs.attrs["dataset_id_to_name"]):
-        for c, comp in enumerate(ours.components):
-            values = theirs.dataset["sus"].sel(wr=comp).values[theirs.dataset["dataset_id"].values == i]
-            np.testing.assert_allclose(ours.per_sample[probe][c].ravel(), values, rtol=1e-12)
-
-
 def test_jackknife_errors_match_the_spread_over_independent_replicates():
     """The leave-one-chain-out standard error against the actual spread of the estimate over 400 repeats."""
     rng = np.random.default_rng(1)
