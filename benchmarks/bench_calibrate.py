@@ -1,0 +1,87 @@
+"""``slt.calibrate`` with its defaults, then ``estimate_llc(**estimate_kwargs())``, against exact targets.
+
+On the deep linear networks of ``bench_defaults.py`` (n = 1e4, γ = 1, nβ = n/log n), each scored against the
+exact finite-nβ target, with calibrate's own time, the step it chose, its criteria and warnings, and the
+estimate with the settings it carried.
+
+    PYTHONPATH=. python benchmarks/bench_calibrate.py [--cases "10-5-10 r=1" ...]   # results/calibrate.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+import slt
+from benchmarks.bench_defaults import dln_cases
+from benchmarks.common import RESULTS, environment, gaussian_nll, write_json
+
+
+def run(case: dict, seed: int = 0) -> dict:
+    model, data = case["make"]()
+    row: dict = dict(case=case["name"], exact=case["exact"], lam=case["lam"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.perf_counter()
+        cal = slt.calibrate(model, data, loss_fn=gaussian_nll, seed=seed, progress=False)
+        row["calibrate_seconds"] = time.perf_counter() - started
+        kwargs = cal.estimate_kwargs()
+        started = time.perf_counter()
+        result = slt.estimate_llc(model, data, loss_fn=gaussian_nll, seed=seed, progress=False, **kwargs)
+        row["estimate_seconds"] = time.perf_counter() - started
+    row.update(
+        step_size=cal.step_size,
+        reference_step=cal.settings["reference_step"],
+        criteria=cal.criteria,
+        num_burnin=kwargs["num_burnin"],
+        num_draws=kwargs["num_draws"],
+        llc=result.mean,
+        stderr=result.stderr,
+        interval=list(result.interval),
+        error_vs_exact=result.mean / case["exact"] - 1,
+        covers=bool(result.interval[0] <= case["exact"] <= result.interval[1]),
+        llc_extrapolated=cal.llc_extrapolated,
+        extrapolation=cal.settings["extrapolation"],
+        ladder=[
+            (r["step_size"], r["llc_mean"], r["llc_stderr"], r["bias_estimate"], r["healthy"], r["stable"])
+            for r in cal.table
+            if r["kind"] == "step"
+        ],
+        warnings=sorted({f"{w.category.__name__}: {str(w.message)[:140]}" for w in caught}),
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", nargs="*", default=["10-5-10 r=1", "10-5-10 r=2"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for case in dln_cases():
+        if any(name in case["name"] for name in args.cases):
+            rows.append(run(case))
+            print(rows[-1], flush=True)
+    write_json("calibrate.json", {"environment": environment("cpu"), "rows": rows})
+    lines = [
+        "| case | calibrate s | step | burn-in + draws | λ̂ (calibrated) | 95% interval | exact | vs exact "
+        "| extrapolated | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['calibrate_seconds']:.0f} | {r['step_size']:.3g} "
+            f"| {r['num_burnin']} + {r['num_draws']} | {r['llc']:.4g} ± {r['stderr']:.2g} "
+            f"| [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] | {r['exact']:.4g} "
+            f"| {r['error_vs_exact']:+.1%} "
+            f"| {r['llc_extrapolated']:.4g} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
+        )
+    (RESULTS / "calibrate.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
