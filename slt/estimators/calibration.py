@@ -36,9 +36,9 @@ from torch import nn
 from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
 from slt.estimators.length import (
     DEFAULT_MAX_STEPS,
-    MIN_SIMULATED_TIME,
     LengthPolicy,
     LengthReport,
+    min_simulated_time,
     run_until_converged,
 )
 from slt.estimators.llc import LLCSettings, summarize_run
@@ -520,7 +520,7 @@ def _length_stage(
     """The automatic length of :func:`slt.estimate_llc` at ``step``: chains equilibrated from w*."""
     policy = LengthPolicy(
         first_segment=base_steps,
-        min_simulated_time=MIN_SIMULATED_TIME / max(float(loc), 1.0),
+        min_simulated_time=min_simulated_time(loc),
         max_steps=max_steps,
         max_seconds=max_seconds,
     )

@@ -39,7 +39,14 @@ from slt.sampling.driver import ChainRun, Observable
 from slt.sampling.progress import progress_bar
 from slt.tuning import DEFAULT_TARGET_BIAS, bias_indicator
 
-__all__ = ["LengthPolicy", "LengthReport", "run_until_converged", "llc_trace", "DEFAULT_MAX_STEPS"]
+__all__ = [
+    "LengthPolicy",
+    "LengthReport",
+    "run_until_converged",
+    "llc_trace",
+    "min_simulated_time",
+    "DEFAULT_MAX_STEPS",
+]
 
 #: Largest relative standard error of the estimate the automatic length accepts as converged.
 DEFAULT_PRECISION = 0.05
@@ -54,6 +61,11 @@ MAX_RECHECKS = 3
 #: (the localizing pull relaxes flat directions over a time 2/γ; DESIGN §9 measured 95% of the stationary
 #: value at τ = 0.43 on 10-5-10 r=1 and 90% at 0.39 on 5-5-5-5-5).
 MIN_SIMULATED_TIME = 0.5
+
+
+def min_simulated_time(localization: float) -> float:
+    r"""Simulated time a run at localization :math:`\gamma` must reach: :math:`0.5 / \max(\gamma, 1)`."""
+    return MIN_SIMULATED_TIME / max(float(localization), 1.0)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, imp
 from slt.estimators.length import (
     DEFAULT_MAX_STEPS,
     DEFAULT_PRECISION,
-    MIN_SIMULATED_TIME,
     LengthPolicy,
     llc_trace,
+    min_simulated_time,
     run_until_converged,
 )
 from slt.estimators.wbic import WBICEstimate, wbic_from_llc
@@ -790,7 +790,7 @@ def estimate_llc(
         policy = LengthPolicy(
             max_steps=max_steps,
             max_seconds=max_seconds,
-            min_simulated_time=MIN_SIMULATED_TIME / max(float(localization), 1.0),
+            min_simulated_time=min_simulated_time(localization),
         )
         num_burnin = policy.first_segment
     elif num_burnin is None:
