@@ -11,6 +11,7 @@ from slt.estimators.calibration import CalibrationResult, calibrate
 from slt.estimators.diagnostics import ChainDiagnostics
 from slt.estimators.heads import llc_per_head
 from slt.estimators.llc import LLCResult, LLCSettings, estimate_llc
+from slt.estimators.localization import LocalizationChoice, choose_localization
 from slt.estimators.susceptibilities import SusceptibilityResult, susceptibilities
 from slt.estimators.wbic import WBICEstimate
 from slt.sampling import masks
@@ -57,6 +58,8 @@ __all__ = [
     "SusceptibilityResult",
     "calibrate",
     "CalibrationResult",
+    "choose_localization",
+    "LocalizationChoice",
     "default_step_size",
     "default_n_beta",
     "ChainDiagnostics",

@@ -155,10 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds", type=float, default=None, help="time budget of the automatic length"
     )
     sampling.add_argument(
-        "--step-size", type=float, default=None, help="fixed step size (default: chosen per checkpoint)"
+        "--step-size",
+        type=float,
+        default=None,
+        help="fixed step size (default: chosen once, at the last checkpoint; see --reference)",
     )
     sampling.add_argument("--n-beta", type=float, default=None, help="default: n / log n")
-    sampling.add_argument("--localization", type=float, default=1.0)
+    sampling.add_argument(
+        "--localization",
+        type=float,
+        default=None,
+        help="γ (default: the smallest of 1, 10, 100, 1000 that keeps the chains near w* at three probe "
+        "checkpoints; see --reference)",
+    )
+    sampling.add_argument(
+        "--reference",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: choose γ, step size and chain lengths not given once, at reference checkpoints, and "
+        "hold them fixed; none: each checkpoint chooses its own step and length, at γ = 1 unless given",
+    )
     sampling.add_argument("--batch-size", type=int, default=None)
     sampling.add_argument(
         "--sampler",
@@ -295,6 +311,7 @@ def _analyze(args: argparse.Namespace) -> int:
                 allow_pickle=args.allow_pickle,
                 state_dict_key=args.state_dict_key,
                 state_dict_prefix=args.state_dict_prefix,
+                reference=None if args.reference == "none" else "auto",
                 **settings,
             )
     finally:

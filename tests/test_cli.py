@@ -18,7 +18,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "PYTHONWARNIN
 TINY_ARGS = [
     "--num-chains", str(TINY["num_chains"]), "--num-draws", str(TINY["num_draws"]),
     "--num-burnin", str(TINY["num_burnin"]), "--step-size", str(TINY["step_size"]),
-    "--batch-size", str(TINY["batch_size"]),
+    "--batch-size", str(TINY["batch_size"]), "--localization", str(TINY["localization"]),
 ]  # fmt: skip
 
 

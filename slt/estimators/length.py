@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,10 +211,13 @@ def run_until_converged(
     recheck_step: bool = True,
     target_bias: float = DEFAULT_TARGET_BIAS,
     progress: bool | str | Any = False,
+    stop: Callable[[float], str | None] | None = None,
 ) -> tuple[ChainRun, LengthReport]:
     """Run chains in doubling segments until two successive segments agree (see the module docstring).
 
     ``progress`` may be an open progress bar (then advanced, not closed) instead of a flag or a label.
+    ``stop(estimate)``, called with each segment's estimate, ends the run early when it returns a reason
+    (the report's ``reason``; ``converged`` stays ``False``).
 
     Returns
     -------
@@ -281,6 +284,10 @@ def run_until_converged(
             )
             if not healthy.any():
                 report.reason = "every chain diverged"
+                break
+            stopped = stop(estimate) if stop is not None else None
+            if stopped is not None:
+                report.reason = stopped
                 break
             if recheck_step and estimate > 0:
                 half = run.grad_norm_sq.shape[1] // 2

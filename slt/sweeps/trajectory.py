@@ -35,6 +35,7 @@ from slt.sweeps.measures import (
     validate_measures,
 )
 from slt.sweeps.preflight import preflight
+from slt.sweeps.reference import choose_sweep_settings, loader
 from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import CheckpointFailedWarning
 
@@ -61,6 +62,7 @@ def analyze_checkpoints(
     identity: str = "stat",
     retry_failed: bool = True,
     run: str | None = None,
+    reference: str | None = "auto",
     **estimator_settings: Any,
 ) -> Trajectory:
     """Measure every checkpoint of a training run, committing each result as soon as it is done.
@@ -122,10 +124,18 @@ def analyze_checkpoints(
         Name of the training run the checkpoints come from, stored with every row so that one store
         can hold several runs analysed with the same settings without mixing them (see
         :meth:`Trajectory.load`). Default: the folder holding the checkpoint files (see :func:`run_key`).
+    reference : {"auto", None}
+        ``"auto"`` (default): the LLC's γ (``localization``), ``step_size`` and chain lengths
+        (``num_burnin``, ``num_draws``), where not given, are chosen once, at reference checkpoints, and
+        held fixed for every checkpoint, so that the points are comparable (see
+        :mod:`slt.sweeps.reference`: γ is the smallest of 1, 10, 100, 1000 whose chains stay within a
+        quarter of the way from L(w*) to the zero-weights loss at three probe checkpoints; step and
+        lengths are the automatic ones at the last checkpoint). The choice is in
+        ``Trajectory.settings["reference"]``. ``None``: each checkpoint chooses its own step and length
+        by :func:`slt.estimate_llc`'s defaults, at γ = 1 unless given.
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc` (``num_chains``, ``num_draws``,
-        ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). A fixed ``step_size`` keeps the
-        checkpoints comparable; by default each checkpoint picks its own.
+        ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). Those given are used as they are.
 
     Returns
     -------
@@ -158,6 +168,22 @@ def analyze_checkpoints(
         state_dict_key=state_dict_key,
         state_dict_prefix=state_dict_prefix,
     )
+    if reference not in ("auto", None):
+        raise ValueError(f'reference must be "auto" or None, got {reference!r}')
+    chosen: dict[str, Any] = {}
+    if reference == "auto" and "llc" in spec.names:
+        load = loader(
+            model_factory,
+            allow_pickle=allow_pickle,
+            state_dict_key=state_dict_key,
+            state_dict_prefix=state_dict_prefix,
+        )
+        fixed, chosen = choose_sweep_settings(records, load, data, loss_fn, spec.llc_settings, seed)
+        if fixed:
+            estimator_settings = {**estimator_settings, **fixed}
+            spec = sweep_spec(
+                measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
+            )
     job = SweepJob(
         model_factory,
         spec,
@@ -175,6 +201,8 @@ def analyze_checkpoints(
     }
     if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
         settings["state_dict_prefix"] = state_dict_prefix
+    if chosen:
+        settings["reference"] = chosen
 
     result_store, owns_store = _open_store(store)
     try:

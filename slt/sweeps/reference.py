@@ -1,0 +1,245 @@
+r"""Sampler settings chosen once for a whole sweep, at reference checkpoints, then held fixed.
+
+Checkpoints of one run are comparable only when they are measured the same way: the same γ (the
+target itself moves with it), the same step and the same chain lengths. And choosing them at every
+checkpoint (a step pilot, a doubling length) costs more than the measurement. So, unless the user fixed
+them, a sweep chooses:
+
+* **γ** by :func:`slt.estimators.localization.choose_localization` over three probe checkpoints (a third
+  of the way through the run, two thirds, and the last): the smallest γ of 1, 10, 100, 1000 whose chains
+  climb at most a quarter of the way from :math:`L_n(w^*)` to the loss of zero weights at every probe.
+  Early checkpoints of a network that memorizes need the strongest pull, the last the weakest; a
+  regression passes γ = 1 at once;
+* **the step size and the chain lengths** from the automatic step and automatic length of the chosen
+  γ's run at the last checkpoint (the trained model).
+
+The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``) and is part of
+what the store hashes: with the same seed it is the same choice, so a rerun skips the checkpoints it
+finished (it recomputes the choice, which costs a few estimates).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from slt.estimators.localization import (
+    DEFAULT_LOCALIZATIONS,
+    MAX_GAP_FRACTION,
+    LocalizationChoice,
+    choose_localization,
+)
+from slt.sampling.rng import isolated_rng
+from slt.sweeps.checkpoints import Checkpoint, build_model
+from slt.sweeps.measures import checkpoint_seed
+from slt.warnings import CheckpointError, SLTWarning
+
+__all__ = ["probe_indices", "choose_sweep_settings", "loader", "CHOSEN_SETTINGS"]
+
+#: The LLC settings a sweep chooses at its reference checkpoints when they are not given.
+CHOSEN_SETTINGS = ("localization", "step_size", "num_burnin", "num_draws")
+#: Steps per chain of the reference run's first segment. Shorter than a single estimate's 500: every
+#: checkpoint runs these lengths, and the doubling stops only when the last two segments agree, the
+#: standard error is within 5% and the simulated time has reached 0.5/γ (on the grokking example's
+#: model, 300 + 400 steps gave 0.672 at the last checkpoint against 0.690 from 500 + 1,000).
+FIRST_SEGMENT = 100
+#: Settings of :func:`slt.estimate_llc` that the trials pass through unchanged.
+_PASSED = (
+    "n_beta",
+    "num_chains",
+    "batch_size",
+    "sampler",
+    "sampler_options",
+    "device",
+    "mask",
+    "n",
+    "n_unit",
+    "eval_samples",
+    "model_mode",
+)
+
+
+def probe_indices(count: int) -> list[int]:
+    """Indices of the probe checkpoints among ``count``: a third of the way, two thirds, and the last."""
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    return sorted({count // 3, (2 * count) // 3, count - 1} & set(range(count)))
+
+
+def choose_sweep_settings(
+    records: Sequence[Checkpoint],
+    load: Callable[[Checkpoint], nn.Module],
+    data: Any,
+    loss_fn: Any,
+    llc_settings: Mapping[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choose the sweep's γ, step size and lengths at its probe checkpoints (see the module docstring).
+
+    Parameters
+    ----------
+    records : sequence of Checkpoint
+        The sweep's checkpoints, in step order.
+    load : callable
+        ``load(checkpoint) -> nn.Module``: the checkpoint's weights in a fresh model.
+    data, loss_fn
+        As given to the sweep.
+    llc_settings : dict
+        The LLC settings the user gave; those among :data:`CHOSEN_SETTINGS` are kept, not chosen.
+    seed : int
+        The sweep's seed (the trials use the last checkpoint's LLC seed).
+
+    Returns
+    -------
+    fixed : dict
+        The settings to add to every checkpoint's estimate (empty when nothing was chosen).
+    record : dict
+        JSON-able account of the choice: the rule, the probe steps, each trial, and what was chosen.
+    """
+    given = {k for k in CHOSEN_SETTINGS if k in llc_settings}
+    if "num_draws" in llc_settings or "num_burnin" in llc_settings:
+        given |= {"num_draws", "num_burnin"}
+    if given == set(CHOSEN_SETTINGS):
+        return {}, {}
+    choose_gamma = "localization" not in given
+    wanted = probe_indices(len(records)) if choose_gamma else [len(records) - 1]
+    probes, models = _load_probes(records, wanted, load)
+    if not models:
+        return {}, {"skipped": "no checkpoint could be loaded to choose the settings at"}
+    passed = {k: llc_settings[k] for k in _PASSED if k in llc_settings}
+    trial_seed = checkpoint_seed(seed, records[probes[-1]].step)  # a bad seed fails here, loudly
+    try:
+        choice = _choose(models, data, loss_fn, choose_gamma, llc_settings, passed, trial_seed)
+    except (ValueError, RuntimeError) as exc:  # ChainDivergenceError is a RuntimeError
+        reason = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"the sweep could not choose its settings at reference checkpoints ({reason}); each checkpoint "
+            "chooses its own step and length, at γ = 1 unless given",
+            SLTWarning,
+            stacklevel=3,
+        )
+        return {}, {"skipped": reason}
+    return _fixed_settings(choice, given, choose_gamma, llc_settings, records, probes)
+
+
+def _choose(
+    models: list[nn.Module],
+    data: Any,
+    loss_fn: Any,
+    choose_gamma: bool,
+    llc_settings: Mapping[str, Any],
+    passed: Mapping[str, Any],
+    seed: int,
+) -> LocalizationChoice:
+    return choose_localization(
+        models,
+        data,
+        loss_fn=loss_fn,
+        candidates=DEFAULT_LOCALIZATIONS if choose_gamma else (float(llc_settings["localization"]),),
+        max_gap_fraction=MAX_GAP_FRACTION if choose_gamma else 1.0,
+        seed=seed,
+        max_seconds=None,  # a time budget would make the choice depend on the machine's speed
+        first_segment=FIRST_SEGMENT,
+        **passed,
+    )
+
+
+def _fixed_settings(
+    choice: LocalizationChoice,
+    given: set[str],
+    choose_gamma: bool,
+    llc_settings: Mapping[str, Any],
+    records: Sequence[Checkpoint],
+    probes: list[int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    last = len(probes) - 1
+    fixed: dict[str, Any] = {}
+    if choose_gamma:
+        fixed["localization"] = choice.localization
+    reference = choice.reference_trial(last)
+    if reference is None:  # the given γ leaves the basin at the last checkpoint: measure, do not fix
+        reference = next((t for t in reversed(choice.trials) if t.model == last), None)
+    chosen_step = reference is not None and math.isfinite(reference.step_size)
+    if "step_size" not in given and chosen_step:
+        fixed["step_size"] = float(reference.step_size)
+    if "num_draws" not in given and reference is not None and reference.converged:
+        every = int(llc_settings.get("num_steps_bw_draws", 1))
+        fixed["num_burnin"] = int(reference.num_burnin)
+        fixed["num_draws"] = max(int(reference.num_draws) // every, 1)
+    record = {
+        "rule": choice.rule if choose_gamma else f"γ = {llc_settings['localization']:g} as given",
+        "probe_steps": [records[i].step for i in probes],
+        "reference_step": records[probes[-1]].step,
+        "chosen": fixed,
+        "trials": [
+            {
+                "step": records[probes[t.model]].step,
+                "localization": t.localization,
+                "passed": t.passed,
+                "gap_fraction": _rounded(t.gap_fraction),
+                "llc": _rounded(t.llc),
+                "step_size": _rounded(t.step_size),
+                "num_burnin": t.num_burnin,
+                "num_draws": t.num_draws,
+                "converged": t.converged,
+            }
+            for t in choice.trials
+        ],
+        "problems": [p.message for p in choice.problems],
+    }
+    if reference is not None and not reference.converged and "num_draws" not in given:
+        record["lengths"] = (
+            f"each checkpoint chooses its own length: the reference run did not converge ({reference.reason})"
+        )
+    return fixed, record
+
+
+def _load_probes(
+    records: Sequence[Checkpoint], wanted: Sequence[int], load: Callable[[Checkpoint], nn.Module]
+) -> tuple[list[int], list[nn.Module]]:
+    """Load the wanted probes; one that fails to load is replaced by the nearest that loads (earlier first).
+
+    A checkpoint that fails here fails again, with its error stored, when the sweep reaches it.
+    """
+    probes: list[int] = []
+    models: list[nn.Module] = []
+    for index in wanted:
+        for candidate in sorted(range(len(records)), key=lambda i: (abs(i - index), i)):
+            if candidate in probes:
+                continue
+            try:
+                models.append(load(records[candidate]))
+            except CheckpointError:
+                continue
+            probes.append(candidate)
+            break
+    order = sorted(range(len(probes)), key=lambda k: probes[k])
+    return [probes[k] for k in order], [models[k] for k in order]
+
+
+def _rounded(value: float) -> float | None:
+    """A float kept to 6 significant digits (``None`` for NaN), so the stored settings read cleanly."""
+    return float(f"{value:.6g}") if math.isfinite(value) else None
+
+
+def loader(
+    model_factory: Callable[[], nn.Module],
+    *,
+    allow_pickle: bool,
+    state_dict_key: str | None,
+    state_dict_prefix: str | None,
+) -> Callable[[Checkpoint], nn.Module]:
+    """``load(checkpoint)``: the checkpoint's weights in a model built by ``model_factory``."""
+
+    def load(checkpoint: Checkpoint) -> nn.Module:
+        with isolated_rng(0):  # a factory that draws random numbers leaves the caller's streams alone
+            state_dict = checkpoint.load_state_dict(
+                allow_pickle=allow_pickle, state_dict_key=state_dict_key, state_dict_prefix=state_dict_prefix
+            )
+            return build_model(model_factory, state_dict, checkpoint.source)
+
+    return load

@@ -1,0 +1,142 @@
+"""A sweep's γ, step size and lengths: chosen once at reference checkpoints, recorded, held fixed."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from slt import analyze_checkpoints
+from slt.sweeps.reference import probe_indices
+from slt.sweeps.store import ResultStore
+from tests.sweeps.fixtures import gaussian_nll, make_model, regression_data
+
+#: These tests check what is chosen and held; two short chains on tiny models may be flagged as unmixed.
+pytestmark = pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
+
+CLASSES = 4
+
+
+def make_classifier() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, CLASSES))
+
+
+def classification_data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(256, 6, generator=g), torch.randint(0, CLASSES, (256,), generator=g)
+
+
+def memorize_and_save(folder, steps=(300, 600, 900, 1200)) -> None:
+    """Checkpoints of a classifier memorizing random labels (train loss about 0.01 at the first)."""
+    folder.mkdir()
+    x, y = classification_data()
+    torch.manual_seed(0)
+    model = make_classifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(1, max(steps) + 1):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if step in steps:
+            torch.save(model.state_dict(), folder / f"step_{step:05d}.pt")
+
+
+def converged_regression(folder, count: int) -> list:
+    """``count`` checkpoints, 50 steps apart, of make_model() trained to its minimum (from step 1500)."""
+    folder.mkdir()
+    x, y = regression_data()
+    torch.manual_seed(0)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    paths = []
+    for step in range(1, 1500 + 50 * (count - 1) + 1):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        if step >= 1500 and step % 50 == 0:
+            paths.append(folder / f"step_{step:05d}.pt")
+            torch.save(model.state_dict(), paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "count, expected", [(1, [0]), (2, [0, 1]), (3, [1, 2]), (6, [2, 4, 5]), (86, [28, 57, 85])]
+)
+def test_probes_sit_a_third_two_thirds_and_at_the_end(count, expected):
+    assert probe_indices(count) == expected
+
+
+def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting(tmp_path):
+    memorize_and_save(tmp_path / "ckpts")
+    store = tmp_path / "r.sqlite"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trajectory = analyze_checkpoints(
+            tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
+            store=store, progress=False, num_chains=2,
+        )  # fmt: skip
+    reference = trajectory.settings["reference"]
+    chosen = reference["chosen"]
+    assert reference["probe_steps"] == [600, 900, 1200] and reference["reference_step"] == 1200
+    assert chosen["localization"] > 1  # γ = 1 climbs past a quarter of the gap on a memorizing network
+    failed = [t for t in reference["trials"] if not t["passed"]]
+    assert failed and all(t["localization"] < chosen["localization"] for t in failed)
+    assert all(t["gap_fraction"] > 0.25 for t in failed)
+    assert set(chosen) == {"localization", "step_size", "num_burnin", "num_draws"}
+    for result in trajectory.llc:
+        s = result.settings
+        assert (s.localization, s.step_size, s.num_burnin, s.num_draws) == (
+            chosen["localization"], chosen["step_size"], chosen["num_burnin"], chosen["num_draws"],
+        )  # fmt: skip
+        assert s.step_size_source == "given" and s.length_source == "given"
+    assert not any(w.category.__name__ == "LeftBasinWarning" for w in caught)
+    # the same seed makes the same choice: a rerun finds every checkpoint done
+    again = analyze_checkpoints(
+        tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
+        store=store, progress=False, num_chains=2,
+    )  # fmt: skip
+    assert again.settings_hash == trajectory.settings_hash
+    assert again.llc_mean.tolist() == trajectory.llc_mean.tolist()
+    with ResultStore(store) as opened:
+        assert opened.count(trajectory.settings_hash, "done") == 4 and len(opened.runs()) == 1
+
+
+def test_a_regression_sweep_keeps_gamma_one_and_per_checkpoint_choice_is_still_there(tmp_path):
+    converged_regression(tmp_path / "ckpts", count=4)
+    common = dict(loss_fn=gaussian_nll, store=None, progress=False, num_chains=2)
+    trajectory = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common)
+    assert trajectory.settings["reference"]["chosen"]["localization"] == 1.0
+    assert len({r.settings.step_size for r in trajectory.llc}) == 1
+    own = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), reference=None, **common)
+    assert "reference" not in own.settings
+    assert all(r.settings.step_size_source.startswith("auto") for r in own.llc)
+    with pytest.raises(ValueError, match='reference must be "auto" or None'):
+        analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), reference="first", **common)
+
+
+def test_settings_given_are_kept_and_nothing_is_chosen_when_all_are_given(tmp_path):
+    converged_regression(tmp_path / "ckpts", count=3)
+    common = dict(loss_fn=gaussian_nll, store=None, progress=False, num_chains=2, batch_size=32)
+    fixed = dict(localization=5.0, step_size=1e-4, num_draws=20, num_burnin=5)
+    trajectory = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common, **fixed)
+    assert "reference" not in trajectory.settings
+    some = analyze_checkpoints(
+        tmp_path / "ckpts", make_model, regression_data(), **common, localization=5.0, num_draws=20
+    )
+    reference = some.settings["reference"]
+    assert reference["rule"] == "γ = 5 as given" and reference["probe_steps"] == [1600]
+    assert set(reference["chosen"]) == {"step_size"}
+    assert all(r.settings.localization == 5.0 and r.settings.num_draws == 20 for r in some.llc)
+
+
+def test_a_probe_that_cannot_be_loaded_is_replaced_by_its_nearest_neighbour(tmp_path):
+    paths = converged_regression(tmp_path / "ckpts", count=6)
+    paths[-1].write_bytes(paths[-1].read_bytes()[:300])  # the last checkpoint is truncated
+    with pytest.warns(UserWarning, match="1 of 6 checkpoints failed"):
+        trajectory = analyze_checkpoints(
+            tmp_path / "ckpts", make_model, regression_data(), loss_fn=gaussian_nll, store=None,
+            progress=False, num_chains=2,
+        )  # fmt: skip
+    assert trajectory.settings["reference"]["probe_steps"] == [1600, 1650, 1700]
+    assert trajectory.settings["reference"]["reference_step"] == 1700
+    assert trajectory.ok.tolist() == [True] * 5 + [False]
