@@ -40,9 +40,9 @@ from slt.transitions import Transition, detect_transitions, plot_transitions, tr
 
 P = 53
 
-#: LLC settings for this model, chosen by measurement (examples/grokking/README.md): the mean
-#: cross-entropy as the loss, n*beta = n / log n, and SGLD with a fixed step size for all checkpoints.
-LLC_SETTINGS = dict(
+#: The LLC settings of the stored 5-seed study (examples/grokking/README.md), set by hand before slt chose
+#: them itself: γ = 100, one fixed step, full batch, short chains. ``--hand-set`` reproduces it.
+HAND_SET_LLC = dict(
     localization=100.0,
     step_size=5e-3,
     num_chains=4,
@@ -51,6 +51,10 @@ LLC_SETTINGS = dict(
     batch_size=None,
     control_variate=False,
 )
+#: Checkpoints of the main job: 24 log-spaced steps merged with 25 evenly spaced ones (47 in all); the
+#: hand-set study used 40 and 50 (86).
+CHECKPOINTS = dict(num_log=24, num_linear=25)
+HAND_SET_CHECKPOINTS = dict(num_log=40, num_linear=50)
 
 
 class ModularMLP(nn.Module):
@@ -102,6 +106,7 @@ class RunRecord:
     llc: list[float] = field(default_factory=list)
     llc_stderr: list[float] = field(default_factory=list)
     llc_seconds: float = float("nan")
+    llc_reference: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     dos: list[dict] = field(default_factory=list)
 
@@ -134,7 +139,7 @@ def train(
     """Train one run and save a checkpoint and its accuracies and losses at each of ``steps``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    steps = steps if steps is not None else checkpoint_steps(total_steps)
+    steps = steps if steps is not None else checkpoint_steps(total_steps, **CHECKPOINTS)
     (x_train, y_train), (x_test, y_test) = modular_addition(seed=seed)
     torch.manual_seed(seed)
     model = ModularMLP()
@@ -169,8 +174,12 @@ def load_checkpoint(path: str | Path) -> ModularMLP:
 def llc_curve(record: RunRecord, **settings) -> slt.Trajectory:
     """λ̂ and its standard error at every checkpoint of ``record``, by ``slt.analyze_checkpoints``.
 
-    Results go to ``slt-results.sqlite`` beside the checkpoints as each finishes, so an interrupted
-    sweep resumes where it stopped. Returns the trajectory; ``record`` gets its λ̂ column.
+    With no ``settings`` the library chooses: γ, the step size and the chain lengths once for the run, at
+    reference checkpoints, held fixed at every checkpoint (``trajectory.settings["reference"]``, kept in
+    ``metrics.json`` as ``llc_reference``). ``settings`` (``HAND_SET_LLC`` for the stored study) are passed
+    to ``analyze_checkpoints`` as they are. Results go to ``slt-results.sqlite`` beside the checkpoints as
+    each finishes, so an interrupted sweep resumes where it stopped. Returns the trajectory; ``record``
+    gets its λ̂ column.
     """
     (x_train, y_train), _ = modular_addition(seed=record.seed)
     start = time.perf_counter()
@@ -183,13 +192,14 @@ def llc_curve(record: RunRecord, **settings) -> slt.Trajectory:
         store=Path(record.folder) / "slt-results.sqlite",
         seed=record.seed,
         progress=False,
-        **{**LLC_SETTINGS, **settings},
+        **settings,
     )
     if [int(s) for s in trajectory.steps] != record.steps or not trajectory.ok.all():
         raise RuntimeError(f"the sweep of {record.folder} is incomplete: {trajectory!r}")
     record.llc = [float(v) for v in trajectory.llc_mean]
     record.llc_stderr = [float(v) for v in trajectory.llc_stderr]
     record.llc_seconds = time.perf_counter() - start
+    record.llc_reference = trajectory.settings.get("reference", {})
     record.save()
     return trajectory
 
@@ -221,7 +231,12 @@ def dos_at(record: RunRecord, indices: list[int], **settings) -> list[slt.DOSRes
     """The density of states at the checkpoints ``indices`` of ``record``, by ``slt.analyze_checkpoints``
     (its own store, ``slt-dos.sqlite``). ``record.dos`` gets one row per checkpoint."""
     (x_train, y_train), _ = modular_addition(seed=record.seed)
-    settings = {**DOS_SETTINGS, **settings}
+    chosen = record.llc_reference.get("chosen", {})  # the γ of the λ̂ curve, where slt chose it
+    settings = {
+        **DOS_SETTINGS,
+        "localization": chosen.get("localization", DOS_SETTINGS["localization"]),
+        **settings,
+    }
     trajectory = slt.analyze_checkpoints(
         [(record.steps[i], record.checkpoint(record.steps[i])) for i in indices],
         ModularMLP,
@@ -294,8 +309,8 @@ def memorized_at(record: RunRecord, threshold: float = 0.99) -> int | None:
 
 #: How the example reads transitions off the λ̂ curve: on the log step axis, on log λ̂ (λ̂ falls by two
 #: to three decades over a run, so a fall from 10 to 1 should weigh like one from 100 to 10), with error
-#: bars known to come from LLC_SETTINGS["num_chains"] chains.
-DETECT_SETTINGS = dict(axis="log", value_scale="log", error_dof=LLC_SETTINGS["num_chains"] - 1)
+#: bars known to come from 4 chains (estimate_llc's default, and HAND_SET_LLC's).
+DETECT_SETTINGS = dict(axis="log", value_scale="log", error_dof=HAND_SET_LLC["num_chains"] - 1)
 
 
 def detect(record: RunRecord, **options) -> list[Transition]:
@@ -443,6 +458,12 @@ def main() -> None:
     parser.add_argument(
         "--no-dos", action="store_true", help="skip the density of states at a handful of checkpoints"
     )
+    parser.add_argument(
+        "--hand-set",
+        action="store_true",
+        help="the stored study's hand-set LLC settings (HAND_SET_LLC) and 86 checkpoints, instead of the "
+        "settings slt chooses and 47 checkpoints",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -458,9 +479,12 @@ def main() -> None:
             if args.reuse and (folder / "metrics.json").exists():
                 record = RunRecord.load(folder)
             else:
-                record = train(folder, seed=seed, weight_decay=wd, total_steps=args.steps)
+                spacing = HAND_SET_CHECKPOINTS if args.hand_set else CHECKPOINTS
+                record = train(
+                    folder, seed=seed, weight_decay=wd, steps=checkpoint_steps(args.steps, **spacing)
+                )
             if not (args.reuse and len(record.llc) == len(record.steps)):
-                llc_curve(record)
+                llc_curve(record, **(HAND_SET_LLC if args.hand_set else {}))
             events = detect(record)
             record.save()
             check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)
