@@ -110,8 +110,8 @@ def main() -> None:
             record.llc_stderr = [float(v) for v in trajectory.llc_stderr]
             events = g.detect(record)
             reference = trajectory.settings["reference"]
-            left = [w for w in trajectory.warnings() if w[1] == "LeftBasinWarning"]
-            other = sorted({w[1] for w in trajectory.warnings()} - {"LeftBasinWarning"})
+            left = [w for w in trajectory.warnings if w[1] == "LeftBasinWarning"]
+            other = sorted({w[1] for w in trajectory.warnings} - {"LeftBasinWarning"})
             peak = int(np.argmax(record.llc))
             row = dict(
                 seed=seed,
