@@ -164,8 +164,8 @@ import subprocess
 run = subprocess.run(
     [sys.executable, "-m", "slt", "analyze", str(ckpt_dir), "--model", "toyrun:make_model",
      "--data", "toyrun:make_data", "--loss", "mse", "--out", str(workdir / "cli.sqlite"),
-     # the settings of the Python sweeps above (without them: estimate_llc's defaults, a step-size pilot
-     # and 4 chains run until the estimate holds, up to 100,000 steps each, per checkpoint)
+     # the settings of the Python sweeps above (without them the sweep chooses γ, the step size and the
+     # chain lengths once, at reference checkpoints, and holds them fixed: --reference auto)
      "--num-chains", "2", "--num-draws", "200", "--step-size", "1e-4", "--threads", "1", "--no-progress"],
     cwd=workdir, capture_output=True, text=True,
 )

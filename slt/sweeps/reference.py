@@ -13,9 +13,10 @@ them, a sweep chooses:
 * **the step size and the chain lengths** from the automatic step and automatic length of the chosen
   γ's run at the last checkpoint (the trained model).
 
-The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``) and is part of
-what the store hashes: with the same seed it is the same choice, so a rerun skips the checkpoints it
-finished (it recomputes the choice, which costs a few estimates).
+The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``), which the store
+hashes, and kept in the store under everything it depends on (data, settings, seed, model code, the
+checkpoints' identities): a rerun reads it back instead of choosing again and skips the checkpoints it
+finished. With the same seed the choice is the same anyway (the trials have no time budget).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from slt.estimators.localization import (
 from slt.sampling.rng import isolated_rng
 from slt.sweeps.checkpoints import Checkpoint, build_model
 from slt.sweeps.measures import checkpoint_seed
+from slt.sweeps.store import ResultStore, settings_hash
 from slt.warnings import CheckpointError, SLTWarning
 
-__all__ = ["probe_indices", "choose_sweep_settings", "loader", "CHOSEN_SETTINGS"]
+__all__ = ["probe_indices", "choose_sweep_settings", "stored_choice", "loader", "CHOSEN_SETTINGS"]
 
 #: The LLC settings a sweep chooses at its reference checkpoints when they are not given.
 CHOSEN_SETTINGS = ("localization", "step_size", "num_burnin", "num_draws")
@@ -195,6 +197,26 @@ def _fixed_settings(
         record["lengths"] = (
             f"each checkpoint chooses its own length: the reference run did not converge ({reference.reason})"
         )
+    return fixed, record
+
+
+def stored_choice(
+    store: ResultStore,
+    request: Mapping[str, Any],
+    choose: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The choice stored for ``request``, else ``choose()``, stored for the next time.
+
+    ``request`` holds everything the choice depends on (data, settings, seed, model code, checkpoints).
+    A choice that was skipped is not stored.
+    """
+    key = "reference:" + settings_hash(dict(request))
+    found = store.get_note(key)
+    if found is not None:
+        return dict(found["fixed"]), dict(found["record"])
+    fixed, record = choose()
+    if "skipped" not in record:
+        store.put_note(key, {"fixed": fixed, "record": record})
     return fixed, record
 
 

@@ -221,6 +221,26 @@ class ResultStore:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
+    # -- notes kept beside the results ------------------------------------------------------------
+
+    def get_note(self, key: str) -> Any:
+        """The JSON value stored under ``key`` by :meth:`put_note`, or ``None``."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (f"note:{key}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_note(self, key: str, value: Any) -> None:
+        """Store a JSON-able ``value`` under ``key``, replacing any earlier one.
+
+        Sweeps keep the sampler settings they chose at reference checkpoints this way, so that a rerun
+        does not choose again.
+        """
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"note:{key}", json.dumps(to_jsonable(value), sort_keys=True)),
+            )
+
     # -- runs -------------------------------------------------------------------------------------
 
     def register_run(self, settings: dict[str, Any]) -> str:

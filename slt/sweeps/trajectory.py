@@ -35,7 +35,7 @@ from slt.sweeps.measures import (
     validate_measures,
 )
 from slt.sweeps.preflight import preflight
-from slt.sweeps.reference import choose_sweep_settings, loader
+from slt.sweeps.reference import choose_sweep_settings, loader, stored_choice
 from slt.sweeps.store import ResultStore, StoredResult
 from slt.warnings import CheckpointFailedWarning
 
@@ -170,44 +170,56 @@ def analyze_checkpoints(
     )
     if reference not in ("auto", None):
         raise ValueError(f'reference must be "auto" or None, got {reference!r}')
-    chosen: dict[str, Any] = {}
-    if reference == "auto" and "llc" in spec.names:
-        load = loader(
+    ids = [c.identity(identity) for c in records]
+    result_store, owns_store = _open_store(store)
+    try:
+        chosen: dict[str, Any] = {}
+        if reference == "auto" and "llc" in spec.names:
+            request = {
+                **spec.description(),
+                "seed": seed,
+                "model_factory": describe(model_factory),
+                "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
+                "state_dict_key": state_dict_key,
+                "state_dict_prefix": state_dict_prefix,
+                "checkpoints": ids,
+            }
+            load = loader(
+                model_factory,
+                allow_pickle=allow_pickle,
+                state_dict_key=state_dict_key,
+                state_dict_prefix=state_dict_prefix,
+            )
+            fixed, chosen = stored_choice(
+                result_store,
+                request,
+                lambda: choose_sweep_settings(records, load, data, loss_fn, spec.llc_settings, seed),
+            )
+            if fixed:
+                estimator_settings = {**estimator_settings, **fixed}
+                spec = sweep_spec(
+                    measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
+                )
+        job = SweepJob(
             model_factory,
+            spec,
+            seed,
             allow_pickle=allow_pickle,
             state_dict_key=state_dict_key,
             state_dict_prefix=state_dict_prefix,
         )
-        fixed, chosen = choose_sweep_settings(records, load, data, loss_fn, spec.llc_settings, seed)
-        if fixed:
-            estimator_settings = {**estimator_settings, **fixed}
-            spec = sweep_spec(
-                measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
-            )
-    job = SweepJob(
-        model_factory,
-        spec,
-        seed,
-        allow_pickle=allow_pickle,
-        state_dict_key=state_dict_key,
-        state_dict_prefix=state_dict_prefix,
-    )
-    settings = {
-        **spec.description(),
-        "seed": seed,
-        "model_factory": describe(model_factory),
-        "state_dict_key": state_dict_key,
-        "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
-    }
-    if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
-        settings["state_dict_prefix"] = state_dict_prefix
-    if chosen:
-        settings["reference"] = chosen
-
-    result_store, owns_store = _open_store(store)
-    try:
+        settings = {
+            **spec.description(),
+            "seed": seed,
+            "model_factory": describe(model_factory),
+            "state_dict_key": state_dict_key,
+            "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
+        }
+        if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
+            settings["state_dict_prefix"] = state_dict_prefix
+        if chosen:
+            settings["reference"] = chosen
         key = result_store.register_run(settings)
-        ids = [c.identity(identity) for c in records]
         statuses = result_store.statuses(key)
         skip = {"done", "failed"} if not retry_failed else {"done"}
         todo = [(c, i) for c, i in zip(records, ids) if statuses.get(i) not in skip]

@@ -66,7 +66,7 @@ def test_probes_sit_a_third_two_thirds_and_at_the_end(count, expected):
     assert probe_indices(count) == expected
 
 
-def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting(tmp_path):
+def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting(tmp_path, monkeypatch):
     memorize_and_save(tmp_path / "ckpts")
     store = tmp_path / "r.sqlite"
     with warnings.catch_warnings(record=True) as caught:
@@ -90,7 +90,12 @@ def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting
         )  # fmt: skip
         assert s.step_size_source == "given" and s.length_source == "given"
     assert not any(w.category.__name__ == "LeftBasinWarning" for w in caught)
-    # the same seed makes the same choice: a rerun finds every checkpoint done
+
+    # a rerun reads the choice back from the store (it does not choose again) and finds every checkpoint done
+    def no_second_choice(*args, **kwargs):
+        raise AssertionError("the rerun chose again")
+
+    monkeypatch.setattr("slt.sweeps.reference.choose_localization", no_second_choice)
     again = analyze_checkpoints(
         tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
         store=store, progress=False, num_chains=2,
@@ -99,6 +104,31 @@ def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting
     assert again.llc_mean.tolist() == trajectory.llc_mean.tolist()
     with ResultStore(store) as opened:
         assert opened.count(trajectory.settings_hash, "done") == 4 and len(opened.runs()) == 1
+    # another seed is another choice (the trials' chains differ), so it is chosen again
+    with pytest.raises(AssertionError, match="the rerun chose again"):
+        analyze_checkpoints(
+            tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
+            store=store, progress=False, num_chains=2, seed=1,
+        )  # fmt: skip
+
+
+def test_the_same_seed_makes_the_same_choice_without_a_store(tmp_path):
+    memorize_and_save(tmp_path / "ckpts", steps=(600, 1200))
+    common = dict(loss_fn="cross_entropy", store=None, progress=False)
+    runs = [
+        analyze_checkpoints(
+            tmp_path / "ckpts", make_classifier, classification_data(), num_chains=2, **common
+        )
+        for _ in range(2)
+    ]
+    runs.append(
+        analyze_checkpoints(
+            tmp_path / "ckpts", make_classifier, classification_data(), measures="loss", **common
+        )
+    )
+    assert runs[0].settings["reference"] == runs[1].settings["reference"]
+    assert runs[0].settings_hash == runs[1].settings_hash
+    assert "reference" not in runs[2].settings  # no LLC, nothing to choose
 
 
 def test_a_regression_sweep_keeps_gamma_one_and_per_checkpoint_choice_is_still_there(tmp_path):
