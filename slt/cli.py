@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--localization",
         type=float,
         default=None,
-        help="γ (default: the smallest of 1, 10, 100, 1000 that keeps the chains near w* at three probe "
-        "checkpoints; see --reference)",
+        help="γ (default: the smallest of 1, 3, 10, 30, 100, 300, 1000 that keeps the chains near w* at "
+        "three probe checkpoints; see --reference)",
     )
     sampling.add_argument(
         "--reference",

@@ -90,7 +90,7 @@ print(f"{len(steps)} checkpoints; final train accuracy {train_acc[-1]:.2f}, test
 # again and nothing is recomputed). No sampler setting is given: the sweep chooses the localization γ,
 # the step size and the chain lengths once, at reference checkpoints, and holds them fixed so that the
 # checkpoints are comparable. Cross-entropy near zero is very flat, so γ = 1 lets the chains wander to
-# weights that predict worse than zero weights; the sweep takes the smallest γ of 1, 10, 100, 1000 whose
+# weights that predict worse than zero weights; the sweep takes the smallest γ of 1, 3, 10, 30, 100, 300, 1000 whose
 # chains stay within a quarter of the way from L(w*) to that zero-weights loss at three probe checkpoints.
 
 # %%

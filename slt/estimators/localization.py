@@ -39,7 +39,7 @@ from slt.sampling.losses import LossFn
 from slt.sampling.settings import default_n_beta
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import default_step_size
-from slt.warnings import ChainDivergenceError, LeftBasinWarning, Problem, emit
+from slt.warnings import ChainDivergenceError, DivergenceWarning, LeftBasinWarning, Problem, emit
 
 __all__ = [
     "choose_localization",
@@ -50,11 +50,13 @@ __all__ = [
 ]
 
 #: The γ tried, weakest first.
-DEFAULT_LOCALIZATIONS = (1.0, 10.0, 100.0, 1000.0)
+DEFAULT_LOCALIZATIONS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 #: Largest share of the gap :math:`L_n(0) - L_n(w^*)` the chains' mean loss may climb.
 MAX_GAP_FRACTION = 0.25
 #: The gap tells only when it exceeds this fraction of :math:`L_n(w^*)` (as for ``LeftBasinWarning``).
 MIN_GAP_CONTRAST = 0.1
+#: Times a trial whose chains diverged is run again with a tenth of the step.
+DIVERGENCE_RETRIES = 2
 #: Wall-time budget of one trial, in seconds.
 TRIAL_SECONDS = 120.0
 
@@ -248,13 +250,23 @@ def choose_localization(
     for gamma in candidates:
         if all(trial.passes(trials, i, gamma, model) for i, model in enumerate(models)):
             return LocalizationChoice(gamma, rule, trials, time.perf_counter() - started)
-    worst = max((t.gap_fraction for t in trials if t.localization == candidates[-1]), default=math.nan)
-    problem = Problem.of(
-        LeftBasinWarning,
-        f"even at γ = {candidates[-1]:g} the chains' mean loss climbed {worst:.0%} of the way from L(w*) to "
-        "the loss of zero weights: λ̂ will mostly measure that climb. Try a smaller step size, a larger γ "
-        "(candidates=...), or check that the weights are a trained minimum",
-    )
+    last = [t for t in trials if t.localization == candidates[-1]]
+    diverged = [t for t in last if not math.isfinite(t.gap_fraction) and not t.passed]
+    if diverged:
+        problem = Problem.of(
+            DivergenceWarning,
+            f"at γ = {candidates[-1]:g} the chains of model {diverged[0].model} diverged even at a hundredth "
+            f"of the automatic step ({diverged[0].reason}); check that the loss is finite near the weights, "
+            "or pass localization and step_size",
+        )
+    else:
+        worst = max((t.gap_fraction for t in last), default=math.nan)
+        problem = Problem.of(
+            LeftBasinWarning,
+            f"even at γ = {candidates[-1]:g} the chains' mean loss climbed {worst:.0%} of the way from L(w*) "
+            "to the loss of zero weights: λ̂ will mostly measure that climb. Try a smaller step, a larger "
+            "γ (candidates=...), or check that the weights are a trained minimum",
+        )
     emit((problem,), stacklevel=2)
     return LocalizationChoice(candidates[-1], rule, trials, time.perf_counter() - started, (problem,))
 
@@ -304,25 +316,35 @@ def _trial_passes(
                 seed=t.seed,
             )
             policy = LengthPolicy(min_simulated_time=min_simulated_time(gamma), **t.policy)
-            _, report = run_until_converged(
-                posterior,
-                kernel=bind_kernel(t.sampler, t.sampler_options, policy.first_segment),
-                n_beta=nb,
-                localization=gamma,
-                step_size=step,
-                num_chains=t.num_chains,
-                seed=t.seed,
-                policy=policy,
-                stop=(
-                    lambda estimate: (
-                        f"λ̂ = {estimate:.4g} climbed past {t.max_fraction:.0%} of the gap ({limit:.4g})"
-                        if estimate > limit
-                        else None
+            retries: list[str] = []
+            for _ in range(DIVERGENCE_RETRIES + 1):
+                run, report = run_until_converged(
+                    posterior,
+                    kernel=bind_kernel(t.sampler, t.sampler_options, policy.first_segment),
+                    n_beta=nb,
+                    localization=gamma,
+                    step_size=step,
+                    num_chains=t.num_chains,
+                    seed=t.seed,
+                    policy=policy,
+                    stop=(
+                        lambda estimate: (
+                            f"λ̂ = {estimate:.4g} climbed past {t.max_fraction:.0%} of the gap ({limit:.4g})"
+                            if estimate > limit
+                            else None
+                        )
                     )
+                    if telling
+                    else None,
                 )
-                if telling
-                else None,
-            )
+                if not (run.divergence_step >= 0).any():
+                    break
+                # a step problem, not a verdict on γ: the pilot sized the step at w*, and the chains
+                # reached stiffer places
+                retries.append(f"chains diverged at step size {step:.3g}")
+                step /= 10
+            else:
+                raise ChainDivergenceError("; ".join(retries))
         except ChainDivergenceError as exc:
             trials.append(
                 LocalizationTrial(
@@ -347,6 +369,8 @@ def _trial_passes(
         if telling
         else f"the gap L(0) - L(w*) = {gap:.3g} is too small to tell; " + report.reason
     )
+    if retries:
+        reason = "; ".join(retries) + f", retried at a tenth each time; {reason}"
     trials.append(
         LocalizationTrial(
             **common,

@@ -6,12 +6,14 @@ checkpoint (a step pilot, a doubling length) costs more than the measurement. So
 them, a sweep chooses:
 
 * **γ** by :func:`slt.estimators.localization.choose_localization` over three probe checkpoints (a third
-  of the way through the run, two thirds, and the last): the smallest γ of 1, 10, 100, 1000 whose chains
-  climb at most a quarter of the way from :math:`L_n(w^*)` to the loss of zero weights at every probe.
-  Early checkpoints of a network that memorizes need the strongest pull, the last the weakest; a
-  regression passes γ = 1 at once;
-* **the step size and the chain lengths** from the automatic step and automatic length of the chosen
-  γ's run at the last checkpoint (the trained model).
+  of the way through the run, two thirds, and the last): the smallest γ of 1, 3, 10, 30, 100, 300, 1000
+  whose chains climb at most a quarter of the way from :math:`L_n(w^*)` to the loss of zero weights at
+  every probe. Early checkpoints of a network that memorizes need the strongest pull, the last the
+  weakest; a regression passes γ = 1 at once;
+* **the step size**: the smallest of the chosen γ's automatic steps at the probes (one step for all
+  checkpoints must suit the stiffest: the step chosen at the last checkpoint alone made 17 of 39
+  checkpoints of the grokking tutorial's run diverge while test accuracy climbed);
+* **the chain lengths**: the longest of the chosen γ's automatic lengths at the probes.
 
 The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``), which the store
 hashes, and kept in the store under everything it depends on (data, settings, seed, model code, the
@@ -108,7 +110,7 @@ def choose_sweep_settings(
     if given == set(CHOSEN_SETTINGS):
         return {}, {}
     choose_gamma = "localization" not in given
-    wanted = probe_indices(len(records)) if choose_gamma else [len(records) - 1]
+    wanted = probe_indices(len(records))
     probes, models = _load_probes(records, wanted, load)
     if not models:
         return {}, {"skipped": "no checkpoint could be loaded to choose the settings at"}
@@ -158,24 +160,23 @@ def _fixed_settings(
     records: Sequence[Checkpoint],
     probes: list[int],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    last = len(probes) - 1
     fixed: dict[str, Any] = {}
     if choose_gamma:
         fixed["localization"] = choice.localization
-    reference = choice.reference_trial(last)
-    if reference is None:  # the given γ leaves the basin at the last checkpoint: measure, do not fix
-        reference = next((t for t in reversed(choice.trials) if t.model == last), None)
-    chosen_step = reference is not None and math.isfinite(reference.step_size)
-    if "step_size" not in given and chosen_step:
-        fixed["step_size"] = float(reference.step_size)
-    if "num_draws" not in given and reference is not None and reference.converged:
+    chosen_trials = [t for t in choice.trials if t.localization == choice.localization]
+    usable = [t for t in chosen_trials if t.passed and math.isfinite(t.step_size)]
+    if not usable:  # the given γ leaves the basin: its trial still sized the step and the length
+        usable = [t for t in chosen_trials if math.isfinite(t.step_size)]
+    if "step_size" not in given and usable:
+        fixed["step_size"] = float(min(t.step_size for t in usable))
+    converged = [t for t in usable if t.converged]
+    if "num_draws" not in given and converged and len(converged) == len(usable):
         every = int(llc_settings.get("num_steps_bw_draws", 1))
-        fixed["num_burnin"] = int(reference.num_burnin)
-        fixed["num_draws"] = max(int(reference.num_draws) // every, 1)
+        fixed["num_burnin"] = int(max(t.num_burnin for t in converged))
+        fixed["num_draws"] = max(int(max(t.num_draws for t in converged)) // every, 1)
     record = {
         "rule": choice.rule if choose_gamma else f"γ = {llc_settings['localization']:g} as given",
         "probe_steps": [records[i].step for i in probes],
-        "reference_step": records[probes[-1]].step,
         "chosen": fixed,
         "trials": [
             {
@@ -193,10 +194,10 @@ def _fixed_settings(
         ],
         "problems": [p.message for p in choice.problems],
     }
-    if reference is not None and not reference.converged and "num_draws" not in given:
-        record["lengths"] = (
-            f"each checkpoint chooses its own length: the reference run did not converge ({reference.reason})"
-        )
+    if "num_draws" not in given and "num_draws" not in fixed:
+        unsettled = [t for t in usable if not t.converged]
+        why = f" ({unsettled[0].reason})" if unsettled else ""
+        record["lengths"] = f"each checkpoint chooses its own length: a reference run did not converge{why}"
     return fixed, record
 
 

@@ -128,9 +128,9 @@ def analyze_checkpoints(
         ``"auto"`` (default): the LLC's γ (``localization``), ``step_size`` and chain lengths
         (``num_burnin``, ``num_draws``), where not given, are chosen once, at reference checkpoints, and
         held fixed for every checkpoint, so that the points are comparable (see
-        :mod:`slt.sweeps.reference`: γ is the smallest of 1, 10, 100, 1000 whose chains stay within a
-        quarter of the way from L(w*) to the zero-weights loss at three probe checkpoints; step and
-        lengths are the automatic ones at the last checkpoint). The choice is in
+        :mod:`slt.sweeps.reference`: γ is the smallest of 1, 3, 10, 30, 100, 300, 1000 whose chains stay
+        within a quarter of the way from L(w*) to the zero-weights loss at three probe checkpoints; the
+        step is the smallest and the lengths the longest of its automatic ones there). The choice is in
         ``Trajectory.settings["reference"]``. ``None``: each checkpoint chooses its own step and length
         by :func:`slt.estimate_llc`'s defaults, at γ = 1 unless given.
     **estimator_settings
