@@ -10,7 +10,7 @@ they finish, so an interrupted sweep resumes), the events from ``slt.detect_tran
 
 The density of states (``slt.estimate_dos``) is drawn at a handful of checkpoints of the first seed's runs.
 
-Run from the repository root (one seed, both weight decays, about 4 to 6 minutes on one CPU core):
+Run from the repository root (one seed, both weight decays, about 10 minutes on one CPU core):
 
     PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
 
