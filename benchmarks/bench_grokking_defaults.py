@@ -40,19 +40,10 @@ RUNS = [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.05)]
 STEPS = g.checkpoint_steps(6_000, num_log=20, num_linear=20)
 
 
-class SubtractionMLP(nn.Module):
-    """Embed each operand (16 dims), Linear(16→64) per operand, sum, GELU, Linear(64→p)."""
-
-    def __init__(self, p: int = P, embed: int = 16, hidden: int = 64):
-        super().__init__()
-        self.embed = nn.Embedding(p, embed)
-        self.left = nn.Linear(embed, hidden)
-        self.right = nn.Linear(embed, hidden)
-        self.out = nn.Linear(hidden, p)
-
-    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        e = self.embed(pairs)
-        return self.out(nn.functional.gelu(self.left(e[:, 0]) + self.right(e[:, 1])))
+def subtraction_mlp() -> nn.Module:
+    """The example's architecture (embed each operand, Linear per operand, sum, GELU, Linear) at p = 47,
+    16 embedding and 64 hidden dimensions."""
+    return g.ModularMLP(p=P, embed=16, hidden=64)
 
 
 def modular_subtraction(seed: int):
@@ -67,7 +58,7 @@ def modular_subtraction(seed: int):
 def train(folder: Path, seed: int, weight_decay: float) -> g.RunRecord:
     (x, y), (xt, yt) = modular_subtraction(seed)
     torch.manual_seed(seed)
-    model = SubtractionMLP()
+    model = subtraction_mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=weight_decay, betas=(0.9, 0.98))
     record = g.RunRecord(seed=seed, weight_decay=weight_decay, folder=str(folder))
     folder.mkdir(parents=True)
@@ -103,7 +94,12 @@ def main() -> None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 trajectory = slt.analyze_checkpoints(
-                    record.folder, SubtractionMLP, (x, y), loss_fn="cross_entropy", store=None, progress=False
+                    record.folder,
+                    subtraction_mlp,
+                    (x, y),
+                    loss_fn="cross_entropy",
+                    store=None,
+                    progress=False,
                 )
             sweep_seconds = time.perf_counter() - started
             record.llc = [float(v) for v in trajectory.llc_mean]

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-size",
         type=float,
         default=None,
-        help="fixed step size (default: chosen once, at the last checkpoint; see --reference)",
+        help="fixed step size (default: chosen once, at three probe checkpoints; see --reference)",
     )
     sampling.add_argument("--n-beta", type=float, default=None, help="default: n / log n")
     sampling.add_argument(

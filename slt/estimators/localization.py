@@ -10,14 +10,14 @@ reach weights that predict worse than weights set to zero. λ̂ then measures th
 against 3.97 for zero weights; γ = 100 stayed within a quarter of the gap at every checkpoint and its λ̂
 fell 103 → 0.69 as the model generalized).
 
-:func:`choose_localization` states the rule and measures it: the smallest γ of ``candidates`` (1, 10, 100,
-1000) at which the chains' mean loss rises above :math:`L_n(w^*)` by at most ``max_gap_fraction`` (a
-quarter) of the gap :math:`L_n(0) - L_n(w^*)` between the trained weights and zero weights, at every model
-it is given. It is meant for a sweep: chosen once over a few checkpoints, then held fixed so that the
-checkpoints are comparable (γ is part of what is measured: the target falls as γ grows, −13% at γ = 10 and
-−45% at γ = 100 on 10-5-10 deep linear networks). Where the gap is too small to tell (below 10% of
-:math:`L_n(w^*)`, as for a regression whose zero-weights prediction is nearly as good), the first candidate
-is kept.
+:func:`choose_localization` states the rule and measures it: the smallest γ of ``candidates`` (1, 3, 10,
+30, 100, 300, 1000) at which the chains' mean loss rises above :math:`L_n(w^*)` by at most
+``max_gap_fraction`` (a quarter) of the gap :math:`L_n(0) - L_n(w^*)` between the trained weights and zero
+weights, at every model it is given. It is meant for a sweep: chosen once over a few checkpoints, then
+held fixed so that the checkpoints are comparable (γ is part of what is measured: the target falls as γ
+grows, −13% at γ = 10 and −45% at γ = 100 on 10-5-10 deep linear networks). Where the gap is too small to
+tell (below 10% of :math:`L_n(w^*)`, as for a regression whose zero-weights prediction is nearly as good),
+the first candidate is kept.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class LocalizationChoice(JSONResult):
     seconds : float
         Wall time of the choice.
     problems : tuple of Problem
-        A ``LeftBasinWarning`` when no candidate kept the chains close.
+        When no candidate passed: a ``LeftBasinWarning`` (the chains climbed too far even at the last γ), or
+        a ``DivergenceWarning`` (they diverged there even at a hundredth of the automatic step).
     """
 
     localization: float
@@ -131,13 +132,6 @@ class LocalizationChoice(JSONResult):
     trials: list[LocalizationTrial] = field(default_factory=list)
     seconds: float = math.nan
     problems: tuple[Problem, ...] = ()
-
-    def reference_trial(self, model: int) -> LocalizationTrial | None:
-        """The passing trial of the chosen γ on model ``model``, or ``None``."""
-        for trial in self.trials:
-            if trial.model == model and trial.localization == self.localization and trial.passed:
-                return trial
-        return None
 
     def table(self) -> str:
         """The trials as a Markdown table."""
@@ -204,13 +198,16 @@ def choose_localization(
     Returns
     -------
     LocalizationChoice
-        ``.localization`` (the last candidate, with a ``LeftBasinWarning`` problem, when none passes)
-        and every trial, whose step size and lengths a sweep reuses.
+        ``.localization`` (the last candidate, with a problem, when none passes) and every trial, whose
+        step sizes and lengths a sweep reuses.
 
     Warns
     -----
     LeftBasinWarning
         When no candidate keeps the chains within ``max_gap_fraction`` of the gap.
+    DivergenceWarning
+        When the chains at the last candidate diverge even at a hundredth of the automatic step (a trial
+        whose chains diverge is rerun at a tenth of its step, up to twice).
 
     Raises
     ------
@@ -289,99 +286,101 @@ class _Trial:
     options: Mapping[str, Any]
 
     def passes(self, trials: list[LocalizationTrial], index: int, gamma: float, model: nn.Module) -> bool:
-        return _trial_passes(self, trials, index, gamma, model)
-
-
-def _trial_passes(
-    t: _Trial, trials: list[LocalizationTrial], index: int, gamma: float, model: nn.Module
-) -> bool:
-    """Run one trial, append it to ``trials`` and say whether it passed."""
-    mask = t.options.get("mask")
-    extra = {k: v for k, v in t.options.items() if k != "mask"}
-    with prepared_sampler(
-        model, t.data, t.loss_fn, batch_size=t.batch_size, mask=mask, device=t.device, seed=t.seed, **extra
-    ) as posterior:
-        init, zero = posterior.init_loss, zero_weights_loss(posterior)
-        gap = zero - init
-        nb = float(t.n_beta) if t.n_beta is not None else default_n_beta(posterior.n)
-        common = dict(model=index, localization=gamma, init_loss=init, zero_weights_loss=zero, n_beta=nb)
-        telling = math.isfinite(gap) and gap > MIN_GAP_CONTRAST * abs(init)
-        limit = t.max_fraction * gap * nb  # the λ̂ at which the chains climbed too far
-        try:
-            step, _ = default_step_size(
-                posterior,
-                n_beta=nb,
-                localization=gamma,
-                sampler=get_kernel(t.sampler).bind(t.sampler_options),
-                seed=t.seed,
-            )
-            policy = LengthPolicy(min_simulated_time=min_simulated_time(gamma), **t.policy)
-            retries: list[str] = []
-            for _ in range(DIVERGENCE_RETRIES + 1):
-                run, report = run_until_converged(
+        """Run one trial, append it to ``trials`` and say whether it passed."""
+        mask = self.options.get("mask")
+        extra = {k: v for k, v in self.options.items() if k != "mask"}
+        with prepared_sampler(
+            model,
+            self.data,
+            self.loss_fn,
+            batch_size=self.batch_size,
+            mask=mask,
+            device=self.device,
+            seed=self.seed,
+            **extra,
+        ) as posterior:
+            init, zero = posterior.init_loss, zero_weights_loss(posterior)
+            gap = zero - init
+            nb = float(self.n_beta) if self.n_beta is not None else default_n_beta(posterior.n)
+            common = dict(model=index, localization=gamma, init_loss=init, zero_weights_loss=zero, n_beta=nb)
+            telling = math.isfinite(gap) and gap > MIN_GAP_CONTRAST * abs(init)
+            limit = self.max_fraction * gap * nb  # the λ̂ at which the chains climbed too far
+            try:
+                step, _ = default_step_size(
                     posterior,
-                    kernel=bind_kernel(t.sampler, t.sampler_options, policy.first_segment),
                     n_beta=nb,
                     localization=gamma,
-                    step_size=step,
-                    num_chains=t.num_chains,
-                    seed=t.seed,
-                    policy=policy,
-                    stop=(
-                        lambda estimate: (
-                            f"λ̂ = {estimate:.4g} climbed past {t.max_fraction:.0%} of the gap ({limit:.4g})"
-                            if estimate > limit
-                            else None
+                    sampler=get_kernel(self.sampler).bind(self.sampler_options),
+                    seed=self.seed,
+                )
+                policy = LengthPolicy(min_simulated_time=min_simulated_time(gamma), **self.policy)
+                retries: list[str] = []
+                for _ in range(DIVERGENCE_RETRIES + 1):
+                    run, report = run_until_converged(
+                        posterior,
+                        kernel=bind_kernel(self.sampler, self.sampler_options, policy.first_segment),
+                        n_beta=nb,
+                        localization=gamma,
+                        step_size=step,
+                        num_chains=self.num_chains,
+                        seed=self.seed,
+                        policy=policy,
+                        stop=(
+                            lambda estimate: (
+                                f"λ̂ = {estimate:.4g} climbed past {self.max_fraction:.0%} of the gap "
+                                f"({limit:.4g})"
+                                if estimate > limit
+                                else None
+                            )
                         )
+                        if telling
+                        else None,
                     )
-                    if telling
-                    else None,
+                    if not (run.divergence_step >= 0).any():
+                        break
+                    # a step problem, not a verdict on γ: the pilot sized the step at w*, and the chains
+                    # reached stiffer places
+                    retries.append(f"chains diverged at step size {step:.3g}")
+                    step /= 10
+                else:
+                    raise ChainDivergenceError("; ".join(retries))
+            except ChainDivergenceError as exc:
+                trials.append(
+                    LocalizationTrial(
+                        **common,
+                        passed=False,
+                        gap_fraction=math.nan,
+                        llc=math.nan,
+                        step_size=math.nan,
+                        num_burnin=0,
+                        num_draws=0,
+                        converged=False,
+                        reason=f"chains diverged: {exc}",
+                    )
                 )
-                if not (run.divergence_step >= 0).any():
-                    break
-                # a step problem, not a verdict on γ: the pilot sized the step at w*, and the chains
-                # reached stiffer places
-                retries.append(f"chains diverged at step size {step:.3g}")
-                step /= 10
-            else:
-                raise ChainDivergenceError("; ".join(retries))
-        except ChainDivergenceError as exc:
-            trials.append(
-                LocalizationTrial(
-                    **common,
-                    passed=False,
-                    gap_fraction=math.nan,
-                    llc=math.nan,
-                    step_size=math.nan,
-                    num_burnin=0,
-                    num_draws=0,
-                    converged=False,
-                    reason=f"chains diverged: {exc}",
-                )
-            )
-            return False
-    estimate = report.segment_estimates[-1]
-    fraction = estimate / nb / gap if telling else math.nan
-    draws = report.segment_steps[-1]
-    passed = not telling or (math.isfinite(fraction) and fraction <= t.max_fraction)
-    reason = (
-        report.reason
-        if telling
-        else f"the gap L(0) - L(w*) = {gap:.3g} is too small to tell; " + report.reason
-    )
-    if retries:
-        reason = "; ".join(retries) + f", retried at a tenth each time; {reason}"
-    trials.append(
-        LocalizationTrial(
-            **common,
-            passed=passed,
-            gap_fraction=fraction,
-            llc=estimate,
-            step_size=report.step_size,
-            num_burnin=sum(report.segment_steps) - draws,
-            num_draws=draws,
-            converged=report.converged,
-            reason=reason,
+                return False
+        estimate = report.segment_estimates[-1]
+        fraction = estimate / nb / gap if telling else math.nan
+        draws = report.segment_steps[-1]
+        passed = not telling or (math.isfinite(fraction) and fraction <= self.max_fraction)
+        reason = (
+            report.reason
+            if telling
+            else f"the gap L(0) - L(w*) = {gap:.3g} is too small to tell; " + report.reason
         )
-    )
-    return passed
+        if retries:
+            reason = "; ".join(retries) + f", retried at a tenth each time; {reason}"
+        trials.append(
+            LocalizationTrial(
+                **common,
+                passed=passed,
+                gap_fraction=fraction,
+                llc=estimate,
+                step_size=report.step_size,
+                num_burnin=sum(report.segment_steps) - draws,
+                num_draws=draws,
+                converged=report.converged,
+                reason=reason,
+            )
+        )
+        return passed

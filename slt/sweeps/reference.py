@@ -95,7 +95,7 @@ def choose_sweep_settings(
     llc_settings : dict
         The LLC settings the user gave; those among :data:`CHOSEN_SETTINGS` are kept, not chosen.
     seed : int
-        The sweep's seed (the trials use the last checkpoint's LLC seed).
+        The sweep's seed (the trials use the LLC seed of the last probe checkpoint).
 
     Returns
     -------

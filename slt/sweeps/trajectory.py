@@ -173,17 +173,24 @@ def analyze_checkpoints(
     ids = [c.identity(identity) for c in records]
     result_store, owns_store = _open_store(store)
     try:
-        chosen: dict[str, Any] = {}
-        if reference == "auto" and "llc" in spec.names:
-            request = {
-                **spec.description(),
+        # the code's identity does not change with the numbers a reference choice adds: computed once
+        code = code_identity({"model_factory": model_factory, **spec.code_to_hash()})
+
+        def run_settings(measured: MeasureSpec) -> dict[str, Any]:
+            described = {
+                **measured.description(),
                 "seed": seed,
                 "model_factory": describe(model_factory),
-                "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
                 "state_dict_key": state_dict_key,
-                "state_dict_prefix": state_dict_prefix,
-                "checkpoints": ids,
+                "code": code,
             }
+            if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
+                described["state_dict_prefix"] = state_dict_prefix
+            return described
+
+        chosen: dict[str, Any] = {}
+        if reference == "auto" and "llc" in spec.names:
+            request = {**run_settings(spec), "checkpoints": ids}
             load = loader(
                 model_factory,
                 allow_pickle=allow_pickle,
@@ -208,15 +215,7 @@ def analyze_checkpoints(
             state_dict_key=state_dict_key,
             state_dict_prefix=state_dict_prefix,
         )
-        settings = {
-            **spec.description(),
-            "seed": seed,
-            "model_factory": describe(model_factory),
-            "state_dict_key": state_dict_key,
-            "code": code_identity({"model_factory": model_factory, **spec.code_to_hash()}),
-        }
-        if state_dict_prefix:  # absent otherwise, so that stores written before it keep their hash
-            settings["state_dict_prefix"] = state_dict_prefix
+        settings = run_settings(spec)
         if chosen:
             settings["reference"] = chosen
         key = result_store.register_run(settings)
