@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with slt.samplers.register_kernel",
     )
     sampling.add_argument("--device", default=None, help="torch device (default: cpu)")
+    sampling.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the loss and its gradient through torch.compile, one compiled function reused by every "
+        "checkpoint (seconds to compile once; pays on sweeps of small models, see slt.estimate_llc)",
+    )
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument(
         "--allow-pickle",
@@ -285,6 +291,8 @@ def _analyze(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in settings.items() if v is not None}
     if args.device:
         settings["device"] = args.device
+    if args.compile:
+        settings["compile"] = True
     if "llc" not in measures:
         settings = {k: v for k, v in settings.items() if k == "device"}
     if args.workers < 1:

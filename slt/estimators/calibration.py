@@ -122,6 +122,8 @@ class CalibrationResult(JSONResult):
         for key in ("sampler", "sampler_options", "batch_size"):
             if self.settings.get(key) is not None:
                 kwargs[key] = self.settings[key]
+        if self.settings.get("compile", "off") != "off":  # compilation was asked for: keep it on
+            kwargs["compile"] = True
         return kwargs
 
     def plot(self, ax=None):
@@ -179,6 +181,7 @@ def calibrate(
     seed: int = 0,
     device: torch.device | str | None = None,
     chain_mode: str = "auto",
+    compile: bool = False,
     progress: bool = True,
 ) -> CalibrationResult:
     r"""Recommend a step size, chain lengths (and a localization) by running chains and measuring.
@@ -225,8 +228,10 @@ def calibrate(
 
     Parameters
     ----------
-    model, data, loss_fn, n_beta, batch_size, sampler, sampler_options, mask, seed, device, chain_mode
+    model, data, loss_fn, n_beta, batch_size, sampler, sampler_options, mask, seed, device
         As in :func:`slt.estimate_llc`.
+    chain_mode, compile
+        As in :func:`slt.estimate_llc`; :meth:`CalibrationResult.estimate_kwargs` keeps ``compile`` on.
     step_sizes : sequence of float, optional
         Steps to try. Default: a halving ladder of five steps from four times the reference step down to
         a quarter of it.
@@ -298,7 +303,7 @@ def calibrate(
     lengths: dict[float, _Lengths] = {}
     skipped: list[str] = []
     with prepared_sampler(
-        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
     ) as posterior:
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
         if step_sizes is None:
@@ -458,6 +463,7 @@ def calibrate(
             simulated_time={f"{loc:g}": lengths[loc].simulated_time for loc in lengths},
             max_steps=max_steps,
             max_seconds=max_seconds,
+            compile="off" if posterior.compiled is None else posterior.compiled.status,
             seconds=time.perf_counter() - started,
         ),
         lengths,

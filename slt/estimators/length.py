@@ -346,5 +346,6 @@ def run_until_converged(
         seconds=seconds,
         final_positions=run.final_positions,
         final_states=run.final_states,
+        compile=run.compile,
     )
     return combined, report

@@ -183,7 +183,7 @@ def choose_localization(
         memorizing checkpoints need the strongest pull). Each is copied, never changed.
     data, loss_fn, n_beta, num_chains, batch_size, sampler, sampler_options, seed, device
         As for :func:`slt.estimate_llc`; ``sampler_settings`` takes its ``mask``, ``n``, ``n_unit``,
-        ``eval_samples`` and ``model_mode``.
+        ``eval_samples``, ``model_mode`` and ``compile``.
     candidates : sequence of float
         The γ to try, in increasing order.
     max_gap_fraction : float

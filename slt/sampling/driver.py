@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
+from slt.sampling.compiled import CompiledGradient, CompileFailed
 from slt.sampling.counting import UnitCounter, check_n, resolve_n_unit
 from slt.sampling.data import (
     DEFAULT_EVAL_SAMPLES,
@@ -85,6 +86,9 @@ class ChainRun:
         ``"sequential"`` or ``"vectorized"``: how the chains actually ran.
     seconds : float
         Wall time of the chains.
+    compile : str
+        ``"off"``, ``"compiled"`` (the gradient ran through ``torch.compile``), or ``"eager: <reason>"``
+        when compilation was asked for and not used (see :mod:`slt.sampling.compiled`).
     final_positions : Tensor
         Flat positions of the chains after their last step, shape ``(chains, d)``.
     final_states : list
@@ -102,6 +106,7 @@ class ChainRun:
     seconds: float
     final_positions: Tensor = field(repr=False)
     final_states: list[Any] = field(default_factory=list, repr=False)
+    compile: str = "off"
 
     @property
     def diverged(self) -> np.ndarray:
@@ -140,6 +145,11 @@ class PosteriorSampler:
         For streams: how many samples the evaluation of :math:`L_n(w^*)` reads (finite data is read whole).
     model_mode : {"eval", "train"}
         The mode of the working copy while sampling (see :class:`~slt.sampling.flat.FlatModel`).
+    compile : bool
+        Run the loss and its gradient through ``torch.compile`` (see :mod:`slt.sampling.compiled`): one
+        compiled function per architecture, shared by every chain and run of this sampler and by other
+        samplers of the same architecture; checked against the eager pass at its first call, and eager
+        (with the reason in :attr:`ChainRun.compile`) wherever it fails.
 
     Attributes
     ----------
@@ -181,6 +191,7 @@ class PosteriorSampler:
         n_unit: str = "auto",
         eval_samples: int = DEFAULT_EVAL_SAMPLES,
         model_mode: str = "eval",
+        compile: bool = False,
     ):
         self.loss_fn = resolve_loss(loss_fn)
         check_not_pruned(model)
@@ -205,6 +216,7 @@ class PosteriorSampler:
                 f"evaluated on the stream's first eval_samples={eval_samples} samples"
             )
         self._counter = UnitCounter(n_unit, model)
+        self.compiled = CompiledGradient(self.flat_model) if compile else None
         self.batching_rules_missing = False
         self._reference_tables: dict[int, _ReferenceLosses] = {}
         self._observable_shapes: dict[str, tuple[Observable, tuple[int, ...]]] = {}
@@ -416,30 +428,72 @@ class PosteriorSampler:
         done = bar.n if bar is not None else 0
         start = time.perf_counter()
         record = None
+        strict = chain_mode != "auto"
+
+        def rewind() -> None:
+            if bar is not None:
+                bar.n = done
+                bar.refresh()
+
         try:
             if mode == "vectorized":
                 try:
-                    record = self._run_vectorized(
-                        kernel, target, plan, seeds[-1], bar, initial_states, strict=chain_mode != "auto"
+                    record = self._with_compiled(
+                        lambda gradient: self._run_vectorized(
+                            kernel,
+                            target,
+                            plan,
+                            seeds[-1],
+                            bar,
+                            initial_states,
+                            strict,
+                            gradient,
+                        ),
+                        vectorized=True,
+                        rewind=rewind,
                     )
                 except Exception:
-                    if chain_mode != "auto":
+                    if strict:
                         raise
                     mode = "sequential"
-                    if bar is not None:
-                        bar.n = done
-                        bar.refresh()
+                    rewind()
             if record is None:
-                record = self._run_sequential(kernel, target, plan, seeds[:num_chains], bar, initial_states)
+                record = self._with_compiled(
+                    lambda gradient: self._run_sequential(
+                        kernel, target, plan, seeds[:num_chains], bar, initial_states, gradient
+                    ),
+                    vectorized=False,
+                    rewind=rewind,
+                )
         finally:
             if bar is not None and not shared_bar:
                 bar.close()
             fm.load(fm.center)
-        return record.finish(plan, mode, time.perf_counter() - start)
+        compiled = "off" if self.compiled is None else self.compiled.status
+        return record.finish(plan, mode, time.perf_counter() - start, compiled)
+
+    def _with_compiled(self, run: Callable[[Any], _Record], vectorized: bool, rewind: Callable[[], None]):
+        """``run(gradient)`` with the compiled gradient when there is one, eagerly (``None``) otherwise.
+
+        A compiled function that fails or disagrees with the eager pass at its first call raises
+        :class:`~slt.sampling.compiled.CompileFailed` before any state is kept; the chains then rerun eagerly.
+        """
+        gradient = None
+        if self.compiled is not None:
+            gradient = self.compiled.vectorized() if vectorized else self.compiled.sequential()
+        if gradient is None:
+            return run(None)
+        try:
+            return run(gradient)
+        except CompileFailed:
+            rewind()
+            return run(None)
 
     # -- the two back ends -------------------------------------------------------------------
 
-    def _run_sequential(self, kernel: BoundKernel, target, plan, seeds, bar, initial_states) -> _Record:
+    def _run_sequential(
+        self, kernel: BoundKernel, target, plan, seeds, bar, initial_states, gradient=None
+    ) -> _Record:
         fm = self.flat_model
         record = _Record(plan, fm.state_dtype, self.device)
         for c in range(plan.num_chains):
@@ -453,9 +507,12 @@ class PosteriorSampler:
             references: list[Tensor] = []
             checked = 0
             for t in range(plan.total):
-                fm.load(state.position)
                 batch = next_batch()
-                loss, grad = fm.loss_and_grad(batch)
+                if gradient is None:
+                    fm.load(state.position)
+                    loss, grad = fm.loss_and_grad(batch)
+                else:
+                    grad, loss = gradient(state.position, batch)
                 if t == 0:
                     check_scalar(loss)
                 if next_batch.weight != 1.0:  # batches of unequal size (see slt.sampling.data.Partition)
@@ -465,6 +522,8 @@ class PosteriorSampler:
                 if draw is not None:
                     if plan.record_grad_norm:
                         record.grad_sq[c, draw] = kernel.gradient_energy(state, grad)
+                    if gradient is not None and plan.observables:
+                        fm.load(state.position)
                     for name, fn in plan.observables.items():
                         with torch.no_grad():
                             record.observe(name, c, fn(fm.module))
@@ -492,7 +551,7 @@ class PosteriorSampler:
         return record
 
     def _run_vectorized(
-        self, kernel: BoundKernel, target, plan, seed, bar, initial_states, strict: bool = True
+        self, kernel: BoundKernel, target, plan, seed, bar, initial_states, strict: bool = True, gradient=None
     ) -> _Record:
         fm = self.flat_model
         assert isinstance(self.data, TensorData)
@@ -500,7 +559,7 @@ class PosteriorSampler:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         next_batch = self.data.stacked_stream(generator, self.batch_size, plan.num_chains)
         reference = self._references(next_batch)
-        grad_and_loss = torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
+        grad_and_loss = gradient or torch.func.vmap(torch.func.grad_and_value(fm.functional_loss()))
         if initial_states is None:
             state = kernel.init(fm.center.expand(plan.num_chains, fm.dim))
         else:
@@ -513,7 +572,7 @@ class PosteriorSampler:
         num_references = 0
         for t in range(plan.total):
             batch = next_batch()
-            if t == 0:
+            if t == 0 and gradient is None:
                 (grad, loss), missing = quiet_vmap_call(grad_and_loss, state.position, batch)
                 if missing:
                     self.batching_rules_missing = True
@@ -690,7 +749,7 @@ class _Record:
         if references is not None and references.shape[1] and self.reference is not None:
             self.reference[chains, first : first + references.shape[1]] = references
 
-    def finish(self, plan: _Plan, mode: str, seconds: float) -> ChainRun:
+    def finish(self, plan: _Plan, mode: str, seconds: float, compile: str = "off") -> ChainRun:
         burnin = self.burnin.cpu().double().numpy()
         draws = self.draws.cpu().double().numpy()
         grad_sq = self.grad_sq.cpu().double().numpy()
@@ -716,6 +775,7 @@ class _Record:
             seconds=seconds,
             final_positions=torch.stack(self.finals) if self.finals else torch.empty(0),
             final_states=self.states,
+            compile=compile,
         )
 
 

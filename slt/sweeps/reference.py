@@ -64,6 +64,7 @@ _PASSED = (
     "n_unit",
     "eval_samples",
     "model_mode",
+    "compile",
 )
 
 

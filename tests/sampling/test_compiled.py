@@ -1,0 +1,117 @@
+"""Compiled gradients: eager chains' numbers, one compiled function per architecture, a clean fallback."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slt
+from slt.sampling import PosteriorSampler
+from slt.sampling import compiled as compiled_module
+
+RUN = dict(n_beta=50.0, localization=10.0, step_size=1e-3, num_chains=2, num_draws=60, num_burnin=20, seed=3)
+
+
+def net(seed: int) -> nn.Module:
+    """A small regression network with a batch-norm layer (its buffers must follow each checkpoint)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1))
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 3, generator=g)
+    return x, x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(96, 1, generator=g)
+
+
+def trained(seed: int, data) -> nn.Module:
+    """``net(seed)`` fitted to ``data`` (in eval mode: the batch-norm layer is a fixed affine map)."""
+    model = net(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(400):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(data[0]), data[1]).backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def test_compiled_chains_match_eager_ones_and_checkpoints_share_one_compiled_function(data):
+    compiled_module.clear_compiled_cache()
+    first, second = net(0), net(1)  # the same architecture, different weights and running statistics
+    eager_runs = [PosteriorSampler(m, data, "mse", batch_size=32).run(**RUN) for m in (first, second)]
+    compiled_runs = []
+    for model in (first, second):
+        sampler = PosteriorSampler(model, data, "mse", batch_size=32, compile=True)
+        compiled_runs.append(sampler.run(**RUN))
+        assert sampler.compiled is not None
+        assert sampler.compiled._entry is next(iter(compiled_module._CACHE.values()))
+    assert len(compiled_module._CACHE) == 1  # the second checkpoint reused the first one's function
+    for eager, compiled in zip(eager_runs, compiled_runs):
+        assert compiled.compile == "compiled" and eager.compile == "off"
+        # the same noise and batches: the traces differ only by floating-point reordering
+        np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
+    # and the second checkpoint ran on its own weights and buffers, not the template's
+    assert not np.allclose(compiled_runs[0].loss_trace, compiled_runs[1].loss_trace, rtol=1e-2)
+
+
+def test_vectorized_compiled_chains_match_eager_vectorized_ones(data):
+    model = net(2)
+    eager = PosteriorSampler(model, data, "mse", batch_size=32).run(**RUN, chain_mode="vectorized")
+    sampler = PosteriorSampler(model, data, "mse", batch_size=32, compile=True)
+    compiled = sampler.run(**RUN, chain_mode="vectorized")
+    assert compiled.chain_mode == "vectorized" and compiled.compile == "compiled"
+    np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
+
+
+def lying_loss(model, batch):
+    """A loss that is twice as large when traced by torch.compile: the check must catch it."""
+    x, y = batch
+    loss = ((model(x) - y) ** 2).mean()
+    return loss * 2 if torch.compiler.is_compiling() else loss
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
+def test_a_compiled_gradient_that_disagrees_falls_back_to_eager_and_says_why(data):
+    model = trained(3, data)
+    eager = slt.estimate_llc(
+        model, data, loss_fn=lying_loss, step_size=1e-3, num_draws=50, num_chains=2, progress=False
+    )
+    result = slt.estimate_llc(
+        model,
+        data,
+        loss_fn=lying_loss,
+        step_size=1e-3,
+        num_draws=50,
+        num_chains=2,
+        progress=False,
+        compile=True,
+    )
+    assert result.settings.compile.startswith("eager: the compiled gradient disagrees")
+    assert result.mean == eager.mean  # the chains reran eagerly, from the start
+    assert eager.settings.compile == "off"
+
+
+def test_train_mode_is_not_compiled_and_says_why(data):
+    sampler = PosteriorSampler(net(4), data, "mse", batch_size=32, model_mode="train", compile=True)
+    run = sampler.run(**RUN)
+    assert run.compile.startswith("eager: model_mode='train'")
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
+def test_estimate_llc_with_compile_leaves_the_model_and_global_rng_untouched(data):
+    model = trained(5, data).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch_state = torch.get_rng_state()
+    result = slt.estimate_llc(
+        model, data, loss_fn="mse", step_size=1e-3, num_draws=40, num_chains=2, progress=False, compile=True
+    )
+    assert result.settings.compile == "compiled"
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert all(p.grad is None for p in model.parameters())
