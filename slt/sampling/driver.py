@@ -327,8 +327,9 @@ class PosteriorSampler:
     def choose_mode(self, chain_mode: str, num_chains: int) -> str:
         """Resolve ``chain_mode="auto"``: vectorize small models on in-memory data.
 
-        On CPU, one ``vmap`` call over all chains beats a Python loop only while per-step work is tiny
-        (measured in ``benchmarks/``); on CUDA, vectorizing keeps the device busy and wins widely.
+        On CPU, one eager ``vmap`` call over all chains beats a Python loop only while per-step work is
+        tiny; compiled, it wins from 2 chains up to a few million parameters times batch size (measured in
+        ``benchmarks/``); on CUDA, vectorizing keeps the device busy and wins widely.
         """
         if chain_mode not in CHAIN_MODES:
             raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}")
@@ -354,6 +355,8 @@ class PosteriorSampler:
         if self.device.type == "cuda":
             return "vectorized" if self.flat_model.dim * num_chains <= VECTORIZE_CUDA_PARAMS else "sequential"
         work = self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
+        if self.compiled is not None and self.compiled.reason is None:
+            return "vectorized" if work <= VECTORIZE_COMPILED_CPU_MAX_WORK else "sequential"
         if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
             return "vectorized"
         return "sequential"
@@ -435,59 +438,41 @@ class PosteriorSampler:
                 bar.n = done
                 bar.refresh()
 
+        def gradient(vectorized: bool) -> Any:
+            if self.compiled is None:
+                return None
+            return self.compiled.vectorized() if vectorized else self.compiled.sequential()
+
         try:
-            if mode == "vectorized":
+            while record is None:
                 try:
-                    record = self._with_compiled(
-                        lambda gradient: self._run_vectorized(
-                            kernel,
-                            target,
-                            plan,
-                            seeds[-1],
-                            bar,
-                            initial_states,
-                            strict,
-                            gradient,
-                        ),
-                        vectorized=True,
-                        rewind=rewind,
-                    )
-                except Exception:
-                    if strict:
-                        raise
-                    mode = "sequential"
+                    if mode == "vectorized":
+                        try:
+                            record = self._run_vectorized(
+                                kernel, target, plan, seeds[-1], bar, initial_states, strict, gradient(True)
+                            )
+                        except CompileFailed:
+                            raise
+                        except Exception:
+                            if strict:
+                                raise
+                            mode = "sequential"
+                            rewind()
+                    if record is None:
+                        record = self._run_sequential(
+                            kernel, target, plan, seeds[:num_chains], bar, initial_states, gradient(False)
+                        )
+                except CompileFailed:
+                    # the compiled function failed or disagreed at its first call, before any state was
+                    # kept: rerun eagerly, in the mode an eager run would choose
                     rewind()
-            if record is None:
-                record = self._with_compiled(
-                    lambda gradient: self._run_sequential(
-                        kernel, target, plan, seeds[:num_chains], bar, initial_states, gradient
-                    ),
-                    vectorized=False,
-                    rewind=rewind,
-                )
+                    mode = self.choose_mode(chain_mode, num_chains)
         finally:
             if bar is not None and not shared_bar:
                 bar.close()
             fm.load(fm.center)
         compiled = "off" if self.compiled is None else self.compiled.status
         return record.finish(plan, mode, time.perf_counter() - start, compiled)
-
-    def _with_compiled(self, run: Callable[[Any], _Record], vectorized: bool, rewind: Callable[[], None]):
-        """``run(gradient)`` with the compiled gradient when there is one, eagerly (``None``) otherwise.
-
-        A compiled function that fails or disagrees with the eager pass at its first call raises
-        :class:`~slt.sampling.compiled.CompileFailed` before any state is kept; the chains then rerun eagerly.
-        """
-        gradient = None
-        if self.compiled is not None:
-            gradient = self.compiled.vectorized() if vectorized else self.compiled.sequential()
-        if gradient is None:
-            return run(None)
-        try:
-            return run(gradient)
-        except CompileFailed:
-            rewind()
-            return run(None)
 
     # -- the two back ends -------------------------------------------------------------------
 
@@ -801,6 +786,10 @@ def stack_states(states: Sequence[Any]) -> Any:
 #: 10k-parameter MLP with batch 256; slower at 4 chains). See ``benchmarks/``.
 VECTORIZE_CPU_MIN_CHAINS = 8
 VECTORIZE_CPU_MAX_WORK = 10_000_000  # parameters times batch size
+#: Compiled, ``vmap`` over 4 chains costs 0.28x (a 100-parameter network) and 0.38x (a 10k-parameter MLP,
+#: batch 256: work 2.6M) of the compiled chains one after another, and 1.08x on a 110k-parameter
+#: transformer at batch 32 (work 3.5M); see ``benchmarks/results/compile.md``.
+VECTORIZE_COMPILED_CPU_MAX_WORK = 3_000_000
 #: On CUDA, vectorize unless the stacked parameters of all chains get large.
 VECTORIZE_CUDA_PARAMS = 50_000_000
 
