@@ -464,6 +464,12 @@ def main() -> None:
         help="the stored study's hand-set LLC settings (HAND_SET_LLC) and 86 checkpoints, instead of the "
         "settings slt chooses and 47 checkpoints",
     )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="run the LLC's chains eagerly; by default they run compiled (compile=True: on one core about "
+        "0.67x the seconds per checkpoint, warm-up included; benchmarks/results/compile.md)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -484,7 +490,7 @@ def main() -> None:
                     folder, seed=seed, weight_decay=wd, steps=checkpoint_steps(args.steps, **spacing)
                 )
             if not (args.reuse and len(record.llc) == len(record.steps)):
-                llc_curve(record, **(HAND_SET_LLC if args.hand_set else {}))
+                llc_curve(record, **(HAND_SET_LLC if args.hand_set else {}), compile=not args.no_compile)
             events = detect(record)
             record.save()
             check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)
