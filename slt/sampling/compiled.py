@@ -104,9 +104,8 @@ class CompiledGradient:
 
         def gradient(position: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
             nonlocal checked
-            if checked:
-                with _torch_internal_warnings_quiet():  # a new batch shape recompiles
-                    return compiled(position, others, batch)
+            if checked:  # TorchInductor is imported by now: a recompilation (a new batch shape) is quiet
+                return compiled(position, others, batch)
             try:
                 with _torch_internal_warnings_quiet():
                     grad, loss = compiled(position, others, batch)
