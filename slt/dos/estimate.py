@@ -67,6 +67,7 @@ def estimate_dos(
     seed: int = 0,
     device: torch.device | str | None = None,
     chain_mode: str = "auto",
+    compile: bool = False,
     progress: bool = True,
 ) -> DOSResult:
     r"""Estimate the density of states of the loss near ``model``'s weights, and read λ and m from it.
@@ -156,6 +157,10 @@ def estimate_dos(
         Where to sample; default the model's device.
     chain_mode : {"auto", "sequential", "vectorized"}
         Batch the chains with ``torch.func.vmap`` or loop over them.
+    compile : bool
+        Run the loss and its gradient through ``torch.compile``, as in :func:`slt.estimate_llc` (for
+        MALA, the full-data pass of every rung's chains at once; see :mod:`slt.sampling.compiled`).
+        ``settings.compile`` records whether it ran compiled, or why not.
     progress : bool
         Show progress bars.
 
@@ -194,7 +199,7 @@ def estimate_dos(
     if num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
     with prepared_sampler(
-        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed
+        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
     ) as posterior:
         if temperatures is None:
             ladder = default_temperatures(posterior.n, num_rungs)
@@ -288,6 +293,7 @@ def estimate_dos(
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
         device=str(posterior.device),
+        compile="off" if posterior.compiled is None else posterior.compiled.status,
     )
     result = build_result(
         analysis,

@@ -25,7 +25,8 @@ class DOSSettings(ChainSettings):
 
     Besides :class:`~slt.results.settings.ChainSettings`: how the ladder of inverse temperatures was
     chosen and its reference rung, whether :math:`t` used exact full-data losses, replica swaps and
-    step adaptation (MALA), and the binning and fit of the analysis.
+    step adaptation (MALA), the binning and fit of the analysis, and ``compile`` (``"off"``,
+    ``"compiled"`` or ``"eager: <reason>"``).
     """
 
     temperatures_source: str
@@ -37,6 +38,7 @@ class DOSSettings(ChainSettings):
     fit_form: str
     min_count: int
     num_bootstrap: int
+    compile: str = "off"
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slt.sampling.compiled import CompileFailed
 from slt.sampling.data import TensorData, batch_length
 from slt.sampling.driver import PosteriorSampler
 from slt.sampling.vmap import quiet_vmap_call
@@ -22,7 +23,8 @@ class FullLoss:
     Uses ``torch.func.vmap`` over positions for in-memory data (``mode="vectorized"``; in eval mode
     only, see :class:`~slt.sampling.flat.FlatModel`), otherwise loads
     positions one by one into the working copy (``mode="sequential"``). Accumulates over the data in
-    chunks, so memory stays bounded for large data sets.
+    chunks, so memory stays bounded for large data sets. A sampler made with ``compile=True`` runs the
+    vectorized pass compiled (see :mod:`slt.sampling.compiled`), eagerly where that fails.
     """
 
     def __init__(self, posterior: PosteriorSampler, mode: str):
@@ -31,7 +33,16 @@ class FullLoss:
         fm = posterior.flat_model
         if mode == "vectorized":
             loss_at = fm.functional_loss()
-            self._grad_and_value = torch.func.vmap(torch.func.grad_and_value(loss_at), in_dims=(0, None))
+            self._eager = torch.func.vmap(torch.func.grad_and_value(loss_at), in_dims=(0, None))
+            compiled = posterior.compiled.shared() if posterior.compiled is not None else None
+            self._grad_and_value = compiled or self._eager
+
+    def _gradient(self, positions: Tensor, batch) -> tuple[Tensor, Tensor]:
+        try:
+            return self._grad_and_value(positions, batch)
+        except CompileFailed:  # the compiled pass failed or disagreed at its first call
+            self._grad_and_value = self._eager
+            return self._eager(positions, batch)
 
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Mean loss over the full data, shape ``(rows,)``, and its gradient, shape ``(rows, d)``."""
@@ -41,7 +52,7 @@ class FullLoss:
             count = 0
             for batch in self.posterior.data.full_batches():
                 size = batch_length(batch)
-                grad, loss = self._grad_and_value(positions, batch)
+                grad, loss = self._gradient(positions, batch)
                 total_loss += size * loss.detach()
                 total_grad += size * grad.detach()
                 count += size
