@@ -13,7 +13,8 @@ Part 2, a sweep. The grokking example's model trained by the example's ``train``
 and the lengths once, at probe checkpoints), with and without ``compile=True``, each in a fresh store:
 seconds per checkpoint (the choice included) and the largest difference of λ̂ in standard errors.
 
-    python benchmarks/bench_compile.py   # about 10 min on one core; results/compile.{json,md}
+    python benchmarks/bench_compile.py                 # about 15 min on one core; results/compile.{json,md}
+    python benchmarks/bench_compile.py --device cuda   # the same on a GPU: results/compile_cuda.{json,md}
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from benchmarks.common import (
     next_token_loss,
     num_params,
     regression_problem,
+    synchronize,
     token_problem,
     write_json,
 )
@@ -67,8 +69,12 @@ def problems() -> list[tuple[str, nn.Module, object, object, int]]:
     ]
 
 
+DEVICE = "cpu"
+
+
 def seconds(model, data, loss, batch, compile: bool, mode: str, steps: int) -> tuple[float, str]:
-    sampler = PosteriorSampler(model, data, loss, batch_size=batch, compile=compile)
+    sampler = PosteriorSampler(model, data, loss, batch_size=batch, compile=compile, device=DEVICE)
+    synchronize(DEVICE)
     start = time.perf_counter()
     run = sampler.run(
         n_beta=100.0,
@@ -79,6 +85,7 @@ def seconds(model, data, loss, batch, compile: bool, mode: str, steps: int) -> t
         chain_mode=mode,
         seed=1,
     )
+    synchronize(DEVICE)
     return time.perf_counter() - start, run.compile
 
 
@@ -132,6 +139,7 @@ def sweep(folder: Path) -> dict:
                 store=folder / f"compile_{compile}.sqlite",
                 progress=False,
                 compile=compile,
+                device=DEVICE,
             )
         elapsed = time.perf_counter() - start
         key = "compiled" if compile else "eager"
@@ -153,7 +161,7 @@ def sweep(folder: Path) -> dict:
 
 def markdown(payload: dict) -> str:
     lines = [
-        "# Compiled against eager chains (`compile=True`), one CPU core",
+        f"# Compiled against eager chains (`compile=True`), {payload['meta']['device']}, one torch thread",
         "",
         f"torch {payload['meta']['torch']}, {CHAINS} chains; µs per chain-step (median of "
         f"{payload['repeats']} alternating repeats); warm-up: the first compiled run's extra seconds.",
@@ -196,15 +204,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--device", default="cpu", help="torch device (cuda for the GPU table)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    global DEVICE
+    DEVICE = args.device
     rows = per_step(args.repeats, args.steps)
-    payload = {"meta": environment("cpu"), "repeats": args.repeats, "per_step": rows}
+    payload = {"meta": environment(DEVICE), "repeats": args.repeats, "per_step": rows}
     if not args.no_sweep:
         with tempfile.TemporaryDirectory() as tmp:
             payload["sweep"] = sweep(Path(tmp))
-    write_json("compile.json", payload)
-    (RESULTS / "compile.md").write_text(markdown(payload))
+    name = "compile" if DEVICE == "cpu" else f"compile_{DEVICE.split(':')[0]}"
+    write_json(f"{name}.json", payload)
+    (RESULTS / f"{name}.md").write_text(markdown(payload))
     print(markdown(payload))
 
 
