@@ -786,9 +786,9 @@ def stack_states(states: Sequence[Any]) -> Any:
 #: 10k-parameter MLP with batch 256; slower at 4 chains). See ``benchmarks/``.
 VECTORIZE_CPU_MIN_CHAINS = 8
 VECTORIZE_CPU_MAX_WORK = 10_000_000  # parameters times batch size
-#: Compiled, ``vmap`` over 4 chains costs 0.35x (a 100-parameter network) and 0.64x (a 10k-parameter MLP,
-#: batch 256: work 2.6M) of the compiled chains one after another, and 1.04x on a 110k-parameter
-#: transformer at batch 32 (work 3.5M); see ``benchmarks/results/compile.md``.
+#: Compiled, ``vmap`` over 4 chains costs 0.35-0.60x (a 100-parameter network) and 0.64-0.98x (a
+#: 10k-parameter MLP, batch 256: work 2.6M) of the compiled chains one after another, and 1.04-1.11x on a
+#: 110k-parameter transformer at batch 32 (work 3.5M), in two runs of ``benchmarks/bench_compile.py``.
 VECTORIZE_COMPILED_CPU_MAX_WORK = 3_000_000
 #: On CUDA, vectorize unless the stacked parameters of all chains get large.
 VECTORIZE_CUDA_PARAMS = 50_000_000
