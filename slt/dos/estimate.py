@@ -293,7 +293,7 @@ def estimate_dos(
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
         device=str(posterior.device),
-        compile="off" if posterior.compiled is None else posterior.compiled.status,
+        compile=posterior.compile_status,
     )
     result = build_result(
         analysis,

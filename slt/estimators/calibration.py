@@ -463,7 +463,7 @@ def calibrate(
             simulated_time={f"{loc:g}": lengths[loc].simulated_time for loc in lengths},
             max_steps=max_steps,
             max_seconds=max_seconds,
-            compile="off" if posterior.compiled is None else posterior.compiled.status,
+            compile=posterior.compile_status,
             seconds=time.perf_counter() - started,
         ),
         lengths,

@@ -228,6 +228,11 @@ class PosteriorSampler:
         self.batch_size = batch_size
 
     @property
+    def compile_status(self) -> str:
+        """``"off"`` (not asked for), ``"compiled"``, ``"eager: <reason>"`` or ``"not yet run"``."""
+        return "off" if self.compiled is None else self.compiled.status
+
+    @property
     def num_params(self) -> int:
         """Number of sampled coordinates (after masking)."""
         return self.flat_model.num_sampled
@@ -471,8 +476,7 @@ class PosteriorSampler:
             if bar is not None and not shared_bar:
                 bar.close()
             fm.load(fm.center)
-        compiled = "off" if self.compiled is None else self.compiled.status
-        return record.finish(plan, mode, time.perf_counter() - start, compiled)
+        return record.finish(plan, mode, time.perf_counter() - start, self.compile_status)
 
     # -- the two back ends -------------------------------------------------------------------
 

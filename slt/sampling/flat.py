@@ -239,16 +239,23 @@ class FlatModel:
             return loss.detach().to(self.state_dtype), self.grad.to(self.state_dtype)
         return loss.detach(), self.grad
 
-    def functional_loss(self) -> Any:
-        """A function ``f(position, batch) -> loss`` of a flat position, for ``torch.func`` transforms."""
-        names, shapes, numels = self.names, self.shapes, self.numels
-        wrapper = _LossModule(self.module, self.loss_fn)
+    def functional_loss(self, module: nn.Module | None = None) -> Any:
+        """A function ``f(position, batch, others=None) -> loss`` of a flat position, for ``torch.func``.
+
+        It runs ``module`` (default :attr:`module`) with the sampled weights taken from ``position``;
+        ``others`` (names prefixed ``"model."``) replaces its other parameters and buffers, so that one
+        template model can stand for any model of its architecture (see :mod:`slt.sampling.compiled`).
+        """
+        names, shapes, numels = list(self.names), list(self.shapes), list(self.numels)
+        wrapper = _LossModule(self.module if module is None else module, self.loss_fn)
 
         dtype = self.flat.dtype
 
-        def loss_at(position: Tensor, batch: Any) -> Tensor:
+        def loss_at(position: Tensor, batch: Any, others: dict[str, Tensor] | None = None) -> Tensor:
             pieces = torch.split(position.to(dtype), numels)
             params = {"model." + n: v.view(s) for n, v, s in zip(names, pieces, shapes)}
+            if others:
+                params.update(others)
             return torch.func.functional_call(wrapper, params, (batch,)).reshape(()).to(position.dtype)
 
         return loss_at
