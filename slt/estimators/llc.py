@@ -753,7 +753,7 @@ def estimate_llc(
     compile : bool
         Run the loss and its gradient through ``torch.compile`` (see :mod:`slt.sampling.compiled`). It
         costs seconds of compilation once per architecture and process (tens of seconds for the first),
-        then runs each step in 0.2-0.8x the eager time on small networks (``benchmarks/bench_compile.py``):
+        then runs each step in 0.2-0.9x the eager time on small networks (``benchmarks/bench_compile.py``):
         worth it for long runs and sweeps, which reuse the compiled function across checkpoints. The
         compiled gradient is checked against the eager one at its first call; where compilation fails or
         disagrees, the chains run eagerly and ``settings.compile`` says why.

@@ -2,10 +2,11 @@
 
 A chain step spends most of its time in the forward and backward pass. Eagerly, each runs op by op
 through the autograd engine; compiled (TorchInductor), the pass is fused into generated code. Measured on
-one CPU core (``benchmarks/bench_compile.py``): 0.4-0.8x the eager time per step on small networks,
-no gain on a 10k-parameter MLP whose step is one matrix product, and a warm-up of seconds (tens of seconds
-for the first compilation of a process). So compilation is opt-in (``compile=True``), and pays on long
-runs and on sweeps, which reuse one compiled function across checkpoints.
+one CPU core in two runs (``benchmarks/bench_compile.py``): 0.6-0.93x the eager time per chain-step one
+chain after another, 0.24-0.48x with the chains stacked on small models, and a warm-up of seconds per
+architecture (tens of seconds for the first compilation of a process). So compilation is opt-in
+(``compile=True``), and pays on long runs and on sweeps, which reuse one compiled function across
+checkpoints.
 
 Reuse. The compiled function takes the sampled weights, every other parameter and buffer, and the batch
 as inputs, and runs a *template* copy of the model through :func:`torch.func.functional_call`. Every
@@ -52,9 +53,9 @@ KINDS = ("sequential", "vectorized", "shared")
 class CompiledGradient:
     """The loss and its gradient at a flat position, through one compiled function shared by equal models.
 
-    Call :meth:`sequential` or :meth:`vectorized` to get ``f(position, batch) -> (grad, loss)`` (one chain:
-    position ``(d,)``; stacked chains: ``(chains, d)`` and a batch stacked per chain), or ``None`` when
-    compilation is off or failed; :attr:`reason` then says why.
+    Call :meth:`sequential`, :meth:`vectorized` or :meth:`shared` to get ``f(position, batch) -> (grad,
+    loss)`` (one chain: position ``(d,)``; stacked chains: ``(chains, d)`` and a batch stacked per chain;
+    many positions on one batch), or ``None`` when compilation failed; :attr:`reason` then says why.
 
     Attributes
     ----------
