@@ -220,8 +220,8 @@ def devinterp_llc(
     device: str = "cpu",
     num_init_loss_batches: int = 32,
 ) -> PeerEstimate:
-    """Run ``devinterp.slt.estimators.llc.llc`` on the given model and data (see the module docstring)."""
-    from devinterp.slt.estimators.llc import compute_llc
+    """Run ``devinterp.slt.llc.llc`` on the given model and data (see the module docstring)."""
+    from devinterp.slt.llc import compute_llc
     from devinterp.slt.sampling import sample
 
     device_data = tuple(t.to(device) for t in data)
