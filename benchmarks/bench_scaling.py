@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rule": {
             "VECTORIZE_CPU_MIN_CHAINS": driver.VECTORIZE_CPU_MIN_CHAINS,
             "VECTORIZE_CPU_MAX_WORK": driver.VECTORIZE_CPU_MAX_WORK,
-            "VECTORIZE_CUDA_PARAMS": driver.VECTORIZE_CUDA_PARAMS,
+            "VECTORIZE_CUDA_MIN_CHAINS": driver.VECTORIZE_CUDA_MIN_CHAINS,
+            "VECTORIZE_CUDA_MEMORY_SHARE": driver.VECTORIZE_CUDA_MEMORY_SHARE,
         },
     }
     if "parameters" not in args.skip:

@@ -32,6 +32,14 @@ Batch = Any
 
 #: Samples of a stream (an ``IterableDataset``) read to evaluate :math:`L_n(w^*)`, by default.
 DEFAULT_EVAL_SAMPLES = 1024
+#: In-memory data is evaluated (:math:`L_n(w)` over all of it, without gradients) in slices of at most
+#: ``EVAL_BATCHES_PER_SLICE`` minibatches and at most ``MAX_EVAL_ROWS`` rows. A forward pass without
+#: gradients keeps far less alive than the chains' steps with them, so the slice fits where the
+#: minibatch does. Measured on a 3.4M-parameter transformer (``benchmarks/results/gpu.md``): slices of
+#: 4,096 sequences of 64 tokens took 3.4 GiB, where a chain's step at batch 32 took under 0.2.
+EVAL_BATCHES_PER_SLICE = 8
+DEFAULT_BATCH_SIZE = 256  # as PosteriorSampler.DEFAULT_BATCH_SIZE
+MAX_EVAL_ROWS = 4096
 #: Data up to this size is copied in shuffled order once per epoch, then sliced without copies.
 SHUFFLED_COPY_BYTES = 256 * 2**20
 
@@ -592,12 +600,13 @@ def as_data_source(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(eval_samples, int) or isinstance(eval_samples, bool) or eval_samples < 1:
         raise ValueError(f"eval_samples must be a positive integer, got {eval_samples!r}")
+    rows = min(MAX_EVAL_ROWS, EVAL_BATCHES_PER_SLICE * (batch_size or DEFAULT_BATCH_SIZE))
     if isinstance(data, Tensor):
-        return TensorData((data,), device, partition_seed=partition_seed, dtype=dtype)
-    if isinstance(data, (tuple, list, Mapping)):
-        return TensorData(data, device, partition_seed=partition_seed, dtype=dtype)
+        data = (data,)
     if isinstance(data, TensorDataset):
-        return TensorData(data.tensors, device, partition_seed=partition_seed, dtype=dtype)
+        data = data.tensors
+    if isinstance(data, (tuple, list, Mapping)):
+        return TensorData(data, device, eval_batch_size=rows, partition_seed=partition_seed, dtype=dtype)
     if isinstance(data, (Dataset, DataLoader)):
         return LoaderData(data, device, batch_size, dtype=dtype, eval_samples=eval_samples)
     raise TypeError(

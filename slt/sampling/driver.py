@@ -334,7 +334,8 @@ class PosteriorSampler:
 
         On CPU, one eager ``vmap`` call over all chains beats a Python loop only while per-step work is
         tiny; compiled, it wins from 2 chains up to a few million parameters times batch size (measured in
-        ``benchmarks/``); on CUDA, vectorizing keeps the device busy and wins widely.
+        ``benchmarks/``); on CUDA it wins from 3 chains on (measured on an H200, ``benchmarks/bench_gpu.py``)
+        as long as the stacked chains' state fits in a share of the free device memory.
         """
         if chain_mode not in CHAIN_MODES:
             raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}")
@@ -358,13 +359,25 @@ class PosteriorSampler:
         if not self.data.partition(self.batch_size).equal:  # batches of unequal size cannot be stacked
             return "sequential"
         if self.device.type == "cuda":
-            return "vectorized" if self.flat_model.dim * num_chains <= VECTORIZE_CUDA_PARAMS else "sequential"
+            fits = num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
+            return "vectorized" if fits else "sequential"
         work = self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
         if self.compiled is not None and self.compiled.reason is None:
             return "vectorized" if work <= VECTORIZE_COMPILED_CPU_MAX_WORK else "sequential"
         if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
             return "vectorized"
         return "sequential"
+
+    def _stacked_state_fits(self, num_chains: int) -> bool:
+        """Whether vectorized chains' state fits in a share of the free device memory.
+
+        The state (position, gradient, noise, kernel state) is about ``STACKED_COPIES`` copies of the
+        parameters per chain; it may take ``VECTORIZE_CUDA_MEMORY_SHARE`` of the free memory.
+        """
+        free, _ = torch.cuda.mem_get_info(self.device)
+        element = torch.finfo(self.flat_model.state_dtype).bits // 8
+        need = STACKED_COPIES * self.flat_model.dim * num_chains * element
+        return need <= VECTORIZE_CUDA_MEMORY_SHARE * free
 
     def run(
         self,
@@ -794,8 +807,18 @@ VECTORIZE_CPU_MAX_WORK = 10_000_000  # parameters times batch size
 #: 10k-parameter MLP, batch 256: work 2.6M) of the compiled chains one after another, and 1.04-1.11x on a
 #: 110k-parameter transformer at batch 32 (work 3.5M), in two runs of ``benchmarks/bench_compile.py``.
 VECTORIZE_COMPILED_CPU_MAX_WORK = 3_000_000
-#: On CUDA, vectorize unless the stacked parameters of all chains get large.
-VECTORIZE_CUDA_PARAMS = 50_000_000
+#: On CUDA, ``vmap`` over the chains wins from 3 chains on. Measured on an H200 (``benchmarks/bench_gpu.py``,
+#: ``results/gpu.md``): per chain-step, vectorized against one chain after another, 0.57x at 4 chains,
+#: 0.13x at 16 and 0.035x at 64 for a 10k-parameter MLP (batch 256); 0.79x at 4 and 0.25x at 16 chains
+#: for a 3.4M-parameter transformer (batch 32 of 64 tokens); at 1 chain it is 2.2-2.5x slower. A
+#: vectorized step cost about the same at 1 and 4 chains, 2.2-2.5 sequential steps, so the break-even
+#: lies between 2 and 3 chains (interpolated; 2 and 3 chains were not measured). The limit is memory:
+#: vectorize while the stacked state (about ``STACKED_COPIES`` copies of the parameters per chain) takes
+#: at most ``VECTORIZE_CUDA_MEMORY_SHARE`` of the free device memory; the activations of all chains'
+#: batches come on top.
+VECTORIZE_CUDA_MIN_CHAINS = 3
+VECTORIZE_CUDA_MEMORY_SHARE = 0.25
+STACKED_COPIES = 8
 
 
 def bind_kernel(

@@ -212,3 +212,13 @@ def test_a_stream_without_n_is_refused_with_the_remedy():
         PosteriorSampler(model, Counting(), lambda m, b: m(b).pow(2).mean())
     sampler = PosteriorSampler(model, Counting(), lambda m, b: m(b).pow(2).mean(), n=500, eval_samples=8)
     assert sampler.n == 500 and sampler.num_samples == 8
+
+
+def test_the_full_data_loss_is_evaluated_in_slices_of_a_few_minibatches():
+    x = torch.arange(5000.0).reshape(-1, 1)
+    data = as_data_source((x,), torch.device("cpu"), batch_size=32)
+    slices = list(data.full_batches())
+    assert [len(s[0]) for s in slices[:2]] == [256, 256]  # 8 minibatches of 32
+    assert torch.equal(torch.cat([s[0] for s in slices]), x)
+    default = as_data_source((x,), torch.device("cpu"))
+    assert len(next(iter(default.full_batches()))[0]) == 2048  # the default batch is 256

@@ -171,3 +171,26 @@ def test_memory_does_not_grow_with_the_number_of_steps():
         tracemalloc.stop()
     # 9000 more steps: a list of per-step tensors costs > 200 bytes a step in Python objects alone
     assert peaks[1] - peaks[0] < 200_000, peaks
+
+
+def test_on_cuda_auto_vectorizes_from_three_chains_while_the_stacked_state_fits(monkeypatch):
+    from slt.sampling import driver
+
+    x = torch.randn(64, 3)
+    sampler = PosteriorSampler(nn.Linear(3, 1), (x, x[:, :1]), "mse", batch_size=16)
+    sampler.device = torch.device("cuda")  # the rule only; nothing runs on the device
+    free = 10 * 2**20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 4 * free))
+    assert [sampler.choose_mode("auto", c) for c in (1, 2, 3, 64)] == [
+        "sequential",
+        "sequential",
+        "vectorized",
+        "vectorized",
+    ]
+    # 4 parameters x 8 copies x 4 bytes per chain: the share of 10 MiB holds about 20k chains, not 100k
+    bytes_per_chain = driver.STACKED_COPIES * 4 * 4
+    assert (
+        sampler.choose_mode("auto", int(driver.VECTORIZE_CUDA_MEMORY_SHARE * free / bytes_per_chain))
+        == "vectorized"
+    )
+    assert sampler.choose_mode("auto", 100_000) == "sequential"
