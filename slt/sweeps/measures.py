@@ -248,6 +248,7 @@ def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any],
     )
     summary = {
         "llc_mean": result.mean,
+        "llc_corrected": result.corrected,
         "llc_std": result.std,
         "llc_stderr": result.stderr,
         "llc_ess": result.diagnostics.ess,
@@ -413,7 +414,8 @@ def measure_model(
     Returns
     -------
     summary : dict
-        Scalars of every measure: ``llc_mean``, ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
+        Scalars of every measure: ``llc_mean``, ``llc_corrected`` (:attr:`LLCResult.corrected`),
+        ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
         ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``, ``step_size``, ``train_loss``,
         ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).
