@@ -16,7 +16,7 @@ evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1 2] [--cases dln nc reg]
 
-Writes ``results/defaults.json`` and ``results/defaults.md``.
+Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
 
 from __future__ import annotations
@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
     summary = summarize(rows)
     payload = {"environment": environment("cpu"), "rows": rows, "summary": summary}
-    write_json("defaults.json", payload)
-    (RESULTS / "defaults.md").write_text(markdown(rows, summary))
+    write_json(f"{args.name}.json", payload)
+    (RESULTS / f"{args.name}.md").write_text(markdown(rows, summary))
     print(markdown(rows, summary))
     return payload
 
