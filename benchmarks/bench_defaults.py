@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cases", nargs="+", default=["reg", "nc", "dln"], choices=["reg", "nc", "dln"])
+    parser.add_argument("--name", default="defaults", help="results file name (results/NAME.json, .md)")
     parser.add_argument(
         "--render",
         action="store_true",
