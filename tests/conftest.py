@@ -30,6 +30,17 @@ def quadratic_loss(model, batch):
     return (model.w**2).sum()
 
 
+def least_squares_regression(n: int, d: int, seed: int = 0):
+    """A bias-free linear model at the least-squares fit of ``y = x w + N(0, 1)`` (exact LLC target known)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, 1, generator=g) + torch.randn(n, 1, generator=g)
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    return model, x, y
+
+
 @pytest.fixture
 def tiny_regression():
     """A small trained-looking MLP on synthetic regression data."""

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt
-from tests.conftest import Quadratic, quadratic_loss
+from tests.conftest import Quadratic, gaussian_nll, least_squares_regression, quadratic_loss
 
 # the short chains used for API checks are flagged as unconverged; that warning is tested on its own
 pytestmark = pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
@@ -440,16 +440,7 @@ def test_unconverged_chains_warn_with_r_hat():
 def test_the_step_size_correction_removes_sgld_bias_on_a_regression_with_a_closed_form():
     from slt.oracles import linear_regression_target
 
-    def gaussian_nll(model, batch):
-        x, y = batch
-        return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1000, 4, generator=g)
-    y = x @ torch.randn(4, 1, generator=g) + torch.randn(1000, 1, generator=g)
-    model = nn.Linear(4, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    model, x, y = least_squares_regression(1000, 4)
     plain, corrected = [], []
     for seed in range(3):
         # a step twice the automatic one: about +10% of discretization bias

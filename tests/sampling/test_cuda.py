@@ -17,6 +17,7 @@ import slt
 from slt.oracles import linear_regression_target
 from slt.sampling import PosteriorSampler
 from slt.sampling import driver as driver_module
+from tests.conftest import gaussian_nll, least_squares_regression
 
 DEVICE = os.environ.get("SLT_TEST_DEVICE", "cuda")
 
@@ -25,20 +26,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def gaussian_nll(model, batch):
-    x, y = batch
-    return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
-
-
 @pytest.fixture(scope="module")
 def regression():
     """A least-squares linear fit on n = 1000 (not a multiple of the batch), on the test device."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1000, 6, generator=g)
-    y = x @ torch.randn(6, 1, generator=g) + torch.randn(1000, 1, generator=g)
-    model = nn.Linear(6, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    model, x, y = least_squares_regression(1000, 6)
     return model.to(DEVICE), (x.to(DEVICE), y.to(DEVICE))
 
 
