@@ -241,8 +241,9 @@ class LLCResult(JSONResult):
 
     def __repr__(self) -> str:
         d = self.diagnostics
+        corrected = f", corrected={self.corrected:.4g}" if self.corrected != self.mean else ""
         return (
-            f"LLCResult(llc={self.mean:.4g} ± {self.stderr:.2g} (stderr), 95% interval "
+            f"LLCResult(llc={self.mean:.4g} ± {self.stderr:.2g} (stderr){corrected}, 95% interval "
             f"[{self.interval[0]:.4g}, {self.interval[1]:.4g}], chains={len(self.per_chain)}, "
             f"diverged={int(d.diverged.sum())}, rhat={d.rhat:.3f}, ess={d.ess:.0f})"
         )
@@ -371,7 +372,8 @@ class LLCResult(JSONResult):
         axes[1].set(
             xlabel="step",
             ylabel=r"running $\hat\lambda$",
-            title=rf"$\hat\lambda$ = {self.mean:.3g} ± {self.stderr:.2g}",
+            title=rf"$\hat\lambda$ = {self.mean:.3g} ± {self.stderr:.2g}"
+            + (f" (corrected {self.corrected:.3g})" if self.corrected != self.mean else ""),
         )
         return fig
 

@@ -457,6 +457,7 @@ def test_the_step_size_correction_removes_sgld_bias_on_a_regression_with_a_close
         target = linear_regression_target(x, r.n_beta, r.settings.localization, loss="gaussian_nll")
         assert r.interval[0] <= r.corrected < r.mean
         assert r.summary()["llc_corrected"].item() == r.corrected
+        assert f"corrected={r.corrected:.4g}" in repr(r)
         plain.append(r.mean / target - 1)
         corrected.append(r.corrected / target - 1)
     assert np.mean(plain) > 0.05, plain
@@ -476,3 +477,4 @@ def test_the_correction_is_left_out_for_other_samplers(tiny_regression):
         progress=False,
     )
     assert r.corrected == r.mean
+    assert "corrected=" not in repr(r)
