@@ -11,10 +11,15 @@ agree and ε·T ≥ 0.5/γ, budget 100,000 steps per chain), four chains. Each e
 * Aoyagi's / the normal crossing's λ, whose offset from the exact target (finite β, w* not a minimizer
   of L_n) is reported separately.
 
+The ``nets`` cases are trained networks outside the oracle families (a classifier near zero
+cross-entropy, a tanh regression MLP, a tiny transformer): no λ is known, and their exact target comes
+from ``slt.oracles.exact_llc_target`` (full-batch MALA with a convergence check) at the nβ the first run
+used, once per case.
+
 It also reports whether the 95% interval (``LLCResult.interval``) covers the exact target, the gradient
 evaluations (chains and pilot) and the warnings.
 
-    PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1 2] [--cases dln nc reg]
+    PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1 2] [--cases dln dln1e5 nc reg nets]
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -45,6 +50,7 @@ from slt.oracles import (
     NormalCrossing,
     deep_linear_network,
     dln_lambda,
+    exact_llc_target,
     linear_regression_data,
     linear_regression_target,
     normal_crossing_lambda,
@@ -91,6 +97,25 @@ def dln_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def dln_large_cases() -> list[dict[str, Any]]:
+    """DESIGN.md §9's n = 1e5 network (8-8-8-8, rank 2; its exact target, about 22.3, is DESIGN's)."""
+
+    def make() -> tuple[nn.Module, Any]:
+        model = deep_linear_network([8, 8, 8, 8], 2)
+        return model, linear_regression_data(model, 100_000)
+
+    return [
+        dict(
+            name="dln 8-8-8-8 r=2 n=1e5",
+            family="dln_1e5",
+            make=make,
+            exact=22.3,
+            exact_source="DESIGN.md §9 (about 22.3)",
+            lam=dln_lambda([8, 8, 8, 8], 2)[0],
+        )
+    ]
+
+
 def normal_crossing_cases() -> list[dict[str, Any]]:
     cases = []
     for power, n in ((1, 10_000), (2, 10_000), (2, 5_000)):
@@ -133,18 +158,60 @@ def regression_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def net_cases() -> list[dict[str, Any]]:
+    """Trained networks with no known λ; ``exact`` is filled in by :func:`run` at the first run's nβ."""
+    from bench_guards import trained_classifier, trained_mlp
+    from common import TinyTransformer, next_token_loss, token_problem
+
+    def transformer() -> tuple[nn.Module, tuple[torch.Tensor]]:
+        data = token_problem(500, vocab=16, ctx=8, seed=0)
+        torch.manual_seed(0)
+        model = TinyTransformer(vocab=16, d_model=16, heads=2, layers=1, ctx=8)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(3000):
+            opt.zero_grad()
+            next_token_loss(model, data).backward()
+            opt.step()
+        return model, data
+
+    specs = (
+        ("classifier 6-32-3 (323 params), cross-entropy near 0, n=600", trained_classifier, "cross_entropy"),
+        ("tanh MLP 8-24-1 (241 params) n=1000", trained_mlp, "mse"),
+        ("tiny transformer (3,984 params) 500 sequences x 8 tokens", transformer, next_token_loss),
+    )
+    return [
+        dict(
+            name=name,
+            family="nets",
+            make=make,
+            loss=loss,
+            exact=None,
+            exact_source="exact_llc_target",
+            lam=float("nan"),
+        )
+        for name, make, loss in specs
+    ]
+
+
 def run(case: dict[str, Any], seed: int) -> dict[str, Any]:
     model, data = case["make"]()
+    loss_fn = case.get("loss", gaussian_nll)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = slt.estimate_llc(model, data, loss_fn=gaussian_nll, seed=seed, progress=False)
+            result = slt.estimate_llc(model, data, loss_fn=loss_fn, seed=seed, progress=False)
         except Exception as exc:
             return dict(case=case["name"], seed=seed, raised=f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - start
     s = result.settings
     steps = s.num_burnin + s.num_draws * s.num_steps_bw_draws
+    if case["exact"] is None:  # once per case, at the nβ the estimator used (tokens for token data)
+        target = exact_llc_target(model, data, loss_fn, n_beta=s.n_beta, num_chains=16, max_steps=40_000)
+        case["exact"] = target.value
+        case["exact_source"] = f"exact_llc_target ± {target.stderr:.2g}, {target.steps} steps" + (
+            "" if target.converged else ", NOT converged"
+        )
     exact, lam = case["exact"], case["lam"]
     low, high = result.interval
     return dict(
@@ -207,6 +274,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _lambda_columns(row: dict[str, Any]) -> str:
+    """λ, λ̂ against λ and the exact target against λ, or dashes where no λ is known (the nets)."""
+    if not math.isfinite(row["lam"]):
+        return "— | — | —"
+    return f"{row['lam']:.4g} | {row['error_vs_lambda']:+.1%} | {row['exact_offset_from_lambda']:+.1%}"
+
+
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [
         "| case | seed | λ̂ | 95% interval | exact | vs exact | corrected vs exact | λ | vs λ | exact vs λ "
@@ -221,9 +295,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         lines.append(
             f"| {r['case']} | {r['seed']} | {r['llc']:.4g} ± {r['stderr']:.2g} | "
             f"[{r['interval'][0]:.4g}, {r['interval'][1]:.4g}]{flag} | {r['exact']:.4g} | "
-            f"{r['error_vs_exact']:+.1%} | {r['error_corrected_vs_exact']:+.1%} | {r['lam']:.4g} | "
-            f"{r['error_vs_lambda']:+.1%} | "
-            f"{r['exact_offset_from_lambda']:+.1%} | {r['simulated_time']:.2g} | {r['grad_evals']:,} | "
+            f"{r['error_vs_exact']:+.1%} | {r['error_corrected_vs_exact']:+.1%} | {_lambda_columns(r)} | "
+            f"{r['simulated_time']:.2g} | {r['grad_evals']:,} | "
             f"{r['seconds']:.0f} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
         )
     lines += [
@@ -251,7 +324,9 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cases", nargs="+", default=["reg", "nc", "dln"], choices=["reg", "nc", "dln"])
+    parser.add_argument(
+        "--cases", nargs="+", default=["reg", "nc", "dln"], choices=["reg", "nc", "dln", "dln1e5", "nets"]
+    )
     parser.add_argument("--name", default="defaults", help="results file name (results/NAME.json, .md)")
     parser.add_argument(
         "--render",
@@ -267,7 +342,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (RESULTS / "defaults.md").write_text(markdown(payload["rows"], payload["summary"]))
         return payload
     torch.set_num_threads(1)
-    builders = {"reg": regression_cases, "nc": normal_crossing_cases, "dln": dln_cases}
+    builders = {
+        "reg": regression_cases,
+        "nc": normal_crossing_cases,
+        "dln": dln_cases,
+        "dln1e5": dln_large_cases,
+        "nets": net_cases,
+    }
     cases = [c for key in args.cases for c in builders[key]()]
     rows = []
     for case in cases:
