@@ -306,6 +306,7 @@ def calibrate(
         model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
     ) as posterior:
         nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
+        posterior.size_batch_for(nb)
         if step_sizes is None:
             first_reference, _ = default_step_size(
                 posterior,

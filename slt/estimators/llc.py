@@ -97,6 +97,9 @@ class LLCSettings(ChainSettings):
         The budget of the automatic length.
     compile : str
         ``"off"``, ``"compiled"`` or ``"eager: <reason>"`` (compilation asked for and not used).
+    batch_size_source : str
+        ``"given"``, ``"the DataLoader's"``, or the rule that sized the default batch for nβ
+        (:meth:`slt.sampling.driver.PosteriorSampler.size_batch_for`).
     """
 
     n_beta: float
@@ -111,6 +114,7 @@ class LLCSettings(ChainSettings):
     max_steps: int | None = None
     max_seconds: float | None = None
     compile: str = "off"
+    batch_size_source: str = "given"
 
 
 @dataclass
@@ -264,16 +268,16 @@ class LLCResult(JSONResult):
         ``mean`` carries about that much on top of its sampling error. The correction lies inside
         :attr:`interval`, whose lower end already allows for it.
 
-        Measured against exact finite-nβ targets with ``estimate_llc``'s defaults
-        (``benchmarks/results/defaults.md``, 20 runs): mean absolute error 6.0% → 2.9% (worst 14.7% →
-        7.1%) on deep linear networks, 7.1% → 2.0% (worst 8.1% → 3.0%) on linear regressions, and 4.5% →
-        5.2% (worst 7.8% → 8.6%) on normal crossings, whose predicted bias is small (1-4%) and whose errors
-        are mostly sampling error. On trained networks outside the oracle families
-        (``benchmarks/results/defaults_nets.md``: a classifier near zero cross-entropy, a tanh MLP and a
-        tiny transformer, 12 runs against full-batch MALA targets) 5.8% → 3.3% (worst 10.8% → 6.2%).
-        It does not fix chains that have not mixed: on normal crossings and the n = 1e5 network whose runs
-        end with a ``ConvergenceWarning`` the errors stay (up to 25% and −42%). ``mean`` stays the plain
-        estimator; report either, and say which.
+        Measured against exact finite-nβ targets with ``estimate_llc``'s defaults, the batch sized for nβ
+        (``benchmarks/results/defaults_batchrule*.md``): mean absolute error 8.9% → 3.2% (worst 32.9% →
+        9.6%) on eight deep-linear-network runs at n = 1e4, and 5.3% → 6.3% (worst 18.7% → 16.0%) on
+        twelve normal crossings, whose predicted bias is small (1-4%) and whose errors are mostly
+        sampling error; 1.8% → 5.3% on two runs at n = 1e5. On linear regressions (n ≤ 1000, batch 256;
+        ``defaults.md``) 7.1% → 2.0% (worst 8.1% → 3.0%), and on trained networks outside the oracle
+        families (``defaults_nets.md``: a classifier near zero cross-entropy, a tanh MLP and a tiny
+        transformer, 12 runs against full-batch MALA targets) 5.8% → 3.3% (worst 10.8% → 6.2%). It does
+        not fix chains that have not mixed. ``mean`` stays the plain estimator; report either, and say
+        which.
 
         Equal to ``mean`` for other samplers than SGLD (the first-order form was derived and measured for
         SGLD only), where the indicator is unknown, and for a non-positive estimate.
@@ -767,7 +771,11 @@ def estimate_llc(
     max_seconds : float or None
         Budget of wall time for the chains of the automatic length (``None``: unlimited).
     batch_size : int, optional
-        Minibatch size (default ``min(n, 256)``); not allowed with a ``DataLoader``.
+        Minibatch size; not allowed with a ``DataLoader``. By default sized for nβ: at least
+        ``min(n, 256)``, up to nβ samples (capped at 4096 and at 2^20 / parameters), since minibatch
+        noise in the step grows as nβ / batch (see
+        :meth:`~slt.sampling.driver.PosteriorSampler.size_batch_for`); recorded in
+        ``settings.batch_size_source``.
     sampler : {"sgld", "rmsprop_sgld", "sgnht"}, any registered name, or Kernel
         The kernel; see :mod:`slt.samplers` and :func:`slt.samplers.register_kernel`.
     sampler_options : dict, optional
@@ -862,6 +870,7 @@ def estimate_llc(
         n_beta_value, n_beta_source = (
             (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
         )
+        posterior.size_batch_for(n_beta_value)
         if step_size is None:
             # the pilot adapts throughout (it is short), with the user's other options
             step_size, step_size_source = default_step_size(
@@ -928,6 +937,7 @@ def estimate_llc(
         num_burnin=num_burnin,
         num_steps_bw_draws=num_steps_bw_draws,
         batch_size=posterior.batch_size,
+        batch_size_source=posterior.batch_size_source,
         seed=seed,
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,

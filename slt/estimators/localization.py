@@ -302,6 +302,7 @@ class _Trial:
             init, zero = posterior.init_loss, zero_weights_loss(posterior)
             gap = zero - init
             nb = float(self.n_beta) if self.n_beta is not None else default_n_beta(posterior.n)
+            posterior.size_batch_for(nb)
             common = dict(model=index, localization=gamma, init_loss=init, zero_weights_loss=zero, n_beta=nb)
             telling = math.isfinite(gap) and gap > MIN_GAP_CONTRAST * abs(init)
             limit = self.max_fraction * gap * nb  # the λ̂ at which the chains climbed too far

@@ -126,7 +126,8 @@ class PosteriorSampler:
     loss_fn : str or callable
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch) -> scalar mean loss``.
     batch_size : int, optional
-        Minibatch size for tensors and datasets (default ``min(n, 256)``).
+        Minibatch size for tensors and datasets. By default ``min(n, 256)``, which the estimators then
+        size for their temperature with :meth:`size_batch_for` (a larger batch when nβ is large).
     mask : optional
         Restricts sampling to part of the parameters (see :func:`slt.sampling.flat.select_parameters`).
     device : torch.device or str, optional
@@ -176,6 +177,11 @@ class PosteriorSampler:
     """
 
     DEFAULT_BATCH_SIZE = 256
+    #: Largest batch :meth:`size_batch_for` chooses, in samples.
+    AUTO_BATCH_MAX = 4096
+    #: Cap on batch × parameters for :meth:`size_batch_for` (keeps a step's cost near a 4096-sample
+    #: step of a 256-parameter model).
+    AUTO_BATCH_WORK = 2**20
 
     def __init__(
         self,
@@ -223,9 +229,47 @@ class PosteriorSampler:
         self.init_loss, counted = self._full_loss()
         self.n_unit = self._counter.unit
         self.n, self.n_source = (int(n), "given") if n is not None else (counted, "counted")
-        if batch_size is None and not isinstance(data, DataLoader):
+        if isinstance(data, DataLoader):
+            self.batch_size_source = "the DataLoader's"
+        elif batch_size is None:
             batch_size = min(self.num_samples, self.DEFAULT_BATCH_SIZE)
+            self.batch_size_source = "min(n, 256)"
+        else:
+            self.batch_size_source = "given"
         self.batch_size = batch_size
+        self._default_batch = self.batch_size_source == "min(n, 256)"
+
+    def size_batch_for(self, n_beta: float) -> int | None:
+        r"""Size the default batch for the temperature nβ; a given batch or a loader's is kept.
+
+        Minibatch gradient noise adds to the SGLD step a variance of about
+        :math:`(\varepsilon/2)^2 n\beta^2\,\mathrm{tr}\,\Sigma / B` per step against the injected
+        :math:`\varepsilon d`, so its share of the step-size bias grows as :math:`n\beta / B`
+        (Welling & Teh, ICML 2011; Vollmer, Zygalakis & Teh, JMLR 2016). The default batch is therefore
+        :math:`B = \min(n, \max(256, \min(\lceil n\beta / u \rceil, B_{max})))`, with :math:`u` the
+        units of ``n`` per sample (tokens per sequence, or 1) and
+        :math:`B_{max} = \max(256, \min(4096, 2^{20} / d))` bounding a step's cost; the automatic
+        step then grows with the batch (``benchmarks/results/batch_rule.md``). Deterministic, so every
+        run and checkpoint with the same nβ gets the same batch.
+
+        Parameters
+        ----------
+        n_beta : float
+            The inverse temperature times the sample size, in units of ``n``.
+
+        Returns
+        -------
+        int or None
+            :attr:`batch_size` after the call (``None`` for a full-batch loader setting).
+        """
+        if not self._default_batch:
+            return self.batch_size
+        units_per_sample = self.n / self.num_samples if self.n_source == "counted" else 1.0
+        cap = max(self.DEFAULT_BATCH_SIZE, min(self.AUTO_BATCH_MAX, self.AUTO_BATCH_WORK // self.num_params))
+        wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
+        self.batch_size = min(self.num_samples, max(self.DEFAULT_BATCH_SIZE, min(wanted, cap)))
+        self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap})"
+        return self.batch_size
 
     @property
     def compile_status(self) -> str:

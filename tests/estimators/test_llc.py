@@ -478,3 +478,17 @@ def test_the_correction_is_left_out_for_other_samplers(tiny_regression):
     )
     assert r.corrected == r.mean
     assert "corrected=" not in repr(r)
+
+
+def test_the_default_batch_is_sized_for_n_beta_and_recorded():
+    import math
+
+    model, x, y = least_squares_regression(5000, 4)
+    r = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, **FAST)
+    assert r.settings.batch_size == math.ceil(5000 / math.log(5000)) == 588
+    assert r.settings.batch_size_source.startswith("nβ rule")
+    assert r.to_dict()["settings"]["batch_size_source"] == r.settings.batch_size_source
+    given = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, batch_size=256, **FAST)
+    assert (given.settings.batch_size, given.settings.batch_size_source) == (256, "given")
+    small = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, n_beta=100.0, **FAST)
+    assert small.settings.batch_size == 256  # the former default is the floor

@@ -1,5 +1,7 @@
 """The chain driver on its own: schedules, records, modes, divergence and the model left untouched."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +196,59 @@ def test_on_cuda_auto_vectorizes_from_three_chains_while_the_stacked_state_fits(
         == "vectorized"
     )
     assert sampler.choose_mode("auto", 100_000) == "sequential"
+
+
+def _regression(n: int, features: int = 4) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, features, generator=g)
+    return nn.Linear(features, 1), (x, x.sum(1, keepdim=True))
+
+
+def test_the_default_batch_grows_with_n_beta_up_to_its_caps():
+    model, data = _regression(20_000)
+    posterior = PosteriorSampler(model, data, "mse")
+    assert posterior.batch_size == 256 and posterior.batch_size_source == "min(n, 256)"
+    assert posterior.size_batch_for(100.0) == 256  # never below the former default
+    assert posterior.size_batch_for(1000.4) == 1001
+    assert posterior.batch_size_source.startswith("nβ rule")
+    assert posterior.size_batch_for(2000.0) == 2000  # sized again from the default, not from the last call
+    assert posterior.size_batch_for(1e6) == PosteriorSampler.AUTO_BATCH_MAX
+    small = PosteriorSampler(model, (data[0][:500], data[1][:500]), "mse")
+    assert small.size_batch_for(1e6) == 500  # never more than the data
+
+
+def test_the_default_batch_is_capped_by_the_work_of_a_step():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, 64, generator=g)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 1))  # 2,113 parameters
+    posterior = PosteriorSampler(model, (x, x[:, :1]), "mse")
+    assert posterior.size_batch_for(5000.0) == 2**20 // 2113 == 496
+
+
+def test_a_given_batch_or_a_loaders_own_is_kept():
+    model, data = _regression(5000)
+    given = PosteriorSampler(model, data, "mse", batch_size=64)
+    assert given.size_batch_for(1e4) == 64 and given.batch_size_source == "given"
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=32)
+    from_loader = PosteriorSampler(model, loader, "mse")
+    assert from_loader.size_batch_for(1e4) is None and from_loader.batch_size_source == "the DataLoader's"
+
+
+def test_token_data_sizes_the_batch_in_sequences():
+    class Bigram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(8, 8)
+
+        def forward(self, input_ids):
+            return self.table(input_ids)
+
+    def loss(model, batch):
+        logits = model(batch["input_ids"][:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, 8), batch["input_ids"][:, 1:].reshape(-1))
+
+    ids = torch.randint(0, 8, (3000, 11), generator=torch.Generator().manual_seed(0))
+    posterior = PosteriorSampler(Bigram(), {"input_ids": ids}, loss)
+    units = posterior.n / posterior.num_samples
+    assert units > 1
+    assert posterior.size_batch_for(4000.0) == math.ceil(4000.0 / units)
