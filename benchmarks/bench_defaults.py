@@ -235,6 +235,7 @@ def run(case: dict[str, Any], seed: int) -> dict[str, Any]:
         simulated_time=s.simulated_time,
         converged=s.converged,
         steps_per_chain=steps,
+        batch_size=s.batch_size,
         grad_evals=s.num_chains * steps + _pilot_evals(s.step_size_source),
         bias_indicator=result.checks.bias_indicator,
         seconds=seconds,
@@ -284,19 +285,19 @@ def _lambda_columns(row: dict[str, Any]) -> str:
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [
         "| case | seed | λ̂ | 95% interval | exact | vs exact | corrected vs exact | λ | vs λ | exact vs λ "
-        "| ε·T | grad evals | s | warnings |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ε·T | batch | grad evals | s | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in map(with_correction, rows):
         if "raised" in r:
-            lines.append(f"| {r['case']} | {r['seed']} | raised: {r['raised'][:100]} |" + " |" * 10)
+            lines.append(f"| {r['case']} | {r['seed']} | raised: {r['raised'][:100]} |" + " |" * 11)
             continue
         flag = "" if r["covers"] else " ✗"
         lines.append(
             f"| {r['case']} | {r['seed']} | {r['llc']:.4g} ± {r['stderr']:.2g} | "
             f"[{r['interval'][0]:.4g}, {r['interval'][1]:.4g}]{flag} | {r['exact']:.4g} | "
             f"{r['error_vs_exact']:+.1%} | {r['error_corrected_vs_exact']:+.1%} | {_lambda_columns(r)} | "
-            f"{r['simulated_time']:.2g} | {r['grad_evals']:,} | "
+            f"{r['simulated_time']:.2g} | {r.get('batch_size') or '—'} | {r['grad_evals']:,} | "
             f"{r['seconds']:.0f} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
         )
     lines += [

@@ -85,3 +85,27 @@ def test_speed_and_scaling_measure_without_the_peer(tmp_path, no_devinterp):
     text = report.build(tmp_path)
     assert "## Goals" in text and "| dln-100 | 100 |" in text
     assert "devinterp not measured" in text
+
+
+def test_batch_rule_table_scores_each_batch_against_256():
+    import bench_batch_rule
+
+    def row(batch, per_second, rule=False):
+        return dict(
+            case="c",
+            n=10_000,
+            num_params=2,
+            n_beta=1086.0,
+            batch_size=batch,
+            rule=rule,
+            step_size=1e-3,
+            seconds_per_chain_step=1e-3,
+            simulated_time_per_1000_steps=1.0,
+            simulated_time_per_second=per_second,
+        )
+
+    table = bench_batch_rule.markdown([row(256, 0.5), row(1086, 2.0, rule=True), row(10_000, 1.0)])
+    lines = table.splitlines()
+    assert lines[2].endswith("| 1.00× |")
+    assert "1,086 (rule)" in lines[3] and lines[3].endswith("| 4.00× |")
+    assert "10,000 (all)" in lines[4] and lines[4].endswith("| 2.00× |")
