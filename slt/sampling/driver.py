@@ -260,7 +260,7 @@ class PosteriorSampler:
         Returns
         -------
         int or None
-            :attr:`batch_size` after the call (``None`` for a full-batch loader setting).
+            :attr:`batch_size` after the call (``None`` when a ``DataLoader`` keeps its own batches).
         """
         if not self._default_batch:
             return self.batch_size
