@@ -49,7 +49,7 @@ from slt.sampling.driver import bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.progress import progress_bar
-from slt.sampling.settings import default_n_beta, validate_settings
+from slt.sampling.settings import validate_settings
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import bias_indicator, default_step_size
 from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
@@ -305,8 +305,7 @@ def calibrate(
     with prepared_sampler(
         model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
     ) as posterior:
-        nb = float(n_beta) if n_beta is not None else default_n_beta(posterior.n)
-        posterior.size_batch_for(nb)
+        nb, _ = posterior.resolve_n_beta(n_beta)
         if step_sizes is None:
             first_reference, _ = default_step_size(
                 posterior,

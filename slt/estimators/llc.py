@@ -41,7 +41,6 @@ from slt.sampling.driver import ChainRun, Observable, bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.settings import (
-    default_n_beta,
     validate_settings,
 )
 from slt.sampling.setup import prepared_sampler
@@ -867,10 +866,7 @@ def estimate_llc(
             zero_weights_loss=zero_weights_loss(posterior),
             batch_size_dependence=batch_size_dependence(posterior),
         )
-        n_beta_value, n_beta_source = (
-            (float(n_beta), "given") if n_beta is not None else (default_n_beta(posterior.n), "n/log n")
-        )
-        posterior.size_batch_for(n_beta_value)
+        n_beta_value, n_beta_source = posterior.resolve_n_beta(n_beta)
         if step_size is None:
             # the pilot adapts throughout (it is short), with the user's other options
             step_size, step_size_source = default_step_size(

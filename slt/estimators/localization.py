@@ -36,7 +36,6 @@ from slt.samplers import get_kernel
 from slt.sampling.checks import zero_weights_loss
 from slt.sampling.driver import bind_kernel
 from slt.sampling.losses import LossFn
-from slt.sampling.settings import default_n_beta
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import default_step_size
 from slt.warnings import ChainDivergenceError, DivergenceWarning, LeftBasinWarning, Problem, emit
@@ -301,8 +300,7 @@ class _Trial:
         ) as posterior:
             init, zero = posterior.init_loss, zero_weights_loss(posterior)
             gap = zero - init
-            nb = float(self.n_beta) if self.n_beta is not None else default_n_beta(posterior.n)
-            posterior.size_batch_for(nb)
+            nb, _ = posterior.resolve_n_beta(self.n_beta)
             common = dict(model=index, localization=gamma, init_loss=init, zero_weights_loss=zero, n_beta=nb)
             telling = math.isfinite(gap) and gap > MIN_GAP_CONTRAST * abs(init)
             limit = self.max_fraction * gap * nb  # the λ̂ at which the chains climbed too far

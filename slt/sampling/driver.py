@@ -34,7 +34,7 @@ from slt.sampling.data import (
 from slt.sampling.flat import FlatModel, Mask
 from slt.sampling.losses import LossFn, check_batch, check_scalar, resolve_loss
 from slt.sampling.progress import progress_bar
-from slt.sampling.settings import check_seed
+from slt.sampling.settings import check_seed, default_n_beta
 from slt.sampling.vmap import (
     MissingBatchingRuleError,
     quiet_vmap_call,
@@ -238,6 +238,31 @@ class PosteriorSampler:
             self.batch_size_source = "given"
         self.batch_size = batch_size
         self._default_batch = self.batch_size_source == "min(n, 256)"
+
+    def resolve_n_beta(self, n_beta: float | None) -> tuple[float, str]:
+        """Resolve nβ (given, or ``n / log n``) and size the default batch for it.
+
+        The one place ``estimate_llc``, ``calibrate`` and the localization trials turn their ``n_beta``
+        argument into a temperature, so all three sample with the same nβ and the same batch.
+
+        Parameters
+        ----------
+        n_beta : float or None
+            The user's nβ, in units of ``n``; ``None`` for the default
+            :func:`~slt.sampling.settings.default_n_beta`.
+
+        Returns
+        -------
+        (float, str)
+            nβ and its source, ``"given"`` or ``"n/log n"``; :attr:`batch_size` is then sized by
+            :meth:`size_batch_for`.
+        """
+        if n_beta is None:
+            value, source = default_n_beta(self.n), "n/log n"
+        else:
+            value, source = float(n_beta), "given"
+        self.size_batch_for(value)
+        return value, source
 
     def size_batch_for(self, n_beta: float) -> int | None:
         r"""Size the default batch for the temperature nβ; a given batch or a loader's is kept.

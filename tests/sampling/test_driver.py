@@ -252,3 +252,12 @@ def test_token_data_sizes_the_batch_in_sequences():
     units = posterior.n / posterior.num_samples
     assert units > 1
     assert posterior.size_batch_for(4000.0) == math.ceil(4000.0 / units)
+
+
+def test_resolve_n_beta_gives_the_default_temperature_and_sizes_the_batch_for_it():
+    model, data = _regression(20_000)
+    posterior = PosteriorSampler(model, data, "mse")
+    n_beta, source = posterior.resolve_n_beta(None)
+    assert source == "n/log n" and n_beta == pytest.approx(20_000 / math.log(20_000))
+    assert posterior.batch_size == math.ceil(n_beta)
+    assert posterior.resolve_n_beta(300) == (300.0, "given") and posterior.batch_size == 300
