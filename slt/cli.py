@@ -185,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--device", default=None, help="torch device (default: cpu)")
     sampling.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="run the loss and its gradient through torch.compile, one compiled function reused by every "
-        "checkpoint (seconds to compile once; pays on sweeps of small models, see slt.estimate_llc)",
+        "checkpoint (seconds to compile once; pays on sweeps of small models, see slt.estimate_llc); "
+        "default: on from 24 checkpoints (slt.sweeps.trajectory.compiles_by_default), --no-compile keeps "
+        "the chains eager",
     )
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument(
@@ -291,8 +294,8 @@ def _analyze(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in settings.items() if v is not None}
     if args.device:
         settings["device"] = args.device
-    if args.compile:
-        settings["compile"] = True
+    if args.compile is not None:
+        settings["compile"] = args.compile
     if "llc" not in measures:
         settings = {k: v for k, v in settings.items() if k == "device"}
     if args.workers < 1:

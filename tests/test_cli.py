@@ -310,3 +310,25 @@ def test_an_unwritable_report_folder_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["report", str(store), "--out", str(tmp_path / "a-file" / "report")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("slt report: error: cannot write the report to ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], None), (["--compile"], True), (["--no-compile"], False)])
+def test_compile_is_left_to_the_sweep_unless_a_flag_says(flag, expected, tmp_path, monkeypatch):
+    from slt.sweeps import trajectory
+
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(trajectory, "analyze_checkpoints", capture)
+    train_and_save(tmp_path / "ckpts", count=1)
+    argv = [
+        "analyze", str(tmp_path / "ckpts"), "--model", "tests.sweeps.fixtures:make_model",
+        "--data", "tests.sweeps.fixtures:regression_data", "--loss", "mse",
+        "--out", str(tmp_path / "r.sqlite"), "--no-progress", *flag,
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match="captured"):
+        cli.main(argv)
+    assert seen.get("compile") is expected

@@ -626,3 +626,27 @@ def test_another_applications_sqlite_file_is_refused_untouched(tmp_path, capsys)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert {n for (n,) in conn.execute("SELECT name FROM sqlite_master")} == {"users"}
+
+
+def test_long_sweeps_compile_the_llc_chains_unless_told(tmp_path, monkeypatch):
+    from slt.sweeps import trajectory as trajectory_module
+    from slt.sweeps.trajectory import AUTO_COMPILE_MIN_CHECKPOINTS, compiles_by_default
+
+    assert compiles_by_default(("llc",), {}, AUTO_COMPILE_MIN_CHECKPOINTS)
+    assert not compiles_by_default(("llc",), {}, AUTO_COMPILE_MIN_CHECKPOINTS - 1)
+    assert not compiles_by_default(("llc",), {"compile": False}, 1000)
+    assert not compiles_by_default(("loss", "dos"), {}, 1000)
+
+    train_and_save(tmp_path, count=3)
+    monkeypatch.setattr(trajectory_module, "AUTO_COMPILE_MIN_CHECKPOINTS", 3)
+    sweep = dict(SWEEP, measures=("llc",), store=None)
+    chosen = analyze_checkpoints(tmp_path, make_model, regression_data(), **sweep)
+    assert chosen.settings["llc"]["compile"] is True
+    told = analyze_checkpoints(tmp_path, make_model, regression_data(), compile=False, **sweep)
+    assert told.settings["llc"]["compile"] is False
+    # "compiled", or "eager: <reason>" where this machine cannot compile
+    assert all(r.payload["llc"]["settings"]["compile"] != "off" for r in chosen.records)
+    assert {r.payload["llc"]["settings"]["compile"] for r in told.records} == {"off"}
+    monkeypatch.setattr(trajectory_module, "AUTO_COMPILE_MIN_CHECKPOINTS", 4)
+    short = analyze_checkpoints(tmp_path, make_model, regression_data(), **sweep)
+    assert short.settings["llc"]["compile"] is False
