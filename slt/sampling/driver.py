@@ -425,8 +425,6 @@ class PosteriorSampler:
             return "sequential"
         if self.batching_rules_missing:  # found on an earlier run: vmap would fall back op by op
             return "sequential"
-        if not self.data.partition(self.batch_size).equal:  # batches of unequal size cannot be stacked
-            return "sequential"
         if self.device.type == "cuda":
             fits = num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
             return "vectorized" if fits else "sequential"

@@ -125,10 +125,12 @@ def test_estimate_llc_with_compile_leaves_the_model_and_global_rng_untouched(dat
 def test_batches_of_unequal_size_recompile_quietly_and_match_eager(data):
     x, y = data[0][:95], data[1][:95]  # three batches of 32, 32 and 31 samples
     model = net(6)
-    eager = PosteriorSampler(model, (x, y), "mse", batch_size=32).run(**RUN)
-    compiled = PosteriorSampler(model, (x, y), "mse", batch_size=32, compile=True).run(**RUN)
-    assert compiled.chain_mode == "sequential" and compiled.compile == "compiled"
-    np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
+    for mode in ("sequential", "vectorized"):  # stacked chains share one size class per step
+        run = dict(RUN, chain_mode=mode)
+        eager = PosteriorSampler(model, (x, y), "mse", batch_size=32).run(**run)
+        compiled = PosteriorSampler(model, (x, y), "mse", batch_size=32, compile=True).run(**run)
+        assert compiled.chain_mode == mode and compiled.compile == "compiled"
+        np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
 
 
 def test_estimate_dos_runs_its_full_data_pass_compiled_with_eager_numbers(data):

@@ -74,10 +74,25 @@ def test_stacked_stream_gives_each_chain_its_own_batches():
     assert all(set(p) == set(range(5)) for p in picks) and len({tuple(p) for p in picks}) == 3
 
 
-def test_unequal_batches_cannot_be_stacked():
-    stream = TensorData((torch.arange(41.0),), CPU).stacked_stream(torch.Generator(), 8, num_chains=2)
-    with pytest.raises(ValueError, match="differ in size.*divides the number of samples"):
-        stream()
+def test_unequal_batches_are_stacked_by_size_class_and_each_chain_draws_every_batch_uniformly():
+    x = torch.arange(41.0)
+    data = TensorData((x,), CPU)
+    partition = data.partition(8)  # 6 batches: 5 of 7 samples, 1 of 6
+    assert partition.sizes == [7, 7, 7, 7, 7, 6] and partition.num_large == 5
+    stream = data.stacked_stream(torch.Generator().manual_seed(0), 8, num_chains=3)
+    counts = torch.zeros(3, 6)
+    for _ in range(3000):
+        (batch,) = stream()
+        ids = stream.index
+        assert batch.shape[1] == partition.sizes[int(ids[0])]  # one size class per step
+        for c in range(3):
+            assert torch.equal(batch[c], stream.batch(int(ids[c]))[0])
+        assert torch.equal(stream.weight, partition.weights[ids])
+        counts[torch.arange(3), ids] += 1
+    # each chain draws each batch with probability 1/6, so weighted batch losses stay unbiased
+    assert torch.allclose(counts / 3000, torch.full((3, 6), 1 / 6), atol=0.025)
+    with pytest.raises(ValueError, match="differ in size.*large=True or False"):
+        partition.stacked(torch.tensor([0, 1]))
 
 
 def test_full_batch_when_the_batch_is_as_large_as_the_data():
@@ -100,6 +115,13 @@ def test_large_data_is_gathered_instead_of_copied(monkeypatch):
     for _ in range(6):
         (batch,) = stream()
         assert torch.equal(batch, partition.batch(stream.index)[0])
+    stacked = data.stacked_stream(torch.Generator().manual_seed(0), 6, num_chains=2)  # sizes 5, 5, 5, 5
+    unequal = data.stacked_stream(torch.Generator().manual_seed(0), 7, num_chains=2)  # sizes 7, 7, 6
+    for stream in (stacked, unequal):
+        for _ in range(10):
+            (batch,) = stream()
+            for c in range(2):
+                assert torch.equal(batch[c], stream.batch(int(stream.index[c]))[0])
 
 
 class Pairs(Dataset):
