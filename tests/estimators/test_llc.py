@@ -492,3 +492,26 @@ def test_the_default_batch_is_sized_for_n_beta_and_recorded():
     assert (given.settings.batch_size, given.settings.batch_size_source) == (256, "given")
     small = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, n_beta=100.0, **FAST)
     assert small.settings.batch_size == 256  # the former default is the floor
+
+
+def test_stacked_chains_on_batches_of_unequal_size_hit_the_closed_form():
+    from slt.oracles import linear_regression_target
+
+    model, x, y = least_squares_regression(1003, 4)  # batches of 251, 251, 251 and 250 samples
+    errors = []
+    for seed in range(3):
+        r = slt.estimate_llc(
+            model,
+            (x, y),
+            loss_fn=gaussian_nll,
+            batch_size=256,
+            chain_mode="vectorized",
+            step_size=5e-4,
+            num_draws=3000,
+            num_burnin=500,
+            seed=seed,
+            progress=False,
+        )
+        assert r.settings.chain_mode == "vectorized"
+        errors.append(r.mean / linear_regression_target(x, r.n_beta, 1.0, loss="gaussian_nll") - 1)
+    assert abs(np.mean(errors)) < 0.05, errors
