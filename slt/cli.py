@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on Ray: the cluster at ADDRESS, or RAY_ADDRESS, or a local Ray",
     )
     sampling = analyze.add_argument_group("estimator settings (see slt.estimate_llc)")
-    sampling.add_argument("--num-chains", type=int, default=4)
+    sampling.add_argument(
+        "--num-chains", type=int, default=None, help="default: 4, or 16 stacked chains for a tiny model"
+    )
     sampling.add_argument(
         "--num-draws", type=int, default=None, help="default: automatic (doubled until the estimate holds)"
     )

@@ -692,7 +692,7 @@ def estimate_llc(
     n_beta: float | None = None,
     localization: float = 1.0,
     step_size: float | None = None,
-    num_chains: int = 4,
+    num_chains: int | None = None,
     num_draws: int | None = None,
     num_burnin: int | None = None,
     num_steps_bw_draws: int = 1,
@@ -751,8 +751,12 @@ def estimate_llc(
     step_size : float, optional
         Sampler step size. By default chosen from the curvature of the loss at :math:`w^*` (see
         :func:`slt.tuning.default_step_size`); :func:`slt.calibrate` chooses more carefully.
-    num_chains : int
-        Independent chains, all started at :math:`w^*`.
+    num_chains : int, optional
+        Independent chains, all started at :math:`w^*`. Default 4, or 16 for a tiny model whose chains
+        run stacked (parameters times batch size at most
+        :data:`~slt.sampling.driver.MANY_CHAINS_MAX_WORK`), where 16 cost about what 4 do one after
+        another (:meth:`~slt.sampling.PosteriorSampler.resolve_num_chains`); recorded in
+        ``settings.num_chains``.
     num_draws : int, optional
         Draws per chain that enter the estimate. By default (``None``) the length is automatic: the
         chains run in doubling segments until the estimate over the last segment agrees with the one
@@ -867,6 +871,7 @@ def estimate_llc(
             batch_size_dependence=batch_size_dependence(posterior),
         )
         n_beta_value, n_beta_source = posterior.resolve_n_beta(n_beta)
+        num_chains = posterior.resolve_num_chains(num_chains, chain_mode)
         if step_size is None:
             # the pilot adapts throughout (it is short), with the user's other options
             step_size, step_size_source = default_step_size(

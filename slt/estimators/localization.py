@@ -155,7 +155,7 @@ def choose_localization(
     candidates: Sequence[float] = DEFAULT_LOCALIZATIONS,
     max_gap_fraction: float = MAX_GAP_FRACTION,
     n_beta: float | None = None,
-    num_chains: int = 4,
+    num_chains: int | None = None,
     max_steps: int | None = DEFAULT_MAX_STEPS,
     max_seconds: float | None = TRIAL_SECONDS,
     first_segment: int = LengthPolicy.first_segment,
@@ -275,7 +275,7 @@ class _Trial:
     loss_fn: Any
     max_fraction: float
     n_beta: float | None
-    num_chains: int
+    num_chains: int | None
     policy: Mapping[str, Any]
     batch_size: int | None
     sampler: str
@@ -301,6 +301,7 @@ class _Trial:
             init, zero = posterior.init_loss, zero_weights_loss(posterior)
             gap = zero - init
             nb, _ = posterior.resolve_n_beta(self.n_beta)
+            num_chains = posterior.resolve_num_chains(self.num_chains)
             common = dict(model=index, localization=gamma, init_loss=init, zero_weights_loss=zero, n_beta=nb)
             telling = math.isfinite(gap) and gap > MIN_GAP_CONTRAST * abs(init)
             limit = self.max_fraction * gap * nb  # the λ̂ at which the chains climbed too far
@@ -321,7 +322,7 @@ class _Trial:
                         n_beta=nb,
                         localization=gamma,
                         step_size=step,
-                        num_chains=self.num_chains,
+                        num_chains=num_chains,
                         seed=self.seed,
                         policy=policy,
                         stop=(

@@ -37,13 +37,16 @@ def test_default_length_runs_until_two_doublings_agree_on_a_quadratic():
     # doubling segments, the last one gives the draws and everything before is burn-in
     assert c.segment_steps[1:] == [2 * k for k in c.segment_steps[:-1]]
     assert s.num_draws == c.segment_steps[-1] and s.num_burnin == sum(c.segment_steps[:-1])
-    assert result.burnin_loss_trace.shape == (4, s.num_burnin)
+    assert s.num_chains == 16  # a tiny model: 16 stacked chains by default
+    assert result.burnin_loss_trace.shape == (16, s.num_burnin)
     assert s.simulated_time == pytest.approx(1e-3 * sum(c.segment_steps))
     assert s.simulated_time >= 0.5  # the floor at γ = 1
     exact = quadratic_target(6, n_beta, 1.0)
-    assert result.mean == pytest.approx(exact, rel=0.08)
+    # SGLD at step ε holds each coordinate's variance at 1 / (h (1 - εh/4)), h = 2nβ + γ: +5.3% here
+    at_this_step = exact / (1 - 1e-3 * (2 * n_beta + 1.0) / 4)
+    assert result.mean == pytest.approx(at_this_step, rel=0.05)
     low, high = result.interval
-    assert low < result.mean < high and low <= exact <= high
+    assert low < result.mean < high and low <= at_this_step <= high and low < 1.01 * exact
 
 
 def test_a_budget_that_stops_the_chains_early_warns_with_the_simulated_time():
@@ -83,7 +86,7 @@ def test_given_num_draws_keeps_the_fixed_length_and_refuses_a_lone_num_burnin():
         progress=False,
     )
     assert result.settings.length_source == "given" and result.settings.converged is None
-    assert result.settings.num_burnin == 1000 and result.trace.shape == (4, 1000)
+    assert result.settings.num_burnin == 1000 and result.trace.shape == (result.settings.num_chains, 1000)
     with pytest.raises(ValueError, match="num_burnin goes with num_draws"):
         slt.estimate_llc(Quadratic(3), DUMMY, loss_fn=quadratic_loss, num_burnin=10, progress=False)
 

@@ -157,7 +157,13 @@ def test_estimate_dos_runs_its_full_data_pass_compiled_with_eager_numbers(data):
 def test_stacked_compiled_estimates_agree_with_eager_ones_and_repeat_exactly(data):
     model = trained(8, data)
     settings = dict(
-        loss_fn="mse", localization=10.0, step_size=1e-3, num_draws=400, num_burnin=100, progress=False
+        loss_fn="mse",
+        localization=10.0,
+        step_size=1e-3,
+        num_chains=4,  # 4 eager chains run one after another
+        num_draws=400,
+        num_burnin=100,
+        progress=False,
     )
     eager = slt.estimate_llc(model, data, **settings)
     compiled = slt.estimate_llc(model, data, **settings, compile=True)

@@ -261,3 +261,21 @@ def test_resolve_n_beta_gives_the_default_temperature_and_sizes_the_batch_for_it
     assert source == "n/log n" and n_beta == pytest.approx(20_000 / math.log(20_000))
     assert posterior.batch_size == math.ceil(n_beta)
     assert posterior.resolve_n_beta(300) == (300.0, "given") and posterior.batch_size == 300
+
+
+def test_tiny_models_get_16_stacked_chains_by_default_and_others_4():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slt.oracles.models import NormalCrossing, regression_data
+
+    x, y = regression_data(10_000, seed=0)
+    tiny = PosteriorSampler(NormalCrossing([1, 2]), (x, y), "mse")
+    tiny.resolve_n_beta(None)  # batch 1086: 2 parameters x 1086 is below the threshold
+    assert tiny.resolve_num_chains(None) == 16
+    assert tiny.resolve_num_chains(None, "sequential") == 4  # 16 would run one after another
+    assert tiny.resolve_num_chains(3) == 3
+    _, data = _regression(10_000)  # 4 features
+    wider = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))  # 193 parameters x 256
+    assert PosteriorSampler(wider, data, "mse").resolve_num_chains(None) == 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=256)
+    assert PosteriorSampler(NormalCrossing([1, 2]), loader, "mse").resolve_num_chains(None) == 4
