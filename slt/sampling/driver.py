@@ -888,7 +888,7 @@ MANY_CHAINS = 16
 #: at batch 1086, per step, 16 chains stacked against 4 one after another: 0.78x for a normal crossing (2
 #: parameters), 1.25x for a 16-parameter linear network, 1.8-2.7x from 100 parameters on. On normal
 #: crossings (benchmarks/bench_defaults.py, 12 runs) 16 chains converged in all (4 chains: 5 of 12, the
-#: rest stopped by max_steps with a standard error above 5%) in 62 s on average against 126 s, with the
+#: rest stopped by max_steps with a standard error above 5%) in 65 s on average against 126 s, with the
 #: same accuracy (mean absolute error against the exact target 5.1% against 5.3%).
 MANY_CHAINS_MAX_WORK = 20_000
 #: On CPU, ``vmap`` costs about a millisecond per step whatever the model, so it pays only with many
