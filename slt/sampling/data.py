@@ -314,6 +314,8 @@ class Partition:
     weights : Tensor, shape (num_batches,)
     equal : bool
         Whether every batch has the same size (else the first :attr:`num_large` hold one sample more).
+    num_large : int
+        How many batches hold one sample more than the rest (the first ones; 0 when all are equal).
     """
 
     def __init__(
@@ -333,6 +335,7 @@ class Partition:
         self.sizes = [base + 1] * extra + [base] * (num_batches - extra)
         self.batch_size = self.sizes[0]
         self.equal = extra == 0
+        self.num_large = extra
         self.starts = [0]
         for size in self.sizes:
             self.starts.append(self.starts[-1] + size)
@@ -363,11 +366,6 @@ class Partition:
             return self.pack(tuple(t[lo:hi] for t in self._shuffled))
         idx = self._perm[lo:hi]  # type: ignore[index]
         return self.pack(tuple(t.index_select(0, idx) for t in self._tensors))
-
-    @property
-    def num_large(self) -> int:
-        """How many batches hold one sample more than the rest (the first ones; 0 when all are equal)."""
-        return 0 if self.equal else self.sizes.count(self.sizes[0])
 
     def stacked(self, ids: Tensor, large: bool | None = None) -> Batch:
         """The batches with ids ``ids`` stacked on a new leading dimension.

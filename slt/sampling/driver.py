@@ -274,10 +274,13 @@ class PosteriorSampler:
         """
         if num_chains is not None:
             return int(num_chains)
-        if chain_mode == "sequential" or self.choose_mode(chain_mode, MANY_CHAINS) != "vectorized":
+        if self.choose_mode(chain_mode, MANY_CHAINS) != "vectorized":
             return DEFAULT_NUM_CHAINS
-        work = self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
-        return MANY_CHAINS if work <= MANY_CHAINS_MAX_WORK else DEFAULT_NUM_CHAINS
+        return MANY_CHAINS if self._step_work() <= MANY_CHAINS_MAX_WORK else DEFAULT_NUM_CHAINS
+
+    def _step_work(self) -> int:
+        """Parameters times batch size: the measure of a step's work the chain-mode rules use."""
+        return self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
 
     def size_batch_for(self, n_beta: float) -> int | None:
         r"""Size the default batch for the temperature nβ; a given batch or a loader's is kept.
@@ -443,7 +446,7 @@ class PosteriorSampler:
         if self.device.type == "cuda":
             fits = num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
             return "vectorized" if fits else "sequential"
-        work = self.flat_model.dim * min(self.batch_size or self.num_samples, self.num_samples)
+        work = self._step_work()
         if self.compiled is not None and self.compiled.reason is None:
             return "vectorized" if work <= VECTORIZE_COMPILED_CPU_MAX_WORK else "sequential"
         if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
