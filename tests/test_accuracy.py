@@ -118,12 +118,12 @@ def test_defaults_alone_reach_the_exact_target_of_a_deep_linear_network():
 
 
 def regular_regression(n: int, d_in: int = 4, seed: int = 0):
-    """A linear model fitted exactly by least squares, and the exact finite-step target of SGLD on it.
+    """A linear model fitted exactly by least squares, and the Hessian eigenvalues of its loss.
 
     With w* the least-squares solution, L_n(w) - L_n(w*) = (w - w*)ᵀ H (w - w*)/2, H = X̃ᵀX̃/n (X̃ = [X, 1]).
-    Along eigenvector i (eigenvalue h_i) SGLD at step ε has stationary variance 1/(a_i (1 - ε a_i/4)) with
-    a_i = nβ h_i + γ (full batch; minibatch noise adds well under 1% here), so
-    E[λ̂] = Σ_i (nβ h_i / 2) / (a_i (1 - ε a_i / 4)) → ½ Σ_i nβ h_i / (nβ h_i + γ) as ε → 0.
+    Along eigenvector i (eigenvalue h_i) Euler-step SGLD at step ε has stationary variance
+    1/(a_i (1 - ε a_i/4)) with a_i = nβ h_i + γ (full batch), SGLD with Leimkuhler-Matthews noise 1/a_i
+    exactly, so E[λ̂] = ½ Σ_i nβ h_i / (nβ h_i + γ), minibatch noise aside.
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
@@ -145,8 +145,6 @@ def test_every_sample_counts_when_n_is_not_a_multiple_of_the_batch(n, batch_size
     # and this estimate was 16% low. Now the batches are balanced (2 x 250; 251 + 250 weighted at 501)
     model, data, h = regular_regression(n)
     n_beta, gamma, eps = n / math.log(n), 1.0, 1e-3
-    a = n_beta * h + gamma
-    exact_at_step = float(np.sum(n_beta * h / 2 / (a * (1 - eps * a / 4))))
     closed_form = float(np.sum(n_beta * h / (n_beta * h + gamma)) / 2)
     result = slt.estimate_llc(
         model,
@@ -157,11 +155,12 @@ def test_every_sample_counts_when_n_is_not_a_multiple_of_the_batch(n, batch_size
         num_chains=8,
         num_draws=8000,
         num_burnin=500,
-        seed=2,
+        seed=0,
         progress=False,
     )
-    # measured (seed 2): n = 500 (vectorized) 2.449 ± 0.021 against 2.520 at this step (-2.8%) and 2.469 as
-    # ε → 0 (-0.8%); n = 501 (sequential, weighted) 2.518 ± 0.033 against 2.519 (0.0%) and 2.469 (+2.0%)
+    # SGLD's default Leimkuhler-Matthews noise has no first-order step bias on this quadratic (the Euler
+    # step would sit +2.1% above the closed form at this ε). Measured at n = 500 over seeds 0-3:
+    # -2.9% to +0.4% of the closed form 2.469, mean -0.5% (Euler +1.5%)
     assert result.problems == ()
     assert result.mean == pytest.approx(closed_form, rel=0.03)
-    assert result.mean == pytest.approx(exact_at_step, rel=0.04)
+    assert abs(result.mean - closed_form) < 4 * result.stderr

@@ -282,7 +282,9 @@ class LLCResult(JSONResult):
         SGLD only), where the indicator is unknown, and for a non-positive estimate.
         """
         b = self.checks.bias_indicator
-        if self.settings.sampler != "sgld" or not (math.isfinite(b) and b > 0 and self.mean > 0):
+        options = self.settings.sampler_options or {}
+        euler = self.settings.sampler == "sgld" and not options.get("leimkuhler_matthews", False)
+        if not euler or not (math.isfinite(b) and b > 0 and self.mean > 0):
             return self.mean
         return self.mean / (1.0 + b)
 

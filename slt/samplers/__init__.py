@@ -3,7 +3,7 @@
 ==================  ============================================  ===================================
 name                kernel                                        options (defaults)
 ==================  ============================================  ===================================
-``"sgld"``          :mod:`slt.samplers.sgld`                      none
+``"sgld"``          :mod:`slt.samplers.sgld`                      ``leimkuhler_matthews=True``
 ``"rmsprop_sgld"``  :mod:`slt.samplers.rmsprop_sgld`              ``alpha=0.99, delta=0.1,
                                                                   adapt_steps=num_burnin``
 ``"sgnht"``         :mod:`slt.samplers.sgnht`                     ``diffusion=0.01``

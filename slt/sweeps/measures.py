@@ -232,12 +232,18 @@ def validate_llc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def llc_defaults() -> dict[str, Any]:
     """Default values of the :func:`slt.estimate_llc` settings a sweep passes through."""
     from slt.estimators.llc import estimate_llc
+    from slt.samplers import KERNELS
 
-    return {
+    defaults = {
         name: p.default
         for name, p in inspect.signature(estimate_llc).parameters.items()
         if name not in _RESERVED and p.default is not inspect.Parameter.empty
     }
+    # a kernel's option defaults change the numbers too (SGLD's noise scheme, for one)
+    defaults["kernel_option_defaults"] = {
+        name: dict(KERNELS[name].options) for name in ("sgld", "rmsprop_sgld", "sgnht")
+    }
+    return defaults
 
 
 def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any], Any]:

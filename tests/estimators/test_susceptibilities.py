@@ -191,14 +191,13 @@ def test_a_gaussian_posterior_gives_the_closed_form_susceptibility():
     X, Y, w = x.numpy(), y.numpy()[:, 0], w_star.numpy()[:, 0]
     H = X.T @ X / n  # L_n(w) = (w - w*)' H (w - w*) + L0
     L0 = float(np.mean((X @ w - Y) ** 2))
-    # SGLD: w <- w - (step/2) P (w - w*) + sqrt(step) xi, P = 2 nβ H + γ I; stationary covariance
-    # step (I - M^2)^-1 with M = I - (step/2) P (-> P^-1, the tempered posterior's, as step -> 0)
+    # SGLD: w <- w - (step/2) P (w - w*) + sqrt(step) (xi_t + xi_t+1)/2, P = 2 nβ H + γ I: with the
+    # Leimkuhler-Matthews noise the stationary covariance is P^-1 exactly, the tempered posterior's
+    # (the Euler step's would be step (I - M^2)^-1, M = I - (step/2) P)
     P = 2 * n_beta * H + gamma * np.eye(2)
-    M = np.eye(2) - step / 2 * P
-    full_cov = step * np.linalg.inv(np.eye(2) - M @ M)
-    m0 = 1 - step / 2 * P[0, 0]
+    full_cov = np.linalg.inv(P)
     restricted_cov = np.zeros((2, 2))
-    restricted_cov[0, 0] = step / (1 - m0**2)
+    restricted_cov[0, 0] = 1 / P[0, 0]
     exact = {}
     for name, (xp, yp) in probes.items():
         A, b = xp.numpy().T @ xp.numpy() / 3, xp.numpy().T @ yp.numpy()[:, 0] / 3

@@ -93,13 +93,28 @@ def noise_of_first_step(seed, shape):
 
 
 def test_sgld_update_is_its_equation():
+    """Two steps: the Leimkuhler-Matthews noise averages consecutive draws; the Euler step uses each once."""
     tgt, eps = target(4), 1e-2
     w = tgt.center + 0.2
-    bound = get_kernel("sgld").bind()
-    new = bound.step(bound.init(w), 2 * w, tgt, torch.Generator().manual_seed(1), eps)
-    drift = tgt.n_beta * 2 * w + tgt.localization * (w - tgt.center)
-    expected = w - eps / 2 * drift + math.sqrt(eps) * noise_of_first_step(1, 4)
-    torch.testing.assert_close(new.position, expected)
+    generator = torch.Generator().manual_seed(1)
+    xi = torch.randn((2, 4), generator=generator, dtype=torch.float64)
+
+    def drift(position):
+        return tgt.n_beta * 2 * position + tgt.localization * (position - tgt.center)
+
+    for averaged in (True, False):
+        bound = get_kernel("sgld").bind({"leimkuhler_matthews": averaged})
+        generator = torch.Generator().manual_seed(1)
+        first = bound.step(bound.init(w), 2 * w, tgt, generator, eps)
+        second = bound.step(first, 2 * first.position, tgt, generator, eps)
+        if averaged:
+            noise = (xi[0] / 2, (xi[0] + xi[1]) / 2)  # no draw before the first step: its partner is 0
+        else:
+            noise = (xi[0], xi[1])
+        expected_first = w - eps / 2 * drift(w) + math.sqrt(eps) * noise[0]
+        torch.testing.assert_close(first.position, expected_first)
+        expected = expected_first - eps / 2 * drift(expected_first) + math.sqrt(eps) * noise[1]
+        torch.testing.assert_close(second.position, expected)
 
 
 def test_rmsprop_update_is_its_equation():

@@ -48,7 +48,7 @@ def test_pyro_samples_have_the_stationary_variance_of_the_target():
     mcmc.run()
     w = mcmc.get_samples()["w"]
     a = 2 * n_beta + gamma
-    exact_var = 1 / (a * (1 - eps * a / 4))
+    exact_var = 1 / a  # SGLD's Leimkuhler-Matthews noise: exact at any stable step (Euler: +11% here)
     assert w.mean(0).abs().max() < 0.02
     assert w.var(0).mean().item() == pytest.approx(exact_var, rel=0.05)
     assert mcmc.diagnostics()["w"]["n_eff"].min() > 500  # pyro computes it from the same draws
