@@ -22,7 +22,7 @@
 # | `evaluate=` / `evaluate_mse` / `evaluate_ce` | `loss_fn=` callable `(model, batch) -> loss`, or `"mse"` / `"cross_entropy"` | |
 # | a dataset with an `input_ids` column (2.x) | a dict of tensors (`{"input_ids": ids, "labels": ids}`) or a loader of dicts, no `loss_fn` | the model's own `.loss`; n counts tokens (`n_unit`) |
 # | chains in `model.train()` mode | `model_mode="train"` | slt's default is eval mode (dropout off) |
-# | `sampling_method=SGLD` / `SGMCMC.sgld` | `sampler="sgld"` | |
+# | `sampling_method=SGLD` / `SGMCMC.sgld` | `sampler="sgld"` | slt averages consecutive noise draws (Leimkuhler-Matthews), which removes most of the step-size bias at no cost; `sampler_options={"leimkuhler_matthews": False}` is devinterp's update |
 # | `SGMCMC.rmsprop_sgld` | `sampler="rmsprop_sgld"` | slt freezes the preconditioner after burn-in |
 # | `SGNHT` / `SGMCMC.sgnht` | `sampler="sgnht"` | same learning-rate parametrization |
 # | `optimizer_kwargs=dict(lr=...)` | `step_size=` | default chosen by a pilot; `slt.calibrate` to tune |

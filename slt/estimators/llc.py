@@ -258,28 +258,26 @@ class LLCResult(JSONResult):
 
     @property
     def corrected(self) -> float:
-        r"""The estimate with its predicted step-size bias removed: :math:`\hat\lambda / (1 + b)`.
+        r"""The Euler-step estimate with its predicted step-size bias removed: :math:`\hat\lambda / (1 + b)`.
 
-        :math:`b` is ``checks.bias_indicator``, the relative bias of SGLD's finite step predicted from
-        the gradient energy at the draws (:func:`slt.tuning.bias_indicator`; exact to first order in the
-        step for quadratic losses, minibatch noise included). SGLD's stationary bias is of first order in
-        the step (Vollmer, Zygalakis & Teh 2016, JMLR 17(159)), and the automatic step aims at b = 5%, so
-        ``mean`` carries about that much on top of its sampling error. The correction lies inside
-        :attr:`interval`, whose lower end already allows for it.
+        :math:`b` is ``checks.bias_indicator``, the relative bias of SGLD's Euler step predicted from the
+        gradient energy at the draws (:func:`slt.tuning.bias_indicator`; exact to first order in the step
+        for quadratic losses, minibatch noise included). That bias is of first order in the step
+        (Vollmer, Zygalakis & Teh 2016, JMLR 17(159)), and the automatic step aims at b = 5%. The
+        correction lies inside :attr:`interval`, whose lower end already allows for it.
 
-        Measured against exact finite-nβ targets with ``estimate_llc``'s defaults, the batch sized for nβ
-        (``benchmarks/results/defaults_batchrule*.md``): mean absolute error 8.9% → 3.2% (worst 32.9% →
-        9.6%) on eight deep-linear-network runs at n = 1e4, and 5.3% → 6.3% (worst 18.7% → 16.0%) on
-        twelve normal crossings, whose predicted bias is small (1-4%) and whose errors are mostly
-        sampling error; 1.8% → 5.3% on two runs at n = 1e5. On linear regressions (n ≤ 1000, batch 256;
-        ``defaults.md``) 7.1% → 2.0% (worst 8.1% → 3.0%), and on trained networks outside the oracle
-        families (``defaults_nets.md``: a classifier near zero cross-entropy, a tanh MLP and a tiny
-        transformer, 12 runs against full-batch MALA targets) 5.8% → 3.3% (worst 10.8% → 6.2%). It does
-        not fix chains that have not mixed. ``mean`` stays the plain estimator; report either, and say
-        which.
+        Applies to ``sampler="sgld"`` with ``sampler_options={"leimkuhler_matthews": False}`` only. The
+        default SGLD noise (Leimkuhler-Matthews, :mod:`slt.samplers.sgld`) has no full-gradient part of
+        that bias to remove, so there ``corrected`` equals ``mean``, as for other samplers (the
+        first-order form was derived and measured for SGLD only), where the indicator is unknown, and
+        for a non-positive estimate.
 
-        Equal to ``mean`` for other samplers than SGLD (the first-order form was derived and measured for
-        SGLD only), where the indicator is unknown, and for a non-positive estimate.
+        Measured on the Euler step against exact finite-nβ targets with the defaults of the time
+        (``benchmarks/results/defaults_batchrule*.md``, ``defaults.md``, ``defaults_nets.md``): mean
+        absolute error 8.9% → 3.2% (worst 32.9% → 9.6%) on eight deep-linear-network runs at n = 1e4,
+        5.3% → 6.3% on twelve normal crossings (errors mostly sampling error), 1.8% → 5.3% on two runs
+        at n = 1e5, 7.1% → 2.0% on linear regressions and 5.8% → 3.3% on trained networks outside the
+        oracle families. It does not fix chains that have not mixed.
         """
         b = self.checks.bias_indicator
         options = self.settings.sampler_options or {}
@@ -463,7 +461,8 @@ def llc_interval(
       from :math:`w^*`), a fall downwards;
     - step size: the predicted discretization bias ``checks.bias_indicator`` times :math:`\hat\lambda`
       widens it downwards (a finite step inflates the estimate; DESIGN §9 measured +5 to +7% at a 5%
-      prediction).
+      prediction for the Euler step; for SGLD's default Leimkuhler-Matthews noise, whose bias is the
+      minibatch share of that, it is an upper bound).
 
     Returns ``(nan, nan)`` with fewer than two healthy chains.
     """
