@@ -2,7 +2,9 @@
 
 Every row is ``slt.estimate_llc(model, data, loss_fn=gaussian_nll, seed=seed)`` with **no tuning
 argument**: the pilot's step (re-sized as the chains spread), the automatic length (doublings until two
-agree and ε·T ≥ 0.5/γ, budget 100,000 steps per chain), four chains. Each estimate is scored against
+agree and ε·T ≥ 0.5/γ, budget 100,000 steps per chain), four chains (16 for tiny models), SGLD with its
+default Leimkuhler-Matthews noise (``--euler``: the Euler step instead, devinterp's update, for
+comparison). Each estimate is scored against
 
 * the exact target nβ(E_w[L_n(w)] − L_n(w*)) at the same nβ, γ and data (what the estimator aims at):
   closed form for the regression, quadrature for the normal crossings, and for the deep linear networks
@@ -19,7 +21,7 @@ used, once per case.
 It also reports whether the 95% interval (``LLCResult.interval``) covers the exact target, the gradient
 evaluations (chains and pilot) and the warnings.
 
-    PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1 2] [--cases dln dln1e5 nc reg nets]
+    PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -193,14 +195,16 @@ def net_cases() -> list[dict[str, Any]]:
     ]
 
 
-def run(case: dict[str, Any], seed: int) -> dict[str, Any]:
+def run(case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None = None) -> dict[str, Any]:
     model, data = case["make"]()
     loss_fn = case.get("loss", gaussian_nll)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = slt.estimate_llc(model, data, loss_fn=loss_fn, seed=seed, progress=False)
+            result = slt.estimate_llc(
+                model, data, loss_fn=loss_fn, seed=seed, progress=False, sampler_options=sampler_options
+            )
         except Exception as exc:
             return dict(case=case["name"], seed=seed, raised=f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - start
@@ -330,6 +334,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--name", default="defaults", help="results file name (results/NAME.json, .md)")
     parser.add_argument(
+        "--euler",
+        action="store_true",
+        help="SGLD's Euler step (sampler_options={'leimkuhler_matthews': False}) instead of the default",
+    )
+    parser.add_argument(
         "--render",
         action="store_true",
         help="rewrite defaults.md and the summary from defaults.json, no runs",
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for case in cases:
         for seed in args.seeds:
-            rows.append(run(case, seed))
+            rows.append(run(case, seed, {"leimkuhler_matthews": False} if args.euler else None))
             r = rows[-1]
             if "raised" in r:
                 print(f"{r['case']} seed {seed}: raised {r['raised']}", flush=True)
