@@ -114,6 +114,7 @@ axes[1, 0].set_title("step ÷50: loss trace")
 # | symptom | likely cause | what to try |
 # |---|---|---|
 # | chains diverge (`DivergenceWarning`) | step too large | a smaller `step_size`, or `calibrate` |
+# | a chain passed the step's stability limit (`DivergenceWarning`, left out of the estimate) | step too large where that chain went | a smaller `step_size` |
 # | estimate moves when the step halves | step-size bias | the step `calibrate` recommends |
 # | R-hat > 1.1, large `trend_z` | chains too short for the step | more `num_burnin`/`num_draws`, a larger step |
 # | negative estimate (`NotAMinimumWarning`) | $w^*$ is not a local minimum | train longer; raise `localization` |

@@ -6,7 +6,7 @@ ESS and R-hat come from arviz (rank-normalized split R-hat and bulk ESS, Vehtari
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +46,9 @@ class ChainDiagnostics:
         Chains that hit a non-finite loss.
     divergence_step : ndarray of int, shape (chains,)
         Step (counting burn-in) where each chain first hit a non-finite loss; -1 when healthy.
+    unstable : ndarray of bool, shape (chains,)
+        Chains past the step's stability limit (:func:`slt.tuning.unstable_chains`): finite but left out of
+        the estimate like diverged ones. Empty (none) for results stored before this check existed.
     """
 
     ess: float
@@ -53,11 +56,18 @@ class ChainDiagnostics:
     trend_z: float
     diverged: np.ndarray
     divergence_step: np.ndarray
+    unstable: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """Boolean per chain: left out of the estimate (diverged, or past the stability limit)."""
+        unstable = np.asarray(self.unstable, dtype=bool)
+        return self.diverged | unstable if unstable.shape == self.diverged.shape else self.diverged
 
     @property
     def healthy_chains(self) -> np.ndarray:
-        """Indices of the chains that never diverged."""
-        return np.flatnonzero(~self.diverged)
+        """Indices of the chains in the estimate: neither diverged nor past the stability limit."""
+        return np.flatnonzero(~self.excluded)
 
 
 def _arviz_stat(name: str, trace: np.ndarray) -> float:
@@ -118,15 +128,22 @@ def trend_threshold(num_chains: int, p_value: float = 0.005) -> float:
     return float(stats.norm.ppf(1 - p_value / 2))
 
 
-def diagnose(trace: np.ndarray, divergence_step: np.ndarray) -> ChainDiagnostics:
-    """Compute :class:`ChainDiagnostics` for a ``(chains, draws)`` trace."""
+def diagnose(
+    trace: np.ndarray, divergence_step: np.ndarray, unstable: np.ndarray | None = None
+) -> ChainDiagnostics:
+    """Compute :class:`ChainDiagnostics` for a ``(chains, draws)`` trace, over the chains kept.
+
+    ``unstable`` (bool, shape (chains,)) marks chains to leave out besides the diverged ones.
+    """
     divergence_step = np.asarray(divergence_step, dtype=np.int64)
     diverged = divergence_step >= 0
-    healthy = trace[~diverged]
+    unstable = np.zeros_like(diverged) if unstable is None else np.asarray(unstable, dtype=bool) & ~diverged
+    healthy = trace[~(diverged | unstable)]
     return ChainDiagnostics(
         ess=_arviz_stat("ess", healthy),
         rhat=_arviz_stat("rhat", healthy),
         trend_z=trend_z(healthy),
         diverged=diverged,
         divergence_step=divergence_step,
+        unstable=unstable,
     )

@@ -44,7 +44,7 @@ from slt.sampling.settings import (
     validate_settings,
 )
 from slt.sampling.setup import prepared_sampler
-from slt.tuning import bias_indicator, default_step_size
+from slt.tuning import STABILITY_LIMIT, bias_indicator, default_step_size, unstable_chains
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -195,7 +195,7 @@ class LLCResult(JSONResult):
     stderr : float
         Standard error of ``mean``: ``std / sqrt(healthy chains)``.
     per_chain : ndarray, shape (chains,)
-        Per-chain estimates (NaN for diverged chains).
+        Per-chain estimates (NaN for chains left out: diverged, or past the stability limit).
     trace : ndarray, shape (chains, draws)
         Per-draw estimates :math:`n\beta (L_B(w_t) - L_n(w^*))`.
     loss_trace : ndarray, shape (chains, draws)
@@ -328,6 +328,7 @@ class LLCResult(JSONResult):
             "rhat": d.rhat,
             "trend_z": d.trend_z,
             "chains_diverged": int(d.diverged.sum()),
+            "chains_unstable": int(np.asarray(d.unstable, dtype=bool).sum()),
             "init_loss": self.init_loss,
             "n": self.n,
             "n_unit": s.n_unit,
@@ -400,7 +401,8 @@ def summarize_run(
     dependence); the distance the chains travelled and the bias indicator are added here.
     """
     trace = llc_trace(run, settings.n_beta, sampler.init_loss)
-    diagnostics = diagnose(trace, run.divergence_step)
+    unstable, own_indicators = unstable_chains(settings.step_size, settings.n_beta, run.grad_norm_sq, trace)
+    diagnostics = diagnose(trace, run.divergence_step, unstable)
     healthy = diagnostics.healthy_chains
     if healthy.size == 0:
         steps = ", ".join(str(int(s)) for s in run.divergence_step)
@@ -423,6 +425,8 @@ def summarize_run(
         bias_indicator=bias_indicator(settings.step_size, settings.n_beta, run.grad_norm_sq[healthy], mean),
     )
     problems = llc_problems(diagnostics, mean, stderr, settings, checks, sampler.init_loss, trace)
+    if diagnostics.unstable.any():
+        problems = (_unstable_problem(diagnostics, trace, own_indicators, mean, settings), *problems)
     interval = llc_interval(mean, stderr, int(healthy.size), checks, trace[healthy])
     if warn:
         emit(problems, stacklevel=3)
@@ -443,6 +447,25 @@ def summarize_run(
         problems=problems,
         checks=checks,
         interval=interval,
+    )
+
+
+def _unstable_problem(
+    d: ChainDiagnostics, trace: np.ndarray, indicators: np.ndarray, mean: float, s: LLCSettings
+) -> Problem:
+    bad = np.flatnonzero(d.unstable)
+    half = trace.shape[1] // 2
+    which = ", ".join(
+        f"chain {c}: predicted bias {indicators[c]:.0%}, λ̂ {np.nanmean(trace[c, half:]):.4g}" for c in bad
+    )
+    kept = int(d.healthy_chains.size)
+    return Problem.of(
+        DivergenceWarning,
+        f"{len(bad)} of {len(d.diverged)} chains passed the step's stability limit ({which}; the limit is "
+        f"{STABILITY_LIMIT:.0%}): a stiff direction oscillates there and the loss sits far above the "
+        f"posterior's without ever turning non-finite. They are left out like diverged chains; the estimate "
+        f"({mean:.4g}) uses the other {kept}. A smaller step_size (now {s.step_size:.3g}) keeps every chain "
+        "stable.",
     )
 
 
@@ -548,7 +571,7 @@ def _chain_problems(
                 "slt.calibrate",
             )
         )
-    healthy = int((~d.diverged).sum())
+    healthy = int((~d.excluded).sum())
     if math.isfinite(d.trend_z) and abs(d.trend_z) > trend_threshold(healthy):
         direction = "rising" if d.trend_z > 0 else "falling"
         problems.append(

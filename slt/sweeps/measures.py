@@ -262,6 +262,7 @@ def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any],
         "llc_low": result.interval[0],
         "llc_high": result.interval[1],
         "llc_chains_diverged": int(result.diagnostics.diverged.sum()),
+        "llc_chains_unstable": int(np.asarray(result.diagnostics.unstable, dtype=bool).sum()),
         "step_size": result.settings.step_size,
         "train_loss": result.init_loss,
     }
@@ -422,7 +423,8 @@ def measure_model(
     summary : dict
         Scalars of every measure: ``llc_mean``, ``llc_corrected`` (:attr:`LLCResult.corrected`),
         ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
-        ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``, ``step_size``, ``train_loss``,
+        ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``,
+        ``llc_chains_unstable`` (left out past the step's stability limit), ``step_size``, ``train_loss``,
         ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).
     payload : dict

@@ -2,16 +2,20 @@
 
 from slt.tuning.step_size import (
     DEFAULT_TARGET_BIAS,
+    STABILITY_LIMIT,
     bias_indicator,
     default_step_size,
     largest_preconditioner,
     top_curvature,
+    unstable_chains,
 )
 
 __all__ = [
     "default_step_size",
     "top_curvature",
     "bias_indicator",
+    "unstable_chains",
+    "STABILITY_LIMIT",
     "largest_preconditioner",
     "DEFAULT_TARGET_BIAS",
 ]

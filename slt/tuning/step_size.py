@@ -31,6 +31,8 @@ __all__ = [
     "default_step_size",
     "top_curvature",
     "bias_indicator",
+    "unstable_chains",
+    "STABILITY_LIMIT",
     "largest_preconditioner",
     "DEFAULT_TARGET_BIAS",
     "MAX_PILOT_FACTOR",
@@ -38,6 +40,10 @@ __all__ = [
 
 #: Predicted relative bias the default step size aims for.
 DEFAULT_TARGET_BIAS = 0.05
+#: A chain whose own bias indicator exceeds this has passed the step's stability limit: on a quadratic the
+#: indicator is :math:`\varepsilon\,\overline{n\beta a}/4` (the mean curvature over the directions
+#: that carry :math:`\hat\lambda`), below 0.5 while every direction has :math:`\varepsilon n\beta a < 2`.
+STABILITY_LIMIT = 0.5
 #: Times a pilot whose estimate is not positive is rerun four times longer before giving up.
 PILOT_RETRIES = 2
 #: Largest factor by which one pilot round may change the step size.
@@ -94,6 +100,60 @@ def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, ll
     if not llc > 0:
         return float("nan")
     return step_size * n_beta**2 * mean_sq / (8.0 * llc)
+
+
+def unstable_chains(
+    step_size: float, n_beta: float, grad_norm_sq: np.ndarray, trace: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Chains that have passed the step's stability limit, and each chain's own bias indicator.
+
+    For each chain, :func:`bias_indicator` over the second half of its draws with its *own*
+    :math:`\hat\lambda` (the mean of ``trace`` over the same draws). On a quadratic that is
+    :math:`\varepsilon\,\overline{n\beta a}/4` over the directions that carry :math:`\hat\lambda`, below
+    :data:`STABILITY_LIMIT` (0.5) while the step is stable in each of them (:math:`\varepsilon n\beta a < 2`);
+    above it, a direction oscillates with growing amplitude until the loss's nonlinearity caps it, and the
+    chain's loss settles far above the posterior's with every value finite, so no divergence is seen. On the
+    deep linear network 5-5-5-5-5 (``benchmarks/bench_defaults.py``, seed 0) one chain of four reached such a
+    place: own indicator 0.77 at :math:`\hat\lambda` 27 over the second half of its draws, against 7.9-9.2
+    for the others and an exact target of 8.0; a full-batch chain at a third of the step, started from its
+    last position, fell back to 7 within a simulated time of 0.005.
+
+    Never every chain: when every chain with a finite indicator is past the limit, none is (there is
+    no stable chain to keep; the predicted bias of the whole run, :data:`MAX_BIAS_INDICATOR
+    <slt.estimators.llc.MAX_BIAS_INDICATOR>`, reports it).
+
+    Parameters
+    ----------
+    step_size, n_beta : float
+        The draws' step and nβ.
+    grad_norm_sq : ndarray, shape (chains, draws)
+        Squared norm of the minibatch gradient at each draw (NaN where not recorded or diverged).
+    trace : ndarray, shape (chains, draws)
+        Per-draw :math:`\hat\lambda` (:func:`slt.estimators.length.llc_trace`).
+
+    Returns
+    -------
+    unstable : ndarray of bool, shape (chains,)
+    indicators : ndarray, shape (chains,)
+        Each chain's own bias indicator (NaN where it cannot be computed: no gradient norms, λ̂ ≤ 0).
+    """
+    grad_norm_sq = np.asarray(grad_norm_sq, dtype=float)
+    trace = np.asarray(trace, dtype=float)
+    chains = trace.shape[0]
+    indicators = np.full(chains, np.nan)
+    if grad_norm_sq.ndim != 2 or grad_norm_sq.shape[0] != chains or grad_norm_sq.shape[1] < 2:
+        return np.zeros(chains, dtype=bool), indicators
+    half = grad_norm_sq.shape[1] // 2
+    for chain in range(chains):
+        own = trace[chain, half:]
+        if own.size and np.isfinite(own).all():
+            own_llc = float(own.mean())
+            indicators[chain] = bias_indicator(step_size, n_beta, grad_norm_sq[chain, half:], own_llc)
+    finite = np.isfinite(indicators)
+    unstable = finite & (indicators > STABILITY_LIMIT)
+    if unstable.sum() == finite.sum():
+        unstable[:] = False
+    return unstable, indicators
 
 
 def largest_preconditioner(

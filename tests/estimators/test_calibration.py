@@ -7,7 +7,7 @@ import torch
 import slt
 from slt.estimators.calibration import CalibrationResult
 from slt.sampling import PosteriorSampler
-from slt.tuning import bias_indicator, top_curvature
+from slt.tuning import STABILITY_LIMIT, bias_indicator, top_curvature, unstable_chains
 from tests.conftest import Quadratic, quadratic_loss
 
 DUMMY = torch.zeros(4, 1)
@@ -202,6 +202,34 @@ def test_top_curvature_and_bias_indicator_on_a_quadratic():
     llc = n_beta * d / a
     assert bias_indicator(step, n_beta, grad_sq, llc) == pytest.approx(step * 2 * n_beta / 4, rel=1e-9)
     assert np.isnan(bias_indicator(step, n_beta, grad_sq, -1.0))
+
+
+def test_unstable_chains_are_those_whose_own_indicator_passes_the_stability_limit():
+    # on a quadratic each chain's own indicator is ε a / 4 (a = 2nβ + γ): 0.05 at ε = 1e-3, nβ = 100;
+    # a chain whose gradients are 60× larger at 4× the loss has 15× that: past the limit (0.5)
+    n_beta, step, d = 100.0, 1e-3, 5
+    a = 2 * n_beta + 1
+    grad_sq = np.full((4, 20), 4 * d / a)
+    trace = np.full((4, 20), n_beta * d / a)
+    grad_sq[2] *= 60
+    trace[2] *= 4
+    unstable, own = unstable_chains(step, n_beta, grad_sq, trace)
+    assert unstable.tolist() == [False, False, True, False]
+    assert own[0] == pytest.approx(step * n_beta / 2, rel=1e-9)  # ≈ ε a / 4
+    assert own[2] == pytest.approx(15 * own[0], rel=1e-9) and own[2] > STABILITY_LIMIT
+    # only the second half of the draws counts: a chain that was unstable early and recovered is kept
+    early = grad_sq.copy()
+    early[1, :10] *= 100
+    assert unstable_chains(step, n_beta, early, trace)[0].tolist() == [False, False, True, False]
+    # every chain past the limit: none is left out (the run's own step warning speaks for it)
+    assert not unstable_chains(step, n_beta, grad_sq * 60, trace)[0].any()
+    # no gradient norms recorded (NaN), or a chain whose λ̂ is not positive: nothing to judge
+    nan_grads = np.full_like(grad_sq, np.nan)
+    flags, own = unstable_chains(step, n_beta, nan_grads, trace)
+    assert not flags.any() and np.isnan(own).all()
+    negative = trace.copy()
+    negative[2] = -1.0
+    assert not unstable_chains(step, n_beta, grad_sq, negative)[0].any()
 
 
 def _normal_crossing_w1sq_w2pow4():

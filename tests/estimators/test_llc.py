@@ -525,3 +525,70 @@ def test_stacked_chains_on_batches_of_unequal_size_hit_the_closed_form():
         assert r.settings.chain_mode == "vectorized"
         errors.append(r.mean / linear_regression_target(x, r.n_beta, 1.0, loss="gaussian_nll") - 1)
     assert abs(np.mean(errors)) < 0.05, errors
+
+
+def test_a_chain_past_the_stability_limit_is_left_out_with_a_warning_that_names_it(tmp_path):
+    """A chain whose loss sits 4× above the others' with 60× their gradients (own bias indicator 15× the
+    default's 5%) is left out like a diverged chain, named in a DivergenceWarning, and recorded."""
+    from slt.estimators.llc import LLCSettings, summarize_run
+    from slt.sampling import PosteriorSampler
+    from slt.sampling.driver import ChainRun
+
+    d, n_beta, step = 10, 100.0, 1e-3
+    posterior = PosteriorSampler(Quadratic(d), torch.zeros(4, 1), quadratic_loss)
+    a = 2 * n_beta + 1
+    rng = np.random.default_rng(0)
+    llc = n_beta * d / a  # ≈ 4.98 per chain at equilibrium
+    losses = llc / n_beta * (1 + 0.05 * rng.standard_normal((4, 400)))
+    grad_sq = 4 * d / a * (1 + 0.05 * rng.standard_normal((4, 400)))
+    losses[3] *= 4
+    grad_sq[3] *= 60
+    run = ChainRun(
+        loss_trace=losses,
+        burnin_loss_trace=np.empty((4, 0)),
+        grad_norm_sq=grad_sq,
+        reference_loss_trace=None,
+        divergence_step=np.full(4, -1),
+        observables={},
+        chain_mode="sequential",
+        seconds=0.0,
+        final_positions=torch.zeros(4, d, dtype=torch.float64),
+    )
+    settings = LLCSettings(
+        n_beta=n_beta,
+        n_beta_source="given",
+        localization=1.0,
+        step_size=step,
+        step_size_source="given",
+        sampler="sgld",
+        sampler_options={},
+        num_chains=4,
+        num_draws=400,
+        num_burnin=0,
+        num_steps_bw_draws=1,
+        batch_size=None,
+        seed=0,
+        chain_mode="sequential",
+        num_params=d,
+        device="cpu",
+    )
+    message = r"1 of 4 chains passed the step's stability limit \(chain 3"
+    with pytest.warns(slt.DivergenceWarning, match=message):
+        result = summarize_run(run, posterior, settings)
+    assert result.mean == pytest.approx(llc, rel=0.02)  # the three stable chains only
+    assert np.isnan(result.per_chain[3]) and np.isfinite(result.per_chain[:3]).all()
+    assert result.diagnostics.unstable.tolist() == [False, False, False, True]
+    assert result.diagnostics.healthy_chains.tolist() == [0, 1, 2]
+    assert int(result.summary()["chains_unstable"].iloc[0]) == 1
+    result.to_json(tmp_path / "result.json")
+    with pytest.warns(slt.DivergenceWarning, match=message):  # a loaded result repeats its warnings
+        restored = slt.LLCResult.from_json(tmp_path / "result.json")
+    assert restored.diagnostics.unstable.tolist() == [False, False, False, True]
+    assert any("stability limit" in p.message for p in restored.problems)
+    # the same chains without the unstable one's excess: nothing is left out, no warning
+    losses[3] /= 4
+    grad_sq[3] /= 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        healthy = summarize_run(run, posterior, settings)
+    assert not healthy.diagnostics.unstable.any() and healthy.diagnostics.healthy_chains.size == 4
