@@ -22,6 +22,7 @@ It also reports whether the 95% interval (``LLCResult.interval``) covers the exa
 evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
+        [--only 'n=5000']
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--cases", nargs="+", default=["reg", "nc", "dln"], choices=["reg", "nc", "dln", "dln1e5", "nets"]
     )
     parser.add_argument("--name", default="defaults", help="results file name (results/NAME.json, .md)")
+    parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
     parser.add_argument(
         "--euler",
         action="store_true",
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dln1e5": dln_large_cases,
         "nets": net_cases,
     }
-    cases = [c for key in args.cases for c in builders[key]()]
+    cases = [c for key in args.cases for c in builders[key]() if args.only is None or args.only in c["name"]]
     rows = []
     for case in cases:
         for seed in args.seeds:
