@@ -550,7 +550,7 @@ def _chain_problems(
             Problem.of(
                 DivergenceWarning,
                 f"{len(bad)} of {len(d.diverged)} chains diverged ({where}); the estimate uses the other "
-                f"{len(d.diverged) - len(bad)}. A smaller step size (now {s.step_size:.3g}) usually helps.",
+                f"{d.healthy_chains.size}. A smaller step size (now {s.step_size:.3g}) usually helps.",
             )
         )
     threshold = 2 * stderr if math.isfinite(stderr) else 0.0
