@@ -31,6 +31,7 @@ from slt.sweeps.measures import (
     measure_model,
     reemit_warnings,
 )
+from slt.sweeps.reference import choose_settings_at, stored_choice
 from slt.sweeps.store import ResultStore, StoredResult, settings_hash
 from slt.sweeps.trajectory import CheckpointFailedWarning, Trajectory, sweep_spec
 
@@ -68,6 +69,18 @@ class LLCMonitor:
     run : str
         Name of the training run, stored with each row: give each run monitored into one store its
         own name, so that :meth:`slt.Trajectory.load` keeps them apart.
+    reference : {None, "first"} or nn.Module
+        Where the LLC settings a sweep chooses (γ, ``step_size``, ``num_burnin`` and ``num_draws``,
+        those not given) are chosen, once, then held fixed so that every step is measured the same way
+        (:mod:`slt.sweeps.reference`; recorded in ``settings["reference"]``). ``None``: each step
+        chooses its own step size and length, at γ = 1 unless given (points measured differently are
+        not strictly comparable, and the choice costs more than the measurement). ``"first"``: at the
+        first measured step, so that step should come after the loss has fallen (a model at its random
+        initialization keeps γ = 1 and the initialization's step). A model (for example the trained
+        model of an earlier run, or the pretrained model being fine-tuned): at that model, when the
+        monitor is made. :meth:`choose_settings` chooses at a model of your choice during training.
+        With a ``store``, the choice is stored under the settings, the seed and the reference
+        weights, and a restarted run reads it back.
     **estimator_settings
         Keyword arguments of :func:`slt.estimate_llc`.
 
@@ -94,6 +107,7 @@ class LLCMonitor:
         measure_settings: Mapping[str, Mapping[str, Any]] | None = None,
         on_error: str = "warn",
         run: str = "LLCMonitor",
+        reference: str | nn.Module | None = None,
         **estimator_settings: Any,
     ):
         if on_error not in ("warn", "raise"):
@@ -107,6 +121,10 @@ class LLCMonitor:
                 f"every must be an int, a collection of steps or a callable, got {type(every).__name__}"
             )
         checkpoint_seed(seed, 0)  # validates the seed
+        if not (reference is None or reference == "first" or isinstance(reference, nn.Module)):
+            raise ValueError(f'reference must be None, "first" or a model, got {reference!r}')
+        self._spec_arguments = (measures, loss_fn, data, test_data, dict(estimator_settings))
+        self._other_settings = (dos_settings, measure_settings)
         self.spec = sweep_spec(
             measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings
         )
@@ -132,6 +150,9 @@ class LLCMonitor:
             self.settings_hash = self.store.register_run(self.settings)
         self._owns_store = store is not None and not isinstance(store, ResultStore)
         self.records: list[StoredResult] = []
+        self._choose_at_first = reference == "first" and "llc" in self.spec.names
+        if isinstance(reference, nn.Module):
+            self.choose_settings(reference)
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is one of the steps to measure."""
@@ -149,6 +170,8 @@ class LLCMonitor:
         step = int(step)
         if not (force or self.due(step)):
             return None
+        if self._choose_at_first:
+            self.choose_settings(model, step)
         cid = f"step={step}|monitor"
         if self.store is not None:
             cid = f"step={step}|weights-sha256={state_dict_fingerprint(model.state_dict())}"
@@ -169,6 +192,66 @@ class LLCMonitor:
                 stacklevel=2,
             )
         return row
+
+    def choose_settings(self, model: nn.Module, step: int = 0) -> dict[str, Any]:
+        """Choose the LLC settings at ``model`` now and hold them for every later measurement.
+
+        γ, ``step_size``, ``num_burnin`` and ``num_draws`` (those not given to the monitor) are chosen
+        by :func:`slt.sweeps.reference.choose_settings_at` with ``model`` as the only probe, recorded in
+        ``settings["reference"]`` (with ``step``), and the settings' hash changes with them. The model,
+        its gradients, its mode and the global RNG states are left exactly as they were.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The model to choose at (a trained one: at a random initialization γ stays 1).
+        step : int
+            Its training step (recorded; it also seeds the trials).
+
+        Returns
+        -------
+        dict
+            The settings chosen (empty when every one was given, or when the trials failed: then
+            ``settings["reference"]["skipped"]`` says why and each step chooses its own).
+
+        Raises
+        ------
+        RuntimeError
+            When the monitor has measured already or has chosen before: the points would not be
+            measured the same way.
+        """
+        if self.records or "reference" in self.settings:
+            raise RuntimeError(
+                "the monitor has already measured or chosen its settings; choose them before the first "
+                "measurement (reference= when making the monitor), so that every step is measured the "
+                "same way"
+            )
+        self._choose_at_first = False
+        if "llc" not in self.spec.names:
+            return {}
+        measures, loss_fn, data, test_data, given = self._spec_arguments
+        devices = tuple({p.device for p in model.parameters()})
+        seed, step = self.seed, int(step)
+
+        def choose() -> tuple[dict[str, Any], dict[str, Any]]:
+            with isolated_rng(checkpoint_seed(seed, step), devices), preserved_generators(data, test_data):
+                return choose_settings_at([model], [step], data, loss_fn, self.spec.llc_settings, seed)
+
+        if self.store is None:
+            fixed, record = choose()
+        else:
+            fingerprint = state_dict_fingerprint(model.state_dict())
+            request = {**self.settings, "reference_weights": fingerprint, "reference_step": step}
+            fixed, record = stored_choice(self.store, request, choose)
+        if not record:
+            return {}
+        self.spec = sweep_spec(measures, loss_fn, data, test_data, {**given, **fixed}, *self._other_settings)
+        self.settings = {**self.settings, **self.spec.description(), "reference": record}
+        if self.store is None:
+            self.settings_hash = settings_hash(self.settings)
+        else:
+            self.settings_hash = self.store.register_run(self.settings)
+        return dict(fixed)
 
     def _measure(self, model: nn.Module, step: int, cid: str) -> StoredResult:
         import time

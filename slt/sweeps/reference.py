@@ -42,7 +42,14 @@ from slt.sweeps.measures import checkpoint_seed
 from slt.sweeps.store import ResultStore, settings_hash
 from slt.warnings import CheckpointError, SLTWarning
 
-__all__ = ["probe_indices", "choose_sweep_settings", "stored_choice", "loader", "CHOSEN_SETTINGS"]
+__all__ = [
+    "probe_indices",
+    "choose_sweep_settings",
+    "choose_settings_at",
+    "stored_choice",
+    "loader",
+    "CHOSEN_SETTINGS",
+]
 
 #: The LLC settings a sweep chooses at its reference checkpoints when they are not given.
 CHOSEN_SETTINGS = ("localization", "step_size", "num_burnin", "num_draws")
@@ -105,30 +112,81 @@ def choose_sweep_settings(
     record : dict
         JSON-able account of the choice: the rule, the probe steps, each trial, and what was chosen.
     """
-    given = {k for k in CHOSEN_SETTINGS if k in llc_settings}
-    if "num_draws" in llc_settings or "num_burnin" in llc_settings:
-        given |= {"num_draws", "num_burnin"}
-    if given == set(CHOSEN_SETTINGS):
+    if not _settings_to_choose(llc_settings):
         return {}, {}
-    choose_gamma = "localization" not in given
     wanted = probe_indices(len(records))
     probes, models = _load_probes(records, wanted, load)
     if not models:
         return {}, {"skipped": "no checkpoint could be loaded to choose the settings at"}
+    return choose_settings_at(
+        models, [records[i].step for i in probes], data, loss_fn, llc_settings, seed, stacklevel=4
+    )
+
+
+def choose_settings_at(
+    models: Sequence[nn.Module],
+    steps: Sequence[int],
+    data: Any,
+    loss_fn: Any,
+    llc_settings: Mapping[str, Any],
+    seed: int,
+    *,
+    stacklevel: int = 2,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choose γ, step size and lengths at ``models`` (the probes), by the rule of the module docstring.
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        The probe models, in step order (left exactly as they were).
+    steps : sequence of int
+        Their training steps (recorded, and the last seeds the trials).
+    data, loss_fn, llc_settings, seed
+        As for :func:`choose_sweep_settings`.
+
+    Returns
+    -------
+    fixed, record : dict
+        As for :func:`choose_sweep_settings`. When the trials fail (every chain diverges, a bad loss),
+        ``fixed`` is empty, ``record`` holds ``"skipped"`` with the reason, and an
+        :class:`~slt.warnings.SLTWarning` says that each measurement chooses its own settings.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``seed``, or when ``models`` and ``steps`` differ in length or are empty.
+    """
+    given = _settings_to_choose(llc_settings, given=True)
+    if len(given) == len(CHOSEN_SETTINGS):
+        return {}, {}
+    if not models or len(models) != len(steps):
+        raise ValueError(f"need one step per probe model, got {len(models)} models and {len(steps)} steps")
+    choose_gamma = "localization" not in given
     passed = {k: llc_settings[k] for k in _PASSED if k in llc_settings}
-    trial_seed = checkpoint_seed(seed, records[probes[-1]].step)  # a bad seed fails here, loudly
+    trial_seed = checkpoint_seed(seed, int(steps[-1]))  # a bad seed fails here, loudly
     try:
-        choice = _choose(models, data, loss_fn, choose_gamma, llc_settings, passed, trial_seed)
+        choice = _choose(list(models), data, loss_fn, choose_gamma, llc_settings, passed, trial_seed)
     except (ValueError, RuntimeError) as exc:  # ChainDivergenceError is a RuntimeError
         reason = f"{type(exc).__name__}: {exc}"
         warnings.warn(
-            f"the sweep could not choose its settings at reference checkpoints ({reason}); each checkpoint "
+            f"the settings could not be chosen at reference checkpoints ({reason}); each checkpoint "
             "chooses its own step and length, at γ = 1 unless given",
             SLTWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return {}, {"skipped": reason}
-    return _fixed_settings(choice, given, choose_gamma, llc_settings, records, probes)
+    return _fixed_settings(choice, given, choose_gamma, llc_settings, [int(s) for s in steps])
+
+
+def _settings_to_choose(llc_settings: Mapping[str, Any], *, given: bool = False) -> set[str]:
+    """The settings of :data:`CHOSEN_SETTINGS` left to choose (or, with ``given``, those given).
+
+    Lengths go together: giving ``num_draws`` or ``num_burnin`` gives both.
+    """
+    chosen_by_user = {k for k in CHOSEN_SETTINGS if k in llc_settings}
+    if "num_draws" in llc_settings or "num_burnin" in llc_settings:
+        chosen_by_user |= {"num_draws", "num_burnin"}
+    return chosen_by_user if given else set(CHOSEN_SETTINGS) - chosen_by_user
 
 
 def _choose(
@@ -158,8 +216,7 @@ def _fixed_settings(
     given: set[str],
     choose_gamma: bool,
     llc_settings: Mapping[str, Any],
-    records: Sequence[Checkpoint],
-    probes: list[int],
+    probe_steps: list[int],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     fixed: dict[str, Any] = {}
     if choose_gamma:
@@ -177,11 +234,11 @@ def _fixed_settings(
         fixed["num_draws"] = max(int(max(t.num_draws for t in converged)) // every, 1)
     record = {
         "rule": choice.rule if choose_gamma else f"γ = {llc_settings['localization']:g} as given",
-        "probe_steps": [records[i].step for i in probes],
+        "probe_steps": probe_steps,
         "chosen": fixed,
         "trials": [
             {
-                "step": records[probes[t.model]].step,
+                "step": probe_steps[t.model],
                 "localization": t.localization,
                 "passed": t.passed,
                 "gap_fraction": _rounded(t.gap_fraction),

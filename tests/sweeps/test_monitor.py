@@ -223,3 +223,73 @@ def test_a_loader_with_its_own_generator_is_left_where_it_was():
     for p, q in zip(plain[0].parameters(), monitored[0].parameters()):
         assert torch.equal(p, q)
     assert torch.equal(plain[1], monitored[1])
+
+
+CHOSEN = dict(num_chains=2, batch_size=32, localization=1.0)  # step size and lengths left to choose
+
+
+def test_reference_first_chooses_once_at_the_first_step_and_holds_the_settings(monkeypatch):
+    import slt.sweeps.reference as reference
+
+    calls = []
+    choose = reference.choose_localization
+    monkeypatch.setattr(
+        reference, "choose_localization", lambda *a, **k: calls.append(a[0]) or choose(*a, **k)
+    )
+    plain = train(steps=30)
+    monitor = slt.LLCMonitor(regression_data(), loss_fn=gaussian_nll, every=10, reference="first", **CHOSEN)
+    _assert_bitwise_equal(plain, train(monitor, steps=30))  # the choice disturbs nothing either
+    assert len(calls) == 1 and len(calls[0]) == 1  # one probe, chosen once
+    record = monitor.settings["reference"]
+    chosen = record["chosen"]
+    assert record["probe_steps"] == [10]
+    assert set(chosen) == {"step_size", "num_burnin", "num_draws"}  # γ was given
+    assert [r.step for r in monitor.records] == [10, 20, 30] and all(r.ok for r in monitor.records)
+    for result in monitor.trajectory.llc:
+        s = result.settings
+        assert (s.step_size, s.num_burnin, s.num_draws) == (
+            chosen["step_size"], chosen["num_burnin"], chosen["num_draws"],
+        )  # fmt: skip
+        assert s.step_size_source == "given" and s.length_source == "given"
+    with pytest.raises(RuntimeError, match="already measured or chosen"):
+        monitor.choose_settings(make_dropout_model())
+    with pytest.raises(ValueError, match='reference must be None, "first" or a model'):
+        slt.LLCMonitor(regression_data(), loss_fn=gaussian_nll, reference="last")
+
+
+def fitted_reference() -> nn.Module:
+    """The monitored architecture fitted to its minimum (full batch, dropout off): a model to choose at."""
+    torch.manual_seed(1)
+    model = make_dropout_model().eval()
+    x, y = regression_data()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(1500):
+        opt.zero_grad()
+        gaussian_nll(model, (x, y)).backward()
+        opt.step()
+    return model.train()
+
+
+def test_a_reference_model_is_chosen_at_once_and_a_restart_reads_the_choice_back(tmp_path, monkeypatch):
+    trained = fitted_reference()
+    store = tmp_path / "monitor.sqlite"
+    first = slt.LLCMonitor(
+        regression_data(), loss_fn=gaussian_nll, every=10, store=store, reference=trained, **CHOSEN
+    )
+    chosen = first.settings["reference"]["chosen"]
+    assert first.settings["reference"]["probe_steps"] == [0] and chosen["step_size"] > 0
+    train(first, steps=20)
+    first.close()
+
+    def no_second_choice(*args, **kwargs):
+        raise AssertionError("the restart chose again")
+
+    monkeypatch.setattr("slt.sweeps.reference.choose_localization", no_second_choice)
+    again = slt.LLCMonitor(
+        regression_data(), loss_fn=gaussian_nll, every=10, store=store, reference=trained, **CHOSEN
+    )
+    assert again.settings_hash == first.settings_hash
+    train(again, steps=20)
+    again.close()
+    np.testing.assert_array_equal(again.trajectory.llc_mean, first.trajectory.llc_mean)
+    assert [r.finished for r in again.records] == [r.finished for r in first.records]  # read, not rerun
