@@ -74,6 +74,20 @@ print("identical final weights:", all(torch.equal(a, b) for a, b in zip(monitore
                                                                       plain.state_dict().values())))
 
 # %% [markdown]
+# Here the step size is fixed by hand. To have slt choose the settings once and hold them, pass
+# `reference=`: a trained model (for example the final model of an earlier run, or the pretrained model
+# you fine-tune) or `"first"` (the first measured step, which should come after the loss has fallen). γ,
+# the step size and the chain lengths you did not give are then chosen at that model by the rule
+# `slt.analyze_checkpoints` uses, recorded in `monitor.settings["reference"]` and used at every step:
+#
+# ```python
+# monitor = slt.LLCMonitor((x, y), loss_fn="cross_entropy", every=log_steps, reference=pilot_model)
+# ```
+#
+# Choosing costs a few of these measurements (two minutes for this classifier, whose pilot run has not
+# settled, so its lengths are still chosen per step); `reference=None`, the default, lets each step choose
+# its own step size and length.
+#
 # The first measurements come with warnings: a few steps into training the weights are not a local
 # minimum, the chains find lower loss and the estimate is negative. slt records these numbers and says so
 # (`NotAMinimumWarning`) rather than hiding them; they are informative about how far from a minimum the
