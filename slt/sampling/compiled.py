@@ -17,7 +17,9 @@ from the template: it cannot differ between checkpoints of one run, which load t
 models built alike.
 
 Safety. The first call of each compiled function is checked against the eager loss and gradient at the
-same point; any failure to compile, or a disagreement beyond floating-point rounding, falls back to eager
+same point (relative error at most 1e-3; where the gradient is itself of the order of float32 rounding, as
+at a memorized minimum, the compiled pass may be up to ten times further from a float64 pass than the eager
+one is); any failure to compile, or a disagreement beyond floating-point rounding, falls back to eager
 with the reason recorded (:attr:`CompiledGradient.reason`, the result's ``settings.compile``). Models in
 ``model_mode="train"`` are not compiled: dropout inside a compiled graph draws its own random numbers.
 """
@@ -41,6 +43,11 @@ __all__ = ["CompiledGradient", "CompileFailed", "clear_compiled_cache", "COMPILE
 #: Largest relative disagreement between compiled and eager gradients accepted at the first call
 #: (fused kernels reorder floating-point sums: measured 1e-8 to 3e-8 absolute in float32).
 COMPILE_TOLERANCE = 1e-3
+#: Where the relative check fails, a compiled pass still passes when it is within this many times the
+#: eager pass's distance from a float64 pass: near a trained minimum the gradient is of the order of float32
+#: rounding (the grokking example's last checkpoint: largest coordinate 2.5e-6, the eager float32 pass
+#: 1.1e-8 from float64, and the compiled one the same; relative error between them 1.2e-3).
+ROUNDING_FACTOR = 10.0
 #: Compiled functions kept (one per architecture, loss, device and mask); the oldest is dropped first.
 CACHE_SIZE = 4
 
@@ -142,17 +149,63 @@ class CompiledGradient:
             eager = torch.func.vmap(eager, in_dims=(0, 0 if kind == "vectorized" else None))
         with torch.no_grad():
             expected_grad, expected_loss = eager(position, batch)
-            scale = float(expected_grad.abs().max()) + 1e-30
-            grad_error = float((grad - expected_grad).abs().max()) / scale
-            loss_error = float((loss - expected_loss).abs().max()) / (
-                float(expected_loss.abs().max()) + 1e-30
+        grad_error = _relative(grad, expected_grad)
+        loss_error = _relative(loss, expected_loss)
+        if grad_error <= COMPILE_TOLERANCE and loss_error <= COMPILE_TOLERANCE:
+            return None
+        # near a minimum the gradient is of the order of float32 rounding, and a relative error means
+        # nothing there: then the compiled pass passes if it is about as close to a float64 pass as the
+        # eager one is
+        exact = self._float64(position, batch, kind)
+        if exact is not None:
+            exact_grad, exact_loss = exact
+            compiled_off = [_largest(grad, exact_grad), _largest(loss, exact_loss)]
+            eager_off = [_largest(expected_grad, exact_grad), _largest(expected_loss, exact_loss)]
+            scales = [_largest(exact_grad), _largest(exact_loss)]
+            if all(
+                c <= max(ROUNDING_FACTOR * e, COMPILE_TOLERANCE * s)
+                for c, e, s in zip(compiled_off, eager_off, scales)
+            ):
+                return None
+        return (
+            f"the compiled gradient disagrees with the eager one (relative error {grad_error:.2g} in the "
+            f"gradient, {loss_error:.2g} in the loss, above {COMPILE_TOLERANCE:g}"
+            + (
+                ""
+                if exact is None
+                else f", and {ROUNDING_FACTOR:g}x further than the eager pass from a float64 pass"
             )
-        if not (grad_error <= COMPILE_TOLERANCE and loss_error <= COMPILE_TOLERANCE):
-            return (
-                f"the compiled gradient disagrees with the eager one (relative error {grad_error:.2g} in the "
-                f"gradient, {loss_error:.2g} in the loss, above {COMPILE_TOLERANCE:g})"
+            + ")"
+        )
+
+    def _float64(self, position: Tensor, batch: Any, kind: str) -> tuple[Tensor, Tensor] | None:
+        """The eager gradient and loss in float64, or ``None`` where that cannot be computed."""
+        if self.fm.flat.dtype == torch.float64:
+            return None
+        try:
+            module = copy.deepcopy(self.fm.module).double()
+            exact = torch.func.grad_and_value(self.fm.functional_loss(module, dtype=torch.float64))
+            if kind != "sequential":
+                exact = torch.func.vmap(exact, in_dims=(0, 0 if kind == "vectorized" else None))
+            batch64 = torch.utils._pytree.tree_map(
+                lambda t: t.double() if isinstance(t, Tensor) and t.is_floating_point() else t, batch
             )
+            with torch.no_grad():
+                return exact(position.double(), batch64)
+        except Exception:  # a loss that builds float32 tensors of its own, or no memory for the copy
+            return None
         return None
+
+
+def _largest(a: Tensor, b: Tensor | None = None) -> float:
+    """The largest absolute coordinate of ``a`` (or of ``a - b``), in float64."""
+    diff = a.double() if b is None else a.double() - b.double()
+    return float(diff.abs().max())
+
+
+def _relative(value: Tensor, expected: Tensor) -> float:
+    """The largest coordinate of ``value - expected`` relative to the largest of ``expected``."""
+    return _largest(value, expected) / (_largest(expected) + 1e-30)
 
 
 class CompileFailed(Exception):

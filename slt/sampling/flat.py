@@ -239,17 +239,19 @@ class FlatModel:
             return loss.detach().to(self.state_dtype), self.grad.to(self.state_dtype)
         return loss.detach(), self.grad
 
-    def functional_loss(self, module: nn.Module | None = None) -> Any:
+    def functional_loss(self, module: nn.Module | None = None, dtype: torch.dtype | None = None) -> Any:
         """A function ``f(position, batch, others=None) -> loss`` of a flat position, for ``torch.func``.
 
         It runs ``module`` (default :attr:`module`) with the sampled weights taken from ``position``;
         ``others`` (names prefixed ``"model."``) replaces its other parameters and buffers, so that one
         template model can stand for any model of its architecture (see :mod:`slt.sampling.compiled`).
+        ``dtype`` (default the model's) is the dtype the sampled weights are cast to, for a ``module``
+        converted to another precision.
         """
         names, shapes, numels = list(self.names), list(self.shapes), list(self.numels)
         wrapper = _LossModule(self.module if module is None else module, self.loss_fn)
 
-        dtype = self.flat.dtype
+        dtype = self.flat.dtype if dtype is None else dtype
 
         def loss_at(position: Tensor, batch: Any, others: dict[str, Tensor] | None = None) -> Tensor:
             pieces = torch.split(position.to(dtype), numels)
