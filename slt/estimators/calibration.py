@@ -76,8 +76,10 @@ class CalibrationResult(JSONResult):
         Its standard error.
     table : list of dict
         One row per setting tried: ``step_size``, ``localization``, ``num_steps``, ``llc_mean``,
-        ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``bias_estimate`` (relative
-        change when the step halves, times two), ``healthy``, ``stable``, ``note``.
+        ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``chains_unstable`` (chains past the
+        step's stability limit, :func:`slt.tuning.unstable_chains`; any makes the step unhealthy),
+        ``bias_estimate`` (relative change when the step halves, times two), ``healthy``, ``stable``,
+        ``note``.
     criteria : str
         The rule that made the recommendation.
     n_beta : float
@@ -649,6 +651,7 @@ def _row_from_run(
         "rhat": float("nan"),
         "trend_z": float("nan"),
         "chains_diverged": int(np.sum(run.divergence_step >= 0)),
+        "chains_unstable": 0,
         "bias_indicator": float("nan"),
         "bias_estimate": float("nan"),
         "healthy": False,
@@ -689,9 +692,12 @@ def _row_from_run(
         bias_indicator=bias_indicator(step, n_beta, run.grad_norm_sq, result.mean),
         per_chain=[float(v) if math.isfinite(v) else None for v in result.per_chain],
     )
+    row["chains_unstable"] = int(np.sum(d.unstable)) if d.unstable.shape == d.diverged.shape else 0
     problems = []
     if row["chains_diverged"]:
         problems.append("diverged")
+    if row["chains_unstable"]:  # finite, but past the step's stability limit: the step is too large
+        problems.append(f"{row['chains_unstable']} chain(s) past the stability limit")
     if math.isfinite(d.rhat) and d.rhat > RHAT_MAX and not equilibrated:
         problems.append(f"R-hat {d.rhat:.2f}")
     if math.isfinite(d.trend_z) and abs(d.trend_z) > CALIBRATION_TREND_Z:

@@ -376,3 +376,38 @@ def test_rungs_are_compared_chain_by_chain():
     small["per_chain"][0] = None
     assert _difference_stderr(big, small) == pytest.approx(np.std([0.6, 0.5, 0.3], ddof=1) / np.sqrt(3))
     assert _difference_stderr({"llc_stderr": 0.3}, {"llc_stderr": 0.4}) == pytest.approx(0.5)
+
+
+def test_a_calibration_step_with_a_chain_past_the_stability_limit_is_unhealthy():
+    """The same chains as in the estimate's test: one at 4x the loss and 60x the gradients. The estimate
+    leaves it out; calibrate must not certify the step that produced it."""
+    from slt.estimators.calibration import _row_from_run
+    from slt.sampling.driver import ChainRun, bind_kernel
+
+    d, n_beta, step = 10, 100.0, 1e-3
+    posterior = PosteriorSampler(Quadratic(d), torch.zeros(4, 1), quadratic_loss)
+    a = 2 * n_beta + 1
+    rng = np.random.default_rng(0)
+    losses = d / a * (1 + 0.05 * rng.standard_normal((4, 400)))
+    grad_sq = 4 * d / a * (1 + 0.05 * rng.standard_normal((4, 400)))
+
+    def row(excess: bool) -> dict:
+        run = ChainRun(
+            loss_trace=losses * np.array([[1], [1], [1], [4 if excess else 1]]),
+            burnin_loss_trace=np.empty((4, 0)),
+            grad_norm_sq=grad_sq * np.array([[1], [1], [1], [60 if excess else 1]]),
+            reference_loss_trace=None,
+            divergence_step=np.full(4, -1),
+            observables={},
+            chain_mode="sequential",
+            seconds=0.0,
+            final_positions=torch.zeros(4, d, dtype=torch.float64),
+        )
+        kernel = bind_kernel("sgld", None, 0)
+        return _row_from_run(run, posterior, n_beta, 1.0, step, 4, 400, 0, kernel, 0, "sequential")
+
+    clean, past = row(False), row(True)
+    assert clean["healthy"] and clean["chains_unstable"] == 0
+    assert not past["healthy"] and past["chains_unstable"] == 1
+    assert "1 chain(s) past the stability limit" in past["note"]
+    assert past["llc_mean"] == pytest.approx(clean["llc_mean"], rel=0.02)  # chain 3 is left out of it
