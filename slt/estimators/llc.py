@@ -526,7 +526,7 @@ def llc_problems(
     checks = checks or LLCChecks()
     healthy_trace = None if trace is None else np.asarray(trace)[d.healthy_chains]
     problems = list(_chain_problems(d, mean, stderr, s, healthy_trace))
-    problems += _length_problems(s, checks)
+    problems += _length_problems(s, checks, d)
     problems += _plausibility_problems(mean, stderr, s, checks, init_loss)
     return tuple(problems)
 
@@ -600,7 +600,7 @@ def _chain_problems(
     return problems
 
 
-def _length_problems(s: LLCSettings, checks: LLCChecks) -> list[Problem]:
+def _length_problems(s: LLCSettings, checks: LLCChecks, d: ChainDiagnostics | None = None) -> list[Problem]:
     if s.converged is not False:
         return []
     change = checks.last_change
@@ -610,6 +610,14 @@ def _length_problems(s: LLCSettings, checks: LLCChecks) -> list[Problem]:
         if math.isfinite(change)
         else "there were too few segments to compare"
     )
+    unstable = [] if d is None else np.flatnonzero(np.asarray(d.unstable, dtype=bool)).tolist()
+    if unstable and math.isfinite(change):
+        # the segments are judged over every chain that did not diverge; the estimate leaves these out
+        moved += (
+            f" (over every chain that did not diverge, chain{'s' if len(unstable) > 1 else ''} "
+            f"{', '.join(map(str, unstable))} included, which the estimate leaves out as past the "
+            "step's stability limit)"
+        )
     if estimates and checks.segment_stderrs and estimates[-1]:
         relative = checks.segment_stderrs[-1] / abs(estimates[-1])
         if relative > DEFAULT_PRECISION:

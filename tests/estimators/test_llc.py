@@ -592,3 +592,35 @@ def test_a_chain_past_the_stability_limit_is_left_out_with_a_warning_that_names_
         warnings.simplefilter("error")
         healthy = summarize_run(run, posterior, settings)
     assert not healthy.diagnostics.unstable.any() and healthy.diagnostics.healthy_chains.size == 4
+
+
+def test_an_unsettled_run_says_its_segments_include_the_chain_the_estimate_leaves_out():
+    """The 5-5-5-5-5 network of bench_defaults (seed 0): the budget warning quoted λ̂ moving 8.4 -> 11.1
+    over the last doubling while the estimate, without the chain past the stability limit, was 8.5."""
+    from dataclasses import replace
+
+    from slt.estimators.diagnostics import diagnose
+    from slt.estimators.llc import LLCChecks, LLCSettings, llc_problems
+
+    rng = np.random.default_rng(0)
+    trace = 8.4 + 0.1 * rng.standard_normal((4, 200))
+    unstable = np.array([False, False, False, True])
+    settings = LLCSettings(
+        n_beta=1000.0, n_beta_source="default", localization=1.0, step_size=3.3e-6, step_size_source="auto",
+        sampler="sgld", sampler_options={}, num_chains=4, num_draws=200, num_burnin=0,
+        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=100,
+        device="cpu", converged=False, max_steps=100_000, simulated_time=0.6,
+    )  # fmt: skip
+    checks = LLCChecks(segment_steps=[100, 200], segment_estimates=[8.4, 11.1], segment_stderrs=[0.2, 0.3])
+    messages = [
+        p.message
+        for p in llc_problems(diagnose(trace, np.full(4, -1), unstable), 8.48, 0.2, settings, checks)
+    ]
+    budget = [m for m in messages if "had not settled" in m]
+    assert budget and "from 8.4 to 11.1" in budget[0]
+    assert "chain 3 included, which the estimate leaves out" in budget[0]
+    stable = [p.message for p in llc_problems(diagnose(trace, np.full(4, -1)), 8.48, 0.2, settings, checks)]
+    assert not any("leaves out" in m for m in stable)
+    assert not any("leaves out" in p.message for p in llc_problems(
+        diagnose(trace, np.full(4, -1), unstable), 8.48, 0.2, replace(settings, converged=True), checks
+    ))  # fmt: skip
