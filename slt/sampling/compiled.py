@@ -194,7 +194,6 @@ class CompiledGradient:
                 return exact(position.double(), batch64)
         except Exception:  # a loss that builds float32 tensors of its own, or no memory for the copy
             return None
-        return None
 
 
 def _largest(a: Tensor, b: Tensor | None = None) -> float:

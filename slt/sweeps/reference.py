@@ -112,7 +112,7 @@ def choose_sweep_settings(
     record : dict
         JSON-able account of the choice: the rule, the probe steps, each trial, and what was chosen.
     """
-    if not _settings_to_choose(llc_settings):
+    if _given_settings(llc_settings) == set(CHOSEN_SETTINGS):
         return {}, {}
     wanted = probe_indices(len(records))
     probes, models = _load_probes(records, wanted, load)
@@ -156,8 +156,8 @@ def choose_settings_at(
     ValueError
         On a bad ``seed``, or when ``models`` and ``steps`` differ in length or are empty.
     """
-    given = _settings_to_choose(llc_settings, given=True)
-    if len(given) == len(CHOSEN_SETTINGS):
+    given = _given_settings(llc_settings)
+    if given == set(CHOSEN_SETTINGS):
         return {}, {}
     if not models or len(models) != len(steps):
         raise ValueError(f"need one step per probe model, got {len(models)} models and {len(steps)} steps")
@@ -178,15 +178,12 @@ def choose_settings_at(
     return _fixed_settings(choice, given, choose_gamma, llc_settings, [int(s) for s in steps])
 
 
-def _settings_to_choose(llc_settings: Mapping[str, Any], *, given: bool = False) -> set[str]:
-    """The settings of :data:`CHOSEN_SETTINGS` left to choose (or, with ``given``, those given).
-
-    Lengths go together: giving ``num_draws`` or ``num_burnin`` gives both.
-    """
-    chosen_by_user = {k for k in CHOSEN_SETTINGS if k in llc_settings}
+def _given_settings(llc_settings: Mapping[str, Any]) -> set[str]:
+    """The settings of :data:`CHOSEN_SETTINGS` the user gave (giving either length gives both)."""
+    given = {k for k in CHOSEN_SETTINGS if k in llc_settings}
     if "num_draws" in llc_settings or "num_burnin" in llc_settings:
-        chosen_by_user |= {"num_draws", "num_burnin"}
-    return chosen_by_user if given else set(CHOSEN_SETTINGS) - chosen_by_user
+        given |= {"num_draws", "num_burnin"}
+    return given
 
 
 def _choose(
