@@ -224,7 +224,9 @@ def test_a_classifier_at_near_zero_loss_runs_compiled():
 
 
 def lying_classifier_loss(model, batch):
-    """Cross-entropy that is 1% larger when traced by torch.compile."""
+    """Cross-entropy that is ten times as large when traced by torch.compile: its gradient is off by 900%,
+    far beyond the eager pass's own rounding (a few percent of the gradient at such a minimum; a lie smaller
+    than that rounding cannot be told from it, and changes the numbers no more than the rounding does)."""
     x, y = batch
     loss = nn.functional.cross_entropy(model(x), y)
-    return loss * 1.01 if torch.compiler.is_compiling() else loss
+    return loss * 10 if torch.compiler.is_compiling() else loss
