@@ -56,3 +56,23 @@ def tiny_regression():
         loss.backward()
         opt.step()
     return model, x, y
+
+
+def finished_run(loss_trace, grad_norm_sq, dim: int):
+    """A finished ``ChainRun`` of chains started at w* = 0 that never diverged, from given draws."""
+    import numpy as np
+
+    from slt.sampling.driver import ChainRun
+
+    chains = loss_trace.shape[0]
+    return ChainRun(
+        loss_trace=loss_trace,
+        burnin_loss_trace=np.empty((chains, 0)),
+        grad_norm_sq=grad_norm_sq,
+        reference_loss_trace=None,
+        divergence_step=np.full(chains, -1),
+        observables={},
+        chain_mode="sequential",
+        seconds=0.0,
+        final_positions=torch.zeros(chains, dim, dtype=torch.float64),
+    )

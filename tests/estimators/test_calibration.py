@@ -8,7 +8,7 @@ import slt
 from slt.estimators.calibration import CalibrationResult
 from slt.sampling import PosteriorSampler
 from slt.tuning import STABILITY_LIMIT, bias_indicator, top_curvature, unstable_chains
-from tests.conftest import Quadratic, quadratic_loss
+from tests.conftest import Quadratic, finished_run, quadratic_loss
 
 DUMMY = torch.zeros(4, 1)
 
@@ -382,7 +382,7 @@ def test_a_calibration_step_with_a_chain_past_the_stability_limit_is_unhealthy()
     """The same chains as in the estimate's test: one at 4x the loss and 60x the gradients. The estimate
     leaves it out; calibrate must not certify the step that produced it."""
     from slt.estimators.calibration import _row_from_run
-    from slt.sampling.driver import ChainRun, bind_kernel
+    from slt.sampling.driver import bind_kernel
 
     d, n_beta, step = 10, 100.0, 1e-3
     posterior = PosteriorSampler(Quadratic(d), torch.zeros(4, 1), quadratic_loss)
@@ -392,16 +392,10 @@ def test_a_calibration_step_with_a_chain_past_the_stability_limit_is_unhealthy()
     grad_sq = 4 * d / a * (1 + 0.05 * rng.standard_normal((4, 400)))
 
     def row(excess: bool) -> dict:
-        run = ChainRun(
-            loss_trace=losses * np.array([[1], [1], [1], [4 if excess else 1]]),
-            burnin_loss_trace=np.empty((4, 0)),
-            grad_norm_sq=grad_sq * np.array([[1], [1], [1], [60 if excess else 1]]),
-            reference_loss_trace=None,
-            divergence_step=np.full(4, -1),
-            observables={},
-            chain_mode="sequential",
-            seconds=0.0,
-            final_positions=torch.zeros(4, d, dtype=torch.float64),
+        run = finished_run(
+            losses * np.array([[1], [1], [1], [4 if excess else 1]]),
+            grad_sq * np.array([[1], [1], [1], [60 if excess else 1]]),
+            d,
         )
         kernel = bind_kernel("sgld", None, 0)
         return _row_from_run(run, posterior, n_beta, 1.0, step, 4, 400, 0, kernel, 0, "sequential")

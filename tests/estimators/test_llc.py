@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import slt
-from tests.conftest import Quadratic, gaussian_nll, least_squares_regression, quadratic_loss
+from tests.conftest import Quadratic, finished_run, gaussian_nll, least_squares_regression, quadratic_loss
 
 # the short chains used for API checks are flagged as unconverged; that warning is tested on its own
 pytestmark = pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")
@@ -532,7 +532,6 @@ def test_a_chain_past_the_stability_limit_is_left_out_with_a_warning_that_names_
     default's 5%) is left out like a diverged chain, named in a DivergenceWarning, and recorded."""
     from slt.estimators.llc import LLCSettings, summarize_run
     from slt.sampling import PosteriorSampler
-    from slt.sampling.driver import ChainRun
 
     d, n_beta, step = 10, 100.0, 1e-3
     posterior = PosteriorSampler(Quadratic(d), torch.zeros(4, 1), quadratic_loss)
@@ -543,17 +542,7 @@ def test_a_chain_past_the_stability_limit_is_left_out_with_a_warning_that_names_
     grad_sq = 4 * d / a * (1 + 0.05 * rng.standard_normal((4, 400)))
     losses[3] *= 4
     grad_sq[3] *= 60
-    run = ChainRun(
-        loss_trace=losses,
-        burnin_loss_trace=np.empty((4, 0)),
-        grad_norm_sq=grad_sq,
-        reference_loss_trace=None,
-        divergence_step=np.full(4, -1),
-        observables={},
-        chain_mode="sequential",
-        seconds=0.0,
-        final_positions=torch.zeros(4, d, dtype=torch.float64),
-    )
+    run = finished_run(losses, grad_sq, d)
     settings = LLCSettings(
         n_beta=n_beta,
         n_beta_source="given",
