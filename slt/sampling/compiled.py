@@ -20,13 +20,16 @@ Safety. The first call of each compiled function is checked against the eager lo
 same point (relative error at most 1e-3; where the gradient is itself of the order of float32 rounding, as
 at a memorized minimum, the compiled pass may be up to ten times further from a float64 pass than the eager
 one is); any failure to compile, or a disagreement beyond floating-point rounding, falls back to eager
-with the reason recorded (:attr:`CompiledGradient.reason`, the result's ``settings.compile``). Models in
+with the reason recorded (:attr:`CompiledGradient.reason`, the result's ``settings.compile``). A call that
+dynamo ran untraced (past its recompile limit) gives eager numbers and is labelled so too. Models in
 ``model_mode="train"`` are not compiled: dropout inside a compiled graph draws its own random numbers.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -123,8 +126,12 @@ class CompiledGradient:
 
         def gradient(position: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
             nonlocal checked
+            untraced = entry.untraced
             if checked:  # TorchInductor is imported by now: a recompilation (a new batch shape) is quiet
-                return compiled(position, batch, others)
+                grad, loss = compiled(position, batch, others)
+                if entry.untraced != untraced:  # correct numbers, computed eagerly: label them so
+                    self.reason = entry.failure[kind] = _untraced_reason()
+                return grad, loss
             try:
                 with _torch_internal_warnings_quiet():
                     grad, loss = compiled(position, batch, others)
@@ -132,6 +139,9 @@ class CompiledGradient:
                 reason = f"torch.compile failed ({type(error).__name__}: {_first_line(error)})"
                 self.reason = entry.failure[kind] = reason
                 raise CompileFailed(reason) from error
+            if entry.untraced != untraced:
+                self.reason = entry.failure[kind] = _untraced_reason()
+                raise CompileFailed(self.reason)
             mismatch = self._compare(position, batch, grad, loss, kind)
             if mismatch is not None:
                 self.reason = entry.failure[kind] = mismatch
@@ -218,7 +228,17 @@ class _Entry:
         template = copy.deepcopy(flat_model.module)
         for p in template.parameters():
             p.requires_grad_(False)
-        self.loss_at = flat_model.functional_loss(template)  # f(position, batch, others)
+        loss_at = flat_model.functional_loss(template)  # f(position, batch, others)
+        #: How often the loss ran as Python outside dynamo's tracing: a compiled function that runs it
+        #: so has been run untraced (eagerly), which dynamo does silently past its recompile limit.
+        self.untraced = 0
+
+        def counted_loss_at(position: Tensor, batch: Any, others: dict[str, Tensor]) -> Tensor:
+            if not torch.compiler.is_compiling():
+                self.untraced += 1
+            return loss_at(position, batch, others)
+
+        self.loss_at = counted_loss_at
         self._functions: dict[str, Any] = {}
         self.checked = dict.fromkeys(KINDS, False)
         self.failure: dict[str, str | None] = dict.fromkeys(KINDS)
@@ -232,8 +252,37 @@ class _Entry:
             # makes after a second shape, measured as slow as eager (a full-data pass of 96 positions of
             # a 241-parameter MLP: 37.7 ms, eager 39.0, specialized 26.6).
             with _torch_internal_warnings_quiet():  # the first compilation imports TorchInductor
-                self._functions[kind] = torch.compile(gradient, dynamic=False)
+                self._functions[kind] = torch.compile(_own_code(gradient), dynamic=False)
         return self._functions[kind]
+
+
+def _own_code(function: Callable) -> Callable:
+    """A copy of ``function`` with a code object of its own.
+
+    Dynamo keeps compiled code, and counts recompilations against ``torch._dynamo.config.recompile_limit``
+    (8), per *code object*. Every ``torch.func.grad_and_value`` result shares one code object (functorch's
+    ``wrapper``), so without a copy the ninth architecture or batch shape of a process would run untraced,
+    eagerly and silently (measured: 14 MLP widths in one process, from the ninth on). With its own code
+    object each compiled function has the limit to itself.
+    """
+    code = function.__code__
+    copied = types.FunctionType(
+        code.replace(co_name=code.co_name),  # replace() builds a new code object, equal but not identical
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copied.__kwdefaults__ = function.__kwdefaults__
+    return functools.update_wrapper(copied, function)
+
+
+def _untraced_reason() -> str:
+    limit = getattr(torch._dynamo.config, "recompile_limit", None)
+    return (
+        "torch.compile ran the function untraced (dynamo stops compiling a function after "
+        f"torch._dynamo.config.recompile_limit = {limit} versions; more batch shapes than that?)"
+    )
 
 
 _CACHE: OrderedDict[tuple, _Entry] = OrderedDict()

@@ -133,6 +133,32 @@ def test_batches_of_unequal_size_recompile_quietly_and_match_eager(data):
         np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
 
 
+def test_each_architecture_has_dynamos_recompile_limit_to_itself_and_untraced_runs_say_eager(data):
+    """Dynamo runs a function untraced, silently, once it has compiled ``recompile_limit`` versions of its
+    code. Every architecture's function has a code object of its own (before, all shared functorch's, and
+    the ninth architecture of a process ran eagerly labelled "compiled"); past the limit the run says so."""
+    with torch._dynamo.config.patch(recompile_limit=1):
+        check_limit_of_one(data)
+
+
+def check_limit_of_one(data):
+    compiled_module.clear_compiled_cache()
+    run = dict(RUN, chain_mode="sequential")
+    for width in (5, 7):  # with one shared code object the second would exceed a limit of one version
+        torch.manual_seed(width)
+        model = nn.Sequential(nn.Linear(3, width), nn.Tanh(), nn.Linear(width, 1))
+        assert (
+            PosteriorSampler(model, data, "mse", batch_size=32, compile=True).run(**run).compile == "compiled"
+        )
+    # a second batch shape (32 and 31 samples) is a second version of one function: past a limit of one
+    x, y = data[0][:95], data[1][:95]
+    eager = PosteriorSampler(model, (x, y), "mse", batch_size=32).run(**run)
+    untraced = PosteriorSampler(model, (x, y), "mse", batch_size=32, compile=True).run(**run)
+    assert untraced.compile.startswith("eager: torch.compile ran the function untraced")
+    assert "recompile_limit = 1" in untraced.compile
+    np.testing.assert_allclose(untraced.loss_trace, eager.loss_trace, rtol=1e-4)
+
+
 def test_estimate_dos_runs_its_full_data_pass_compiled_with_eager_numbers(data):
     model = trained(7, data)
     settings = dict(
@@ -195,9 +221,6 @@ def test_a_classifier_at_near_zero_loss_runs_compiled():
     """At a memorized minimum the gradient is of the order of float32 rounding: compiled and eager passes
     differ by more than 1e-3 relative (0.0028 measured here, which made slt fall back to eager before),
     while each is as close as the other to a float64 pass. The compiled pass must be kept."""
-    # a fresh compiler: after enough recompilations of the shared loss function in one process (the rest
-    # of the suite), dynamo runs it eagerly, and the lying loss below would not lie
-    torch._dynamo.reset()
     compiled_module.clear_compiled_cache()
     p = 13
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
