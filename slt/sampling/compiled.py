@@ -280,8 +280,9 @@ def _own_code(function: Callable) -> Callable:
 def _untraced_reason() -> str:
     limit = getattr(torch._dynamo.config, "recompile_limit", None)
     return (
-        "torch.compile ran the function untraced (dynamo stops compiling a function after "
-        f"torch._dynamo.config.recompile_limit = {limit} versions; more batch shapes than that?)"
+        "torch.compile ran the function untraced, so eagerly (dynamo stops compiling a function after "
+        f"torch._dynamo.config.recompile_limit = {limit} versions, one per batch shape and chain count, "
+        "and skips frames it cannot trace; TORCH_LOGS=recompiles,graph_breaks says which)"
     )
 
 
