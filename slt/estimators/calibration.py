@@ -316,6 +316,7 @@ def calibrate(
                 sampler=sampler,
                 sampler_options=sampler_options,
                 seed=seed,
+                run_chains=num_chains,
             )
         else:
             given = sorted((float(s) for s in step_sizes), reverse=True)

@@ -912,6 +912,7 @@ def estimate_llc(
                 localization=localization,
                 sampler=get_kernel(sampler).bind(sampler_options),
                 seed=seed,
+                run_chains=num_chains,
             )
         else:
             step_size_source = "given"

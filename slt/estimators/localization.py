@@ -312,6 +312,7 @@ class _Trial:
                     localization=gamma,
                     sampler=get_kernel(self.sampler).bind(self.sampler_options),
                     seed=self.seed,
+                    run_chains=num_chains,
                 )
                 policy = LengthPolicy(min_simulated_time=min_simulated_time(gamma), **self.policy)
                 retries: list[str] = []

@@ -36,6 +36,7 @@ __all__ = [
     "largest_preconditioner",
     "DEFAULT_TARGET_BIAS",
     "MAX_PILOT_FACTOR",
+    "PILOT_CHAINS",
 ]
 
 #: Predicted relative bias the default step size aims for.
@@ -46,6 +47,8 @@ DEFAULT_TARGET_BIAS = 0.05
 STABILITY_LIMIT = 0.5
 #: Times a pilot whose estimate is not positive is rerun four times longer before giving up.
 PILOT_RETRIES = 2
+#: Pilot chains of :func:`default_step_size` (on a compiled sampler, the run's own chain count).
+PILOT_CHAINS = 2
 #: Largest factor by which one pilot round may change the step size.
 MAX_PILOT_FACTOR = 10.0
 
@@ -166,8 +169,8 @@ def largest_preconditioner(
     return bind_kernel(sampler, sampler_options).largest_preconditioner()
 
 
-def _pilot_run(posterior, n_beta, localization, step, sampler, options, length, seed, history):
-    """Two pilot chains of ``length`` steps; on divergence the step is divided by 10 (up to 6 times)."""
+def _pilot_run(posterior, n_beta, localization, step, sampler, options, length, seed, history, chains):
+    """``chains`` pilot chains of ``length`` steps; on divergence the step is divided by 10 (up to 6 x)."""
     for _ in range(6):
         run = posterior.run(
             n_beta=n_beta,
@@ -175,7 +178,7 @@ def _pilot_run(posterior, n_beta, localization, step, sampler, options, length, 
             step_size=step,
             sampler=sampler,
             sampler_options=options,
-            num_chains=2,
+            num_chains=chains,
             num_draws=length,
             num_burnin=0,
             seed=seed,
@@ -203,6 +206,7 @@ def default_step_size(
     target_bias: float = DEFAULT_TARGET_BIAS,
     pilot_steps: int = 200,
     rounds: int = 2,
+    run_chains: int | None = None,
 ) -> tuple[float, str]:
     r"""Choose a step size from a short pilot run.
 
@@ -211,12 +215,17 @@ def default_step_size(
        quadratic) and :math:`G_{max}` the largest preconditioner the sampler can apply (1 for SGLD and
        SGNHT, :math:`1/\delta` for RMSProp-SGLD). A preconditioned sampler's pilot never raises the step
        above this start.
-    2. Run two pilot chains of ``pilot_steps`` steps (with the control variate, as
+    2. Run :data:`PILOT_CHAINS` (2) pilot chains of ``pilot_steps`` steps (with the control variate, as
        :func:`slt.estimate_llc`); on divergence divide the step by 10 and retry; if the estimate is not
        positive (a small λ lost in noise), rerun four times longer, up to twice.
     3. Set the step so that :func:`bias_indicator` of the second half of the pilot equals
        ``target_bias`` (changing it by at most a factor of 10 per round); repeat ``rounds`` times. A
        pilot whose estimate is not positive keeps the step and warns.
+
+    ``run_chains``, the chain count of the run the step is for, sets the pilot's on a compiled sampler
+    (``compile=True``): the pilot then shares the run's compiled function instead of compiling its own, one
+    compilation per chain count and batch shape (10-20 s each on one CPU core for the grokking example's
+    MLP in a fresh process).
 
     Returns
     -------
@@ -224,6 +233,8 @@ def default_step_size(
     source : str
         A one-line account of how the step was chosen, stored in the result's settings.
     """
+    compiled = posterior.compiled is not None and posterior.compiled.reason is None
+    chains = run_chains if compiled and run_chains is not None else PILOT_CHAINS
     curvature = top_curvature(posterior)
     gain = largest_preconditioner(sampler, sampler_options)
     step = 0.1 / ((n_beta * curvature + max(localization, 1e-12)) * gain)
@@ -241,7 +252,16 @@ def default_step_size(
         for attempt in range(PILOT_RETRIES + 1):
             pilot_seed = seed + 7919 * (r + 1)
             run, step = _pilot_run(
-                posterior, n_beta, localization, step, sampler, sampler_options, length, pilot_seed, history
+                posterior,
+                n_beta,
+                localization,
+                step,
+                sampler,
+                sampler_options,
+                length,
+                pilot_seed,
+                history,
+                chains,
             )
             half = length // 2
             # the control variate (w*'s loss on the same minibatches) as in estimate_llc: without it the
