@@ -138,25 +138,22 @@ def test_each_architecture_has_dynamos_recompile_limit_to_itself_and_untraced_ru
     code. Every architecture's function has a code object of its own (before, all shared functorch's, and
     the ninth architecture of a process ran eagerly labelled "compiled"); past the limit the run says so."""
     with torch._dynamo.config.patch(recompile_limit=1):
-        check_limit_of_one(data)
-
-
-def check_limit_of_one(data):
-    compiled_module.clear_compiled_cache()
-    run = dict(RUN, chain_mode="sequential")
-    for width in (5, 7):  # with one shared code object the second would exceed a limit of one version
-        torch.manual_seed(width)
-        model = nn.Sequential(nn.Linear(3, width), nn.Tanh(), nn.Linear(width, 1))
-        assert (
-            PosteriorSampler(model, data, "mse", batch_size=32, compile=True).run(**run).compile == "compiled"
-        )
-    # a second batch shape (32 and 31 samples) is a second version of one function: past a limit of one
-    x, y = data[0][:95], data[1][:95]
-    eager = PosteriorSampler(model, (x, y), "mse", batch_size=32).run(**run)
-    untraced = PosteriorSampler(model, (x, y), "mse", batch_size=32, compile=True).run(**run)
-    assert untraced.compile.startswith("eager: torch.compile ran the function untraced")
-    assert "recompile_limit = 1" in untraced.compile
-    np.testing.assert_allclose(untraced.loss_trace, eager.loss_trace, rtol=1e-4)
+        compiled_module.clear_compiled_cache()
+        run = dict(RUN, chain_mode="sequential")
+        for width in (5, 7):  # with one shared code object the second would exceed a limit of one version
+            torch.manual_seed(width)
+            model = nn.Sequential(nn.Linear(3, width), nn.Tanh(), nn.Linear(width, 1))
+            assert (
+                PosteriorSampler(model, data, "mse", batch_size=32, compile=True).run(**run).compile
+                == "compiled"
+            )
+        # a second batch shape (32 and 31 samples) is a second version of one function: past a limit of one
+        x, y = data[0][:95], data[1][:95]
+        eager = PosteriorSampler(model, (x, y), "mse", batch_size=32).run(**run)
+        untraced = PosteriorSampler(model, (x, y), "mse", batch_size=32, compile=True).run(**run)
+        assert untraced.compile.startswith("eager: torch.compile ran the function untraced")
+        assert "recompile_limit = 1" in untraced.compile
+        np.testing.assert_allclose(untraced.loss_trace, eager.loss_trace, rtol=1e-4)
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
