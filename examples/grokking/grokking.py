@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 import slt
 from slt.dos.ladder import default_temperatures
 from slt.sampling.settings import default_n_beta
+from slt.sweeps.executors import process_pool
 from slt.transitions import Transition, detect_transitions, plot_transitions, transitions_markdown
 
 P = 53
@@ -442,6 +444,53 @@ def dos_markdown(records: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def analyze_run(
+    folder: str | Path,
+    *,
+    seed: int,
+    weight_decay: float,
+    steps: list[int],
+    reuse: bool = False,
+    llc_settings: dict | None = None,
+    dos: bool = True,
+) -> tuple[RunRecord, dict, list[Transition], list[slt.DOSResult]]:
+    """One run end to end: train (or, with ``reuse``, load a finished run), λ̂ at every checkpoint, its
+    events and the check of the claim for its weight decay, and with ``dos`` the density of states at a
+    handful of checkpoints. ``main`` runs one call per run, side by side in worker processes.
+
+    Returns the record (also in ``folder/metrics.json``), the claim check, the events and the DOS results
+    (empty without ``dos``).
+    """
+    folder = Path(folder)
+    name = f"seed {seed}, weight decay {weight_decay:g}"
+    if reuse and (folder / "metrics.json").exists():
+        record = RunRecord.load(folder)
+    else:
+        record = train(folder, seed=seed, weight_decay=weight_decay, steps=steps)
+        print(f"{name}: trained, {len(record.steps)} checkpoints in {record.train_seconds:.0f} s", flush=True)
+    if not (reuse and len(record.llc) == len(record.steps)):
+        llc_curve(record, **(llc_settings or {}))
+        print(f"{name}: λ̂ at every checkpoint in {record.llc_seconds:.0f} s", flush=True)
+    events = detect(record)
+    record.save()
+    check = (
+        check_grokking_claim(record, events) if weight_decay == 1.0 else check_control_claim(record, events)
+    )
+    results = []
+    if dos:
+        start = time.perf_counter()
+        results = dos_at(record, dos_checkpoints(record))
+        print(
+            f"{name}: density of states at {len(results)} checkpoints in {time.perf_counter() - start:.0f} s"
+        )
+    return record, check, events, results
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -471,45 +520,64 @@ def main() -> None:
         "for the sweep of the grokking run, 141 s against 201 s for the control's; the density of states "
         "runs eagerly, where compiling measured no gain; docs/speed.md)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes running the training runs side by side, one torch thread each (default: one per "
+        "run, at most one per available CPU core; 1 runs everything in this process)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    spacing = HAND_SET_CHECKPOINTS if args.hand_set else CHECKPOINTS
+    llc_settings = {**(HAND_SET_LLC if args.hand_set else {}), "compile": not args.no_compile}
+    jobs = [
+        dict(
+            folder=out / f"seed{seed}_wd{wd:g}",
+            seed=seed,
+            weight_decay=wd,
+            steps=checkpoint_steps(args.steps, **spacing),
+            reuse=args.reuse,
+            llc_settings=llc_settings,
+            dos=not args.no_dos and seed == args.seeds[0],  # the DOS for the first seed's runs only
+        )
+        for seed in args.seeds
+        for wd in (1.0, args.control_weight_decay)
+    ]
+    workers = args.workers if args.workers is not None else min(len(jobs), available_cores())
+    if workers > 1:  # the runs are independent: one worker process per core, each on one torch thread
+        with process_pool(workers, threads_per_worker=1) as pool:
+            futures = [pool.submit(analyze_run, **job) for job in jobs]
+            outcomes = [future.result() for future in futures]
+    else:
+        outcomes = [analyze_run(**job) for job in jobs]
 
     summary = []
     figure_runs = []
     dos_runs = []
     tables = []
-    for seed in args.seeds:
-        for wd in (1.0, args.control_weight_decay):
-            folder = out / f"seed{seed}_wd{wd:g}"
-            if args.reuse and (folder / "metrics.json").exists():
-                record = RunRecord.load(folder)
-            else:
-                spacing = HAND_SET_CHECKPOINTS if args.hand_set else CHECKPOINTS
-                record = train(
-                    folder, seed=seed, weight_decay=wd, steps=checkpoint_steps(args.steps, **spacing)
-                )
-            if not (args.reuse and len(record.llc) == len(record.steps)):
-                llc_curve(record, **(HAND_SET_LLC if args.hand_set else {}), compile=not args.no_compile)
-            events = detect(record)
-            record.save()
-            check = check_grokking_claim(record, events) if wd == 1.0 else check_control_claim(record, events)
-            row = {
-                "seed": seed,
-                "weight_decay": wd,
-                "checkpoints": len(record.steps),
-                "train_seconds": record.train_seconds,
-                "llc_seconds": record.llc_seconds,
-                **check,
-            }
-            summary.append(row)
-            print(json.dumps(row, default=str), flush=True)
-            tables.append(f"### seed {seed}, weight decay {wd:g}\n\n" + transitions_markdown(events))
-            if seed == args.seeds[0]:
-                figure_runs.append((record, events))
-                if not args.no_dos:  # the DOS for the first seed's runs only: about 15 s per checkpoint
-                    dos_runs.append((record, dos_at(record, dos_checkpoints(record))))
+    for record, check, events, dos_results in outcomes:
+        row = {
+            "seed": record.seed,
+            "weight_decay": record.weight_decay,
+            "checkpoints": len(record.steps),
+            "train_seconds": record.train_seconds,
+            "llc_seconds": record.llc_seconds,
+            **check,
+        }
+        summary.append(row)
+        print(json.dumps(row, default=str), flush=True)
+        tables.append(
+            f"### seed {record.seed}, weight decay {record.weight_decay:g}\n\n" + transitions_markdown(events)
+        )
+        if record.seed == args.seeds[0]:
+            figure_runs.append((record, events))
+            if dos_results:
+                dos_runs.append((record, dos_results))
     plot_runs(figure_runs, out / "grokking.png")
     if dos_runs:
         plot_dos(dos_runs, out / "dos.png")
@@ -526,6 +594,7 @@ def main() -> None:
     written = ["grokking.png", "events.md", "study.md", "summary.json"]
     written += ["dos.png", "dos.md"] if dos_runs else []
     print("wrote " + ", ".join(str(out / name) for name in written))
+    print(f"{len(jobs)} runs in {time.perf_counter() - started:.0f} s on {workers} worker process(es)")
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:
