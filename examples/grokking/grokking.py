@@ -10,7 +10,9 @@ they finish, so an interrupted sweep resumes), the events from ``slt.detect_tran
 
 The density of states (``slt.estimate_dos``) is drawn at a handful of checkpoints of the first seed's runs.
 
-Run from the repository root (one seed, both weight decays, about 10 minutes on one CPU core):
+The runs (each weight decay of each seed) are independent and run side by side, one worker process per
+run and CPU core, each on one torch thread (``--workers``). Run from the repository root (one seed, both
+weight decays: about 5 minutes on two CPU cores, 9 on one):
 
     PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
 
