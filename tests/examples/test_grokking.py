@@ -1,6 +1,8 @@
 """The grokking example end to end on one seed: train, λ̂ at every checkpoint, detect, check, plot."""
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -101,3 +103,32 @@ def test_stored_five_seed_study_reproduces_with_the_current_detector():
     assert hits >= 4
     # in decades of λ̂ per decade of steps, every grokking fall is steeper than every control fall
     assert min(grok_slopes) > 2 * max(control_slopes)
+
+
+def test_main_runs_the_runs_side_by_side_and_reports_them_in_order(tmp_path):
+    """The main job's runs go to two worker processes and come back in order (stored λ̂ curves, --reuse)."""
+    for weight_decay in ("1", "0.3"):
+        record = _stored(0, weight_decay)
+        record.folder = str(tmp_path / f"seed0_wd{weight_decay}")
+        Path(record.folder).mkdir()
+        record.save()
+    done = subprocess.run(
+        [sys.executable, g.__file__, "--out", str(tmp_path), "--reuse", "--no-dos", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 runs in" in done.stdout and "on 2 worker process(es)" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(row["seed"], row["weight_decay"]) for row in summary] == [(0, 1.0), (0, 0.3)]
+    # the same claims as the example's functions give in this process
+    grokking, control = _stored(0, "1"), _stored(0, "0.3")
+    expected = g.check_grokking_claim(grokking, g.detect(grokking))
+    assert summary[0]["hit"] == expected["hit"] and summary[0]["climb_steps"] == list(expected["climb_steps"])
+    assert summary[0]["event"]["step"] == pytest.approx(expected["event"]["step"])
+    assert summary[1]["memorized_step"] == g.check_control_claim(control, g.detect(control))["memorized_step"]
+    events = (tmp_path / "events.md").read_text()
+    assert events.index("### seed 0, weight decay 1\n") < events.index("### seed 0, weight decay 0.3\n")
+    assert (tmp_path / "grokking.png").stat().st_size > 10_000
+    assert not (tmp_path / "dos.md").exists()
