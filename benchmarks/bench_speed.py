@@ -10,8 +10,13 @@ slt's chain time per step against it, and slt's whole call per step against it.
 Models: a ~1k-parameter MLP, a ~10k-parameter MLP, the 100-parameter deep linear network 10→5→10 and
 a ~110k-parameter decoder-only transformer (2 layers, d_model 64, 16 tokens, next-token loss).
 
-Run: PYTHONPATH=. python benchmarks/bench_speed.py [--quick] [--device cuda] [--repeats 5]
-Writes benchmarks/results/speed.json (or speed_<device>.json for a non-CPU device).
+With ``--compile`` slt runs its chains compiled (``compile=True``; the chain mode stays automatic): the
+first (warm-up) call pays for the compilation, which is reported apart (``slt_warmup_seconds``), and the
+timed calls reuse the compiled function, as every call after the first in a process does.
+
+Run: PYTHONPATH=. python benchmarks/bench_speed.py [--quick] [--device cuda] [--repeats 5] [--compile]
+Writes benchmarks/results/speed.json (or speed_<device>.json for a non-CPU device; ``_compiled`` added
+with ``--compile``).
 """
 
 from __future__ import annotations
@@ -106,9 +111,12 @@ def time_slt(case: dict[str, Any], settings: dict[str, Any], device: str) -> tup
             num_burnin=0,
             batch_size=case["batch_size"],
             device=device,
+            compile=settings.get("compile", False),
             progress=False,
         )
     synchronize(device)
+    if settings.get("compile") and result.settings.compile != "compiled":
+        raise RuntimeError(f"slt did not run compiled: {result.settings.compile}")
     return time.perf_counter() - start, result.seconds, result.settings.chain_mode
 
 
@@ -131,7 +139,16 @@ def time_peer(case: dict[str, Any], settings: dict[str, Any], device: str) -> fl
     return est.seconds
 
 
-def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, device: str, peer: bool):
+def measure(
+    case: dict[str, Any],
+    *,
+    draws: int,
+    chains: int,
+    repeats: int,
+    device: str,
+    peer: bool,
+    compile: bool = False,
+):
     """Time slt, devinterp (when ``peer``) and the floor on one model; see the module docstring."""
     if draws < 2:
         raise ValueError(f"draws must be at least 2 (a long and a short run are compared), got {draws}")
@@ -142,11 +159,12 @@ def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, devi
         "step_size": 1e-7 if case["loss"] == "next_token" else 1e-6,
         "num_chains": chains,
         "num_draws": draws,
+        "compile": compile,
     }
     steps = chains * draws
     # warm up both libraries and the floor (first calls pay for lazy initialization)
     warm = {**settings, "num_draws": 20}
-    time_slt(case, warm, device)
+    slt_warmup = time_slt(case, warm, device)[0]
     if peer:
         time_peer(case, warm, device)
     loss = LOSSES[case["loss"]]
@@ -200,6 +218,8 @@ def measure(case: dict[str, Any], *, draws: int, chains: int, repeats: int, devi
         "draws": draws,
         "repeats": repeats,
         "slt_chain_mode": mode,
+        "slt_compile": compile,
+        "slt_warmup_seconds": slt_warmup,
         "slt_seconds": median(slt_wall),
         "slt_us_per_chain_step": median(slt_chain) / steps * 1e6,
         "slt_whole_call_us_per_chain_step": median(slt_wall) / steps * 1e6,
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", nargs="*", help="only models whose name contains one of these")
     parser.add_argument("--no-peer", action="store_true", help="skip devinterp even if installed")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--compile", action="store_true", help="slt's chains compiled (compile=True)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -264,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             repeats=max(2, repeats - 2) if heavy else repeats,
             device=args.device,
             peer=peer,
+            compile=args.compile,
         )
         rows.append(row)
         vs_peer = f", {row['speedup_vs_peer']:.2f}x devinterp" if peer else ""
@@ -274,15 +296,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
     payload = {
-        "meta": {**environment(args.device), "quick": args.quick},
+        "meta": {**environment(args.device), "quick": args.quick, "slt_compile": args.compile},
         "peer_note": peer_note,
         "rows": rows,
     }
-    name = "speed.json" if args.device == "cpu" else f"speed_{args.device.replace(':', '')}.json"
+    name = "speed" + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
+    name += "_compiled.json" if args.compile else ".json"
     path = Path(args.output) if args.output else RESULTS / name
     write_json(path.name, payload, path.parent)
-    print(f"wrote {path}")
+    path.with_suffix(".md").write_text(markdown(payload))
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     return payload
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The rows of one run as a table: µs per chain-step, the ratios to the floor and to devinterp."""
+    meta = payload["meta"]
+    compiled = meta.get("slt_compile", False)
+    lines = [
+        f"# slt {'compiled' if compiled else 'eager'} against devinterp and the floor "
+        f"({meta.get('device', 'cpu')}, {meta.get('time', '')})",
+        "",
+        f"torch {meta.get('torch', '')}; {payload.get('peer_note', '')}. Whole calls of the same work "
+        "(chains x draws, no burn-in, the same step, nβ, γ and batch), alternating slt and devinterp; "
+        "median over repeats. "
+        "Per step: the difference between a long and a short call, per chain-step. Floor: a plain eager SGLD "
+        "loop on one fixed batch."
+        + (" The first (warm-up) call's seconds include slt's compilation." if compiled else ""),
+        "",
+        "| model | params | batch | chains x draws | chain mode | warm-up s | slt µs/chain-step | floor µs | "
+        "slt / floor | devinterp µs/chain-step | whole call vs devinterp | per step vs devinterp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['parameters']} | {r['batch_size']} | {r['chains']} x {r['draws']} | "
+            f"{r['slt_chain_mode']} | {r.get('slt_warmup_seconds', float('nan')):.1f} | "
+            f"{r['slt_us_per_chain_step']:.0f} | {r['floor_us_per_step']:.0f} | "
+            f"{r['ratio_slt_chains_to_floor']:.2f} | {r.get('peer_us_per_chain_step', float('nan')):.0f} | "
+            f"{r.get('speedup_vs_peer', float('nan')):.1f}x | "
+            f"{r.get('marginal_speedup_vs_peer', float('nan')):.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
