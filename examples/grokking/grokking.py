@@ -530,6 +530,8 @@ def main() -> None:
         "run, at most one per available CPU core; 1 runs everything in this process)",
     )
     args = parser.parse_args()
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = Path(args.out)
