@@ -483,7 +483,8 @@ def analyze_run(
         start = time.perf_counter()
         results = dos_at(record, dos_checkpoints(record))
         print(
-            f"{name}: density of states at {len(results)} checkpoints in {time.perf_counter() - start:.0f} s"
+            f"{name}: density of states at {len(results)} checkpoints in {time.perf_counter() - start:.0f} s",
+            flush=True,
         )
     return record, check, events, results
 

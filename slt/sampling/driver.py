@@ -315,6 +315,11 @@ class PosteriorSampler:
         return self.batch_size
 
     @property
+    def runs_compiled(self) -> bool:
+        """Whether chains run through the compiled gradient: asked for, and not fallen back to eager."""
+        return self.compiled is not None and self.compiled.reason is None
+
+    @property
     def compile_status(self) -> str:
         """``"off"`` (not asked for), ``"compiled"``, ``"eager: <reason>"`` or ``"not yet run"``."""
         return "off" if self.compiled is None else self.compiled.status
@@ -447,7 +452,7 @@ class PosteriorSampler:
             fits = num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
             return "vectorized" if fits else "sequential"
         work = self._step_work()
-        if self.compiled is not None and self.compiled.reason is None:
+        if self.runs_compiled:
             return "vectorized" if work <= VECTORIZE_COMPILED_CPU_MAX_WORK else "sequential"
         if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
             return "vectorized"

@@ -233,8 +233,7 @@ def default_step_size(
     source : str
         A one-line account of how the step was chosen, stored in the result's settings.
     """
-    compiled = posterior.compiled is not None and posterior.compiled.reason is None
-    chains = run_chains if compiled and run_chains is not None else PILOT_CHAINS
+    chains = run_chains if posterior.runs_compiled and run_chains is not None else PILOT_CHAINS
     curvature = top_curvature(posterior)
     gain = largest_preconditioner(sampler, sampler_options)
     step = 0.1 / ((n_beta * curvature + max(localization, 1e-12)) * gain)
