@@ -105,15 +105,16 @@ def test_one_chain_says_agreement_was_never_checked():
 
 
 def test_an_estimate_still_rising_through_the_draws_is_flagged():
-    # the deep linear network 5-5-5-5-5 (rank 1, n = 1e4) with the former default length (1,000 draws
-    # after 1,000 steps) and batch (256): λ̂ ≈ 2 against an exact 8.00 at this nβ; R-hat ≈ 1 and the trend
-    # test (|z| ≈ 2.4 against a threshold of 7.5 at four chains) stay quiet, but the second half of the
-    # draws is ~66% above the first
+    # the deep linear network 5-5-5-5-5 (rank 1, n = 1e4) with 1,000 draws after 500 steps at batch 256:
+    # λ̂ ≈ 1.2 against an exact 8.00 at this nβ; R-hat ≈ 1 and the trend test stay quiet, but the second
+    # half of the draws is 57% above the first (z = 3.4). The guard is marginal: after 1,000 steps (the
+    # former default length) the rise was 66% with one partition of the data and is 45% (z = 1.7) with
+    # the batches of many partitions, below its threshold, and seeds 1-3 show no rise at all
     model = deep_linear_network([5, 5, 5, 5, 5], rank=1, seed=0)
     data = linear_regression_data(model, 10_000, seed=1)
     result, found = caught(
         lambda: slt.estimate_llc(
-            model, data, loss_fn=gaussian_nll, num_draws=1000, batch_size=256, progress=False
+            model, data, loss_fn=gaussian_nll, num_draws=1000, num_burnin=500, batch_size=256, progress=False
         )
     )
     assert result.mean < 0.5 * 8.0

@@ -4,12 +4,27 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from slt.sampling.data import LoaderData, TensorData, as_data_source, batch_length, move_to
+import slt.sampling.data
+from slt.sampling.data import (
+    LoaderData,
+    Partition,
+    TensorData,
+    as_data_source,
+    batch_length,
+    move_to,
+    partition_copies,
+)
 
 CPU = torch.device("cpu")
 
 
-def test_the_partition_holds_every_sample_in_balanced_weighted_batches():
+@pytest.fixture
+def one_partition(monkeypatch):
+    """Batches from one partition (K batches), so tests can count them."""
+    monkeypatch.setattr(slt.sampling.data, "MIN_BATCHES", 1)
+
+
+def test_the_partition_holds_every_sample_in_balanced_weighted_batches(one_partition):
     x = torch.arange(103.0).unsqueeze(1)
     data = TensorData((x, x * 2), CPU)
     partition = data.partition(10)
@@ -31,7 +46,7 @@ def test_the_partition_holds_every_sample_in_balanced_weighted_batches():
     assert equal.sizes == [25, 25, 25, 25] and equal.equal and torch.all(equal.weights == 1)
 
 
-def test_batch_ids_are_drawn_independently_of_the_last_ones():
+def test_batch_ids_are_drawn_independently_of_the_last_ones(one_partition):
     # a permutation per epoch made the batch about to be used one the chain had not yet fitted this
     # epoch; with independent draws the same batch follows itself as often as any other
     data = TensorData((torch.arange(40.0),), CPU)
@@ -57,7 +72,7 @@ def test_batches_with_the_same_id_hold_the_same_samples_across_chains_and_runs()
     assert not torch.equal(other.partition(12).batch(0)[0], data.partition(12).batch(0)[0])
 
 
-def test_stacked_stream_gives_each_chain_its_own_batches():
+def test_stacked_stream_gives_each_chain_its_own_batches(one_partition):
     x = torch.arange(40.0).unsqueeze(1)
     stream = TensorData((x,), CPU).stacked_stream(torch.Generator().manual_seed(0), 8, num_chains=3)
     (batch,) = stream()
@@ -74,7 +89,7 @@ def test_stacked_stream_gives_each_chain_its_own_batches():
     assert all(set(p) == set(range(5)) for p in picks) and len({tuple(p) for p in picks}) == 3
 
 
-def test_unequal_batches_are_stacked_by_size_class_and_each_chain_draws_every_batch_uniformly():
+def test_unequal_batches_are_stacked_by_size_class_and_each_chain_draws_every_batch_uniformly(one_partition):
     x = torch.arange(41.0)
     data = TensorData((x,), CPU)
     partition = data.partition(8)  # 6 batches: 5 of 7 samples, 1 of 6
@@ -95,13 +110,41 @@ def test_unequal_batches_are_stacked_by_size_class_and_each_chain_draws_every_ba
         partition.stacked(torch.tensor([0, 1]))
 
 
+def test_batches_come_from_enough_independent_partitions_that_their_noise_is_not_one_draw():
+    # 9 batches of one partition give the gradient noise of those 9 batches for the whole run (a normal
+    # crossing's estimate moved by +14% with the seed of its partition); 15 partitions give 135 batches
+    assert partition_copies(5000, 588, 40_000) == 15
+    assert partition_copies(5000, 5000, 40_000) == 1 and partition_copies(5000, None, 40_000) == 1
+    assert partition_copies(100_000, 256, 800_000) == 1  # 391 batches are already enough
+    fits = slt.sampling.data.SHUFFLED_COPY_BYTES // 10**8
+    assert partition_copies(5000, 588, 10**8) == fits  # no more shuffled copies than fit in memory
+    assert partition_copies(5000, 588, 10**12) == 1
+    x = torch.arange(103.0).unsqueeze(1)
+    partition = TensorData((x, x * 2), CPU).partition(10)  # 11 batches of 9 or 10 per copy, 12 copies
+    assert partition.copies == 12 and partition.num_batches == 132 and partition.num_large == 12 * 4
+    assert partition.sizes == [10] * 48 + [9] * 84
+    samples = torch.cat([partition.batch(k)[0] for k in range(132)]).squeeze(1)
+    assert torch.equal(torch.bincount(samples.long()), torch.full((103,), 12))  # each sample in 12 batches
+    for k in range(132):
+        bx, by = partition.batch(k)
+        assert torch.equal(by, bx * 2)
+    means = torch.stack([partition.batch(k)[0].mean() for k in range(132)])
+    assert float((partition.weights * means).mean()) == pytest.approx(float(x.mean()), rel=1e-6)
+    # the copies are shuffled independently: the first copy's batches are not the second's
+    first = {tuple(sorted(partition.batch(k)[0].squeeze(1).tolist())) for k in range(0, 4)}
+    second = {tuple(sorted(partition.batch(k)[0].squeeze(1).tolist())) for k in range(4, 8)}
+    assert first.isdisjoint(second)
+    with pytest.raises(ValueError, match="copies must be a positive integer"):
+        Partition((x,), 10, torch.Generator(), copies=0)
+
+
 def test_full_batch_when_the_batch_is_as_large_as_the_data():
     x = torch.randn(7, 2)
     stream = TensorData((x,), CPU).stream(torch.Generator().manual_seed(0), 100)
     assert torch.equal(stream()[0], x) and stream.index == 0
 
 
-def test_large_data_is_gathered_instead_of_copied(monkeypatch):
+def test_large_data_is_gathered_instead_of_copied(monkeypatch, one_partition):
     import slt.sampling.data
 
     monkeypatch.setattr(slt.sampling.data, "SHUFFLED_COPY_BYTES", 0)

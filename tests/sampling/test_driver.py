@@ -80,10 +80,10 @@ def test_control_variate_records_the_loss_of_w_star_on_the_same_batch():
     )
     # at a vanishing step the chain stays at w*, so each draw's loss equals its reference loss
     np.testing.assert_allclose(run.loss_trace, run.reference_loss_trace, rtol=2e-3)
-    # each reference is the loss of w* on one of the four batches, which average to L_n(w*)
+    # each reference is the loss of w* on one of the batches (4 per partition), which average to L_n(w*)
     partition = sampler.data.partition(sampler.batch_size)
     with torch.no_grad():
-        batches = [partition.batch(k) for k in range(4)]
+        batches = [partition.batch(k) for k in range(partition.num_batches)]
         at_center = [float(nn.functional.mse_loss(model(bx), by)) for bx, by in batches]
     assert all(min(abs(r - c) for c in at_center) < 1e-6 for r in run.reference_loss_trace[0])
     assert np.mean(at_center) == pytest.approx(sampler.init_loss, rel=1e-5)
