@@ -25,7 +25,9 @@ __all__ = [
     "batch_slice",
     "move_to",
     "check_finite",
+    "partition_copies",
     "DEFAULT_EVAL_SAMPLES",
+    "MIN_BATCHES",
 ]
 
 Batch = Any
