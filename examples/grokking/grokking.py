@@ -12,7 +12,7 @@ The density of states (``slt.estimate_dos``) is drawn at a handful of checkpoint
 
 The runs (each weight decay of each seed) are independent and run side by side, one worker process per
 run and CPU core, each on one torch thread (``--workers``). Run from the repository root (one seed, both
-weight decays: about 5 minutes on two CPU cores, 9 on one):
+weight decays: about 7 minutes on two CPU cores):
 
     PYTHONPATH=. python examples/grokking/grokking.py --out grokking-output
 
