@@ -42,7 +42,8 @@ DEFAULT_EVAL_SAMPLES = 1024
 EVAL_BATCHES_PER_SLICE = 8
 DEFAULT_BATCH_SIZE = 256  # as PosteriorSampler.DEFAULT_BATCH_SIZE
 MAX_EVAL_ROWS = 4096
-#: Data up to this size is copied in shuffled order once per epoch, then sliced without copies.
+#: Data whose shuffled copies (all of a :class:`Partition`'s together) fit in this size is copied once in
+#: shuffled order, then sliced without copies.
 SHUFFLED_COPY_BYTES = 256 * 2**20
 #: Fewest batches the minibatches are drawn from (see :func:`partition_copies`).
 MIN_BATCHES = 128
@@ -322,12 +323,17 @@ def partition_copies(n: int, batch_size: int | None, data_bytes: int) -> int:
     data_bytes : int
         Size of one copy of the data.
     """
-    per_copy = 1 if batch_size is None or batch_size >= n else -(-n // batch_size)
+    per_copy = _batches_per_copy(n, batch_size)
     if per_copy == 1:
         return 1
     wanted = -(-MIN_BATCHES // per_copy)
     fit = SHUFFLED_COPY_BYTES // max(int(data_bytes), 1)
     return max(1, min(wanted, fit))
+
+
+def _batches_per_copy(n: int, batch_size: int | None) -> int:
+    """K = ceil(n / batch_size) balanced batches of one partition; 1 (all the data) for ``None`` or >= n."""
+    return 1 if batch_size is None or batch_size >= n else -(-n // batch_size)
 
 
 def _nbytes(tensors: Sequence[Tensor]) -> int:
@@ -383,7 +389,7 @@ class Partition:
         self.device = tensors[0].device
         self.pack = pack
         self._tensors = tensors
-        per_copy = 1 if batch_size is None or batch_size >= n else -(-n // batch_size)
+        per_copy = _batches_per_copy(n, batch_size)
         if per_copy == 1:
             copies = 1
         base, extra = divmod(n, per_copy)
@@ -408,7 +414,7 @@ class Partition:
         perms = [torch.randperm(n, generator=generator, device=self.device) for _ in range(copies)]
         large_rows = extra * (base + 1)
         perm = torch.cat([p[:large_rows] for p in perms] + [p[large_rows:] for p in perms])
-        if copies * sum(t.numel() * t.element_size() for t in tensors) <= SHUFFLED_COPY_BYTES:
+        if copies * _nbytes(tensors) <= SHUFFLED_COPY_BYTES:
             self._shuffled = tuple(t.index_select(0, perm) for t in tensors)
             self._perm = None
         else:
