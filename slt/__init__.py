@@ -36,6 +36,7 @@ from slt.warnings import (
     FitWarning,
     NotAMinimumWarning,
     OverlapWarning,
+    ShortChainWarning,
     SLTWarning,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "DivergenceWarning",
     "NotAMinimumWarning",
     "ConvergenceWarning",
+    "ShortChainWarning",
     "OverlapWarning",
     "FitWarning",
     "ChainDivergenceError",

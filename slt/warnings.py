@@ -16,6 +16,7 @@ __all__ = [
     "DivergenceWarning",
     "NotAMinimumWarning",
     "ConvergenceWarning",
+    "ShortChainWarning",
     "OverlapWarning",
     "FitWarning",
     "LeftBasinWarning",
@@ -47,6 +48,10 @@ class NotAMinimumWarning(SLTWarning):
 
 class ConvergenceWarning(SLTWarning):
     """A diagnostic (R-hat, effective sample size, trend) says the chains have not converged."""
+
+
+class ShortChainWarning(ConvergenceWarning):
+    """The chains ran for less simulated time than the posterior needs to relax: they were still spreading."""
 
 
 class OverlapWarning(SLTWarning):

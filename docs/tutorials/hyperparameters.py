@@ -89,8 +89,14 @@ for w in caught:
     print(type(w.message).__name__, ":", w.message)
 
 # %% [markdown]
+# Both bad runs below also raise a `ShortChainWarning`: their 500 draws (and burn-in) at these steps
+# cover less simulated time $\varepsilon T$ than the automatic length's floor (0.5 at γ = 1), and the chains
+# travelled more than half as far from $w^*$ as drift-free diffusion would, so most directions had not
+# relaxed (see "How long, and how sure" in the theory page).
+#
 # **Step too small.** The chains are still climbing when the draws begin: the running estimates keep
-# rising, the trend statistic is large and R-hat flags the disagreement.
+# rising, the trend statistic is large, R-hat flags the disagreement, and the chains have spread from
+# $w^*$ as if the posterior had no shape (99% of free diffusion's distance, a `ShortChainWarning`).
 
 # %%
 with warnings.catch_warnings(record=True) as caught:
@@ -117,6 +123,7 @@ axes[1, 0].set_title("step ÷50: loss trace")
 # | a chain passed the step's stability limit (`DivergenceWarning`, left out of the estimate) | step too large where that chain went | a smaller `step_size` |
 # | estimate moves when the step halves | step-size bias | the step `calibrate` recommends |
 # | R-hat > 1.1, large `trend_z` | chains too short for the step | more `num_burnin`/`num_draws`, a larger step |
+# | chains still spreading (`ShortChainWarning`) | a given length too short to relax | `num_draws=None` (the automatic length), or more steps |
 # | negative estimate (`NotAMinimumWarning`) | $w^*$ is not a local minimum | train longer; raise `localization` |
 # | estimate changes with `localization` | the posterior leaves the basin | compare a few values with `calibrate(localizations=[...])` |
 #

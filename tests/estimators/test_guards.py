@@ -119,20 +119,103 @@ def test_an_estimate_still_rising_through_the_draws_is_flagged():
     )
     assert result.mean < 0.5 * 8.0
     assert any(c is slt.ConvergenceWarning and "rose" in m and "biased low" in m for c, m in found), found
+    # at τ ≈ 0.002 the chains spread as far as free diffusion, which flags it whatever the halves show
+    assert slt.ShortChainWarning in categories(found) and result.checks.free_diffusion > 0.9
 
 
-def test_a_bfloat16_model_is_sampled_with_a_float32_position():
+def tanh_regression():
+    """A 4 -> 8 -> 1 tanh network (49 parameters) and 500 noisy samples of its own output."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(500, 4, generator=g)
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     with torch.no_grad():
         y = model(x) + 0.3 * torch.randn(500, 1, generator=g)
+    return model, x, y
+
+
+# both runs share a length far too short for the chains to relax (τ = 0.1, ShortChainWarning); the test
+# compares the two only with each other
+@pytest.mark.filterwarnings("ignore::slt.warnings.ShortChainWarning")
+def test_a_bfloat16_model_is_sampled_with_a_float32_position():
+    model, x, y = tanh_regression()
     kw = dict(loss_fn="mse", step_size=1e-4, num_chains=4, num_draws=500, seed=3, progress=False)
     full = slt.estimate_llc(model, (x, y), **kw)
     half = slt.estimate_llc(model.to(torch.bfloat16), (x.bfloat16(), y.bfloat16()), **kw)
     # a bfloat16 position loses every update below its resolution (measured +33% before this)
     assert half.mean == pytest.approx(full.mean, rel=0.1)
+
+
+def test_a_given_length_too_short_for_the_chains_to_relax_is_flagged():
+    # 1,000 steps at ε = 1e-4 (τ = 0.1): λ̂ ≈ 2.2 against 4.3 from the automatic length (ε ≈ 1.1e-3,
+    # 3,500 steps), with R-hat and the halves test quiet; the chains had spread 88% as far as free diffusion
+    model, x, y = tanh_regression()
+    kw = dict(loss_fn="mse", num_chains=4, seed=3, progress=False)
+    short, found = caught(lambda: slt.estimate_llc(model, (x, y), step_size=1e-4, num_draws=500, **kw))
+    assert categories(found) == {slt.ShortChainWarning}
+    (message,) = [m for _, m in found]
+    assert "still spreading from w*" in message and "ε·steps = 0.1," in message
+    assert "τ = 0.5/γ = 0.5, here 5000 steps at step_size 0.0001" in message
+    assert short.checks.free_diffusion > 0.5
+    assert [p.category for p in short.problems] == ["ShortChainWarning"]
+    auto, found = caught(lambda: slt.estimate_llc(model, (x, y), **kw))
+    assert found == set() and auto.checks.free_diffusion < 0.5
+    assert short.mean < 0.7 * auto.mean
+
+
+def test_a_short_given_length_on_a_regular_model_is_quiet_and_right():
+    # every direction of a linear regression is confined by the likelihood (curvature nβ·2·Var x ≈ 290):
+    # τ = 0.3 relaxes them all, and the chains spread a few percent as far as free diffusion
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1000, 10, generator=g)
+    y = x @ torch.randn(10, 1, generator=g) + torch.randn(1000, 1, generator=g)
+    design = torch.cat([x, torch.ones(1000, 1)], 1)
+    fit = torch.linalg.lstsq(design, y).solution  # w* at the minimum of the mean squared error
+    model = nn.Linear(10, 1)
+    with torch.no_grad():
+        model.weight.copy_(fit[:10].T)
+        model.bias.copy_(fit[10])
+    result, found = caught(
+        lambda: slt.estimate_llc(
+            model,
+            (x, y),
+            loss_fn="mse",
+            step_size=3e-4,
+            num_burnin=300,
+            num_draws=700,
+            seed=0,
+            progress=False,
+        )
+    )
+    assert found == set() and result.settings.simulated_time == pytest.approx(0.3)
+    assert result.checks.free_diffusion < 0.1
+    # the exact finite-nβ value: ½ Σ nβh / (nβh + γ) over the eigenvalues h of the loss's Hessian
+    h = torch.linalg.eigvalsh(2 * design.T.double() @ design.double() / 1000)
+    n_beta = result.settings.n_beta
+    exact = float(0.5 * (n_beta * h / (n_beta * h + 1.0)).sum())
+    # measured +5.5% here (seeds 1-3: +4.5, 0.0, +5.1%; 10,000 full-batch draws: +1.5, +0.8%); a run too
+    # short to relax misses by tens of percent, low
+    assert result.mean == pytest.approx(exact, rel=0.1)
+
+
+def test_free_diffusion_is_one_for_a_random_walk_and_small_for_a_confined_chain():
+    from dataclasses import replace
+
+    from slt.estimators.llc import LLCSettings, free_diffusion_fraction
+
+    settings = LLCSettings(
+        n_beta=100.0, n_beta_source="given", localization=1.0, step_size=1e-3, step_size_source="given",
+        sampler="sgld", sampler_options={}, num_chains=8, num_draws=400, num_burnin=100,
+        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=200,
+        device="cpu",
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    center = torch.randn(200, generator=g)
+    walked = center + (1e-3 * 500) ** 0.5 * torch.randn(8, 200, generator=g)  # 500 steps of variance ε
+    assert free_diffusion_fraction(walked, center, settings) == pytest.approx(1.0, abs=0.05)
+    confined = center + 0.1 * torch.randn(8, 200, generator=g)  # stationary at variance 1/h, h = 100
+    assert free_diffusion_fraction(confined, center, settings) == pytest.approx(1 / (100 * 0.5), rel=0.1)
+    assert free_diffusion_fraction(walked, center, replace(settings, sampler="sgnht")) != 0.0  # NaN
 
 
 def test_checks_travel_with_the_result():
