@@ -84,6 +84,12 @@ print(f"serial: {time.perf_counter() - start:.1f} s")
 serial.to_dataframe()[["step", "llc_mean", "llc_stderr", "train_loss"]].round(3)
 
 # %% [markdown]
+# These chains are short on purpose, so that the page runs in seconds: 200 draws at ε = 1e-4 cover a
+# simulated time far below the automatic length's floor, and every checkpoint carries a
+# `ShortChainWarning` (the chains spread from $w^*$ almost as far as drift-free diffusion would), raised
+# once per sweep and kept in `serial.warnings`. This page is about where the work runs; for numbers to report, leave `num_draws` and
+# `step_size` out and let the sweep choose them once at a reference checkpoint.
+#
 # Run it again and nothing is recomputed: every checkpoint is already in the store. A sweep killed
 # halfway resumes the same way.
 
