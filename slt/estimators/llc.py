@@ -629,9 +629,7 @@ def _chain_problems(
         )
     rise, z = _halves_rise(trace) if trace is not None else (math.nan, math.nan)
     if math.isfinite(rise) and rise > MAX_HALVES_RISE and z > 2:
-        tau = s.simulated_time
-        if not math.isfinite(tau):
-            tau = s.step_size * (s.num_burnin + s.num_draws * s.num_steps_bw_draws)
+        tau = run_simulated_time(s)
         problems.append(
             Problem.of(
                 ConvergenceWarning,
