@@ -135,7 +135,9 @@ def test_reduced_rank_regression_matches_aoyagi_and_estimate_llc():
     """y = BAx with M = 4, H = 3, N = 4, true rank 1, at a most singular true parameter: λ = 6, m = 1.
 
     Noise-free data make t = L_n(w) - L_n(w*) = K_n(w) >= 0 exactly. The ladder reaches t ~ 1e-6; the
-    LLC is estimated at the ladder's centre, with a step small enough that SGLD's bias is below its error.
+    LLC is estimated at the ladder's centre with the automatic step and length (5.85 ± 0.12 against the
+    ladder's 5.80 ± 0.05 on an AMD EPYC; a given 4,000 + 4,000 steps at ε = 1e-5, τ = 0.08, gave 5.34 ±
+    0.18 there, the chains not yet relaxed).
     """
     lam, mult = oracles.rrr_lambda(4, 3, 4, 1)
     assert (lam, mult) == (6.0, 1)
@@ -157,9 +159,7 @@ def test_reduced_rank_regression_matches_aoyagi_and_estimate_llc():
             (x, y),
             loss_fn=gaussian_nll,
             n_beta=dos.settings.reference_temperature,
-            step_size=1e-5,
             num_chains=8,
-            num_draws=4000,
             progress=False,
         )
     assert np.median(dos.round_trips) >= 1
