@@ -6,6 +6,7 @@ from slt.tuning.step_size import (
     bias_indicator,
     default_step_size,
     largest_preconditioner,
+    minibatch_bias,
     top_curvature,
     unstable_chains,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "default_step_size",
     "top_curvature",
     "bias_indicator",
+    "minibatch_bias",
     "unstable_chains",
     "STABILITY_LIMIT",
     "largest_preconditioner",

@@ -31,6 +31,7 @@ __all__ = [
     "default_step_size",
     "top_curvature",
     "bias_indicator",
+    "minibatch_bias",
     "unstable_chains",
     "STABILITY_LIMIT",
     "largest_preconditioner",
@@ -103,6 +104,27 @@ def bias_indicator(step_size: float, n_beta: float, grad_norm_sq: np.ndarray, ll
     if not llc > 0:
         return float("nan")
     return step_size * n_beta**2 * mean_sq / (8.0 * llc)
+
+
+def minibatch_bias(indicator: float, noise_share: float) -> float:
+    r"""Predicted relative bias of SGLD from its minibatch gradient noise alone.
+
+    :math:`b_{mb} = \varepsilon\, n\beta^2\, \mathrm{tr}\,C_B / (8 \hat\lambda)`, with
+    :math:`\mathrm{tr}\,C_B` the trace of the minibatch gradient's covariance where the chains are,
+    computed as ``indicator`` (:func:`bias_indicator`, the same formula with the whole gradient energy
+    :math:`\mathbb{E}\lVert\nabla L_B\rVert^2`) times ``noise_share``, the noise's share of that
+    energy (:func:`slt.sampling.checks.minibatch_gradient_noise`). On a quadratic the noise adds
+    :math:`(\varepsilon/2)^2 n\beta^2 c_i` per step along direction :math:`i` to the injected
+    :math:`\varepsilon`, raising its stationary variance by the factor
+    :math:`1 + \varepsilon n\beta^2 c_i / (4 a_i)` and :math:`\hat\lambda` by
+    :math:`\varepsilon n\beta^2 c_i / 8` wherever :math:`a_i \gg \gamma` (Mandt, Hoffman & Blei 2017 for
+    the stationary variance of a noisy constant step). It is the whole first-order bias of SGLD with
+    Leimkuhler-Matthews noise (the default), whose full-gradient part vanishes. NaN unless both
+    arguments are finite (0 for full-batch chains, whose share is 0).
+    """
+    if not (math.isfinite(indicator) and math.isfinite(noise_share)):
+        return float("nan")
+    return indicator * noise_share
 
 
 def unstable_chains(

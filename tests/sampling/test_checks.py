@@ -1,0 +1,61 @@
+"""The minibatch gradient noise measured where the chains are (slt.sampling.checks)."""
+
+import torch
+
+from slt.sampling import PosteriorSampler
+from slt.sampling.checks import minibatch_gradient_noise
+from tests.conftest import gaussian_nll, least_squares_regression
+
+
+def exact_share(posterior: PosteriorSampler, position: torch.Tensor) -> float:
+    """The noise share over every batch of the sampler's partition, which chains draw uniformly."""
+    partition = posterior.data.partition(posterior.batch_size)
+    fm = posterior.flat_model
+    grads = []
+    with fm.at(position):
+        for k in range(partition.num_batches):
+            _, grad = fm.loss_and_grad(partition.batch(k))
+            grads.append(grad.double() * partition.weight(k))
+    stacked = torch.stack(grads)
+    noise = stacked.var(dim=0, unbiased=False).sum()
+    return float(noise / stacked.square().sum(dim=-1).mean())
+
+
+def regression_sampler(batch_size: int | None = 64) -> PosteriorSampler:
+    model, x, y = least_squares_regression(300, 4)
+    return PosteriorSampler(model.double(), (x.double(), y.double()), gaussian_nll, batch_size=batch_size)
+
+
+def test_the_share_matches_the_partition_and_falls_away_from_the_minimum():
+    posterior = regression_sampler()
+    center = posterior.center
+    # at the least-squares fit the full gradient vanishes: the minibatch gradient is all noise
+    at_fit = minibatch_gradient_noise(posterior, center[None], batches=400)
+    assert 0.9 < at_fit <= 1.0
+    assert abs(at_fit - exact_share(posterior, center)) < 0.05
+    # away from it the full gradient dominates
+    away = center + 1.0
+    far = minibatch_gradient_noise(posterior, away[None], batches=400)
+    assert abs(far / exact_share(posterior, away) - 1) < 0.2, (far, exact_share(posterior, away))
+    assert far < 0.1
+    # several positions pool their sums
+    both = minibatch_gradient_noise(posterior, torch.stack([center, away]), batches=16)
+    assert far < both < at_fit
+
+
+def test_full_batch_chains_have_no_noise_and_bad_input_gives_nan():
+    assert minibatch_gradient_noise(regression_sampler(batch_size=300), torch.zeros(1, 4)) == 0.0
+    posterior = regression_sampler()
+    assert torch.isnan(torch.tensor(minibatch_gradient_noise(posterior, torch.zeros(0, 4))))
+    assert torch.isnan(torch.tensor(minibatch_gradient_noise(posterior, posterior.center[None], batches=1)))
+
+
+def test_the_measurement_is_seeded_and_leaves_the_global_rng_and_weights_alone():
+    posterior = regression_sampler()
+    center = posterior.center.clone()
+    state = torch.get_rng_state()
+    first = minibatch_gradient_noise(posterior, center[None] + 0.1, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(posterior.center, center)
+    assert first == minibatch_gradient_noise(posterior, center[None] + 0.1, seed=3)
+    assert first != minibatch_gradient_noise(posterior, center[None] + 0.1, seed=4)
