@@ -139,6 +139,9 @@ def test_interval_adds_sampling_error_drift_and_step_bias():
     t = 3.1824463  # Student's t, 3 degrees of freedom, 97.5%
     assert high == pytest.approx(10 + t * 0.5 + 2.0)  # still rising by 2: the target may be higher
     assert low == pytest.approx(10 - t * 0.5 - 0.5)  # a 5% predicted step bias: it may be lower
+    # the sampler's own first-order bias where known (the minibatch share for Leimkuhler-Matthews noise)
+    low, _ = llc_interval(10.0, 0.5, 4, checks, step_bias=0.02)
+    assert low == pytest.approx(10 - t * 0.5 - 0.2)
     falling = LLCChecks(segment_estimates=[12.0, 10.0])
     low, high = llc_interval(10.0, 0.5, 4, falling)
     assert low == pytest.approx(10 - t * 0.5 - 2.0) and high == pytest.approx(10 + t * 0.5)

@@ -2,12 +2,14 @@
 
 import copy
 import json
+import math
 import random
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import t as student_t
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -618,3 +620,27 @@ def test_an_unsettled_run_says_its_segments_include_the_chain_the_estimate_leave
     assert not any("leaves out" in p.message for p in llc_problems(
         diagnose(trace, np.full(4, -1), unstable), 8.48, 0.2, replace(settings, converged=True), checks
     ))  # fmt: skip
+
+
+def test_first_order_bias_follows_the_sampler_and_sets_the_interval(tiny_regression):
+    from slt.estimators.llc import first_order_bias
+
+    model, x, y = tiny_regression
+    kwargs = dict(loss_fn="mse", step_size=1e-4, num_draws=200, num_burnin=200, batch_size=50, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", slt.ConvergenceWarning)
+        lm = slt.estimate_llc(model, (x, y), **kwargs)
+        euler = slt.estimate_llc(model, (x, y), sampler_options={"leimkuhler_matthews": False}, **kwargs)
+        other = slt.estimate_llc(model, (x, y), sampler="sgnht", **kwargs)
+    assert 0 < lm.checks.minibatch_noise <= 1
+    assert first_order_bias(lm.settings, lm.checks) == lm.checks.minibatch_bias
+    assert first_order_bias(euler.settings, euler.checks) == euler.checks.bias_indicator
+    assert math.isnan(first_order_bias(other.settings, other.checks))
+    for r in (lm, euler):
+        assert r.corrected == pytest.approx(r.mean / (1 + first_order_bias(r.settings, r.checks)))
+    # the interval's lower end allows for the sampler's own predicted bias: with the same chains' spread,
+    # the minibatch share (smaller than the whole indicator) leaves it higher
+    t = float(student_t.ppf(0.975, lm.settings.num_chains - 1))
+    change = lm.trace[:, lm.trace.shape[1] // 2 :].mean() - lm.trace[:, : lm.trace.shape[1] // 2].mean()
+    expected = lm.mean - t * lm.stderr - lm.checks.minibatch_bias * lm.mean - max(-change, 0.0)
+    assert lm.interval[0] == pytest.approx(expected)
