@@ -444,20 +444,20 @@ def summarize_run(
     mean = float(per_chain[healthy].mean())
     std = float(per_chain[healthy].std(ddof=1)) if healthy.size > 1 else float("nan")
     stderr = std / math.sqrt(healthy.size) if healthy.size > 1 else float("nan")
+    checks = checks or LLCChecks()
+    indicator = bias_indicator(settings.step_size, settings.n_beta, run.grad_norm_sq[healthy], mean)
     checks = dataclasses.replace(
-        checks or LLCChecks(),
+        checks,
         distance=float((run.final_positions[healthy] - sampler.center).norm(dim=-1).mean())
         if run.final_positions.numel()
         else float("nan"),
         center_norm=float(sampler.center.norm()),
         free_diffusion=free_diffusion_fraction(run.final_positions[healthy], sampler.center, settings),
-        bias_indicator=bias_indicator(settings.step_size, settings.n_beta, run.grad_norm_sq[healthy], mean),
+        bias_indicator=indicator,
+        minibatch_bias=minibatch_bias(indicator, checks.minibatch_noise)
+        if settings.sampler == "sgld"
+        else float("nan"),
     )
-    if settings.sampler == "sgld":
-        checks = dataclasses.replace(
-            checks,
-            minibatch_bias=minibatch_bias(checks.bias_indicator, checks.minibatch_noise),
-        )
     problems = llc_problems(diagnostics, mean, stderr, settings, checks, sampler.init_loss, trace)
     if diagnostics.unstable.any():
         problems = (_unstable_problem(diagnostics, trace, own_indicators, mean, settings), *problems)
@@ -486,7 +486,7 @@ def summarize_run(
     )
 
 
-def _noise_at_healthy_ends(posterior: PosteriorSampler, run: ChainRun, seed: int) -> float:
+def _noise_at_chain_ends(posterior: PosteriorSampler, run: ChainRun, seed: int) -> float:
     """:func:`minibatch_gradient_noise` at the last positions of the chains that did not diverge."""
     ends = (
         run.final_positions[torch.as_tensor(~run.diverged)]
@@ -1072,7 +1072,7 @@ def estimate_llc(
                 record_grad_norm=True,
                 progress="LLC" if progress else False,
             )
-        checks = dataclasses.replace(checks, minibatch_noise=_noise_at_healthy_ends(posterior, run, seed))
+        checks = dataclasses.replace(checks, minibatch_noise=_noise_at_chain_ends(posterior, run, seed))
     settings = LLCSettings(
         n_beta=n_beta_value,
         n_beta_source=n_beta_source,

@@ -99,17 +99,15 @@ def minibatch_gradient_noise(
     partition = getattr(stream, "partition", None)
     if partition is not None and partition.num_batches == 1:
         return 0.0
-    mask = fm.coordinate_mask
+    mask = None if fm.coordinate_mask is None else fm.coordinate_mask.double()
     noise, energy = 0.0, 0.0
     for position in positions:
         grads = []
         with fm.at(position.to(fm.center)):
             for _ in range(batches):
-                batch = stream()
-                _, grad = fm.loss_and_grad(batch)
-                grad = grad.double() * float(stream.weight)
-                grads.append(grad if mask is None else grad * mask.double())
-        stacked = torch.stack(grads)
+                _, grad = fm.loss_and_grad(stream())
+                grads.append(grad.double() * float(stream.weight))
+        stacked = torch.stack(grads) if mask is None else torch.stack(grads) * mask
         noise += float(stacked.var(dim=0, unbiased=True).sum())
         energy += float(stacked.square().sum(dim=-1).mean())
     if not (math.isfinite(noise) and math.isfinite(energy)) or energy <= 0:
