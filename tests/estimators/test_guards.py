@@ -163,6 +163,31 @@ def test_a_given_length_too_short_for_the_chains_to_relax_is_flagged():
     assert short.mean < 0.7 * auto.mean
 
 
+def test_a_singular_model_partly_relaxed_is_flagged():
+    # reduced-rank regression 4-3-4 (rank 1, n = 100, noise-free, nβ = 2994): λ̂ = 6.08 ± 0.08 with
+    # 8 chains at τ = 1.28. A given 4,000 + 4,000 steps at ε = 1e-5 (τ = 0.08) gave 5.02-5.49 over seeds
+    # 0-2 with R-hat, the trend and the halves tests quiet; the chains had spread 34-41% as far as free
+    # diffusion, which the former threshold (50%) let through
+    model = deep_linear_network([4, 3, 4], rank=1, seed=0, dtype=torch.float64)
+    data = linear_regression_data(model, 100, noise=0.0, seed=1)
+    result, found = caught(
+        lambda: slt.estimate_llc(
+            model,
+            data,
+            loss_fn=gaussian_nll,
+            n_beta=2994.0,
+            step_size=1e-5,
+            num_burnin=4000,
+            num_draws=4000,
+            seed=0,
+            progress=False,
+        )
+    )
+    assert categories(found) == {slt.ShortChainWarning}
+    assert 0.3 < result.checks.free_diffusion < 0.5
+    assert result.mean < 0.95 * 6.08
+
+
 def test_a_short_given_length_on_a_regular_model_is_quiet_and_right():
     # every direction of a linear regression is confined by the likelihood (curvature nβ·2·Var x ≈ 290):
     # τ = 0.3 relaxes them all, and the chains spread a few percent as far as free diffusion
