@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from slt.dos.analysis import MIN_OVERLAP
+from slt.dos.analysis import MAX_FIT_T, MIN_OVERLAP
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -22,6 +22,12 @@ __all__ = ["OverlapWarning", "FitWarning", "result_problems", "divergence_proble
 
 #: Fit windows narrower than this many decades of t cannot separate λ from m.
 MIN_FIT_DECADES = 2.0
+#: Neighbouring rungs of a geometric ladder overlap when :math:`\ln(x_{k+1}/x_k)\sqrt{\lambda}` is at
+#: most about this (the energy at rung :math:`x` has mean :math:`\lambda/x` and spread
+#: :math:`\sqrt{\lambda}/x`). Measured on a 243-parameter ReLU classifier near zero cross-entropy
+#: (:math:`x E_x[t]` ≈ 70): 12 rungs over :math:`n\beta/30` to :math:`30\,n\beta` (1.86 between rungs,
+#: 5.2 in these units) overlapped 0.004-0.016; 40 rungs (1.19, 1.5) all passed :data:`MIN_OVERLAP`.
+OVERLAP_SPACING = 1.5
 #: Median replica round trips (hottest -> coldest -> hottest rung) below which a warning is raised.
 MIN_ROUND_TRIPS = 1
 
@@ -72,8 +78,8 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
                     OverlapWarning,
                     "neighbouring rungs overlap too little for reweighting to be trusted "
                     f"(overlap < {MIN_OVERLAP}): {pairs}. Add rungs between them (temperatures=... or "
-                    "a larger num_rungs), or run longer chains; the curve between those temperatures may "
-                    "be off by a constant.",
+                    f"a larger num_rungs{_rungs_needed(result)}), or run longer chains; the curve between "
+                    "those temperatures may be off by a constant.",
                 )
             )
     trips = result.round_trips
@@ -106,7 +112,7 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
                 FitWarning,
                 f"too few populated bins in the fit window [{lo:.3g}, {hi:.3g}] to fit "
                 f"{result.fit_form!r}; pass fit_window=(t_low, t_high) covering the curve (see result.t and "
-                "result.bin_counts), colder temperatures, or more draws",
+                f"result.bin_counts), colder temperatures, or more draws{_log_form_out_of_reach(result)}",
             )
         )
     elif result.fit_form != "power" and (decades < MIN_FIT_DECADES or result.multiplicity_stderr > 1):
@@ -120,3 +126,43 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
             )
         )
     return tuple(problems)
+
+
+def _rungs_needed(result: Any) -> str:
+    r"""``"; about N rungs over this span"`` from the rungs' :math:`x E_x[t]` (empty when unknown)."""
+    x = np.asarray(result.temperatures, dtype=float)
+    llc = np.asarray(result.rung_llc, dtype=float)
+    positive = (x > 0) & np.isfinite(llc) & (llc > 0)
+    if positive.sum() < 2:
+        return ""
+    lam = float(np.median(llc[positive]))
+    span = math.log(x[positive].max() / x[positive].min())
+    rungs = math.ceil(span * math.sqrt(lam) / OVERLAP_SPACING) + 1
+    if rungs <= len(x):
+        return ""
+    return (
+        f"; the rungs' x·E[t] is about {lam:.3g}, and rungs overlap when neighbours differ by a factor of "
+        f"about exp({OVERLAP_SPACING}/√{lam:.3g}) = {math.exp(OVERLAP_SPACING / math.sqrt(lam)):.3g}: about "
+        f"{rungs} rungs over this span, or a narrower span"
+    )
+
+
+def _log_form_out_of_reach(result: Any) -> str:
+    """Why a ``"log"`` form found no window: the coldest rung samples t too little below 1e-2."""
+    if result.fit_form == "power":
+        return ""
+    x = np.asarray(result.temperatures, dtype=float)
+    llc = np.asarray(result.rung_llc, dtype=float)
+    if not (x.size and x.max() > 0 and np.isfinite(llc[np.argmax(x)]) and llc[np.argmax(x)] > 0):
+        return ""
+    coldest_llc = float(llc[np.argmax(x)])
+    coldest_t = coldest_llc / float(x.max())
+    if not coldest_t > MAX_FIT_T / 10:
+        return ""
+    return (
+        f". The coldest rung (x = {x.max():.4g}) samples t ≈ {coldest_t:.3g} on average, less than a decade "
+        f"below the {MAX_FIT_T:g} under which the {result.fit_form!r} form's ln(-ln t) term holds: since "
+        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {MAX_FIT_T / 100:g} takes x ≈ "
+        f"{coldest_llc / (MAX_FIT_T / 100):.3g}. For the local slope at the t this ladder samples, refit "
+        "with fit_form='power' (result.refit(fit_form='power'))"
+    )

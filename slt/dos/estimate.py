@@ -92,7 +92,12 @@ def estimate_dos(
         :func:`slt.dos.ladder.default_temperatures`: ``num_rungs`` rungs spaced geometrically from
         :math:`n\beta^*/30` to :math:`30\, n\beta^*`, :math:`n\beta^* = n/\log n`.
     num_rungs : int
-        Rungs of the default ladder (ignored with ``temperatures``).
+        Rungs of the default ladder (ignored with ``temperatures``). Neighbouring rungs overlap when
+        their ratio is at most about :math:`\exp(1.5/\sqrt{\lambda})`, so the default 12 rungs over a
+        factor of 900 suit :math:`\lambda` up to about 6; a trained network's is usually larger (a
+        243-parameter classifier near zero loss: :math:`x E_x[t] \approx 50`-70, about 38 rungs over
+        that span). ``result.rung_llc`` gives :math:`x E_x[t]` per rung and the
+        :class:`~slt.dos.OverlapWarning` says how many rungs the span needs.
     localization : float
         :math:`\gamma`, shared by every rung.
     step_size : float, optional
