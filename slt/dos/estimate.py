@@ -95,7 +95,7 @@ def estimate_dos(
         Rungs of the default ladder (ignored with ``temperatures``). Neighbouring rungs overlap when
         their ratio is at most about :math:`\exp(1.5/\sqrt{\lambda})`, so the default 12 rungs over a
         factor of 900 suit :math:`\lambda` up to about 6; a trained network's is usually larger (a
-        243-parameter classifier near zero loss: :math:`x E_x[t] \approx 50`-70, about 38 rungs over
+        243-parameter classifier near zero loss: :math:`x E_x[t] \approx 48`-70, 33-39 rungs over
         that span). ``result.rung_llc`` gives :math:`x E_x[t]` per rung and the
         :class:`~slt.dos.OverlapWarning` says how many rungs the span needs.
     localization : float
