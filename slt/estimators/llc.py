@@ -806,7 +806,9 @@ def _plausibility_problems(
                 f"from w* (|w*| = {checks.center_norm:.3g}{', far' if far else ''}). λ̂ then only measures "
                 "that gap. Lower "
                 f"step_size (now {s.step_size:.3g}) or raise localization (γ = {s.localization:g}); networks "
-                "trained to near-zero cross-entropy often need γ in the tens to hundreds",
+                "trained to near-zero cross-entropy often need γ in the tens to hundreds, and "
+                "slt.choose_localization finds the smallest γ that keeps the chains within a quarter of "
+                "that gap",
             )
         )
     if math.isfinite(checks.bias_indicator) and checks.bias_indicator > MAX_BIAS_INDICATOR:

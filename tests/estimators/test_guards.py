@@ -274,6 +274,7 @@ def test_chains_worse_than_zero_weights_left_the_basin_even_when_not_far(tiny_re
     problems = _plausibility_problems(469.5, 0.37, settings, near, init_loss=0.4588)
     (left,) = [p for p in problems if p.category == "LeftBasinWarning"]
     assert "4.215 is above 3.97" in left.message and "(|w*| = 39.3)" in left.message
+    assert "slt.choose_localization finds the smallest γ" in left.message
     far = dataclasses.replace(near, distance=30.0)
     (left,) = [p for p in _plausibility_problems(469.5, 0.37, settings, far, 0.4588) if "basin" in p.message]
     assert "(|w*| = 39.3, far)" in left.message
