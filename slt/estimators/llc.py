@@ -344,10 +344,20 @@ class LLCResult(JSONResult):
         )
 
     def summary(self):
-        """One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings."""
+        r"""One row of a pandas ``DataFrame`` with the estimate, its errors and its main settings.
+
+        Besides the estimate and its diagnostics it shows how local the sampled posterior was:
+        ``sampled_loss`` (:math:`L_n(w^*) + \hat\lambda/n\beta`, the chains' mean loss),
+        ``zero_weights_loss`` (:math:`L_n` with the sampled weights set to zero), ``gap_climbed``
+        (the share of the way from :math:`L_n(w^*)` to that loss the chains climbed; above 1
+        raises :class:`~slt.warnings.LeftBasinWarning`), ``distance`` and ``w_star_norm``
+        (:math:`\lVert w_T - w^*\rVert` and :math:`\lVert w^*\rVert`) and ``free_diffusion``.
+        """
         import pandas as pd
 
-        s, d = self.settings, self.diagnostics
+        s, d, c = self.settings, self.diagnostics, self.checks
+        gap = c.zero_weights_loss - self.init_loss
+        climbed = self.mean / s.n_beta / gap if gap > 0 else float("nan")
         row = {
             "llc_mean": self.mean,
             "llc_corrected": self.corrected,
@@ -361,6 +371,12 @@ class LLCResult(JSONResult):
             "chains_diverged": int(d.diverged.sum()),
             "chains_unstable": int(np.asarray(d.unstable, dtype=bool).sum()),
             "init_loss": self.init_loss,
+            "sampled_loss": self.init_loss + self.mean / s.n_beta,
+            "zero_weights_loss": c.zero_weights_loss,
+            "gap_climbed": climbed,
+            "distance": c.distance,
+            "w_star_norm": c.center_norm,
+            "free_diffusion": c.free_diffusion,
             "n": self.n,
             "n_unit": s.n_unit,
             "n_beta": s.n_beta,

@@ -49,6 +49,13 @@ def test_result_holds_estimate_traces_settings_and_diagnostics(tiny_regression):
     assert not result.diagnostics.diverged.any()
     row = result.summary()
     assert list(row["llc_mean"]) == [result.mean] and row.shape[0] == 1
+    # how local the posterior was, in the table: the chains' mean loss against w*'s and zero weights'
+    c, climb = result.checks, result.mean / result.settings.n_beta
+    assert row["sampled_loss"].item() == pytest.approx(result.init_loss + climb)
+    gap = c.zero_weights_loss - result.init_loss
+    assert gap > 0 and row["gap_climbed"].item() == pytest.approx(climb / gap)
+    assert row["distance"].item() == c.distance > 0 and row["w_star_norm"].item() == c.center_norm > 0
+    assert row["free_diffusion"].item() == c.free_diffusion
     assert "llc=" in repr(result)
 
 
