@@ -349,8 +349,9 @@ class LLCResult(JSONResult):
         Besides the estimate and its diagnostics it shows how local the sampled posterior was:
         ``sampled_loss`` (:math:`L_n(w^*) + \hat\lambda/n\beta`, the chains' mean loss),
         ``zero_weights_loss`` (:math:`L_n` with the sampled weights set to zero), ``gap_climbed``
-        (the share of the way from :math:`L_n(w^*)` to that loss the chains climbed; above 1
-        raises :class:`~slt.warnings.LeftBasinWarning`), ``distance`` and ``w_star_norm``
+        (the share of the way from :math:`L_n(w^*)` to that loss the chains climbed; above 1, where
+        the gap exceeds a tenth of :math:`L_n(w^*)`, it raises :class:`~slt.warnings.LeftBasinWarning`),
+        ``distance`` and ``w_star_norm``
         (:math:`\lVert w_T - w^*\rVert` and :math:`\lVert w^*\rVert`) and ``free_diffusion``.
         """
         import pandas as pd
