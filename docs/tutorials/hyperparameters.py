@@ -91,7 +91,7 @@ for w in caught:
 # %% [markdown]
 # Both bad runs below also raise a `ShortChainWarning`: their 500 draws (and burn-in) at these steps
 # cover less simulated time $\varepsilon T$ than the automatic length's floor (0.5 at γ = 1), and the chains
-# travelled more than 30% as far from $w^*$ as drift-free diffusion would, so many directions had not
+# travelled more than 30% of drift-free diffusion's squared distance from $w^*$, so many directions had not
 # relaxed (see "How long, and how sure" in the theory page).
 #
 # **Step too small.** The chains are still climbing when the draws begin: the running estimates keep

@@ -130,26 +130,36 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
 
 
 def _rungs_needed(result: Any) -> str:
-    r"""``"; about N rungs over this span"`` from the rungs' :math:`x E_x[t]` (empty when unknown)."""
+    r"""``"; about N rungs over this span"`` from the rungs' :math:`x E_x[t]` (empty when unknown).
+
+    Each gap between neighbours is split so that :math:`\ln(x_{k+1}/x_k)\sqrt{\lambda}` stays within
+    :data:`OVERLAP_SPACING`, with :math:`\lambda` the larger :math:`x E_x[t]` of the pair (it grows toward
+    the cold end, where rungs must be densest).
+    """
     x = np.asarray(result.temperatures, dtype=float)
     llc = np.asarray(result.rung_llc, dtype=float)
     positive = (x > 0) & np.isfinite(llc) & (llc > 0)
     if positive.sum() < 2:
         return ""
-    lam = float(np.median(llc[positive]))
-    span = math.log(x[positive].max() / x[positive].min())
-    rungs = math.ceil(span * math.sqrt(lam) / OVERLAP_SPACING) + 1
+    xs, lams = x[positive], llc[positive]
+    order = np.argsort(xs)
+    xs, lams = xs[order], lams[order]
+    pair_lam = np.maximum(lams[:-1], lams[1:])
+    gaps = np.log(xs[1:] / xs[:-1]) * np.sqrt(pair_lam) / OVERLAP_SPACING
+    rungs = int(np.ceil(gaps - 1e-9).clip(min=1).sum()) + 1
     if rungs <= len(x):
         return ""
+    top = float(pair_lam.max())
     return (
-        f"; the rungs' x·E[t] is about {lam:.3g}, and rungs overlap when neighbours differ by a factor of "
-        f"about exp({OVERLAP_SPACING}/√{lam:.3g}) = {math.exp(OVERLAP_SPACING / math.sqrt(lam)):.3g}: about "
-        f"{rungs} rungs over this span, or a narrower span"
+        f"; the rungs' x·E[t] runs from {float(lams.min()):.3g} to {float(lams.max()):.3g}, and rungs "
+        f"overlap when neighbours differ by a factor of about exp({OVERLAP_SPACING}/√(x·E[t])), "
+        f"{math.exp(OVERLAP_SPACING / math.sqrt(top)):.3g} where it is largest: about {rungs} rungs over "
+        "this span, densest there, or a narrower span"
     )
 
 
 def _log_form_out_of_reach(result: Any) -> str:
-    """Why a ``"log"`` form found no window: the coldest rung samples t too little below 1e-2."""
+    """Why a ``"log"`` form found no window: the coldest rung never samples t far below 1e-2."""
     if result.fit_form == "power":
         return ""
     x = np.asarray(result.temperatures, dtype=float)
@@ -158,12 +168,14 @@ def _log_form_out_of_reach(result: Any) -> str:
         return ""
     coldest_llc = float(llc[np.argmax(x)])
     coldest_t = coldest_llc / float(x.max())
-    if not coldest_t > MAX_FIT_T / 10:
+    target = MAX_FIT_T / 10**MIN_FIT_DECADES  # the window should span MIN_FIT_DECADES below the cap
+    if not coldest_t > target:
         return ""
+    where = "above" if coldest_t > MAX_FIT_T else f"less than {MIN_FIT_DECADES:g} decades below"
     return (
-        f". The coldest rung (x = {x.max():.4g}) samples t ≈ {coldest_t:.3g} on average, less than a decade "
-        f"below the {MAX_FIT_T:g} under which the {result.fit_form!r} form's ln(-ln t) term holds: since "
-        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {MAX_FIT_T / 100:g} takes x ≈ "
-        f"{coldest_llc / (MAX_FIT_T / 100):.3g}. For the local slope at the t this ladder samples, refit "
-        "with fit_form='power' (result.refit(fit_form='power'))"
+        f". The coldest rung (x = {x.max():.4g}) samples t ≈ {coldest_t:.3g} on average, {where} the "
+        f"{MAX_FIT_T:g} under which the {result.fit_form!r} form's ln(-ln t) term holds: since "
+        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {target:g} takes x ≈ {coldest_llc / target:.3g}. "
+        "For the local slope at the t this ladder samples, refit with fit_form='power' "
+        "(result.refit(fit_form='power'))"
     )

@@ -200,7 +200,7 @@ MIN_BASIN_CONTRAST = 0.1
 MAX_HALVES_RISE = 0.5
 #: A given length shorter than the automatic length's floor
 #: (:func:`~slt.estimators.length.min_simulated_time`) whose chains still spread this close to free
-#: diffusion (:attr:`LLCChecks.free_diffusion`) is flagged: most directions have not relaxed. The deep
+#: diffusion (:attr:`LLCChecks.free_diffusion`) is flagged: many directions have not relaxed. The deep
 #: linear network 5-5-5-5-5 (n = 1e4, exact 8.00) at its automatic step gave λ̂ 0.8-2.2 at
 #: τ = 0.001-0.003 (0.97-1.03 of free diffusion), 3.5-3.6 at τ = 0.013-0.035 (0.72-0.78) and 5.1 at
 #: τ = 0.05 (0.70), with R-hat and the halves test mostly quiet; a 49-parameter tanh regression gave 2.25

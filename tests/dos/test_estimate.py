@@ -330,10 +330,14 @@ def test_the_overlap_warning_says_how_many_rungs_the_span_needs():
             progress=False,
         )
     (message,) = [str(w.message) for w in found if w.category is OverlapWarning]
-    lam = float(np.median(result.rung_llc))
-    assert lam == pytest.approx(5.0, rel=0.2)
-    needed = math.ceil(math.log(1000) * math.sqrt(lam) / 1.5) + 1
-    assert f"x·E[t] is about {lam:.3g}" in message and f"about {needed} rungs over this span" in message
+    lam = result.rung_llc
+    assert lam == pytest.approx([5.0, 5.0, 5.0], rel=0.2)
+    # each gap split so that ln(ratio)·√λ ≤ 1.5, λ the larger of the pair's: 10→100 and 100→1e4
+    pair = np.maximum(lam[:-1], lam[1:])
+    needed = sum(math.ceil(math.log(r) * math.sqrt(p) / 1.5) for r, p in zip((10.0, 100.0), pair)) + 1
+    assert 11 <= needed <= 13
+    assert f"x·E[t] runs from {lam.min():.3g} to {lam.max():.3g}" in message
+    assert f"about {needed} rungs over this span" in message
 
 
 def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_power_form():
@@ -355,6 +359,7 @@ def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_powe
     (message,) = [str(w.message) for w in found if w.category is slt.dos.FitWarning]
     coldest = float(result.rung_llc[-1])
     assert "too few populated bins" in message and "The coldest rung (x = 1000) samples t ≈ 0.0" in message
+    assert "on average, above the 0.01 under which the 'log' form's ln(-ln t) term holds" in message
     assert f"reaching t = 0.0001 takes x ≈ {coldest / 1e-4:.3g}" in message
     assert "result.refit(fit_form='power')" in message
     assert coldest == pytest.approx(20.0, rel=0.15)
