@@ -35,7 +35,12 @@ from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
 from slt.samplers import Kernel, get_kernel
 from slt.sampling import PosteriorSampler
-from slt.sampling.checks import batch_size_dependence, minibatch_gradient_noise, zero_weights_loss
+from slt.sampling.checks import (
+    batch_size_dependence,
+    gap_climbed,
+    minibatch_gradient_noise,
+    zero_weights_loss,
+)
 from slt.sampling.data import DEFAULT_EVAL_SAMPLES
 from slt.sampling.driver import ChainRun, Observable, bind_kernel
 from slt.sampling.flat import Mask
@@ -357,8 +362,6 @@ class LLCResult(JSONResult):
         import pandas as pd
 
         s, d, c = self.settings, self.diagnostics, self.checks
-        gap = c.zero_weights_loss - self.init_loss
-        climbed = self.mean / s.n_beta / gap if gap > 0 else float("nan")
         row = {
             "llc_mean": self.mean,
             "llc_corrected": self.corrected,
@@ -374,7 +377,7 @@ class LLCResult(JSONResult):
             "init_loss": self.init_loss,
             "sampled_loss": self.init_loss + self.mean / s.n_beta,
             "zero_weights_loss": c.zero_weights_loss,
-            "gap_climbed": climbed,
+            "gap_climbed": gap_climbed(self.mean, s.n_beta, self.init_loss, c.zero_weights_loss),
             "distance": c.distance,
             "w_star_norm": c.center_norm,
             "free_diffusion": c.free_diffusion,
@@ -813,7 +816,7 @@ def _plausibility_problems(
     implied = init_loss + mean / s.n_beta
     far = not checks.distance <= MIN_BASIN_DISTANCE * checks.center_norm  # NaN distance counts as far
     telling = math.isfinite(gap) and gap > MIN_BASIN_CONTRAST * abs(init_loss)
-    if telling and mean / s.n_beta > gap:
+    if telling and gap_climbed(mean, s.n_beta, init_loss, checks.zero_weights_loss) > 1:
         problems.append(
             Problem.of(
                 LeftBasinWarning,

@@ -33,7 +33,7 @@ from torch import nn
 from slt.estimators.length import DEFAULT_MAX_STEPS, LengthPolicy, min_simulated_time, run_until_converged
 from slt.results.base import JSONResult
 from slt.samplers import get_kernel
-from slt.sampling.checks import zero_weights_loss
+from slt.sampling.checks import gap_climbed, zero_weights_loss
 from slt.sampling.driver import bind_kernel
 from slt.sampling.losses import LossFn
 from slt.sampling.setup import prepared_sampler
@@ -361,7 +361,7 @@ class _Trial:
                 )
                 return False
         estimate = report.segment_estimates[-1]
-        fraction = estimate / nb / gap if telling else math.nan
+        fraction = gap_climbed(estimate, nb, init, zero) if telling else math.nan
         draws = report.segment_steps[-1]
         passed = not telling or (math.isfinite(fraction) and fraction <= self.max_fraction)
         reason = (

@@ -14,7 +14,13 @@ import torch
 from slt.sampling.data import batch_length, batch_slice
 from slt.sampling.driver import PosteriorSampler
 
-__all__ = ["batch_size_dependence", "zero_weights_loss", "minibatch_gradient_noise", "NOISE_BATCHES"]
+__all__ = [
+    "batch_size_dependence",
+    "zero_weights_loss",
+    "gap_climbed",
+    "minibatch_gradient_noise",
+    "NOISE_BATCHES",
+]
 
 #: Minibatch gradients per position that :func:`minibatch_gradient_noise` draws.
 NOISE_BATCHES = 16
@@ -54,6 +60,18 @@ def zero_weights_loss(posterior: PosteriorSampler) -> float:
     if fm.coordinate_mask is not None:
         zero = fm.center * (1 - fm.coordinate_mask)
     return posterior.full_loss_at(zero)
+
+
+def gap_climbed(llc: float, n_beta: float, init_loss: float, zero_loss: float) -> float:
+    r"""Share of the way from :math:`L_n(w^*)` to the zero-weights loss the chains' mean loss climbed.
+
+    The chains' mean loss is :math:`L_n(w^*) + \hat\lambda/n\beta`, so the share is
+    :math:`(\hat\lambda/n\beta) / (L_n(0) - L_n(w^*))`, with ``zero_loss`` from
+    :func:`zero_weights_loss`. Above 1 the chains predict worse than weights set to zero. NaN unless the
+    gap is positive.
+    """
+    gap = zero_loss - init_loss
+    return llc / n_beta / gap if gap > 0 else float("nan")
 
 
 def minibatch_gradient_noise(

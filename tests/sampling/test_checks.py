@@ -1,9 +1,13 @@
-"""The minibatch gradient noise measured where the chains are (slt.sampling.checks)."""
+"""The minibatch gradient noise measured where the chains are, and the share of the gap to zero weights
+the chains climbed (slt.sampling.checks)."""
 
+import math
+
+import pytest
 import torch
 
 from slt.sampling import PosteriorSampler
-from slt.sampling.checks import minibatch_gradient_noise
+from slt.sampling.checks import gap_climbed, minibatch_gradient_noise
 from tests.conftest import gaussian_nll, least_squares_regression
 
 
@@ -59,3 +63,11 @@ def test_the_measurement_is_seeded_and_leaves_the_global_rng_and_weights_alone()
     assert torch.equal(posterior.center, center)
     assert first == minibatch_gradient_noise(posterior, center[None] + 0.1, seed=3)
     assert first != minibatch_gradient_noise(posterior, center[None] + 0.1, seed=4)
+
+
+def test_gap_climbed_is_the_share_of_the_way_to_the_zero_weights_loss():
+    # the CNN of docs/theory.md at γ = 10: λ̂ = 71.2 at nβ = 119.68, L(w*) = 0.6557, L(0) = 1.386
+    assert gap_climbed(71.2, 119.68, 0.6557, 1.386) == pytest.approx(0.8147, abs=1e-3)
+    assert gap_climbed(2 * 119.68, 119.68, 0.5, 1.5) == 2.0  # twice the gap: worse than zero weights
+    assert math.isnan(gap_climbed(10.0, 100.0, 1.0, 1.0))  # no gap to climb
+    assert math.isnan(gap_climbed(10.0, 100.0, 1.0, 0.5))
