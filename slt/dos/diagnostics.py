@@ -163,17 +163,19 @@ def _log_form_out_of_reach(result: Any) -> str:
     if result.fit_form == "power":
         return ""
     x = np.asarray(result.temperatures, dtype=float)
-    llc = np.asarray(result.rung_llc, dtype=float)
-    if not (x.size and x.max() > 0 and np.isfinite(llc[np.argmax(x)]) and llc[np.argmax(x)] > 0):
+    if not x.size:
         return ""
-    coldest_llc = float(llc[np.argmax(x)])
-    coldest_t = coldest_llc / float(x.max())
+    coldest = int(np.argmax(x))
+    coldest_llc = float(np.asarray(result.rung_llc, dtype=float)[coldest])
+    if not (x[coldest] > 0 and math.isfinite(coldest_llc) and coldest_llc > 0):
+        return ""
+    coldest_t = coldest_llc / float(x[coldest])
     target = MAX_FIT_T / 10**MIN_FIT_DECADES  # the window should span MIN_FIT_DECADES below the cap
     if not coldest_t > target:
         return ""
     where = "above" if coldest_t > MAX_FIT_T else f"less than {MIN_FIT_DECADES:g} decades below"
     return (
-        f". The coldest rung (x = {x.max():.4g}) samples t ≈ {coldest_t:.3g} on average, {where} the "
+        f". The coldest rung (x = {x[coldest]:.4g}) samples t ≈ {coldest_t:.3g} on average, {where} the "
         f"{MAX_FIT_T:g} under which the {result.fit_form!r} form's ln(-ln t) term holds: since "
         f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {target:g} takes x ≈ {coldest_llc / target:.3g}. "
         "For the local slope at the t this ladder samples, refit with fit_form='power' "

@@ -313,23 +313,29 @@ def test_json_round_trip_refit_and_plot(tmp_path):
 # -- warnings ----------------------------------------------------------------------------------
 
 
+def quadratic_dos_warning(category, dim, temperatures, num_draws):
+    """estimate_dos on ||w||^2 in ``dim`` dimensions (λ = dim/2), and the one message of ``category``."""
+    with warnings.catch_warnings(record=True) as found:
+        warnings.simplefilter("always")
+        result = slt.estimate_dos(
+            Quadratic(dim),
+            DUMMY,
+            loss_fn=quadratic_loss,
+            temperatures=temperatures,
+            num_chains=4,
+            num_draws=num_draws,
+            num_bootstrap=0,
+            progress=False,
+        )
+    (message,) = [str(w.message) for w in found if w.category is category]
+    return result, message
+
+
 @pytest.mark.filterwarnings("ignore::slt.dos.FitWarning")
 def test_the_overlap_warning_says_how_many_rungs_the_span_needs():
     # λ = 5: neighbouring rungs overlap at a ratio of about exp(1.5/√5) ≈ 1.96, so the three decades
     # from 10 to 1e4 need ⌈ln(1000)·√λ/1.5⌉ + 1 ≈ 12 rungs, not 3
-    with warnings.catch_warnings(record=True) as found:
-        warnings.simplefilter("always")
-        result = slt.estimate_dos(
-            Quadratic(10),
-            DUMMY,
-            loss_fn=quadratic_loss,
-            temperatures=[10.0, 100.0, 1e4],
-            num_chains=4,
-            num_draws=200,
-            num_bootstrap=0,
-            progress=False,
-        )
-    (message,) = [str(w.message) for w in found if w.category is OverlapWarning]
+    result, message = quadratic_dos_warning(OverlapWarning, 10, [10.0, 100.0, 1e4], num_draws=200)
     lam = result.rung_llc
     assert lam == pytest.approx([5.0, 5.0, 5.0], rel=0.2)
     # each gap split so that ln(ratio)·√λ ≤ 1.5, λ the larger of the pair's: 10→100 and 100→1e4
@@ -343,20 +349,8 @@ def test_the_overlap_warning_says_how_many_rungs_the_span_needs():
 def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_power_form():
     # λ = 20 sampled down to x = 1000 only: t ≈ 20/x stays near 2e-2, never a decade below the 1e-2
     # under which the log form holds (a 243-parameter classifier near zero loss did this at defaults)
-    with warnings.catch_warnings(record=True) as found:
-        warnings.simplefilter("always")
-        result = slt.estimate_dos(
-            Quadratic(40),
-            DUMMY,
-            loss_fn=quadratic_loss,
-            temperatures=np.geomspace(10, 1000, 9),
-            num_chains=4,
-            num_draws=300,
-            num_bootstrap=0,
-            progress=False,
-        )
+    result, message = quadratic_dos_warning(slt.dos.FitWarning, 40, np.geomspace(10, 1000, 9), num_draws=300)
     assert math.isnan(result.llc)
-    (message,) = [str(w.message) for w in found if w.category is slt.dos.FitWarning]
     coldest = float(result.rung_llc[-1])
     assert "too few populated bins" in message and "The coldest rung (x = 1000) samples t ≈ 0.0" in message
     assert "on average, above the 0.01 under which the 'log' form's ln(-ln t) term holds" in message
