@@ -96,7 +96,7 @@ def estimate_dos(
         their ratio is at most about :math:`\exp(1.5/\sqrt{\lambda})`, so the default 12 rungs over a
         factor of 900 suit :math:`\lambda` up to about 6; a trained network's is usually larger (a
         243-parameter classifier near zero loss: :math:`x E_x[t]` from 17 at the hottest rung to
-        50-70 at the coldest, 33-37 rungs over that span, densest at the cold end; 40 evenly spaced
+        52-78 at the coldest, 33-41 rungs over that span, densest at the cold end; 40 evenly spaced
         passed). ``result.rung_llc`` gives :math:`x E_x[t]` per rung and the
         :class:`~slt.dos.OverlapWarning` says how many rungs the span needs.
     localization : float
