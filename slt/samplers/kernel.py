@@ -63,6 +63,11 @@ class Kernel:
     adaptation_option : str, optional
         Name of the option that stops adaptation after that many steps; :meth:`bind` sets it to the
         burn-in length unless the user set it, so that draws come from a fixed kernel.
+    diffusion_gain : callable, optional
+        ``diffusion_gain(**options) -> float``: how many times farther than SGLD (injected variance
+        :math:`\varepsilon` per step) the kernel diffuses at the same step size, which is also how many
+        times more the minibatch gradient noise weighs against its injected noise. 1 when omitted (SGLD
+        and its preconditioned form); :math:`2/A` for SGNHT with friction :math:`A` per step.
     options : mapping, optional
         Hyperparameters and defaults; read from ``step``'s keyword-only parameters when omitted.
 
@@ -78,6 +83,7 @@ class Kernel:
     preconditioner: Callable[..., Tensor] | None = None
     adaptation_option: str | None = None
     options: Mapping[str, Any] = field(default=None)  # type: ignore[assignment]
+    diffusion_gain: Callable[..., float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -97,7 +103,9 @@ class Kernel:
 
     @classmethod
     def from_module(cls, module: Any) -> Kernel:
-        """A kernel from an object with ``name``, ``init`` and ``step`` (and optionally ``preconditioner``).
+        """A kernel from an object with ``name``, ``init`` and ``step``.
+
+        Optional attributes ``preconditioner``, ``adaptation_option`` and ``diffusion_gain`` are taken too.
 
         Raises
         ------
@@ -113,6 +121,7 @@ class Kernel:
             step=module.step,
             preconditioner=getattr(module, "preconditioner", None),
             adaptation_option=getattr(module, "adaptation_option", None),
+            diffusion_gain=getattr(module, "diffusion_gain", None),
         )
 
     def bind(self, options: Mapping[str, Any] | None = None, *, num_burnin: int = 0) -> BoundKernel:
@@ -198,6 +207,14 @@ class BoundKernel:
         if self.kernel.preconditioner is None:
             return 1.0
         return float(self.preconditioner(self.kernel.init(torch.zeros(1))).max())
+
+    def diffusion_gain(self) -> float:
+        r"""SGLD-equivalent simulated time per :math:`\varepsilon` of this kernel (see :class:`Kernel`)."""
+        fn = self.kernel.diffusion_gain
+        if fn is None:
+            return 1.0
+        accepted = inspect.signature(fn).parameters
+        return float(fn(**{k: v for k, v in self.options.items() if k in accepted}))
 
     def settings(self) -> dict[str, Any]:
         """The options as plain values, for a result's settings."""

@@ -25,7 +25,7 @@ from torch import Tensor
 from slt.samplers.base import LocalPosterior, gaussian_noise, masked, potential_grad
 from slt.samplers.kernel import Kernel
 
-__all__ = ["SGNHTState", "init", "step", "name", "kernel"]
+__all__ = ["SGNHTState", "init", "step", "diffusion_gain", "name", "kernel"]
 
 name = "sgnht"
 
@@ -91,4 +91,16 @@ def step(
     )
 
 
-kernel = Kernel(name, init, step)
+def diffusion_gain(*, diffusion: float = 0.01) -> float:
+    r"""SGLD-equivalent simulated time per unit of :math:`\varepsilon T`: :math:`2/A`.
+
+    The velocity's stationary variance is :math:`\varepsilon` per coordinate and it decorrelates over
+    :math:`1/A` steps, so with no force a coordinate's variance grows by :math:`2\varepsilon/A` per step
+    where SGLD's grows by :math:`\varepsilon`; the minibatch noise :math:`\varepsilon^2 n\beta^2 c_i` per
+    step weighs :math:`2/A` times more against the injected :math:`2A\varepsilon` than against SGLD's
+    :math:`\varepsilon`. Valid while the thermostat stays near :math:`A`.
+    """
+    return 2.0 / diffusion
+
+
+kernel = Kernel(name, init, step, diffusion_gain=diffusion_gain)

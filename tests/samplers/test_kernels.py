@@ -56,3 +56,19 @@ def test_custom_kernel_objects_must_define_init_and_step():
 
     with pytest.raises(ValueError, match="must define init, step"):
         get_kernel(Incomplete())
+
+
+@pytest.mark.parametrize(("sampler", "options"), [("sgld", {}), ("sgnht", {"diffusion": 0.05})])
+def test_free_diffusion_grows_by_the_kernels_diffusion_gain(sampler, options):
+    # with no force a coordinate's variance grows by ε per step under SGLD and by 2ε/A under SGNHT (its
+    # velocity has variance ε and decorrelates over 1/A steps): the gain that sizes SGNHT's floor on the
+    # simulated time and weighs its minibatch noise
+    d, steps, eps = 4000, 2000, 1e-3
+    bound = get_kernel(sampler).bind(options)
+    free = LocalPosterior(0.0, 0.0, torch.zeros(d, dtype=torch.float64))
+    state, generator, zero = bound.init(free.center), torch.Generator().manual_seed(0), torch.zeros(d)
+    for _ in range(steps):
+        state = bound.step(state, zero.double(), free, generator, eps)
+    expected = bound.diffusion_gain() * eps * steps
+    assert bound.diffusion_gain() == (2 / 0.05 if sampler == "sgnht" else 1.0)
+    assert float(state.position.var()) == pytest.approx(expected, rel=0.1)
