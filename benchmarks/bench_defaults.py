@@ -4,7 +4,8 @@ Every row is ``slt.estimate_llc(model, data, loss_fn=gaussian_nll, seed=seed)`` 
 argument**: the pilot's step (re-sized as the chains spread), the automatic length (doublings until two
 agree and ε·T ≥ 0.5/γ, budget 100,000 steps per chain), four chains (16 for tiny models), SGLD with its
 default Leimkuhler-Matthews noise (``--euler``: the Euler step instead, devinterp's update, for
-comparison). Each estimate is scored against
+comparison; ``--sampler sgnht``: another registered sampler with its default options). Each estimate
+is scored against
 
 * the exact target nβ(E_w[L_n(w)] − L_n(w*)) at the same nβ, γ and data (what the estimator aims at):
   closed form for the regression, quadrature for the normal crossings, and for the deep linear networks
@@ -22,7 +23,7 @@ It also reports whether the 95% interval (``LLCResult.interval``) covers the exa
 evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
-        [--only 'n=5000']
+        [--sampler sgnht] [--only 'n=5000']
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -196,7 +197,9 @@ def net_cases() -> list[dict[str, Any]]:
     ]
 
 
-def run(case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None = None, sampler: str = "sgld"
+) -> dict[str, Any]:
     model, data = case["make"]()
     loss_fn = case.get("loss", gaussian_nll)
     start = time.perf_counter()
@@ -204,7 +207,13 @@ def run(case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None 
         warnings.simplefilter("always")
         try:
             result = slt.estimate_llc(
-                model, data, loss_fn=loss_fn, seed=seed, progress=False, sampler_options=sampler_options
+                model,
+                data,
+                loss_fn=loss_fn,
+                seed=seed,
+                progress=False,
+                sampler=sampler,
+                sampler_options=sampler_options,
             )
         except Exception as exc:
             return dict(case=case["name"], seed=seed, raised=f"{type(exc).__name__}: {exc}")
@@ -235,6 +244,7 @@ def run(case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None 
         lam=lam,
         error_vs_lambda=result.mean / lam - 1,
         exact_offset_from_lambda=exact / lam - 1,
+        sampler=s.sampler,
         step_size=s.step_size,
         step_size_source=s.step_size_source,
         simulated_time=s.simulated_time,
@@ -337,6 +347,12 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         "minibatch noise's share (measured at the chains' ends), for SGLD's default Leimkuhler-Matthews "
         "noise; b, the whole indicator, for the Euler step. Rows from before b_mb existed show b only."
     )
+    samplers = sorted({r.get("sampler", "sgld") for r in rows if "raised" not in r})
+    if samplers != ["sgld"]:
+        lines.append(
+            f"\nSampler: {', '.join(samplers)}. For SGNHT b_mb is its thermostat's minibatch bias "
+            "(`slt.tuning.thermostat_minibatch_bias`), and `corrected` is λ̂ itself."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -353,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="SGLD's Euler step (sampler_options={'leimkuhler_matthews': False}) instead of the default",
     )
+    parser.add_argument("--sampler", default="sgld", help="a registered sampler (its default options)")
     parser.add_argument(
         "--render",
         action="store_true",
@@ -378,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for case in cases:
         for seed in args.seeds:
-            rows.append(run(case, seed, {"leimkuhler_matthews": False} if args.euler else None))
+            rows.append(run(case, seed, {"leimkuhler_matthews": False} if args.euler else None, args.sampler))
             r = rows[-1]
             if "raised" in r:
                 print(f"{r['case']} seed {seed}: raised {r['raised']}", flush=True)

@@ -7,6 +7,7 @@ from slt.tuning.step_size import (
     default_step_size,
     largest_preconditioner,
     minibatch_bias,
+    thermostat_minibatch_bias,
     top_curvature,
     unstable_chains,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "top_curvature",
     "bias_indicator",
     "minibatch_bias",
+    "thermostat_minibatch_bias",
     "unstable_chains",
     "STABILITY_LIMIT",
     "largest_preconditioner",
