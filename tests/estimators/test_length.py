@@ -169,18 +169,18 @@ def test_resizing_the_step_never_runs_past_the_budget():
 
 
 def test_sgnht_defaults_size_the_step_for_its_minibatch_noise_and_land_on_the_exact_target():
-    # deep linear network 10-5-10 (rank 1, n = 1e4, batch 1086; exact 20.25 by full-batch MALA). The
-    # rule for SGLD's step left SGNHT at ε = 1.7e-4, where its scalar thermostat let the minibatch noise
-    # heat the stiff directions: 24.13 ± 0.08 (+19%), no warning. Sizing the step for that noise
-    # (slt.tuning.thermostat_minibatch_bias) shrinks it to about 3e-7 to 8e-7, the velocity and
-    # thermostat restart at each change, and the floor on the simulated time counts from the last
-    # restart in SGLD's units (measured: 21.00 and 20.91, seeds 0-1; without the restart 7.0)
-    model = deep_linear_network([10, 5, 10], 1)
+    # deep linear network 10-5-10 (rank 2, n = 1e4, batch 1086; exact 24.57 by full-batch MALA). The
+    # rule for SGLD's step left SGNHT where its scalar thermostat let the minibatch noise heat the stiff
+    # directions: 36.9 (+50%, interval [34.8, 37.6]) and no warning; on rank 1, 24.13 (+19%). Sizing the
+    # step for that noise (slt.tuning.thermostat_minibatch_bias), restarting the velocity and thermostat
+    # at each change and counting the floor on the simulated time from the last restart, in SGLD's
+    # units, gave 24.55 and 25.39 (seeds 0-1; without the restart, rank 1 gave 7.0 for 20.25)
+    model = deep_linear_network([10, 5, 10], 2)
     data = linear_regression_data(model, 10_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = slt.estimate_llc(model, data, loss_fn=gaussian_nll, sampler="sgnht", seed=0, progress=False)
-    assert result.mean == pytest.approx(20.25, rel=0.07)
+    assert result.mean == pytest.approx(24.57, rel=0.07)
     assert result.settings.converged and "rechecked" in result.settings.step_size_source
     assert result.settings.step_size < 1e-6
-    assert 0 < result.checks.minibatch_bias < 0.06
+    assert 0 < result.checks.minibatch_bias < 0.03
