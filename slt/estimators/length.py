@@ -94,7 +94,9 @@ class LengthPolicy:
         of two standard errors of that change).
     min_simulated_time : float
         Simulated time :math:`\varepsilon T` the run must reach before it may stop (singular models
-        relax over :math:`\tau \approx 0.1`-1 at :math:`\gamma = 1`).
+        relax over :math:`\tau \approx 0.1`-1 at :math:`\gamma = 1`), in SGLD's units: a kernel that
+        diffuses :math:`g` times as far per step (``diffusion_gain``, SGNHT's :math:`2/A`) reaches it at
+        :math:`\varepsilon T = \tau / g`.
     max_steps : int or None
         Budget of steps per chain (``None``: no limit).
     max_seconds : float or None
@@ -359,7 +361,7 @@ def run_until_converged(
                 relative_se = report.segment_stderrs[-1] / abs(estimate) if estimate else math.inf
                 precise = not relative_se > policy.precision  # NaN (one chain) cannot be judged
                 mixed = not diagnose(trace, run.divergence_step).rhat > RHAT_MAX
-                if agree and precise and mixed and since_restart >= policy.min_simulated_time:
+                if agree and precise and mixed and gain * since_restart >= policy.min_simulated_time:
                     report.converged = True
                     report.reason = (
                         f"the last two segments agree within {policy.tolerance:.0%} plus two standard "

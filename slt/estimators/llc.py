@@ -1084,11 +1084,6 @@ def estimate_llc(
     elif num_burnin is None:
         num_burnin = num_draws * num_steps_bw_draws
     kernel = bind_kernel(sampler, sampler_options, num_burnin)
-    if auto_length and kernel.diffusion_gain() != 1.0:
-        # the floor is SGLD's simulated time; SGNHT covers it in 1/gain of SGLD's ε·T
-        policy = dataclasses.replace(
-            policy, min_simulated_time=policy.min_simulated_time / kernel.diffusion_gain()
-        )
     report = None
     with prepared_sampler(
         model,

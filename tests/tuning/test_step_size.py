@@ -14,8 +14,11 @@ def test_a_thermostat_weighs_minibatch_noise_by_its_gain_and_only_where_directio
     assert thermostat_minibatch_bias(b, share, gain, 25.0, 100) == pytest.approx(
         gain * minibatch_bias(b, share) * 0.5
     )
-    # a regular model (2λ̂ = d): every coordinate is stiff and the thermostat's average is theirs
-    assert thermostat_minibatch_bias(b, share, gain, 50.0, 100) == 0.0
+    # a regular model (2λ̂ = d): every coordinate is stiff and the thermostat's average is theirs; the
+    # factor is floored at a quarter, since a step far too large inflates λ̂ past d/2 itself
+    floor = gain * minibatch_bias(b, share) * 0.25
+    assert thermostat_minibatch_bias(b, share, gain, 50.0, 100) == pytest.approx(floor)
+    assert thermostat_minibatch_bias(b, share, gain, 74.0, 100) == pytest.approx(floor)
     assert thermostat_minibatch_bias(b, 0.0, gain, 25.0, 100) == 0.0  # full batches
     assert math.isnan(thermostat_minibatch_bias(b, math.nan, gain, 25.0, 100))
     assert math.isnan(thermostat_minibatch_bias(b, share, gain, -1.0, 100))
