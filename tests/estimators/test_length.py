@@ -174,7 +174,7 @@ def test_sgnht_defaults_size_the_step_for_its_minibatch_noise_and_land_on_the_ex
     # directions: 36.9 (+50%, interval [34.8, 37.6]) and no warning; on rank 1, 24.13 (+19%). Sizing the
     # step for that noise (slt.tuning.thermostat_minibatch_bias), restarting the velocity and thermostat
     # at each change and counting the floor on the simulated time from the last restart, in SGLD's
-    # units, gave 24.55 and 25.39 (seeds 0-1; without the restart, rank 1 gave 7.0 for 20.25)
+    # units, gave 24.93 and 25.58 (seeds 0-1; without the restart, rank 1 gave 7.0 for 20.25)
     model = deep_linear_network([10, 5, 10], 2)
     data = linear_regression_data(model, 10_000)
     with warnings.catch_warnings():
