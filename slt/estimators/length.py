@@ -51,6 +51,7 @@ __all__ = [
     "LengthReport",
     "run_until_converged",
     "llc_trace",
+    "noise_at_chain_ends",
     "min_simulated_time",
     "DEFAULT_MAX_STEPS",
 ]
@@ -179,21 +180,24 @@ def _step_factor(indicator: float, target_bias: float) -> float:
     return 1.0
 
 
+def noise_at_chain_ends(
+    posterior: PosteriorSampler, run: ChainRun, chains: np.ndarray | None = None, seed: int = 0
+) -> float:
+    """:func:`slt.sampling.checks.minibatch_gradient_noise` at the last positions of ``chains``.
+
+    ``chains`` is a boolean mask over the run's chains; by default those that did not diverge.
+    """
+    keep = ~run.diverged if chains is None else chains
+    ends = run.final_positions[torch.as_tensor(keep)] if run.final_positions.numel() else run.final_positions
+    return minibatch_gradient_noise(posterior, ends, seed=seed)
+
+
 def _amplified_noise_bias(
     posterior: PosteriorSampler, run: ChainRun, healthy: np.ndarray, indicator: float, gain: float, llc: float
 ) -> float:
-    """:func:`slt.tuning.thermostat_minibatch_bias` with the noise measured at the chains' positions.
-
-    The noise's share comes from :func:`slt.sampling.checks.minibatch_gradient_noise` (0 for full-batch
-    chains).
-    """
-    ends = (
-        run.final_positions[torch.as_tensor(healthy)] if run.final_positions.numel() else run.final_positions
-    )
-    share = minibatch_gradient_noise(posterior, ends)
-    mask = posterior.flat_model.coordinate_mask
-    sampled = int(mask.sum()) if mask is not None else int(ends.shape[-1])
-    return thermostat_minibatch_bias(indicator, share, gain, llc, sampled)
+    """:func:`slt.tuning.thermostat_minibatch_bias` with the noise measured at the healthy chains' ends."""
+    share = noise_at_chain_ends(posterior, run, healthy)
+    return thermostat_minibatch_bias(indicator, share, gain, llc, posterior.num_params)
 
 
 def llc_trace(run: ChainRun, n_beta: float, init_loss: float) -> np.ndarray:

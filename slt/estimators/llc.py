@@ -27,6 +27,7 @@ from slt.estimators.length import (
     LengthPolicy,
     llc_trace,
     min_simulated_time,
+    noise_at_chain_ends,
     run_until_converged,
 )
 from slt.estimators.wbic import WBICEstimate, wbic_from_llc
@@ -38,7 +39,6 @@ from slt.sampling import PosteriorSampler
 from slt.sampling.checks import (
     batch_size_dependence,
     gap_climbed,
-    minibatch_gradient_noise,
     zero_weights_loss,
 )
 from slt.sampling.data import DEFAULT_EVAL_SAMPLES
@@ -545,16 +545,6 @@ def _noise_gain(settings: LLCSettings) -> float:
     if kernel.diffusion_gain is None:
         return float("nan")
     return kernel.bind(settings.sampler_options).diffusion_gain()
-
-
-def _noise_at_chain_ends(posterior: PosteriorSampler, run: ChainRun, seed: int) -> float:
-    """:func:`minibatch_gradient_noise` at the last positions of the chains that did not diverge."""
-    ends = (
-        run.final_positions[torch.as_tensor(~run.diverged)]
-        if run.final_positions.numel()
-        else run.final_positions
-    )
-    return minibatch_gradient_noise(posterior, ends, seed=seed)
 
 
 def first_order_bias(settings: LLCSettings, checks: LLCChecks) -> float:
@@ -1156,7 +1146,7 @@ def estimate_llc(
                 record_grad_norm=True,
                 progress="LLC" if progress else False,
             )
-        checks = dataclasses.replace(checks, minibatch_noise=_noise_at_chain_ends(posterior, run, seed))
+        checks = dataclasses.replace(checks, minibatch_noise=noise_at_chain_ends(posterior, run, seed=seed))
     settings = LLCSettings(
         n_beta=n_beta_value,
         n_beta_source=n_beta_source,
