@@ -944,7 +944,9 @@ def estimate_llc(
         Training data. In-memory tensors are fastest; a dict (a tokenizer's ``BatchEncoding`` of
         ``input_ids``, ``attention_mask``, ``labels``) gives dict batches. Floating-point data is cast to
         the model's dtype, integer data (token ids, labels) is left as it is. A stream
-        (``IterableDataset``, e.g. a streaming Hugging Face dataset) needs ``n``.
+        (``IterableDataset``, e.g. a streaming Hugging Face dataset) needs ``n``. The minibatches of a
+        dataset, or of a ``DataLoader`` with its default sampler (its batch size kept), hold samples drawn
+        independently from all of it (see :class:`slt.sampling.data.LoaderData`).
     loss_fn : str, callable or None
         ``"mse"``, ``"cross_entropy"`` or ``loss_fn(model, batch)`` returning the scalar mean loss, a
         dict with ``"loss"`` or an output with ``.loss`` (a Hugging Face ``ModelOutput``). ``None`` (the

@@ -91,7 +91,8 @@ def minibatch_gradient_noise(
     energy over every draw) it gives the minibatch share of the step-size bias,
     :func:`slt.tuning.minibatch_bias`.
 
-    A data loader's batches are read in its own order. It uses its own generator, so the global RNGs
+    A data loader's batches are drawn as the chains draw them (:class:`slt.sampling.data.LoaderData`).
+    It uses its own generator, so the global RNGs
     are untouched, and it puts the working copy's weights back. Coordinates outside a mask are left out.
 
     Parameters

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 __all__ = [
     "DataSource",
@@ -535,9 +542,15 @@ class _PartitionStream(Minibatches):
 class LoaderData(DataSource):
     """Any dataset or data loader, read batch by batch and moved to ``device``.
 
-    A :class:`~torch.utils.data.DataLoader` is used as configured (its batch size, sampler and
-    collate function). A map-style :class:`~torch.utils.data.Dataset` is wrapped in shuffling loaders
-    driven by the chain's own generator.
+    The chains' minibatches hold samples drawn independently and uniformly (with replacement) from a
+    map-style dataset, by the chain's own generator: then the batch a step is about to use is
+    independent of the chain's position, and the loss recorded there is an unbiased estimate of the
+    full-data loss (an epoch's permutation, or a fixed order, is not: the chain has fitted the batches
+    already used and not the coming ones, measured +2.5% on a linear regression at batch 32). A
+    :class:`~torch.utils.data.DataLoader` over a map-style dataset with its default sampler (``shuffle``
+    on or off) keeps its batch size, collate function and workers and is drawn from that way; its
+    ``drop_last`` does not drop samples from :math:`L_n(w^*)` and :math:`n`, which count the whole
+    dataset. A loader with its own sampler or batch sampler is read as configured, and so is a stream.
 
     A stream (an :class:`~torch.utils.data.IterableDataset`, such as a streaming Hugging Face
     dataset, or a loader over one) cannot be shuffled or counted: every chain reads it in order from
@@ -602,7 +615,7 @@ class LoaderData(DataSource):
     def full_batches(self) -> Iterator[Batch]:
         """One pass of the loader (or of the dataset in order); for a stream, its first ``eval_samples``."""
         if self._loader is not None:
-            loader = self._loader
+            loader = _in_order(self._loader) or self._loader
         else:
             size = min(self.eval_batch_size, self.eval_samples) if self.bounded else self.eval_batch_size
             loader = DataLoader(self._dataset, batch_size=size)  # type: ignore[arg-type]
@@ -616,23 +629,89 @@ class LoaderData(DataSource):
                 return
 
     def stream(self, generator: torch.Generator, batch_size: int | None) -> Minibatches:
-        """The user's loader as configured, or a loader over the dataset (shuffled by ``generator``).
+        """Minibatches of samples drawn independently by ``generator`` (see the class docstring).
 
-        A stream is read in order: it cannot be shuffled.
+        A stream, or a loader with its own sampler, is read as configured (a stream in order: it cannot
+        be shuffled).
         """
         if self._loader is not None:
-            loader = self._loader
+            loader = _independent_draws(self._loader, generator) or self._loader
         elif self.bounded:
             loader = DataLoader(self._dataset, batch_size=batch_size or 256)  # type: ignore[arg-type]
         else:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            loader = DataLoader(
-                self._dataset,  # type: ignore[arg-type]
-                batch_size=batch_size or 256,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(seed),
+            loader = _independent_draws(
+                DataLoader(self._dataset, batch_size=batch_size or 256),  # type: ignore[arg-type]
+                generator,
             )
         return _LoaderStream(loader, self.device, self.dtype)
+
+
+def _default_sampling(loader: DataLoader) -> bool:
+    """Whether ``loader`` reads a sized map-style dataset with a default sampler (shuffled or in order)."""
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset) or loader.batch_size is None:
+        return False  # a stream, or a batch sampler of the user's own
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler:
+        return not sampler.replacement and sampler._num_samples is None
+    return type(sampler) is SequentialSampler
+
+
+def _loader_options(loader: DataLoader) -> dict[str, Any]:
+    """The options of ``loader`` that shape its batches and workers, to rebuild it over another sampler."""
+    options: dict[str, Any] = {
+        "collate_fn": loader.collate_fn,
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+    }
+    if loader.num_workers > 0:
+        options.update(
+            multiprocessing_context=loader.multiprocessing_context,
+            prefetch_factor=loader.prefetch_factor,
+            persistent_workers=loader.persistent_workers,
+        )
+    return options
+
+
+def _independent_draws(loader: DataLoader, generator: torch.Generator) -> DataLoader | None:
+    """``loader`` drawing full batches of samples independently (with replacement), or ``None``.
+
+    ``None`` for a loader this cannot rebuild without changing what it samples (its own sampler or
+    batch sampler, a stream). The draws come from ``generator``; the global RNGs are not used.
+    """
+    if not _default_sampling(loader):
+        return None
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    size = loader.batch_size
+    assert size is not None  # _default_sampling checked it
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    sampler = RandomSampler(
+        loader.dataset,  # type: ignore[arg-type]
+        replacement=True,
+        num_samples=max(1, math.ceil(n / size)) * size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed + 1),  # the workers' seeds
+        **_loader_options(loader),
+    )
+
+
+def _in_order(loader: DataLoader) -> DataLoader | None:
+    """``loader`` reading its whole dataset once in order (no shuffling, nothing dropped), or ``None``."""
+    if not _default_sampling(loader):
+        return None
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        generator=torch.Generator().manual_seed(0),  # the workers' seeds; the global RNGs stay as they are
+        **_loader_options(loader),
+    )
 
 
 class _LoaderStream(Minibatches):
