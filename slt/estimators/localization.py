@@ -58,6 +58,8 @@ MIN_GAP_CONTRAST = 0.1
 DIVERGENCE_RETRIES = 2
 #: Wall-time budget of one trial, in seconds.
 TRIAL_SECONDS = 120.0
+#: The settings :func:`choose_localization` passes on to the sampler (as :func:`slt.estimate_llc` takes them).
+SAMPLER_SETTINGS = frozenset({"mask", "n", "n_unit", "eval_samples", "model_mode", "compile"})
 
 
 @dataclass
@@ -164,6 +166,7 @@ def choose_localization(
     sampler_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     device: Any = None,
+    progress: bool = False,
     **sampler_settings: Any,
 ) -> LocalizationChoice:
     r"""The smallest γ of ``candidates`` whose chains stay near :math:`w^*` at every one of ``models``.
@@ -193,6 +196,8 @@ def choose_localization(
     first_segment : int
         Steps per chain of a trial's first segment (later segments double; see
         :class:`slt.estimators.length.LengthPolicy`).
+    progress : bool
+        Show a progress bar for each trial, labelled with its γ and model.
 
     Returns
     -------
@@ -212,7 +217,15 @@ def choose_localization(
     ------
     ValueError
         For empty or unsorted candidates, a non-positive candidate, or ``max_gap_fraction`` outside (0, 1].
+    TypeError
+        For a keyword argument it does not take (``sampler_settings`` beyond those listed above).
     """
+    unknown = sorted(set(sampler_settings) - SAMPLER_SETTINGS)
+    if unknown:
+        raise TypeError(
+            f"choose_localization() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"besides its own parameters it takes {', '.join(sorted(SAMPLER_SETTINGS))} (as estimate_llc)"
+        )
     candidates = [float(c) for c in candidates]
     if not candidates or any(not c > 0 for c in candidates) or candidates != sorted(candidates):
         raise ValueError(f"candidates must be positive γ in increasing order, got {candidates!r}")
@@ -242,6 +255,7 @@ def choose_localization(
         seed=seed,
         device=device,
         options=sampler_settings,
+        progress=progress,
     )
     for gamma in candidates:
         if all(trial.passes(trials, i, gamma, model) for i, model in enumerate(models)):
@@ -283,6 +297,7 @@ class _Trial:
     seed: int
     device: Any
     options: Mapping[str, Any]
+    progress: bool = False
 
     def passes(self, trials: list[LocalizationTrial], index: int, gamma: float, model: nn.Module) -> bool:
         """Run one trial, append it to ``trials`` and say whether it passed."""
@@ -326,6 +341,7 @@ class _Trial:
                         num_chains=num_chains,
                         seed=self.seed,
                         policy=policy,
+                        progress=f"γ = {gamma:g}, model {index}" if self.progress else False,
                         stop=(
                             lambda estimate: (
                                 f"λ̂ = {estimate:.4g} climbed past {self.max_fraction:.0%} of the gap "

@@ -57,9 +57,10 @@ def test_a_memorizing_classifier_needs_a_stronger_pull_and_weak_trials_stop_earl
     assert again.localization == choice.localization and len(again.trials) == len(choice.trials)
 
 
-def test_a_regression_keeps_gamma_one_after_a_single_trial_per_model():
+def test_a_regression_keeps_gamma_one_after_a_single_trial_per_model(capsys):
     model, data = regression()
-    choice = slt.choose_localization([model, model], data, loss_fn="mse", first_segment=100)
+    choice = slt.choose_localization([model, model], data, loss_fn="mse", first_segment=100, progress=True)
+    assert "γ = 1, model 1" in capsys.readouterr().err  # each trial's progress bar names its γ and model
     assert choice.localization == 1.0
     assert [(t.model, t.localization, t.passed) for t in choice.trials] == [(0, 1.0, True), (1, 1.0, True)]
     assert all(t.gap_fraction < 0.01 for t in choice.trials)
@@ -90,6 +91,12 @@ def test_bad_arguments_are_refused(kwargs, match):
     model, data = regression()
     with pytest.raises(ValueError, match=match):
         slt.choose_localization(model, data, loss_fn="mse", **kwargs)
+
+
+def test_a_setting_it_does_not_take_is_refused_by_name():
+    model, data = regression()
+    with pytest.raises(TypeError, match="'num_draws'.*compile, eval_samples"):
+        slt.choose_localization(model, data, loss_fn="mse", num_draws=100)
 
 
 def test_no_models_is_refused():
