@@ -74,6 +74,15 @@ def call_user(fn: Any, what: str) -> Any:
         raise ValueError(f"{what}: {_qualname(fn)}() raised {type(exc).__name__}: {exc}") from exc
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help unless its help says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (action.help and "default" in action.help) or action.required or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _qualname(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
@@ -97,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
             "module, or a file given as path/to/file.py:name): pass only code you trust. The current "
             "folder is searched after the standard library and installed packages."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     analyze.add_argument("checkpoints", metavar="CKPT_DIR", help="folder or glob pattern of checkpoint files")
     analyze.add_argument(
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write plots, a CSV and a markdown table from a result store",
         description="Write trajectory.png, trajectory.csv and trajectory.md from an slt result store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     report.add_argument("store", metavar="STORE", help="SQLite result store written by slt analyze")
     report.add_argument("--out", required=True, metavar="DIR", help="folder for the report (created)")

@@ -105,6 +105,10 @@ def test_help_on_every_command(capsys):
         "--allow-pickle",
     ):
         assert option in analyze_help
+    flat = " ".join(analyze_help.split())  # argparse wraps lines
+    assert "(default: None)" not in flat and "(default: False)" not in flat
+    assert "torch device (default: cpu) --" in flat  # said once, not twice
+    assert "(default: slt-results.sqlite)" in flat  # a plain default is still shown
     shell = subprocess.run(
         [sys.executable, "-m", "slt", "--help"],
         cwd=ROOT,
