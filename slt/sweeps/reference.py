@@ -18,7 +18,10 @@ them, a sweep chooses:
 The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``), which the store
 hashes, and kept in the store under everything it depends on (data, settings, seed, model code, the
 checkpoints' identities): a rerun reads it back instead of choosing again and skips the checkpoints it
-finished. With the same seed the choice is the same anyway (the trials have no time budget).
+finished. With the same seed the choice is the same anyway (the trials have no time budget). When only
+the checkpoints changed (one added as training went on, one that no longer loads), the store's last
+choice for that training run and everything else the same is reused, with a warning: the finished
+checkpoints are kept, and every point is measured the same way.
 """
 
 from __future__ import annotations
@@ -260,20 +263,55 @@ def stored_choice(
     store: ResultStore,
     request: Mapping[str, Any],
     choose: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+    *,
+    run: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The choice stored for ``request``, else ``choose()``, stored for the next time.
 
     ``request`` holds everything the choice depends on (data, settings, seed, model code, checkpoints).
-    A choice that was skipped is not stored.
+    A choice that was skipped is not stored (and one that chose nothing is never reused). Given the
+    training ``run`` the checkpoints belong to, when ``request["checkpoints"]`` differs from the last
+    choice the store made for that run with everything else the same (a checkpoint added as training
+    went on, one that no longer loads, a file replaced), that choice is reused, with an
+    :class:`~slt.warnings.SLTWarning` saying so: the finished checkpoints are then kept rather than
+    measured again, and every point of the run is measured the same way.
     """
     key = "reference:" + settings_hash(dict(request))
     found = store.get_note(key)
     if found is not None:
         return dict(found["fixed"]), dict(found["record"])
+    latest_key = None
+    if "checkpoints" in request:
+        latest_key = "reference-latest:" + settings_hash(
+            {k: v for k, v in request.items() if k != "checkpoints"}
+        )
+        earlier = store.get_note(latest_key)
+        if earlier is not None:
+            _warn_reused(earlier, list(request["checkpoints"]), store)
+            store.put_note(key, {"fixed": earlier["fixed"], "record": earlier["record"]})
+            return dict(earlier["fixed"]), dict(earlier["record"])
     fixed, record = choose()
     if "skipped" not in record:
         store.put_note(key, {"fixed": fixed, "record": record})
+        if latest_key is not None and fixed:
+            store.put_note(
+                latest_key, {"fixed": fixed, "record": record, "checkpoints": list(request["checkpoints"])}
+            )
     return fixed, record
+
+
+def _warn_reused(earlier: Mapping[str, Any], checkpoints: list[str], store: ResultStore) -> None:
+    """Say that the reference settings chosen for another set of checkpoints are reused, and how not to."""
+    before, now = set(earlier["checkpoints"]), set(checkpoints)
+    chosen = ", ".join(f"{name} = {value:g}" for name, value in earlier["fixed"].items())
+    warnings.warn(
+        f"the checkpoints differ from those the store {store.path} chose its reference settings at "
+        f"({len(now - before)} added, {len(before - now)} gone); the settings chosen then ({chosen}) are "
+        "reused, so finished checkpoints are kept and every point is measured the same way. To choose "
+        "again at the new checkpoints, write to a new store, or pass the settings yourself.",
+        SLTWarning,
+        stacklevel=4,
+    )
 
 
 def _load_probes(

@@ -220,6 +220,7 @@ def analyze_checkpoints(
                 result_store,
                 request,
                 lambda: choose_sweep_settings(records, load, data, loss_fn, spec.llc_settings, seed),
+                run=run,
             )
             if fixed:
                 estimator_settings = {**estimator_settings, **fixed}

@@ -9,6 +9,7 @@ from torch import nn
 from slt import analyze_checkpoints
 from slt.sweeps.reference import probe_indices
 from slt.sweeps.store import ResultStore
+from slt.warnings import SLTWarning
 from tests.sweeps.fixtures import gaussian_nll, make_model, regression_data
 
 #: These tests check what is chosen and held; two short chains on tiny models may be flagged as unmixed.
@@ -173,3 +174,22 @@ def test_a_probe_that_cannot_be_loaded_is_replaced_by_its_nearest_neighbour(tmp_
         )  # fmt: skip
     assert trajectory.settings["reference"]["probe_steps"] == [1600, 1650, 1700]
     assert trajectory.ok.tolist() == [True] * 5 + [False]
+
+
+def test_a_checkpoint_added_later_reuses_the_stored_choice_and_keeps_the_finished_ones(tmp_path):
+    paths = converged_regression(tmp_path / "ckpts", count=4)
+    common = dict(loss_fn=gaussian_nll, store=tmp_path / "results.sqlite", progress=False, num_chains=2)
+    first = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common)
+    (tmp_path / "ckpts" / "step_01700.pt").write_bytes(paths[-1].read_bytes())  # training went on
+    with pytest.warns(SLTWarning, match=r"\(1 added, 0 gone\).*reused") as caught:
+        second = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common)
+    assert "localization = 1" in str(caught[0].message)
+    # the same settings, so the four finished checkpoints were read back, not measured again
+    assert second.settings_hash == first.settings_hash
+    assert second.settings["reference"] == first.settings["reference"]
+    assert second.steps.tolist() == [1500, 1550, 1600, 1650, 1700]
+    assert second.llc_mean[:4].tolist() == first.llc_mean.tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the choice is now stored for this set of checkpoints too
+        third = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common)
+    assert third.settings_hash == first.settings_hash
