@@ -51,7 +51,10 @@ class Transition:
     Attributes
     ----------
     start, end : float
-        Steps of the last checkpoint before the change and of the first checkpoint after it.
+        Steps of the last checkpoint before the change and of the first checkpoint after it. A window
+        may reach up to two checkpoints further into either flank when that gives a larger snr (see
+        :func:`detect_transitions`, *Candidates and their size*), so with noise even a one-step jump
+        can be reported a checkpoint or two wider; ``step`` places it.
     step : float
         Where the change is steepest: the midpoint on the time axis (geometric mean of the two steps on
         the log axis) of the pair of neighbouring checkpoints with the steepest smoothed slope.

@@ -97,8 +97,11 @@ def estimate_dos(
         factor of 900 suit :math:`\lambda` up to about 6; a trained network's is usually larger (a
         243-parameter classifier near zero loss: :math:`x E_x[t]` from 17 at the hottest rung to
         52-78 at the coldest, 33-41 rungs over that span, densest at the cold end; 40 evenly spaced
-        passed). ``result.rung_llc`` gives :math:`x E_x[t]` per rung and the
-        :class:`~slt.dos.OverlapWarning` says how many rungs the span needs.
+        passed). That rule is a design rule with margin; the :class:`~slt.dos.OverlapWarning` fires on
+        the overlap measured between neighbours, below 0.03, and says how many rungs the span needs (a
+        linear regression with :math:`\lambda = 12` on the default ladder measured at least 0.19 and
+        gave 11.83 ± 0.27, with no ``OverlapWarning``). ``result.rung_llc`` gives :math:`x E_x[t]` per
+        rung.
     localization : float
         :math:`\gamma`, shared by every rung.
     step_size : float, optional

@@ -472,10 +472,17 @@ def summarize_run(
     healthy = diagnostics.healthy_chains
     if healthy.size == 0:
         steps = ", ".join(str(int(s)) for s in run.divergence_step)
+        at_once = (
+            "; every chain did so within its first few steps, which also happens when loss_fn is not "
+            "finite just beside the trained weights (a log or square root of something that turns "
+            "negative, a division by zero): check the loss there first"
+            if (run.divergence_step <= 5).all()
+            else ""
+        )
         raise ChainDivergenceError(
             f"all {len(run.divergence_step)} chains diverged (non-finite loss at steps {steps}) with "
             f"step_size={settings.step_size:.3g}; try a smaller step size (for example "
-            f"{settings.step_size / 10:.3g}) or use slt.calibrate"
+            f"{settings.step_size / 10:.3g}) or use slt.calibrate{at_once}"
         )
     per_chain = np.full(trace.shape[0], np.nan)
     per_chain[healthy] = trace[healthy].mean(axis=1)

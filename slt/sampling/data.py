@@ -206,32 +206,7 @@ class TensorData(DataSource):
         partition_seed: int = 0,
         dtype: torch.dtype | None = None,
     ):
-        self.keys: tuple[str, ...] | None = None
-        if isinstance(tensors, Mapping):
-            self.keys = tuple(tensors.keys())
-            named = [(f"data[{k!r}]", v) for k, v in tensors.items()]
-        else:
-            named = [(f"data[{i}]", v) for i, v in enumerate(tensors)]
-        if len(named) == 0:
-            raise ValueError("data is empty (no tensors); pass (inputs, targets) tensors or a dict of them")
-        for name, t in named:
-            if not isinstance(t, Tensor):
-                hint = (
-                    " (for a tokenizer's output, ask for tensors: tokenizer(..., padding=True, "
-                    'return_tensors="pt"))'
-                    if self.keys is not None
-                    else ""
-                )
-                raise TypeError(f"data must hold tensors, but {name} is a {type(t).__name__}{hint}")
-            if t.ndim == 0:
-                raise ValueError(f"data tensors must have a leading sample dimension; {name} is 0-d")
-        sizes = {int(t.shape[0]) for _, t in named}
-        if len(sizes) != 1:
-            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in named)
-            raise ValueError(f"data tensors disagree on the number of samples (dimension 0): {shapes}")
-        self.n = sizes.pop()
-        if self.n == 0:
-            raise ValueError("data is empty (0 samples); pass at least one sample")
+        self.keys, named, self.n = _checked_tensors(tensors)
         check_finite(self.pack(tuple(t for _, t in named)))
         self.tensors = tuple(move_to(t, device, dtype) for _, t in named)
         self.eval_batch_size = eval_batch_size
@@ -733,6 +708,60 @@ class _LoaderStream(Minibatches):
             except StopIteration:
                 raise ValueError("data is empty: the data loader yields no batches") from None
         return move_to(batch, self.device, self.dtype)
+
+
+def _checked_tensors(
+    tensors: Sequence[Tensor] | Mapping[str, Tensor],
+) -> tuple[tuple[str, ...] | None, list[tuple[str, Tensor]], int]:
+    """``(keys, [(name, tensor)], n)`` of a tuple or dict of tensors sharing a non-empty sample dimension."""
+    keys: tuple[str, ...] | None = None
+    if isinstance(tensors, Mapping):
+        keys = tuple(tensors.keys())
+        named = [(f"data[{k!r}]", v) for k, v in tensors.items()]
+    else:
+        named = [(f"data[{i}]", v) for i, v in enumerate(tensors)]
+    if len(named) == 0:
+        raise ValueError("data is empty (no tensors); pass (inputs, targets) tensors or a dict of them")
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            hint = (
+                " (for a tokenizer's output, ask for tensors: tokenizer(..., padding=True, "
+                'return_tensors="pt"))'
+                if keys is not None
+                else ""
+            )
+            raise TypeError(f"data must hold tensors, but {name} is a {type(t).__name__}{hint}")
+        if t.ndim == 0:
+            raise ValueError(f"data tensors must have a leading sample dimension; {name} is 0-d")
+    sizes = {int(t.shape[0]) for _, t in named}
+    if len(sizes) != 1:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in named)
+        raise ValueError(f"data tensors disagree on the number of samples (dimension 0): {shapes}")
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError("data is empty (0 samples); pass at least one sample")
+    return keys, named, n
+
+
+def check_data(data: Any) -> None:
+    """Check in-memory ``data`` (a tensor, tuple, dict or ``TensorDataset`` of them) without copying it.
+
+    The checks :func:`as_data_source` makes (tensors only, a leading sample dimension of one non-zero
+    length, finite floating-point values), so that a monitor can refuse bad data when it is made rather
+    than at every measurement. Other kinds of data (datasets, loaders) are read only when sampled.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`as_data_source`.
+    """
+    if isinstance(data, Tensor):
+        data = (data,)
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    if isinstance(data, (tuple, list, Mapping)):
+        _checked_tensors(data)
+        check_finite(data if isinstance(data, Mapping) else tuple(data))
 
 
 def as_data_source(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slt.sampling.data import check_data
 from slt.sampling.losses import LossFn
 from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sampling.settings import check_device
@@ -65,7 +66,9 @@ class LLCMonitor:
         Settings of other registered measures, by name.
     on_error : {"warn", "raise"}
         A failed measurement warns (:class:`~slt.sweeps.trajectory.CheckpointFailedWarning`) and training
-        goes on, or raises. An unavailable ``device`` raises when the monitor is made.
+        goes on, or raises. An unavailable ``device``, and in-memory data that cannot be sampled
+        (tensors disagreeing on the number of samples, empty or non-finite data), raise when the
+        monitor is made.
     run : str
         Name of the training run, stored with each row: give each run monitored into one store its
         own name, so that :meth:`slt.Trajectory.load` keeps them apart.
@@ -130,6 +133,9 @@ class LLCMonitor:
         )
         if self.spec.device is not None:
             check_device(self.spec.device)
+        check_data(data)  # in-memory data that cannot be sampled is refused now, not at every step
+        if test_data is not None:
+            check_data(test_data)
         self.every = frozenset(int(s) for s in every) if isinstance(every, Collection) else every
         self.seed = seed
         self.on_error = on_error

@@ -392,6 +392,23 @@ def test_all_chains_diverging_raises_with_a_smaller_step_suggestion():
         )
 
 
+def test_a_loss_that_is_not_finite_beside_the_trained_weights_is_named_as_a_cause():
+    # finite at w*, NaN once the weights move by more than about 0.03: every chain fails at once
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Linear(3, 1)
+    w0 = model.weight.detach().clone()
+
+    def loss(module, batch):
+        fit = (module(batch[0]) - batch[1]).pow(2).mean()
+        return fit + torch.sqrt(1e-3 - (module.weight - w0).pow(2).sum())
+
+    with pytest.raises(slt.ChainDivergenceError, match="within its first few steps.*loss_fn is not finite"):
+        slt.estimate_llc(
+            model, (x, x[:, :1]), loss_fn=loss, num_chains=2, num_draws=20, num_burnin=5, step_size=1e-3,
+            progress=False,
+        )  # fmt: skip
+
+
 def test_negative_estimate_warns_that_w_star_is_not_a_minimum():
     model = Quadratic(3)
     with torch.no_grad():

@@ -117,6 +117,18 @@ def test_every_accepts_an_interval_a_collection_or_a_callable():
     assert monitor(model, 7, force=True).ok
 
 
+def test_data_that_cannot_be_sampled_is_refused_when_the_monitor_is_made():
+    x, y = regression_data()
+    with pytest.raises(ValueError, match=r"disagree on the number of samples.*data\[1\] \(100, 1\)"):
+        slt.LLCMonitor((x, y[:100]), loss_fn="mse")
+    with pytest.raises(ValueError, match="empty"):
+        slt.LLCMonitor((x, y), loss_fn="mse", test_data=(x[:0], y[:0]), measures=("llc", "loss"))
+    bad = y.clone()
+    bad[3] = float("nan")
+    with pytest.raises(ValueError, match=r"\(targets\) holds 1 non-finite"):
+        slt.LLCMonitor((x, bad), loss_fn="mse")
+
+
 def test_a_restarted_run_reuses_the_stored_results(tmp_path):
     store = tmp_path / "monitor.sqlite"
     first = slt.LLCMonitor(regression_data(), loss_fn=gaussian_nll, every=10, store=store, **TINY)
