@@ -78,7 +78,12 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: ...)`` to an option's help unless its help says it or there is none to say."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if (action.help and "default" in action.help) or action.required or action.default in (None, False):
+        if (
+            (action.help and "default" in action.help)
+            or action.required
+            or action.default is None
+            or action.default is False
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -203,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default: on from 24 checkpoints (slt.sweeps.trajectory.compiles_by_default), --no-compile keeps "
         "the chains eager",
     )
-    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument(
+        "--seed", type=int, default=0, help="base seed; the same seed gives the same numbers on this machine"
+    )
     analyze.add_argument(
         "--allow-pickle",
         action="store_true",

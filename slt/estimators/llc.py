@@ -476,7 +476,7 @@ def summarize_run(
             "; every chain did so within its first few steps, which also happens when loss_fn is not "
             "finite just beside the trained weights (a log or square root of something that turns "
             "negative, a division by zero): check the loss there first"
-            if (run.divergence_step <= 5).all()
+            if ((run.divergence_step >= 0) & (run.divergence_step <= 5)).all()
             else ""
         )
         raise ChainDivergenceError(

@@ -521,11 +521,13 @@ class LoaderData(DataSource):
     map-style dataset, by the chain's own generator: then the batch a step is about to use is
     independent of the chain's position, and the loss recorded there is an unbiased estimate of the
     full-data loss (an epoch's permutation, or a fixed order, is not: the chain has fitted the batches
-    already used and not the coming ones, measured +2.5% on a linear regression at batch 32). A
+    already used and not the coming ones: a linear regression at batch 32, n = 500, measured +9.2%
+    against its exact value over six seeds read in an epoch's order, +3.2% drawn independently). A
     :class:`~torch.utils.data.DataLoader` over a map-style dataset with its default sampler (``shuffle``
     on or off) keeps its batch size, collate function and workers and is drawn from that way; its
     ``drop_last`` does not drop samples from :math:`L_n(w^*)` and :math:`n`, which count the whole
-    dataset. A loader with its own sampler or batch sampler is read as configured, and so is a stream.
+    dataset. A loader with its own sampler or batch sampler, a subclass of ``DataLoader`` and a stream
+    are read as configured.
 
     A stream (an :class:`~torch.utils.data.IterableDataset`, such as a streaming Hugging Face
     dataset, or a loader over one) cannot be shuffled or counted: every chain reads it in order from
@@ -622,13 +624,18 @@ class LoaderData(DataSource):
 
 
 def _default_sampling(loader: DataLoader) -> bool:
-    """Whether ``loader`` reads a sized map-style dataset with a default sampler (shuffled or in order)."""
+    """Whether ``loader`` is a plain ``DataLoader`` over a sized map-style dataset with a default sampler.
+
+    A subclass may change how batches are made (device placement, transforms), so it is read as it is.
+    """
+    if type(loader) is not DataLoader:
+        return False
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset) or loader.batch_size is None:
         return False  # a stream, or a batch sampler of the user's own
     sampler = loader.sampler
     if type(sampler) is RandomSampler:
-        return not sampler.replacement and sampler._num_samples is None
+        return not sampler.replacement and getattr(sampler, "_num_samples", None) is None
     return type(sampler) is SequentialSampler
 
 
@@ -640,12 +647,14 @@ def _loader_options(loader: DataLoader) -> dict[str, Any]:
         "pin_memory": loader.pin_memory,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
+        "pin_memory_device": getattr(loader, "pin_memory_device", ""),
     }
     if loader.num_workers > 0:
         options.update(
             multiprocessing_context=loader.multiprocessing_context,
             prefetch_factor=loader.prefetch_factor,
             persistent_workers=loader.persistent_workers,
+            in_order=getattr(loader, "in_order", True),
         )
     return options
 

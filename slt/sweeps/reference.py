@@ -19,9 +19,11 @@ The choice is recorded in the sweep's settings (``Trajectory.settings["reference
 hashes, and kept in the store under everything it depends on (data, settings, seed, model code, the
 checkpoints' identities): a rerun reads it back instead of choosing again and skips the checkpoints it
 finished. With the same seed the choice is the same anyway (the trials have no time budget). When only
-the checkpoints changed (one added as training went on, one that no longer loads), the store's last
-choice for that training run and everything else the same is reused, with a warning: the finished
-checkpoints are kept, and every point is measured the same way.
+the checkpoints changed (one added as training went on, one that no longer loads) and at least half of
+those the choice was made at remain, the store's last choice for that training run (its folder) and
+everything else the same is reused, with a warning: the finished checkpoints are kept, and every point
+is measured the same way. A sweep that grows to :data:`~slt.sweeps.trajectory.AUTO_COMPILE_MIN_CHECKPOINTS`
+checkpoints switches compilation on, which changes its settings, and chooses again.
 """
 
 from __future__ import annotations
@@ -272,7 +274,8 @@ def stored_choice(
     A choice that was skipped is not stored (and one that chose nothing is never reused). Given the
     training ``run`` the checkpoints belong to, when ``request["checkpoints"]`` differs from the last
     choice the store made for that run with everything else the same (a checkpoint added as training
-    went on, one that no longer loads, a file replaced), that choice is reused, with an
+    went on, one that no longer loads, a file replaced) while at least half of the checkpoints it was made
+    at are still there, that choice is reused, with an
     :class:`~slt.warnings.SLTWarning` saying so: the finished checkpoints are then kept rather than
     measured again, and every point of the run is measured the same way.
     """
@@ -281,12 +284,11 @@ def stored_choice(
     if found is not None:
         return dict(found["fixed"]), dict(found["record"])
     latest_key = None
-    if "checkpoints" in request:
-        latest_key = "reference-latest:" + settings_hash(
-            {k: v for k, v in request.items() if k != "checkpoints"}
-        )
+    if run is not None and "checkpoints" in request:
+        family = {k: v for k, v in request.items() if k != "checkpoints"}
+        latest_key = "reference-latest:" + settings_hash({**family, "run": run})
         earlier = store.get_note(latest_key)
-        if earlier is not None:
+        if earlier is not None and _mostly_kept(earlier["checkpoints"], request["checkpoints"]):
             _warn_reused(earlier, list(request["checkpoints"]), store)
             store.put_note(key, {"fixed": earlier["fixed"], "record": earlier["record"]})
             return dict(earlier["fixed"]), dict(earlier["record"])
@@ -298,6 +300,11 @@ def stored_choice(
                 latest_key, {"fixed": fixed, "record": record, "checkpoints": list(request["checkpoints"])}
             )
     return fixed, record
+
+
+def _mostly_kept(before: Sequence[str], now: Sequence[str]) -> bool:
+    """Whether at least half of the checkpoints a choice was made at are still there (the same files)."""
+    return 2 * len(set(before) & set(now)) >= len(set(before))
 
 
 def _warn_reused(earlier: Mapping[str, Any], checkpoints: list[str], store: ResultStore) -> None:

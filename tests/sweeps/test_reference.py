@@ -193,3 +193,17 @@ def test_a_checkpoint_added_later_reuses_the_stored_choice_and_keeps_the_finishe
         warnings.simplefilter("error")  # the choice is now stored for this set of checkpoints too
         third = analyze_checkpoints(tmp_path / "ckpts", make_model, regression_data(), **common)
     assert third.settings_hash == first.settings_hash
+
+
+def test_another_run_in_the_same_store_or_a_retrained_folder_chooses_its_own_settings(tmp_path):
+    paths = converged_regression(tmp_path / "a", count=3)
+    converged_regression(tmp_path / "b", count=3)
+    common = dict(loss_fn=gaussian_nll, store=tmp_path / "results.sqlite", progress=False, num_chains=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analyze_checkpoints(tmp_path / "a", make_model, regression_data(), **common)
+        analyze_checkpoints(tmp_path / "b", make_model, regression_data(), **common)  # another run
+        for path in paths:  # run a trained again into its folder: every file replaced
+            path.write_bytes(path.read_bytes())
+        analyze_checkpoints(tmp_path / "a", make_model, regression_data(), **common)
+    assert not [w for w in caught if "reused" in str(w.message)]
