@@ -53,7 +53,8 @@ class LLCMonitor:
         spaced logarithmically), or when ``every(step)`` is true.
     store : str, PathLike or ResultStore, optional
         SQLite file receiving each result as it is measured. A restarted run that reaches the same
-        weights at the same step reuses the stored result instead of measuring again.
+        weights at the same step reuses the stored result instead of measuring again, and shows the
+        warnings it was measured with.
     measures : sequence of {"llc", "dos", "loss"} or registered measures
         What to measure (see :func:`slt.analyze_checkpoints`).
     test_data : optional
@@ -184,6 +185,8 @@ class LLCMonitor:
             stored = self.store.results(self.settings_hash, [cid])
             if stored and stored[0].ok:
                 self.records.append(stored[0])
+                # the stored numbers carry the problems they were measured with
+                reemit_warnings([(step, stored[0].payload.get("warnings", []))], stacklevel=3)
                 return stored[0]
         row = self._measure(model, step, cid)
         if self.store is not None:

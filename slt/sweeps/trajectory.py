@@ -167,7 +167,8 @@ def analyze_checkpoints(
     CheckpointFailedWarning
         When some checkpoints failed (the others are complete).
     SLTWarning subclasses
-        Warnings of the estimators (unconverged chains, ...), one per category, naming the steps.
+        Warnings of the estimators (unconverged chains, ...), one per category, naming the steps: of
+        every checkpoint the trajectory holds, those read back from the store on a rerun included.
     """
     spec = sweep_spec(measures, loss_fn, data, test_data, estimator_settings, dos_settings, measure_settings)
     records = resolve_checkpoints(checkpoints)
@@ -253,13 +254,21 @@ def analyze_checkpoints(
     finally:
         if owns_store:
             result_store.close()
-    reemit_warnings([(r.step, r.payload.get("warnings", [])) for r in done_now], stacklevel=3)
-    failed = [r for r in done_now if not r.ok]
+    # every result the trajectory holds, the stored ones included: a resumed sweep's numbers carry
+    # the same problems as when they were measured
+    held = trajectory.records
+    reemit_warnings([(r.step, r.payload.get("warnings", [])) for r in held if r.ok], stacklevel=3)
+    failed = [r for r in held if not r.ok]
     if failed:
         steps = ", ".join(str(r.step) for r in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        new = {r.checkpoint_id for r in done_now}
+        earlier = sum(r.checkpoint_id not in new for r in failed)
+        again = (
+            f" {earlier} failed in an earlier run; retry_failed=True measures them again." if earlier else ""
+        )
         warnings.warn(
             f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}); the others completed. "
-            f"First error (step {failed[0].step}): {failed[0].error}. See Trajectory.failures.",
+            f"First error (step {failed[0].step}): {failed[0].error}. See Trajectory.failures.{again}",
             CheckpointFailedWarning,
             stacklevel=2,
         )

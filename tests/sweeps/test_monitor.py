@@ -1,6 +1,7 @@
 """LLCMonitor: measures during training without changing the run, and agrees with post-hoc sweeps."""
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -132,12 +133,19 @@ def test_data_that_cannot_be_sampled_is_refused_when_the_monitor_is_made():
 def test_a_restarted_run_reuses_the_stored_results(tmp_path):
     store = tmp_path / "monitor.sqlite"
     first = slt.LLCMonitor(regression_data(), loss_fn=gaussian_nll, every=10, store=store, **TINY)
-    train(first, steps=20)
+    with warnings.catch_warnings(record=True) as measured:
+        warnings.simplefilter("always")
+        train(first, steps=20)
     first.close()
     again = slt.LLCMonitor(regression_data(), loss_fn=gaussian_nll, every=10, store=store, **TINY)
-    train(again, steps=20)
+    with warnings.catch_warnings(record=True) as reused:
+        warnings.simplefilter("always")
+        train(again, steps=20)
     again.close()
     assert [r.finished for r in again.records] == [r.finished for r in first.records]
+    # the stored numbers come back with the warnings they were measured with (20-draw chains)
+    shown = sorted(str(w.message) for w in measured if issubclass(w.category, slt.warnings.SLTWarning))
+    assert shown and sorted(str(w.message) for w in reused) == shown
     with ResultStore(store) as opened:
         assert opened.count() == 2
     loaded = slt.Trajectory.load(store)

@@ -650,3 +650,19 @@ def test_long_sweeps_compile_the_llc_chains_unless_told(tmp_path, monkeypatch):
     monkeypatch.setattr(trajectory_module, "AUTO_COMPILE_MIN_CHECKPOINTS", 4)
     short = analyze_checkpoints(tmp_path, make_model, regression_data(), **sweep)
     assert short.settings["llc"]["compile"] is False
+
+
+def test_a_resumed_sweep_shows_the_warnings_its_stored_results_carry(tmp_path):
+    train_and_save(tmp_path / "ckpts", count=2)
+    store_path = tmp_path / "r.sqlite"
+    runs = []
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trajectory = analyze_checkpoints(
+                tmp_path / "ckpts", make_model, regression_data(), store=store_path, **SWEEP
+            )
+        runs.append((trajectory, sorted(str(w.message) for w in caught)))
+    (first, measured), (resumed, shown) = runs
+    assert [r.finished for r in resumed.records] == [r.finished for r in first.records]  # nothing re-run
+    assert measured and shown == measured  # 20-draw chains: flagged, then and now
