@@ -384,6 +384,21 @@ def _report(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ValueError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     print(f"wrote {out / 'trajectory.png'}, {out / 'trajectory.csv'} and {out / 'trajectory.md'}")
+    if args.settings is None:
+        from slt.sweeps.store import ResultStore
+
+        with ResultStore(args.store, readonly=True) as store:
+            others = [
+                r for r in store.runs() if r.settings_hash != trajectory.settings_hash and r.num_done > 0
+            ]
+        if others:
+            listing = ", ".join(f"{r.settings_hash[:16]} ({r.num_done} done)" for r in others[:5])
+            print(
+                f"the store also holds results under {len(others)} other set(s) of settings: {listing}; "
+                f"this report is of the latest used, {trajectory.settings_hash[:16]}. --settings HASH "
+                "reports another",
+                file=sys.stderr,
+            )
     return 0
 
 

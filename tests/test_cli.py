@@ -307,6 +307,24 @@ def test_report_marks_bad_points_handles_step_zero_and_lists_warnings_and_transi
     plt.close(fig)
 
 
+def test_the_report_says_when_the_store_holds_other_settings(tmp_path, capsys):
+    from slt.sweeps.store import ResultStore, StoredResult
+
+    store = tmp_path / "r.sqlite"
+    _store_with_bad_points(store)
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "one")]) == 0
+    assert "other set(s) of settings" not in capsys.readouterr().err
+    with ResultStore(store) as opened:  # later, the same run measured again with other settings
+        key = opened.register_run({"seed": 1})
+        for step in (10, 20):
+            opened.record(StoredResult(f"c{step}", key, step, f"/runs/a/step_{step}.pt", "done", None,
+                                       {"llc_mean": 3.0, "llc_stderr": 0.1}, {"run": "/runs/a"}))  # fmt: skip
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "two")]) == 0
+    err = capsys.readouterr().err
+    assert "also holds results under 1 other set(s) of settings" in err and "(29 done)" in err
+    assert "--settings HASH" in err
+
+
 def test_an_unwritable_report_folder_exits_2_with_one_line(tmp_path, capsys):
     store = tmp_path / "r.sqlite"
     _store_with_bad_points(store)
