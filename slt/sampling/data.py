@@ -32,6 +32,8 @@ __all__ = [
     "batch_slice",
     "move_to",
     "check_finite",
+    "check_data",
+    "unwrap_tensors",
     "partition_copies",
     "DEFAULT_EVAL_SAMPLES",
     "MIN_BATCHES",
@@ -719,6 +721,15 @@ class _LoaderStream(Minibatches):
         return move_to(batch, self.device, self.dtype)
 
 
+def unwrap_tensors(data: Any) -> Any:
+    """``data`` with a lone tensor as a one-tuple and a ``TensorDataset`` as its tensors; else as it is."""
+    if isinstance(data, Tensor):
+        return (data,)
+    if isinstance(data, TensorDataset):
+        return data.tensors
+    return data
+
+
 def _checked_tensors(
     tensors: Sequence[Tensor] | Mapping[str, Tensor],
 ) -> tuple[tuple[str, ...] | None, list[tuple[str, Tensor]], int]:
@@ -764,10 +775,7 @@ def check_data(data: Any) -> None:
     TypeError, ValueError
         As :func:`as_data_source`.
     """
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, TensorDataset):
-        data = data.tensors
+    data = unwrap_tensors(data)
     if isinstance(data, (tuple, list, Mapping)):
         _checked_tensors(data)
         check_finite(data if isinstance(data, Mapping) else tuple(data))
@@ -817,10 +825,7 @@ def as_data_source(
     if not isinstance(eval_samples, int) or isinstance(eval_samples, bool) or eval_samples < 1:
         raise ValueError(f"eval_samples must be a positive integer, got {eval_samples!r}")
     rows = min(MAX_EVAL_ROWS, EVAL_BATCHES_PER_SLICE * (batch_size or DEFAULT_BATCH_SIZE))
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, TensorDataset):
-        data = data.tensors
+    data = unwrap_tensors(data)
     if isinstance(data, (tuple, list, Mapping)):
         return TensorData(data, device, eval_batch_size=rows, partition_seed=partition_seed, dtype=dtype)
     if isinstance(data, (Dataset, DataLoader)):

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 import slt.warnings as slt_warnings
+from slt.sampling.data import unwrap_tensors
 from slt.sampling.rng import isolated_rng, preserved_generators
 from slt.sweeps.checkpoints import Checkpoint, build_model, tensor_bytes
 
@@ -586,10 +587,7 @@ def data_fingerprint(data: Any) -> str:
     Changes inside a custom ``Dataset`` or ``DataLoader`` of the same length are not detected; a
     sweep over changed data of that kind should use a new store or seed.
     """
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, TensorDataset):
-        data = data.tensors
+    data = unwrap_tensors(data)
     if isinstance(data, (tuple, list)) and all(isinstance(t, Tensor) for t in data):
         digest = hashlib.sha256()
         for t in data:
