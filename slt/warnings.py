@@ -20,6 +20,7 @@ __all__ = [
     "OverlapWarning",
     "FitWarning",
     "LeftBasinWarning",
+    "LocalizationWarning",
     "StepSizeWarning",
     "LossFunctionWarning",
     "WBICWarning",
@@ -64,6 +65,13 @@ class FitWarning(SLTWarning):
 
 class LeftBasinWarning(SLTWarning):
     """The chains left the neighbourhood of the trained weights: the estimate measures somewhere else."""
+
+
+class LocalizationWarning(SLTWarning):
+    """The estimate depends on the localization strength γ as much as on the loss.
+
+    See :func:`slt.sampling.checks.localization_share`.
+    """
 
 
 class StepSizeWarning(SLTWarning):

@@ -398,5 +398,6 @@ def run_until_converged(
         final_positions=run.final_positions,
         final_states=run.final_states,
         compile=run.compile,
+        distance_sq_trace=run.distance_sq_trace,
     )
     return combined, report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from slt.sampling.data import batch_length, batch_slice
@@ -18,6 +19,7 @@ __all__ = [
     "batch_size_dependence",
     "zero_weights_loss",
     "gap_climbed",
+    "localization_share",
     "minibatch_gradient_noise",
     "NOISE_BATCHES",
 ]
@@ -72,6 +74,57 @@ def gap_climbed(llc: float, n_beta: float, init_loss: float, zero_loss: float) -
     """
     gap = zero_loss - init_loss
     return llc / n_beta / gap if gap > 0 else float("nan")
+
+
+def localization_share(
+    trace: np.ndarray, distance_sq: np.ndarray, localization: float, llc: float
+) -> tuple[float, float]:
+    r"""How fast :math:`\hat\lambda` falls as :math:`\gamma` rises, measured from the draws.
+
+    Under :math:`p_\gamma(w) \propto \exp(-n\beta L_n(w) - \tfrac{\gamma}{2}\lVert w-w^*\rVert^2)`,
+    differentiating an expectation in :math:`\gamma` gives
+    :math:`d\,\mathbb{E}[f]/d\gamma = -\mathrm{Cov}(f, \tfrac12\lVert w-w^*\rVert^2)` (the exponential
+    family identity), so with :math:`f = n\beta(L_n(w) - L_n(w^*))`
+
+    .. math::
+
+        s = -\frac{d\ln\hat\lambda}{d\ln\gamma}
+          = \frac{\gamma\,\mathrm{Cov}\big(n\beta L_n(w), \tfrac12\lVert w-w^*\rVert^2\big)}{\hat\lambda}.
+
+    For a quadratic loss of curvatures :math:`h_i` it is the mean over directions of
+    :math:`\gamma/(n\beta h_i + \gamma)`, the localization's share of the posterior precision, weighted
+    by each direction's part of :math:`\hat\lambda`: near 0 the loss alone confines the chains where
+    they move the loss, and the estimate hardly depends on :math:`\gamma`; at 1 the pull towards
+    :math:`w^*` does, and :math:`\hat\lambda \propto 1/\gamma`.
+
+    Parameters
+    ----------
+    trace : ndarray, shape (chains, draws)
+        Per-draw :math:`n\beta(L(w) - L_n(w^*))` of the chains to use (healthy ones).
+    distance_sq : ndarray, shape (chains, draws)
+        :math:`\lVert w - w^*\rVert^2` at the same draws.
+    localization, llc : float
+        :math:`\gamma` and :math:`\hat\lambda`.
+
+    Returns
+    -------
+    (share, stderr) : tuple of float
+        The covariance is taken within each chain and averaged; the standard error is the spread of the
+        chains' values over the square root of their number (NaN with one chain). Both NaN without a
+        positive ``llc``, without draws or where the traces are not finite.
+    """
+    trace = np.asarray(trace, dtype=float)
+    distance_sq = np.asarray(distance_sq, dtype=float)
+    if trace.shape != distance_sq.shape or trace.ndim != 2 or trace.shape[1] < 2 or not llc > 0:
+        return math.nan, math.nan
+    centred_f = trace - trace.mean(axis=1, keepdims=True)
+    centred_g = 0.5 * (distance_sq - distance_sq.mean(axis=1, keepdims=True))
+    per_chain = localization * (centred_f * centred_g).mean(axis=1) / llc
+    if not np.isfinite(per_chain).all():
+        return math.nan, math.nan
+    chains = per_chain.size
+    stderr = float(per_chain.std(ddof=1) / math.sqrt(chains)) if chains > 1 else math.nan
+    return float(per_chain.mean()), stderr
 
 
 def minibatch_gradient_noise(

@@ -65,7 +65,7 @@ def chain_seeds(seed: int, count: int) -> list[int]:
 
 @dataclass
 class ChainRun:
-    """What one set of chains produced.
+    r"""What one set of chains produced.
 
     Attributes
     ----------
@@ -78,6 +78,9 @@ class ChainRun:
         preconditioner when it has one (NaN after divergence; recorded on request).
     reference_loss_trace : ndarray or None, shape (chains, draws)
         Loss of :math:`w^*` on each draw's minibatch (with ``control_variate=True``).
+    distance_sq_trace : ndarray, shape (chains, draws)
+        Squared distance :math:`\lVert w - w^*\rVert^2` over the sampled coordinates at each draw, at the
+        position whose loss ``loss_trace`` holds (NaN after divergence).
     divergence_step : ndarray of int, shape (chains,)
         First step (counting burn-in) whose loss was not finite; -1 for healthy chains.
     observables : dict of str to ndarray
@@ -107,6 +110,7 @@ class ChainRun:
     final_positions: Tensor = field(repr=False)
     final_states: list[Any] = field(default_factory=list, repr=False)
     compile: str = "off"
+    distance_sq_trace: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def diverged(self) -> np.ndarray:
@@ -614,6 +618,7 @@ class PosteriorSampler:
                 if draw is not None:
                     if plan.record_grad_norm:
                         record.grad_sq[c, draw] = kernel.gradient_energy(state, grad)
+                    record.distance_sq[c, draw] = squared_distance(state.position, target.center)
                     if gradient is not None and plan.observables:
                         fm.load(state.position)
                     for name, fn in plan.observables.items():
@@ -679,6 +684,7 @@ class PosteriorSampler:
             if draw is not None:
                 if plan.record_grad_norm:
                     record.grad_sq[:, draw] = kernel.gradient_energy(state, grad)
+                record.distance_sq[:, draw] = squared_distance(state.position, target.center)
                 if plan.observables:
                     with torch.no_grad():
                         for c in range(plan.num_chains):
@@ -799,6 +805,7 @@ class _Record:
         self.burnin = torch.full((chains, plan.num_burnin), nan, dtype=dtype, device=device)
         self.draws = torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
         self.grad_sq = torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
+        self.distance_sq = torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
         self.reference = (
             torch.full((chains, plan.num_draws), nan, dtype=dtype, device=device)
             if plan.control_variate
@@ -845,12 +852,13 @@ class _Record:
         burnin = self.burnin.cpu().double().numpy()
         draws = self.draws.cpu().double().numpy()
         grad_sq = self.grad_sq.cpu().double().numpy()
+        distance_sq = self.distance_sq.cpu().double().numpy()
         reference = self.reference.cpu().double().numpy() if self.reference is not None else None
         for c, step in enumerate(self.divergence):
             if step >= 0:  # everything from the first non-finite loss on is meaningless
                 burnin[c, step:] = np.nan
                 first = plan.first_draw_at_or_after(int(step))
-                for trace in (draws, grad_sq, reference):
+                for trace in (draws, grad_sq, distance_sq, reference):
                     if trace is not None:
                         trace[c, first:] = np.nan
         return ChainRun(
@@ -868,6 +876,7 @@ class _Record:
             final_positions=torch.stack(self.finals) if self.finals else torch.empty(0),
             final_states=self.states,
             compile=compile,
+            distance_sq_trace=distance_sq,
         )
 
 
@@ -965,6 +974,11 @@ def check_not_pruned(model: nn.Module) -> None:
             "and its pruned weights would move. Make the pruning permanent first: prune.remove(module, "
             '"weight") for each of them (the zeros stay; pass mask= to keep them fixed while sampling)'
         )
+
+
+def squared_distance(position: Tensor, center: Tensor) -> Tensor:
+    r""":math:`\lVert w - w^*\rVert^2` of a position ``(d,)`` or of stacked chains ``(chains, d)``."""
+    return torch.sub(position, center).square_().sum(dim=-1)
 
 
 def _first_nonfinite(values: Tensor) -> int | None:

@@ -264,6 +264,7 @@ def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any],
         "llc_high": result.interval[1],
         "llc_chains_diverged": int(result.diagnostics.diverged.sum()),
         "llc_chains_unstable": int(np.asarray(result.diagnostics.unstable, dtype=bool).sum()),
+        "llc_localization_share": result.checks.localization_share,
         "step_size": result.settings.step_size,
         "train_loss": result.init_loss,
     }
@@ -425,7 +426,9 @@ def measure_model(
         Scalars of every measure: ``llc_mean``, ``llc_corrected`` (:attr:`LLCResult.corrected`),
         ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
         ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``,
-        ``llc_chains_unstable`` (left out past the step's stability limit), ``step_size``, ``train_loss``,
+        ``llc_chains_unstable`` (left out past the step's stability limit), ``llc_localization_share``
+        (minus d ln λ̂ / d ln γ, :attr:`slt.estimators.llc.LLCChecks.localization_share`), ``step_size``,
+        ``train_loss``,
         ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).
     payload : dict

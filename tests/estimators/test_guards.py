@@ -14,7 +14,7 @@ from torch import nn
 import slt
 from slt.estimators.llc import LLCResult
 from slt.oracles import deep_linear_network, linear_regression_data
-from tests.conftest import Quadratic, gaussian_nll, quadratic_loss
+from tests.conftest import Quadratic, gaussian_nll, least_squares_regression, quadratic_loss
 
 DUMMY = torch.zeros(8, 1)
 
@@ -310,3 +310,29 @@ def test_sgnht_defaults_on_a_classifier_near_zero_loss_stay_in_the_posterior(cla
     )
     assert found == set()
     assert result.mean == pytest.approx(10.72, rel=0.1)
+
+
+def _precision_share(x: torch.Tensor, n_beta: float, gamma: float) -> float:
+    """Closed form of -d ln λ̂ / d ln γ for a linear regression under "mse": Σ aγ/(a+γ)² / Σ a/(a+γ)."""
+    a = n_beta * torch.linalg.eigvalsh(2 * x.T.double() @ x.double() / x.shape[0])
+    return float((a * gamma / (a + gamma) ** 2).sum() / (a / (a + gamma)).sum())
+
+
+def test_an_estimate_the_localization_sets_is_flagged_and_the_share_matches_its_closed_form():
+    model, x, y = least_squares_regression(500, 4)
+    runs = {}
+    for gamma in (1.0, 100.0, 1000.0):
+        runs[gamma] = caught(
+            lambda gamma=gamma: slt.estimate_llc(
+                model, (x, y), loss_fn="mse", localization=gamma, seed=0, progress=False
+            )
+        )
+    for gamma, (result, _) in runs.items():
+        exact = _precision_share(x, result.settings.n_beta, gamma)  # 0.006, 0.37 and 0.86
+        # measured 0.006, 0.38 at γ = 1 and 100; the closed form's finite differences agree (0.510 vs 0.507)
+        assert result.checks.localization_share == pytest.approx(exact, abs=0.02 + 0.1 * exact)
+        assert result.summary()["localization_share"].iloc[0] == result.checks.localization_share
+    assert runs[1.0][1] == set() and runs[100.0][1] == set()  # the loss confines most of it: quiet
+    found = runs[1000.0][1]
+    assert categories(found) == {slt.warnings.LocalizationWarning}
+    assert "d ln λ̂ / d ln γ = -0.8" in " ".join(m for _, m in found)

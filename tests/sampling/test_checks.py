@@ -3,11 +3,12 @@ the chains climbed (slt.sampling.checks)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from slt.sampling import PosteriorSampler
-from slt.sampling.checks import gap_climbed, minibatch_gradient_noise
+from slt.sampling.checks import gap_climbed, localization_share, minibatch_gradient_noise
 from tests.conftest import gaussian_nll, least_squares_regression
 
 
@@ -71,3 +72,16 @@ def test_gap_climbed_is_the_share_of_the_way_to_the_zero_weights_loss():
     assert gap_climbed(2 * 119.68, 119.68, 0.5, 1.5) == 2.0  # twice the gap: worse than zero weights
     assert math.isnan(gap_climbed(10.0, 100.0, 1.0, 1.0))  # no gap to climb
     assert math.isnan(gap_climbed(10.0, 100.0, 1.0, 0.5))
+
+
+def test_localization_share_is_gamma_times_the_covariance_over_the_estimate_and_nan_where_undefined():
+    g = np.random.default_rng(0)
+    half_sq = g.exponential(1.0, size=(4, 5000))
+    trace = 3.0 * half_sq + g.normal(size=(4, 5000))  # Cov(f, ½D²) = 3 Var(½D²) = 3
+    share, stderr = localization_share(trace, 2 * half_sq, 0.5, 6.0)
+    assert share == pytest.approx(0.5 * 3.0 / 6.0, rel=0.1) and 0 < stderr < 0.05
+    assert math.isnan(localization_share(trace[:1], 2 * half_sq[:1], 0.5, 6.0)[1])  # one chain
+    assert all(math.isnan(v) for v in localization_share(trace, 2 * half_sq, 0.5, 0.0))  # λ̂ not positive
+    assert all(math.isnan(v) for v in localization_share(trace, half_sq[:, :10], 0.5, 6.0))  # shapes differ
+    trace[0, 3] = np.nan
+    assert all(math.isnan(v) for v in localization_share(trace, 2 * half_sq, 0.5, 6.0))

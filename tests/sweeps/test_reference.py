@@ -9,7 +9,7 @@ from torch import nn
 from slt import analyze_checkpoints
 from slt.sweeps.reference import probe_indices
 from slt.sweeps.store import ResultStore
-from slt.warnings import SLTWarning
+from slt.warnings import LocalizationWarning, SLTWarning
 from tests.sweeps.fixtures import gaussian_nll, make_model, regression_data
 
 #: These tests check what is chosen and held; two short chains on tiny models may be flagged as unmixed.
@@ -95,16 +95,21 @@ def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting
         )  # fmt: skip
         assert s.step_size_source == "given" and s.length_source == "given"
     assert not any(w.category.__name__ == "LeftBasinWarning" for w in caught)
+    # at the chosen pull the memorizing network's λ̂ is set by γ as much as by the loss, and it says so
+    assert any(w.category is LocalizationWarning for w in caught)
+    shares = [r.checks.localization_share for r in trajectory.llc]
+    assert max(shares) > 0.5 and "llc_localization_share" in trajectory.to_dataframe().columns
 
     # a rerun reads the choice back from the store (it does not choose again) and finds every checkpoint done
     def no_second_choice(*args, **kwargs):
         raise AssertionError("the rerun chose again")
 
     monkeypatch.setattr("slt.sweeps.reference.choose_localization", no_second_choice)
-    again = analyze_checkpoints(
-        tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
-        store=store, progress=False, num_chains=2,
-    )  # fmt: skip
+    with pytest.warns(LocalizationWarning):  # the stored results' warning, shown again
+        again = analyze_checkpoints(
+            tmp_path / "ckpts", make_classifier, classification_data(), loss_fn="cross_entropy",
+            store=store, progress=False, num_chains=2,
+        )  # fmt: skip
     assert again.settings_hash == trajectory.settings_hash
     assert again.llc_mean.tolist() == trajectory.llc_mean.tolist()
     with ResultStore(store) as opened:
@@ -120,6 +125,7 @@ def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting
 def test_the_same_seed_makes_the_same_choice_without_a_store(tmp_path):
     memorize_and_save(tmp_path / "ckpts", steps=(600, 1200))
     common = dict(loss_fn="cross_entropy", store=None, progress=False)
+    warnings.simplefilter("ignore", LocalizationWarning)  # shown and tested above; pytest restores filters
     runs = [
         analyze_checkpoints(
             tmp_path / "ckpts", make_classifier, classification_data(), num_chains=2, **common
