@@ -167,7 +167,8 @@ class LLCChecks:
     localization_share, localization_share_stderr : float
         :math:`-d\ln\hat\lambda/d\ln\gamma` measured from the draws and its standard error
         (:func:`slt.sampling.checks.localization_share`): near 0 the loss confines the chains, near 1 the
-        pull towards :math:`w^*` does and :math:`\hat\lambda \propto 1/\gamma`.
+        pull towards :math:`w^*` does and :math:`\hat\lambda \propto 1/\gamma`; above 1 where the loss
+        rises faster than quadratically within the pull's reach. NaN standard error with one chain.
     segment_steps, segment_estimates, segment_stderrs : list
         With the automatic length: steps per chain, :math:`\hat\lambda` and its standard error over each
         doubling segment (the last one is the draws).
@@ -902,18 +903,20 @@ def _plausibility_problems(
             )
         )
     share, share_stderr = checks.localization_share, checks.localization_share_stderr
-    share_margin = 2 * share_stderr if math.isfinite(share_stderr) else 0.0
-    if math.isfinite(share) and share - share_margin > MAX_LOCALIZATION_SHARE:
+    # needs two chains or more: one chain's share has no standard error to test it against
+    if math.isfinite(share_stderr) and share - 2 * share_stderr > MAX_LOCALIZATION_SHARE:
         problems.append(
             Problem.of(
                 LocalizationWarning,
-                f"λ̂ depends on the localization as much as on the loss: d ln λ̂ / d ln γ = "
-                f"{-share:.2g} ± {share_stderr:.1g} (measured from the draws; near 0 where the loss alone "
-                "confines the chains, -1 where the pull towards w* does), so doubling γ would change λ̂ "
-                f"by a factor of about {2.0**-share:.2g}. At γ = {s.localization:g} and nβ = {s.n_beta:.4g} "
-                "the estimate measures how far the pull lets the chains go, not a learning coefficient "
-                "of the loss: compare such values only at one γ and report γ with them, and try a "
-                "smaller γ (as long as the chains stay in the basin: no LeftBasinWarning)",
+                f"λ̂ depends strongly on the localization: d ln λ̂ / d ln γ = {-share:.2g} ± "
+                f"{share_stderr:.1g} (measured from the draws; near 0 where the loss alone confines the "
+                "chains, -1 where the pull towards w* does, below -1 where the loss rises faster than "
+                f"quadratically within the pull's reach), so doubling γ would change λ̂ by a factor of "
+                f"about {2.0**-share:.2g}. At γ = {s.localization:g} and nβ = {s.n_beta:.4g} the estimate "
+                "measures how far the pull lets the chains go as much as the loss: report γ with it and "
+                "compare values only at one γ (a sweep does), or try a smaller γ where the chains stay in "
+                "the basin (no LeftBasinWarning; slt.choose_localization's γ is already the smallest that "
+                "keeps them within a quarter of the gap)",
             )
         )
     if math.isfinite(checks.bias_indicator) and checks.bias_indicator > MAX_BIAS_INDICATOR:

@@ -100,7 +100,9 @@ def localization_share(
     Parameters
     ----------
     trace : ndarray, shape (chains, draws)
-        Per-draw :math:`n\beta(L(w) - L_n(w^*))` of the chains to use (healthy ones).
+        Per-draw :math:`n\beta(L(w) - L_n(w^*))` of the chains to use (healthy ones); with the control
+        variate, :math:`n\beta` times the draw's minibatch loss minus :math:`w^*`'s on the same batch,
+        whose covariance with the distance has the same expectation (each draw's batch is independent).
     distance_sq : ndarray, shape (chains, draws)
         :math:`\lVert w - w^*\rVert^2` at the same draws.
     localization, llc : float
@@ -109,8 +111,9 @@ def localization_share(
     Returns
     -------
     (share, stderr) : tuple of float
-        The covariance is taken within each chain and averaged; the standard error is the spread of the
-        chains' values over the square root of their number (NaN with one chain). Both NaN without a
+        The covariance is taken within each chain and averaged (chains still drifting add to it; short,
+        strongly correlated chains pull it towards 0); the standard error is the spread of the chains'
+        values over the square root of their number (NaN with one chain). Both NaN without a
         positive ``llc``, without draws or where the traces are not finite.
     """
     trace = np.asarray(trace, dtype=float)
