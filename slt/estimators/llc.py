@@ -712,6 +712,10 @@ def llc_problems(
     problems = list(_chain_problems(d, mean, stderr, s, healthy_trace))
     problems += _length_problems(s, checks, d)
     problems += _plausibility_problems(mean, stderr, s, checks, init_loss)
+    if any(p.category == ShortChainWarning.__name__ for p in problems):
+        # chains still spreading from w* raise loss and distance together, which the share reads as a
+        # dependence on γ: the short-chain warning is the one to act on
+        problems = [p for p in problems if p.category != LocalizationWarning.__name__]
     return tuple(problems)
 
 

@@ -4,9 +4,11 @@ Each guard is triggered by the input that used to pass silently; healthy runs el
 with every warning turned into an error, so the guards are also quiet where they should be.
 """
 
+import dataclasses
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -336,3 +338,23 @@ def test_an_estimate_the_localization_sets_is_flagged_and_the_share_matches_its_
     found = runs[1000.0][1]
     assert categories(found) == {slt.warnings.LocalizationWarning}
     assert "d ln λ̂ / d ln γ = -0.8" in " ".join(m for _, m in found)
+
+
+def test_a_run_still_spreading_from_w_star_shows_the_short_chain_warning_not_the_localization_one():
+    from slt.estimators.diagnostics import diagnose
+    from slt.estimators.llc import LLCChecks, LLCSettings, llc_problems
+
+    settings = LLCSettings(
+        n_beta=100.0, n_beta_source="given", localization=1.0, step_size=1e-4, step_size_source="given",
+        sampler="sgld", sampler_options={}, num_chains=4, num_draws=100, num_burnin=100,
+        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=20,
+        device="cpu",
+    )  # fmt: skip
+    trace = np.random.default_rng(0).normal(10.0, 0.5, size=(4, 100))
+    d = diagnose(trace, np.full(4, -1), np.zeros(4, dtype=bool))
+    high_share = LLCChecks(localization_share=2.0, localization_share_stderr=0.2)
+    alone = llc_problems(d, 10.0, 0.1, settings, high_share)
+    assert [p.category for p in alone] == ["LocalizationWarning"]
+    # τ = 0.02 is below the automatic floor and the chains spread 90% as far as free diffusion
+    spreading = llc_problems(d, 10.0, 0.1, settings, dataclasses.replace(high_share, free_diffusion=0.9))
+    assert [p.category for p in spreading] == ["ShortChainWarning"]
