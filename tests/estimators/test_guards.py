@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import slt
-from slt.estimators.llc import LLCResult
+from slt.estimators.llc import LLCResult, LLCSettings
 from slt.oracles import deep_linear_network, linear_regression_data
 from tests.conftest import Quadratic, gaussian_nll, least_squares_regression, quadratic_loss
 
@@ -225,17 +225,23 @@ def test_a_short_given_length_on_a_regular_model_is_quiet_and_right():
     assert result.mean == pytest.approx(exact, rel=0.1)
 
 
+def given_sgld_settings(**changes) -> LLCSettings:
+    """The settings of an SGLD run of given step and length at nβ = 100, γ = 1, with ``changes``."""
+    settings = LLCSettings(
+        n_beta=100.0, n_beta_source="given", localization=1.0, step_size=1e-3, step_size_source="given",
+        sampler="sgld", sampler_options={}, num_chains=4, num_draws=100, num_burnin=100,
+        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=20,
+        device="cpu",
+    )  # fmt: skip
+    return dataclasses.replace(settings, **changes)
+
+
 def test_free_diffusion_is_one_for_a_random_walk_and_small_for_a_confined_chain():
     from dataclasses import replace
 
-    from slt.estimators.llc import LLCSettings, free_diffusion_fraction
+    from slt.estimators.llc import free_diffusion_fraction
 
-    settings = LLCSettings(
-        n_beta=100.0, n_beta_source="given", localization=1.0, step_size=1e-3, step_size_source="given",
-        sampler="sgld", sampler_options={}, num_chains=8, num_draws=400, num_burnin=100,
-        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=200,
-        device="cpu",
-    )  # fmt: skip
+    settings = given_sgld_settings(step_size=1e-3, num_chains=8, num_draws=400, num_params=200)
     g = torch.Generator().manual_seed(0)
     center = torch.randn(200, generator=g)
     walked = center + (1e-3 * 500) ** 0.5 * torch.randn(8, 200, generator=g)  # 500 steps of variance ε
@@ -342,14 +348,9 @@ def test_an_estimate_the_localization_sets_is_flagged_and_the_share_matches_its_
 
 def test_a_run_still_spreading_from_w_star_shows_the_short_chain_warning_not_the_localization_one():
     from slt.estimators.diagnostics import diagnose
-    from slt.estimators.llc import LLCChecks, LLCSettings, llc_problems
+    from slt.estimators.llc import LLCChecks, llc_problems
 
-    settings = LLCSettings(
-        n_beta=100.0, n_beta_source="given", localization=1.0, step_size=1e-4, step_size_source="given",
-        sampler="sgld", sampler_options={}, num_chains=4, num_draws=100, num_burnin=100,
-        num_steps_bw_draws=1, batch_size=None, seed=0, chain_mode="sequential", num_params=20,
-        device="cpu",
-    )  # fmt: skip
+    settings = given_sgld_settings(step_size=1e-4, num_chains=4, num_draws=100, num_params=20)
     trace = np.random.default_rng(0).normal(10.0, 0.5, size=(4, 100))
     d = diagnose(trace, np.full(4, -1), np.zeros(4, dtype=bool))
     high_share = LLCChecks(localization_share=2.0, localization_share_stderr=0.2)
