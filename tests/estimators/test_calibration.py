@@ -221,6 +221,11 @@ def test_unstable_chains_are_those_whose_own_indicator_passes_the_stability_limi
     early = grad_sq.copy()
     early[1, :10] *= 100
     assert unstable_chains(step, n_beta, early, trace)[0].tolist() == [False, False, True, False]
+    # a chain past the limit only because its own λ̂ is low (its loss below the others') is kept
+    low = trace.copy()
+    low[0] /= 20
+    flags, own = unstable_chains(step, n_beta, grad_sq, low)
+    assert own[0] > STABILITY_LIMIT and flags.tolist() == [False, False, True, False]
     # every chain past the limit: none is left out (the run's own step warning speaks for it)
     assert not unstable_chains(step, n_beta, grad_sq * 60, trace)[0].any()
     # no gradient norms recorded (NaN), or a chain whose λ̂ is not positive: nothing to judge
