@@ -62,9 +62,13 @@ def move_to(batch: Batch, device: torch.device, dtype: torch.dtype | None = None
     """Move every tensor inside ``batch`` (nested tuples, lists, dicts) to ``device``.
 
     With ``dtype``, floating-point tensors are also cast to it (the model's dtype: float32 data for a
-    float64 model); integer tensors such as token ids and class labels keep theirs.
+    float64 model); integer tensors such as token ids and class labels keep theirs. A tensor made in
+    :func:`torch.inference_mode` is copied (outside it, as the estimators run): autograd cannot save it
+    for the backward pass.
     """
     if isinstance(batch, Tensor):
+        if batch.is_inference():
+            batch = batch.clone()
         if dtype is not None and batch.is_floating_point() and batch.dtype != dtype:
             return batch.to(device, dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)

@@ -34,8 +34,10 @@ def prepared_sampler(
 
     Inside the block the global torch, numpy and Python RNGs (and the device's) are seeded from
     ``seed``; after it they are exactly as the caller left them, so estimating never changes a training
-    run's random stream. The model itself is copied by the sampler and never modified. ``options``
-    (``n``, ``n_unit``, ``eval_samples``, ``model_mode``) go to :class:`PosteriorSampler`.
+    run's random stream. Gradients are on inside the block, also when the caller is in
+    :func:`torch.no_grad` or :func:`torch.inference_mode` (an evaluation block of a training loop); the
+    caller's grad mode is back after it. The model itself is copied by the sampler and never modified.
+    ``options`` (``n``, ``n_unit``, ``eval_samples``, ``model_mode``) go to :class:`PosteriorSampler`.
 
     Raises
     ------
@@ -47,7 +49,7 @@ def prepared_sampler(
     """
     seed = check_seed(seed)
     device = resolve_device(model, device)
-    with isolated_rng(seed, (device,)):
+    with torch.inference_mode(False), torch.enable_grad(), isolated_rng(seed, (device,)):
         yield PosteriorSampler(
             model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, **options
         )

@@ -199,6 +199,28 @@ def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.SLTWarning")
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_an_estimate_from_an_evaluation_block_runs_with_gradients_and_gives_the_same_numbers(mode):
+    # an evaluation block of a training loop: estimators turn gradients on for themselves (they raised
+    # autograd's "element 0 of tensors does not require grad") and give back the caller's grad mode;
+    # data made inside torch.inference_mode is copied, since autograd cannot save it
+    torch.manual_seed(0)
+    model = Recorder()
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    outside = slt.estimate_llc(model, (x, y), loss_fn="mse", **FAST)
+    with mode():
+        inside = slt.estimate_llc(model, (x.clone(), y.clone()), loss_fn="mse", **FAST)
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode is torch.inference_mode)
+    np.testing.assert_array_equal(inside.trace, outside.trace)
+    settings = {k: v for k, v in FAST.items() if k != "progress"}
+    monitor = slt.LLCMonitor((x, y), loss_fn="mse", every=1, **settings)
+    with mode():
+        monitor(model, 1)
+    assert [row.status for row in monitor.records] == ["done"]
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.SLTWarning")
 def test_train_mode_sampling_leaves_every_submodules_mode_untouched():
     torch.manual_seed(0)
     model = Recorder()
