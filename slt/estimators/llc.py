@@ -503,10 +503,18 @@ def summarize_run(
             if ((run.divergence_step >= 0) & (run.divergence_step <= 5)).all()
             else ""
         )
+        summed = _batch_size_problem(checks.batch_size_dependence) if checks is not None else None
         raise ChainDivergenceError(
             f"all {len(run.divergence_step)} chains diverged (non-finite loss at steps {steps}) with "
-            f"step_size={settings.step_size:.3g}; try a smaller step size (for example "
-            f"{settings.step_size / 10:.3g}) or use slt.calibrate{at_once}"
+            f"step_size={settings.step_size:.3g}; "
+            + (
+                f"first fix the loss, which is likely why: {summed}. Average over the batch "
+                "(reduction='mean') instead of summing: a summed loss's gradient, and with it the step's "
+                "stability limit, is off by that factor"
+                if summed
+                else f"try a smaller step size (for example {settings.step_size / 10:.3g}) or use "
+                f"slt.calibrate{at_once}"
+            )
         )
     per_chain = np.full(trace.shape[0], np.nan)
     per_chain[healthy] = trace[healthy].mean(axis=1)
@@ -948,18 +956,27 @@ def _plausibility_problems(
                 "sampler='sgld'",
             )
         )
-    ratio = checks.batch_size_dependence
-    if math.isfinite(ratio) and not 1 / MAX_BATCH_SIZE_DEPENDENCE < ratio < MAX_BATCH_SIZE_DEPENDENCE:
-        trend = "grows" if ratio > 1 else "shrinks"
+    summed = _batch_size_problem(checks.batch_size_dependence)
+    if summed:
         problems.append(
             Problem.of(
                 LossFunctionWarning,
-                f"loss_fn {trend} with the batch size (on a batch it is {ratio:.3g}× the mean over its two "
-                "halves): slt needs the mean loss per sample, and λ̂ scales with the error. Average over the "
-                "batch (reduction='mean') instead of summing",
+                f"{summed}, and λ̂ scales with the error. Average over the batch (reduction='mean') instead "
+                "of summing",
             )
         )
     return problems
+
+
+def _batch_size_problem(ratio: float) -> str | None:
+    """What is wrong with a loss whose value on a batch is ``ratio`` × the mean over its halves, or None."""
+    if not (math.isfinite(ratio) and not 1 / MAX_BATCH_SIZE_DEPENDENCE < ratio < MAX_BATCH_SIZE_DEPENDENCE):
+        return None
+    trend = "grows" if ratio > 1 else "shrinks"
+    return (
+        f"loss_fn {trend} with the batch size (on a batch it is {ratio:.3g}× the mean over its two halves): "
+        "slt needs the mean loss per sample"
+    )
 
 
 def estimate_llc(

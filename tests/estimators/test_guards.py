@@ -80,14 +80,20 @@ def test_a_summed_loss_is_flagged():
     model = nn.Linear(3, 1)
     with torch.no_grad():
         y = model(x) + 0.1 * torch.randn(400, 1, generator=g)
+
+    def summed(m, b):
+        return ((m(b[0]) - b[1]) ** 2).sum()
+
     result, found = caught(
-        lambda: slt.estimate_llc(
-            model, (x, y), loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(), num_draws=100, progress=False
-        )
+        lambda: slt.estimate_llc(model, (x, y), loss_fn=summed, num_draws=100, progress=False)
     )
     assert slt.warnings.LossFunctionWarning in categories(found)
     assert any("grows with the batch size" in m and "reduction='mean'" in m for _, m in found)
     assert result.checks.batch_size_dependence == pytest.approx(2.0, rel=0.05)
+    # at a given step the summed loss's gradient is batch-size times too large: every chain diverges, and
+    # the error names the loss rather than only the step
+    with pytest.raises(slt.ChainDivergenceError, match=r"first fix the loss.*grows with the batch size"):
+        slt.estimate_llc(model, (x, y), loss_fn=summed, step_size=1e-3, num_draws=100, progress=False)
 
 
 def test_one_chain_says_agreement_was_never_checked():
