@@ -365,3 +365,17 @@ def test_a_run_still_spreading_from_w_star_shows_the_short_chain_warning_not_the
     # τ = 0.02 is below the automatic floor and the chains spread 90% as far as free diffusion
     spreading = llc_problems(d, 10.0, 0.1, settings, dataclasses.replace(high_share, free_diffusion=0.9))
     assert [p.category for p in spreading] == ["ShortChainWarning"]
+
+
+def test_the_localization_warning_allows_for_how_few_chains_measured_the_share():
+    # Student's t over the chains: 2.0 ± 0.4 clears 0.5 with four chains (t = 3.18), not with two
+    # (t = 12.7); with two chains a transformer read 5.5 ± 2 where doubling γ changed λ̂ by 0.72
+    from slt.estimators.diagnostics import diagnose
+    from slt.estimators.llc import LLCChecks, llc_problems
+
+    checks = LLCChecks(localization_share=2.0, localization_share_stderr=0.4)
+    for chains, expected in ((4, ["LocalizationWarning"]), (2, [])):
+        settings = given_sgld_settings(step_size=1e-2, num_chains=chains, num_draws=100, num_params=20)
+        trace = np.random.default_rng(0).normal(10.0, 0.5, size=(chains, 100))
+        d = diagnose(trace, np.full(chains, -1), np.zeros(chains, dtype=bool))
+        assert [p.category for p in llc_problems(d, 10.0, 0.1, settings, checks)] == expected
