@@ -880,8 +880,18 @@ def _halves_rise(trace: np.ndarray) -> tuple[float, float]:
 
 
 def _plausibility_problems(
-    mean: float, stderr: float, s: LLCSettings, checks: LLCChecks, init_loss: float, chains: int
+    mean: float,
+    stderr: float,
+    s: LLCSettings,
+    checks: LLCChecks,
+    init_loss: float,
+    chains: int | None = None,
 ) -> list[Problem]:
+    """λ̂ above d/2, chains that left the basin, λ̂ set by the localization, a large step bias, a summed loss.
+
+    ``chains`` is the number of chains the estimate uses (default ``s.num_chains``).
+    """
+    chains = s.num_chains if chains is None else chains
     problems = []
     margin = 2 * stderr if math.isfinite(stderr) else 0.0
     if mean - margin > MAX_OVER_HALF_D * s.num_params / 2:
