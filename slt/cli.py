@@ -262,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``slt`` command; returns the exit status (0 success, 1 some checkpoints failed, 2 error)."""
+    """Run the ``slt`` command; returns the exit status.
+
+    0 success, 1 some checkpoints failed, 2 an error, 130 interrupted with Ctrl-C.
+    """
     from slt.sweeps.user_code import safe_path
 
     parser = build_parser()
@@ -274,6 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
         print(f"slt {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished checkpoint is already committed to the store
+        resume = (
+            f"; every finished checkpoint is kept in {args.out}: run the same command again to resume"
+            if args.command == "analyze"
+            else ""
+        )
+        print(f"slt {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def _analyze(args: argparse.Namespace) -> int:

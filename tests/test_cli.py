@@ -354,3 +354,25 @@ def test_compile_is_left_to_the_sweep_unless_a_flag_says(flag, expected, tmp_pat
     with pytest.raises(RuntimeError, match="captured"):
         cli.main(argv)
     assert seen.get("compile") is expected
+
+
+def test_ctrl_c_exits_130_with_one_line_that_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    # a KeyboardInterrupt printed torch's whole traceback; every finished checkpoint is already committed
+    from slt.sweeps import trajectory
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trajectory, "analyze_checkpoints", interrupted)
+    train_and_save(tmp_path / "ckpts", count=1)
+    store = str(tmp_path / "r.sqlite")
+    argv = [
+        "analyze", str(tmp_path / "ckpts"), "--model", "tests.sweeps.fixtures:make_model",
+        "--data", "tests.sweeps.fixtures:regression_data", "--loss", "mse", "--out", store, "--no-progress",
+    ]  # fmt: skip
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"slt analyze: interrupted; every finished checkpoint is kept in {store}: run the same command "
+        "again to resume"
+    )

@@ -94,6 +94,8 @@ def choose_sweep_settings(
     loss_fn: Any,
     llc_settings: Mapping[str, Any],
     seed: int,
+    *,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose the sweep's γ, step size and lengths at its probe checkpoints (see the module docstring).
 
@@ -109,6 +111,9 @@ def choose_sweep_settings(
         The LLC settings the user gave; those among :data:`CHOSEN_SETTINGS` are kept, not chosen.
     seed : int
         The sweep's seed (the trials use the LLC seed of the last probe checkpoint).
+    progress : bool
+        Show a progress bar for each trial (labelled with its γ and probe), so that the minutes a choice
+        can take are not silent.
 
     Returns
     -------
@@ -124,7 +129,14 @@ def choose_sweep_settings(
     if not models:
         return {}, {"skipped": "no checkpoint could be loaded to choose the settings at"}
     return choose_settings_at(
-        models, [records[i].step for i in probes], data, loss_fn, llc_settings, seed, stacklevel=4
+        models,
+        [records[i].step for i in probes],
+        data,
+        loss_fn,
+        llc_settings,
+        seed,
+        stacklevel=4,
+        progress=progress,
     )
 
 
@@ -137,6 +149,7 @@ def choose_settings_at(
     seed: int,
     *,
     stacklevel: int = 2,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose γ, step size and lengths at ``models`` (the probes), by the rule of the module docstring.
 
@@ -146,7 +159,7 @@ def choose_settings_at(
         The probe models, in step order (left exactly as they were).
     steps : sequence of int
         Their training steps (recorded, and the last seeds the trials).
-    data, loss_fn, llc_settings, seed
+    data, loss_fn, llc_settings, seed, progress
         As for :func:`choose_sweep_settings`.
 
     Returns
@@ -170,7 +183,9 @@ def choose_settings_at(
     passed = {k: llc_settings[k] for k in _PASSED if k in llc_settings}
     trial_seed = checkpoint_seed(seed, int(steps[-1]))  # a bad seed fails here, loudly
     try:
-        choice = _choose(list(models), data, loss_fn, choose_gamma, llc_settings, passed, trial_seed)
+        choice = _choose(
+            list(models), data, loss_fn, choose_gamma, llc_settings, passed, trial_seed, progress
+        )
     except (ValueError, RuntimeError) as exc:  # ChainDivergenceError is a RuntimeError
         reason = f"{type(exc).__name__}: {exc}"
         warnings.warn(
@@ -199,6 +214,7 @@ def _choose(
     llc_settings: Mapping[str, Any],
     passed: Mapping[str, Any],
     seed: int,
+    progress: bool = False,
 ) -> LocalizationChoice:
     return choose_localization(
         models,
@@ -209,6 +225,7 @@ def _choose(
         seed=seed,
         max_seconds=None,  # a time budget would make the choice depend on the machine's speed
         first_segment=FIRST_SEGMENT,
+        progress=progress,
         **passed,
     )
 

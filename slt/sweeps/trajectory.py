@@ -113,7 +113,8 @@ def analyze_checkpoints(
         processes use the same number of torch threads: multi-threaded reductions of large models
         can differ in the last bits).
     progress : bool
-        Show a progress bar (with ETA) over checkpoints.
+        Show a progress bar (with ETA) over checkpoints, and one for each trial while the settings are
+        chosen at reference checkpoints (which can take minutes).
     dos_settings : dict, optional
         Keyword arguments of :func:`slt.estimate_dos`.
     measure_settings : dict of str to dict, optional
@@ -220,7 +221,9 @@ def analyze_checkpoints(
             fixed, chosen = stored_choice(
                 result_store,
                 request,
-                lambda: choose_sweep_settings(records, load, data, loss_fn, spec.llc_settings, seed),
+                lambda: choose_sweep_settings(
+                    records, load, data, loss_fn, spec.llc_settings, seed, progress=progress
+                ),
                 run=run,
             )
             if fixed:
@@ -266,8 +269,9 @@ def analyze_checkpoints(
         again = (
             f" {earlier} failed in an earlier run; retry_failed=True measures them again." if earlier else ""
         )
+        others = "; the others completed" if len(failed) < len(records) else ""
         warnings.warn(
-            f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}); the others completed. "
+            f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}){others}. "
             f"First error (step {failed[0].step}): {failed[0].error}. See Trajectory.failures.{again}",
             CheckpointFailedWarning,
             stacklevel=2,
