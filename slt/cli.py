@@ -354,6 +354,11 @@ def _analyze(args: argparse.Namespace) -> int:
                 reference=None if args.reference == "none" else "auto",
                 **settings,
             )
+    except KeyboardInterrupt:  # leave at once: queued checkpoints are cancelled, the workers end with us
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            executor = None
+        raise
     finally:
         if executor is not None:
             executor.shutdown()

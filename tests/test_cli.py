@@ -370,7 +370,11 @@ def test_ctrl_c_exits_130_with_one_line_that_says_how_to_resume(tmp_path, monkey
         "analyze", str(tmp_path / "ckpts"), "--model", "tests.sweeps.fixtures:make_model",
         "--data", "tests.sweeps.fixtures:regression_data", "--loss", "mse", "--out", store, "--no-progress",
     ]  # fmt: skip
-    assert cli.main(argv) == 130
+    try:
+        status = cli.main(argv)
+    except KeyboardInterrupt:  # else pytest would stop the whole session here
+        pytest.fail("Ctrl-C escaped cli.main")
+    assert status == 130
     err = capsys.readouterr().err
     assert err.strip() == (
         f"slt analyze: interrupted; every finished checkpoint is kept in {store}: run the same command "

@@ -503,14 +503,17 @@ def summarize_run(
             if ((run.divergence_step >= 0) & (run.divergence_step <= 5)).all()
             else ""
         )
-        summed = _batch_size_problem(checks.batch_size_dependence) if checks is not None else None
+        ratio = checks.batch_size_dependence if checks is not None else math.nan
+        # a loss that grows with the batch (a sum) has a gradient about batch-size times too large
+        summed = _batch_size_problem(ratio) if ratio > MAX_BATCH_SIZE_DEPENDENCE else None
+        batch = f" ({settings.batch_size})" if settings.batch_size else ""
         raise ChainDivergenceError(
             f"all {len(run.divergence_step)} chains diverged (non-finite loss at steps {steps}) with "
             f"step_size={settings.step_size:.3g}; "
             + (
                 f"first fix the loss, which is likely why: {summed}. Average over the batch "
-                "(reduction='mean') instead of summing: a summed loss's gradient, and with it the step's "
-                "stability limit, is off by that factor"
+                "(reduction='mean') instead of summing: a summed loss's gradient is about batch-size"
+                f"{batch} times too large for the step"
                 if summed
                 else f"try a smaller step size (for example {settings.step_size / 10:.3g}) or use "
                 f"slt.calibrate{at_once}"
@@ -972,13 +975,14 @@ def _plausibility_problems(
                 "sampler='sgld'",
             )
         )
-    summed = _batch_size_problem(checks.batch_size_dependence)
-    if summed:
+    ratio = checks.batch_size_dependence
+    scaled = _batch_size_problem(ratio)
+    if scaled:
+        fix = "instead of summing" if ratio > 1 else "and divide by the batch size only once"
         problems.append(
             Problem.of(
                 LossFunctionWarning,
-                f"{summed}, and λ̂ scales with the error. Average over the batch (reduction='mean') instead "
-                "of summing",
+                f"{scaled}, and λ̂ scales with the error. Average over the batch (reduction='mean') {fix}",
             )
         )
     return problems

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -55,6 +56,9 @@ def _init_worker(
 
     from slt.sweeps import user_code
 
+    # Ctrl-C reaches every process of the terminal's foreground group: the parent stops the sweep (and
+    # says how to resume), and a worker would only print its own KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path[:] = path
     user_code.install(files or {})
     torch.set_num_threads(threads)

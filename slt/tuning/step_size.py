@@ -175,10 +175,10 @@ def unstable_chains(
     for the others and an exact target of 8.0; a full-batch chain at a third of the step, started from its
     last position, fell back to 7 within a simulated time of 0.005.
 
-    A chain counts only when its :math:`\hat\lambda` is also above the median of the other chains' (over
-    the same draws): the indicator divides by the chain's own :math:`\hat\lambda`, so a chain whose loss
-    fell below the others' on a short run (own :math:`\hat\lambda` 0.52 against 5.1, indicator 0.96, on a
-    16-unit classifier with BatchNorm at 200 draws) would otherwise be left out as oscillating.
+    A chain counts only when its :math:`\hat\lambda` is also above the median of the chains within the
+    limit (over the same draws): the indicator divides by the chain's own :math:`\hat\lambda`, so a chain
+    whose loss fell below the others' on a short run (own :math:`\hat\lambda` 0.52 against 5.1, indicator
+    0.96, on a 16-unit classifier with BatchNorm at 200 draws) would otherwise be left out as oscillating.
 
     Never every chain: when every chain with a finite indicator is past the limit, none is (there is
     no stable chain to keep; the predicted bias of the whole run, :data:`MAX_BIAS_INDICATOR
@@ -213,15 +213,12 @@ def unstable_chains(
             own_llcs[chain] = float(own.mean())
             indicators[chain] = bias_indicator(step_size, n_beta, grad_norm_sq[chain, half:], own_llcs[chain])
     finite = np.isfinite(indicators)
-    unstable = finite & (indicators > STABILITY_LIMIT)
-    if unstable.sum() == finite.sum():
-        unstable[:] = False
-    for chain in np.flatnonzero(unstable):
-        others = np.delete(own_llcs, chain)
-        others = others[np.isfinite(others)]
-        if not own_llcs[chain] > np.median(others):  # its loss is not above the others'
-            unstable[chain] = False
-    return unstable, indicators
+    past = finite & (indicators > STABILITY_LIMIT)
+    if past.sum() == finite.sum():
+        return np.zeros(chains, dtype=bool), indicators
+    # past the limit and above the chains within it: a chain whose own λ̂ is low is not oscillating
+    stable_level = np.median(own_llcs[finite & ~past])
+    return past & (own_llcs > stable_level), indicators
 
 
 def largest_preconditioner(

@@ -226,6 +226,13 @@ def test_unstable_chains_are_those_whose_own_indicator_passes_the_stability_limi
     low[0] /= 20
     flags, own = unstable_chains(step, n_beta, grad_sq, low)
     assert own[0] > STABILITY_LIMIT and flags.tolist() == [False, False, True, False]
+    # the level is that of the chains within the limit: three oscillating chains high above the fourth
+    # are all left out, though each is below the median of the other three
+    many = trace.copy()
+    many[1:] *= np.array([[20.0], [25.0], [30.0]]) / 4
+    grads = grad_sq.copy()
+    grads[1:] *= 100
+    assert unstable_chains(step, n_beta, grads, many)[0].tolist() == [False, True, True, True]
     # every chain past the limit: none is left out (the run's own step warning speaks for it)
     assert not unstable_chains(step, n_beta, grad_sq * 60, trace)[0].any()
     # no gradient norms recorded (NaN), or a chain whose λ̂ is not positive: nothing to judge

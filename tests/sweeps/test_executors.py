@@ -77,3 +77,20 @@ def test_unpicklable_settings_fail_with_a_hint_on_worker_processes(tmp_path):
         )
     (failure,) = trajectory.failures
     assert failure.error.startswith("the worker failed:") and "module level" in failure.error
+
+
+def test_a_pool_worker_leaves_ctrl_c_to_the_parent():
+    # Ctrl-C reaches the whole foreground group: each worker printed its own KeyboardInterrupt traceback
+    import signal
+
+    import torch
+
+    from slt.sweeps.executors import _init_worker
+
+    before = signal.getsignal(signal.SIGINT), list(sys.path), torch.get_num_threads()
+    try:
+        _init_worker(list(sys.path), before[2])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        sys.path[:] = before[1]
