@@ -1055,9 +1055,10 @@ def estimate_llc(
         What n counts. ``"samples"``: rows of the data (sequences); ``"tokens"``: the tokens the loss
         averages over (``labels`` other than -100, without each sequence's first for causal language
         models; else the attention mask). ``"auto"`` counts tokens for token data (dict batches with
-        ``input_ids``) and samples otherwise: n·L_n is then the negative log-likelihood of the data, as the
-        tempered posterior needs (see the docs page on n for sequence data). Recorded in
-        ``settings.n_unit``.
+        ``input_ids``, or integer ``(sequences, positions)`` ids alone or with labels of their shape;
+        ids alone, or labels equal to them, lose each sequence's first) and samples otherwise: n·L_n is then
+        the negative log-likelihood of the data, as the tempered posterior needs (see the docs page on n
+        for sequence data). Recorded in ``settings.n_unit``.
     eval_samples : int
         For a stream only: the samples read to evaluate L_n(w*) (finite data is read whole).
     model_mode : {"eval", "train"}

@@ -20,7 +20,16 @@ from torch import Tensor, nn
 from slt.sampling.data import batch_length
 from slt.sampling.losses import IGNORE_INDEX
 
-__all__ = ["N_UNITS", "UnitCounter", "check_n", "resolve_n_unit", "shifts_labels", "count_tokens"]
+__all__ = [
+    "N_UNITS",
+    "UnitCounter",
+    "check_n",
+    "resolve_n_unit",
+    "shifts_labels",
+    "labels_are_inputs",
+    "is_token_sequences",
+    "count_tokens",
+]
 
 #: The accepted values of ``n_unit``; ``"auto"`` resolves to one of the other two.
 N_UNITS = ("auto", "samples", "tokens")
@@ -29,9 +38,11 @@ N_UNITS = ("auto", "samples", "tokens")
 def resolve_n_unit(n_unit: str, batch: Any) -> str:
     """``"samples"`` or ``"tokens"``: ``n_unit`` itself, or for ``"auto"`` what ``batch`` calls for.
 
-    ``"auto"`` counts tokens for token data (a dict batch with ``input_ids``, the layout of a
-    tokenizer's output and of Hugging Face language models) and samples otherwise, which leaves every
-    other estimate as it was.
+    ``"auto"`` counts tokens for token data: a dict batch with ``input_ids`` (the layout of a
+    tokenizer's output and of Hugging Face language models), or an ``(inputs, targets)`` pair of integer
+    tensors of one shape ``(sequences, positions)`` (token ids and a label per position) or such ids
+    alone, ``(ids,)`` (see :func:`is_token_sequences`); samples otherwise (a classifier's or a
+    regression's rows).
 
     Raises
     ------
@@ -45,7 +56,56 @@ def resolve_n_unit(n_unit: str, batch: Any) -> str:
         )
     if n_unit != "auto":
         return n_unit
-    return "tokens" if isinstance(batch, Mapping) and "input_ids" in batch else "samples"
+    if isinstance(batch, Mapping) and "input_ids" in batch:
+        return "tokens"
+    return "tokens" if is_token_sequences(batch) else "samples"
+
+
+def is_token_sequences(batch: Any) -> bool:
+    """Whether a tuple batch holds token sequences: ``(ids,)`` or ``(ids, labels)`` of integer ``(B, T)``.
+
+    Token ids of shape ``(sequences, positions)``, ``positions > 1``, alone (a model or loss that predicts
+    each token from the ones before it, as devinterp's language-model examples take them) or with a
+    label per position of the same shape (the next token, or the ids again for a model that shifts them),
+    as a language model written by hand takes them. A classifier's integer inputs have targets of one
+    dimension (one label per row), so they do not match.
+    """
+    if not (isinstance(batch, (tuple, list)) and len(batch) in (1, 2)):
+        return False
+    ids = batch[0]
+    if not (isinstance(ids, Tensor) and _is_integer(ids) and ids.ndim == 2 and ids.shape[1] > 1):
+        return False
+    if len(batch) == 1:
+        return True
+    labels = batch[1]
+    return isinstance(labels, Tensor) and _is_integer(labels) and labels.shape == ids.shape
+
+
+def _is_integer(tensor: Tensor) -> bool:
+    return not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+
+
+def labels_are_inputs(batch: Any) -> bool:
+    """Whether the batch's labels are its token ids themselves, so the model must shift them to predict.
+
+    A dict's ``labels`` equal to its ``input_ids``, token ids alone ``(ids,)``, or a pair
+    ``(ids, labels)`` (:func:`is_token_sequences`) whose labels equal the ids. A model that compared
+    each position's output with that position's own token would learn to copy its input; the model (or
+    its loss) predicts token t from the tokens before it, and each sequence's first label is never
+    predicted, as for Hugging Face causal language models.
+    """
+    if isinstance(batch, Mapping):
+        ids, labels = batch.get("input_ids"), batch.get("labels")
+        return (
+            isinstance(ids, Tensor)
+            and isinstance(labels, Tensor)
+            and ids.ndim == 2
+            and ids.shape == labels.shape
+            and bool(torch.equal(ids, labels))
+        )
+    if not is_token_sequences(batch):
+        return False
+    return len(batch) == 1 or bool(torch.equal(batch[0], batch[1]))
 
 
 def shifts_labels(model: nn.Module) -> bool:
@@ -66,10 +126,11 @@ def count_tokens(batch: Any, shift: bool = False) -> int:
     batch : dict or tuple of Tensor
         A dict counts its ``labels`` other than -100 (the positions a Hugging Face loss skips), else
         the ones of its ``attention_mask``, else the entries of its ``input_ids``; a tuple
-        ``(inputs, targets)`` counts the targets' entries other than -100.
+        ``(inputs, targets)`` counts the targets' entries other than -100, token ids alone ``(ids,)``
+        their entries.
     shift : bool
         Leave out the first position of every sequence (causal language models, see
-        :func:`shifts_labels`).
+        :func:`shifts_labels` and :func:`labels_are_inputs`).
 
     Raises
     ------
@@ -87,6 +148,8 @@ def count_tokens(batch: Any, shift: bool = False) -> int:
             tokens, mask = torch.ones_like(tokens), True
     elif isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
         tokens = batch[1]
+    elif is_token_sequences(batch):  # (ids,): every position counts
+        tokens, mask = torch.ones_like(batch[0]), True
     if tokens is None:
         raise ValueError(
             f"n_unit='tokens' cannot tell how many tokens a batch of type {type(batch).__name__} holds "
@@ -109,17 +172,25 @@ class UnitCounter:
     ----------
     unit : str
         ``"samples"`` or ``"tokens"`` once a batch was counted (``n_unit`` itself before, when explicit).
+    shift : bool
+        Whether each sequence's first label is left out: for a causal language model by its class name
+        (:func:`shifts_labels`), or, decided on the first batch, for labels that are the token ids
+        themselves (:func:`labels_are_inputs`).
     """
 
     def __init__(self, n_unit: str, model: nn.Module):
         self.requested = n_unit
         self.unit = resolve_n_unit(n_unit, None) if n_unit != "auto" else "auto"
         self.shift = shifts_labels(model)
+        self._first = True
 
     def __call__(self, batch: Any) -> int:
         """The number of units in ``batch``."""
         if self.unit == "auto":
             self.unit = resolve_n_unit("auto", batch)
+        if self._first:
+            self._first = False
+            self.shift = self.shift or labels_are_inputs(batch)
         if self.unit == "samples":
             return batch_length(batch)
         return count_tokens(batch, self.shift)

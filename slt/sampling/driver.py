@@ -144,7 +144,9 @@ class PosteriorSampler:
     n_unit : {"auto", "samples", "tokens"}
         What ``n`` counts (see :mod:`slt.sampling.counting`): ``"samples"`` the rows of the data
         (sequences), ``"tokens"`` the tokens the loss averages over; ``"auto"`` counts tokens for token
-        data (dict batches with ``input_ids``) and samples otherwise. :math:`L_n(w^*)` is the mean
+        data (dict batches with ``input_ids``, or integer token ids of shape (sequences, positions), alone or
+        with labels of their shape) and
+        samples otherwise. :math:`L_n(w^*)` is the mean
         per unit (batches weighted by their tokens with ``"tokens"``).
     eval_samples : int
         For streams: how many samples the evaluation of :math:`L_n(w^*)` reads (finite data is read whole).
