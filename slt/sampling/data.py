@@ -746,6 +746,8 @@ def _checked_tensors(
         named = [(f"data[{i}]", v) for i, v in enumerate(tensors)]
     if len(named) == 0:
         raise ValueError("data is empty (no tensors); pass (inputs, targets) tensors or a dict of them")
+    if not isinstance(tensors, Mapping) and isinstance(named[0][1], (Mapping, tuple, list)):
+        raise TypeError(_rows_message(tensors))
     for name, t in named:
         if not isinstance(t, Tensor):
             hint = (
@@ -765,6 +767,17 @@ def _checked_tensors(
     if n == 0:
         raise ValueError("data is empty (0 samples); pass at least one sample")
     return keys, named, n
+
+
+def _rows_message(rows: Sequence[Any]) -> str:
+    kind = type(rows[0]).__name__
+    return (
+        f"data is a {type(rows).__name__} of {len(rows)} {kind}s, but slt reads a tuple or dict of tensors "
+        "whose first dimension is the samples (columns, not rows). For a list of samples, stack them "
+        "with torch.utils.data.default_collate(rows) (a dict or tuple of tensors, the fastest form) or "
+        "pass DataLoader(rows, batch_size=...); for a list of batches, concatenate them "
+        "(torch.cat per field) or pass the DataLoader that made them"
+    )
 
 
 def check_data(data: Any) -> None:

@@ -144,3 +144,18 @@ def test_a_float64_model_takes_float32_data():
     with torch.no_grad():
         expected = float(nn.functional.mse_loss(model(x.double()), y.double()))
     assert sampler.init_loss == pytest.approx(expected, rel=1e-12)  # the loss in float64, not float32
+
+
+@pytest.mark.parametrize("row", [lambda x, y: {"x": x, "y": y}, lambda x, y: (x, y)])
+def test_a_list_of_rows_is_refused_with_the_way_to_stack_them(row):
+    x, y = torch.randn(6, 3), torch.randn(6, 1)
+    rows = [row(a, b) for a, b in zip(x, y)]
+
+    def loss(model, batch):
+        inputs, targets = (batch["x"], batch["y"]) if isinstance(batch, dict) else batch
+        return ((model(inputs) - targets) ** 2).mean()
+
+    with pytest.raises(TypeError, match=r"list of 6 (dict|tuple)s.*default_collate\(rows\)"):
+        PosteriorSampler(nn.Linear(3, 1), rows, loss)
+    stacked = PosteriorSampler(nn.Linear(3, 1), torch.utils.data.default_collate(rows), loss)  # as told
+    assert stacked.n == 6
