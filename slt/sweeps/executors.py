@@ -123,6 +123,7 @@ class RayExecutor:
         self._started_ray = False
         self._remote: dict[Callable[..., Any], Any] = {}
         self._shared: dict[int, tuple[Any, Any]] = {}
+        self._pending: set[_RayTaskFuture] = set()
 
     def _connect(self) -> Any:
         if self._ray is not None:
@@ -151,7 +152,10 @@ class RayExecutor:
             remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(fn)
             self._remote[fn] = remote
         refs = [self._shared_ref(a) for a in args]
-        return remote.remote(*refs, **kwargs).future()
+        future = _RayTaskFuture(ray, remote.remote(*refs, **kwargs))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
 
     def _shared_ref(self, value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float, str)):
@@ -163,7 +167,14 @@ class RayExecutor:
         return cached[1]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Forget shared objects, and stop Ray if this executor started it."""
+        """Forget shared objects, and stop Ray if this executor started it.
+
+        With ``cancel_futures``, the tasks not yet finished are cancelled on the cluster first (a
+        cluster this executor only connected to would otherwise run them for nobody).
+        """
+        if cancel_futures:
+            for future in list(self._pending):
+                future.cancel()
         self._shared.clear()
         self._remote.clear()
         if self._ray is not None and self._started_ray:
@@ -176,6 +187,42 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+class _RayTaskFuture(cf.Future):
+    """The future of one Ray task; cancelling it cancels the task on the cluster.
+
+    The future of ``ObjectRef.future()`` only stops waiting: the task itself would still run (or wait in
+    the cluster's queue) after an interrupted sweep, on a cluster this process merely connected to.
+    """
+
+    def __init__(self, ray: Any, ref: Any):
+        super().__init__()
+        self._ray, self._ref = ray, ref
+        ref.future().add_done_callback(self._settle)
+
+    def _settle(self, inner: cf.Future) -> None:
+        if self.done():  # cancelled meanwhile
+            return
+        try:
+            if inner.cancelled():
+                super().cancel()
+            elif inner.exception() is not None:
+                self.set_exception(inner.exception())
+            else:
+                self.set_result(inner.result())
+        except cf.InvalidStateError:  # cancelled between the check and the setting
+            pass
+
+    def cancel(self) -> bool:
+        """Cancel the Ray task (queued or running) and this future; False once it has finished."""
+        if self.done():
+            return self.cancelled()
+        try:
+            self._ray.cancel(self._ref)
+        except Exception:  # the task finished meanwhile, or the cluster is gone: nothing left to stop
+            pass
+        return super().cancel()
 
 
 def _ship_user_files(ray: Any) -> None:

@@ -94,3 +94,53 @@ def test_a_pool_worker_leaves_ctrl_c_to_the_parent():
     finally:
         signal.signal(signal.SIGINT, before[0])
         sys.path[:] = before[1]
+
+
+class _FakeRay:
+    """Just enough of Ray for RayExecutor.submit: tasks finish when told to, and cancels are recorded."""
+
+    class cloudpickle:
+        @staticmethod
+        def register_pickle_by_value(module):
+            pass
+
+    def __init__(self):
+        self.cancelled, self.refs = [], []
+
+    def remote(self, **resources):
+        fake = self
+
+        class Ref:
+            def __init__(self):
+                self.inner = cf.Future()
+                fake.refs.append(self)
+
+            def future(self):
+                return self.inner
+
+        class Remote:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(self, *args, **kwargs):
+                return Ref()
+
+        return Remote
+
+    def put(self, value):
+        return value
+
+    def cancel(self, ref):
+        self.cancelled.append(ref)
+        ref.inner.cancel()
+
+
+def test_cancelling_a_ray_future_cancels_its_task_on_the_cluster():
+    executor = RayExecutor("ray://head:10001")
+    executor._ray = fake = _FakeRay()  # connected to a cluster it did not start
+    finished, queued, stopped = (executor.submit(print, i) for i in range(3))
+    fake.refs[0].inner.set_result("done")
+    assert finished.result(timeout=1) == "done" and not finished.cancel() and fake.cancelled == []
+    assert queued.cancel() and queued.cancelled() and fake.cancelled == [fake.refs[1]]
+    executor.shutdown(wait=False, cancel_futures=True)  # what an interrupted slt analyze calls
+    assert stopped.cancelled() and fake.cancelled == [fake.refs[1], fake.refs[2]]
