@@ -65,6 +65,10 @@ DEFAULT_MAX_STEPS = 100_000
 #: predicted bias rose from 5% to 49% over six doublings and λ̂ came out +93% when only the first segment
 #: was checked).
 MAX_RECHECKS = 3
+#: When the step must shrink and the budget cannot pay for another segment of the same length, what is
+#: left of it is run at the smaller step if it is at least 1/this of a segment: draws from a shorter
+#: segment at the right step, rather than the last one at a step the chains outgrew.
+MIN_LAST_SEGMENT_SHARE = 4
 #: Share of the target bias a kernel's amplified minibatch noise may predict (see ``diffusion_gain`` of
 #: :class:`slt.samplers.Kernel`). SGNHT's prediction is the bias itself, not an upper bound like SGLD's
 #: indicator, and it falls short on deep networks: a tanh MLP's +7.5% was predicted 7.3%, but the deep
@@ -219,6 +223,16 @@ def _out_of_budget(policy: LengthPolicy, steps_done: int, seconds: float, next_l
     return None
 
 
+def _steps_left(policy: LengthPolicy, steps_done: int, seconds: float) -> int:
+    """Steps per chain the budget still allows (the wall-time budget at the rate so far)."""
+    left = math.inf
+    if policy.max_steps is not None:
+        left = policy.max_steps - steps_done
+    if policy.max_seconds is not None and seconds > 0:
+        left = min(left, (policy.max_seconds - seconds) * steps_done / seconds)
+    return max(int(left), 0) if math.isfinite(left) else 2**62
+
+
 def _agree(previous: np.ndarray, current: np.ndarray, tolerance: float) -> tuple[bool, float]:
     """Whether two segments' per-chain estimates agree, and the standard error of their change."""
     healthy = np.isfinite(previous) & np.isfinite(current)
@@ -343,11 +357,15 @@ def run_until_converged(
                     factor = 1.0  # grow only early; shrink whenever the chains reach stiffer places
                 if factor != 1.0:
                     # the chains reached stiffer (or flatter) places than w*: resize the step, count from here
-                    # (within the budget: otherwise this segment stays the draws, flagged unconverged)
+                    # (within the budget: a shrunk step gets what is left of it, at least a quarter segment;
+                    # otherwise this segment stays the draws, flagged unconverged)
                     reason = _out_of_budget(policy, steps_done, seconds, length)
                     if reason is not None:
-                        report.reason = reason
-                        break
+                        left = _steps_left(policy, steps_done, seconds) // every * every
+                        if factor > 1.0 or left < max(first, length // MIN_LAST_SEGMENT_SHARE):
+                            report.reason = reason
+                            break
+                        length = left
                     step_size *= factor
                     if gain != 1.0:
                         # a velocity and a thermostat balanced for the old step would heat, then freeze,
