@@ -189,35 +189,29 @@ def test_sgnht_defaults_size_the_step_for_its_minibatch_noise_and_land_on_the_ex
 def test_a_step_shrunk_near_the_end_of_the_budget_gets_what_is_left_of_it(monkeypatch):
     from slt.estimators import length
 
-    # the chains reach stiffer places during the third segment: its predicted bias is 20 times the target
-    predicted = iter([0.05, 0.05, 1.0] + [0.05] * 10)
-    monkeypatch.setattr(length, "bias_indicator", lambda *args: next(predicted))
     posterior = PosteriorSampler(Quadratic(5), DUMMY, quadratic_loss)
-    run, report = run_until_converged(
-        posterior,
-        kernel=get_kernel("sgld").bind(),
-        n_beta=100.0,
-        localization=1.0,
-        step_size=1e-3,
-        num_chains=2,
-        seed=0,
-        policy=LengthPolicy(first_segment=100, max_steps=900, tolerance=1e-9, precision=1e-12),
-    )
+
+    def run_with_late_stiffening(max_steps):
+        # the chains reach stiffer places during the third segment: its predicted bias is 20 times the target
+        predicted = iter([0.05, 0.05, 1.0] + [0.05] * 10)
+        monkeypatch.setattr(length, "bias_indicator", lambda *args: next(predicted))
+        return run_until_converged(
+            posterior,
+            kernel=get_kernel("sgld").bind(),
+            n_beta=100.0,
+            localization=1.0,
+            step_size=1e-3,
+            num_chains=2,
+            seed=0,
+            policy=LengthPolicy(first_segment=100, max_steps=max_steps, tolerance=1e-9, precision=1e-12),
+        )
+
+    run, report = run_with_late_stiffening(900)
     # 100 + 200 + 400 steps, then not the 400 a same-length segment needs but the 200 left, at 1/20 the step
     assert report.segment_steps == [100, 200, 400, 200]
     assert report.segment_step_sizes == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4])  # at most 10x smaller
     assert run.loss_trace.shape[1] == 200 and report.step_size == pytest.approx(1e-4)
     assert not report.converged and report.reason == "max_steps=900 reached"
     # less than a quarter of the segment left: the last segment stays the draws, flagged by the budget
-    predicted = iter([0.05, 0.05, 1.0] + [0.05] * 10)
-    _, short = run_until_converged(
-        posterior,
-        kernel=get_kernel("sgld").bind(),
-        n_beta=100.0,
-        localization=1.0,
-        step_size=1e-3,
-        num_chains=2,
-        seed=0,
-        policy=LengthPolicy(first_segment=100, max_steps=790, tolerance=1e-9, precision=1e-12),
-    )
+    _, short = run_with_late_stiffening(790)
     assert short.segment_steps == [100, 200, 400] and short.step_size == pytest.approx(1e-3)
