@@ -23,7 +23,7 @@ It also reports whether the 95% interval (``LLCResult.interval``) covers the exa
 evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
-        [--sampler sgnht] [--only 'n=5000']
+        [--sampler sgnht] [--only 'n=5000'] [--precision 0.025] [--target-bias 0.025]
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -198,7 +198,11 @@ def net_cases() -> list[dict[str, Any]]:
 
 
 def run(
-    case: dict[str, Any], seed: int, sampler_options: dict[str, Any] | None = None, sampler: str = "sgld"
+    case: dict[str, Any],
+    seed: int,
+    sampler_options: dict[str, Any] | None = None,
+    sampler: str = "sgld",
+    estimate_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     model, data = case["make"]()
     loss_fn = case.get("loss", gaussian_nll)
@@ -214,6 +218,7 @@ def run(
                 progress=False,
                 sampler=sampler,
                 sampler_options=sampler_options,
+                **(estimate_kwargs or {}),
             )
         except Exception as exc:
             return dict(case=case["name"], seed=seed, raised=f"{type(exc).__name__}: {exc}")
@@ -247,6 +252,8 @@ def run(
         sampler=s.sampler,
         step_size=s.step_size,
         step_size_source=s.step_size_source,
+        precision=s.precision,
+        target_bias=s.target_bias,
         simulated_time=s.simulated_time,
         converged=s.converged,
         steps_per_chain=steps,
@@ -370,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="SGLD's Euler step (sampler_options={'leimkuhler_matthews': False}) instead of the default",
     )
     parser.add_argument("--sampler", default="sgld", help="a registered sampler (its default options)")
+    parser.add_argument("--precision", type=float, help="estimate_llc's precision (default 0.05)")
+    parser.add_argument("--target-bias", type=float, help="estimate_llc's target_bias (default 0.05)")
     parser.add_argument(
         "--render",
         action="store_true",
@@ -392,10 +401,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nets": net_cases,
     }
     cases = [c for key in args.cases for c in builders[key]() if args.only is None or args.only in c["name"]]
+    given = {"precision": args.precision, "target_bias": args.target_bias}
+    tuning = {name: value for name, value in given.items() if value is not None}
     rows = []
     for case in cases:
         for seed in args.seeds:
-            rows.append(run(case, seed, {"leimkuhler_matthews": False} if args.euler else None, args.sampler))
+            options = {"leimkuhler_matthews": False} if args.euler else None
+            rows.append(run(case, seed, options, args.sampler, tuning))
             r = rows[-1]
             if "raised" in r:
                 print(f"{r['case']} seed {seed}: raised {r['raised']}", flush=True)

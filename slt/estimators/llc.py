@@ -52,6 +52,7 @@ from slt.sampling.settings import (
 )
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import (
+    DEFAULT_TARGET_BIAS,
     STABILITY_LIMIT,
     bias_indicator,
     default_step_size,
@@ -111,6 +112,12 @@ class LLCSettings(ChainSettings):
         for a given length.
     max_steps, max_seconds : int, float or None
         The budget of the automatic length.
+    precision : float or None
+        With the automatic length, the largest standard error relative to :math:`\hat\lambda` it accepts
+        as converged; ``None`` for a given length.
+    target_bias : float or None
+        Predicted relative step-size bias (:func:`slt.tuning.bias_indicator`) the automatic step aimed at
+        and was rechecked against; ``None`` for a given step.
     compile : str
         ``"off"``, ``"compiled"`` or ``"eager: <reason>"`` (compilation asked for and not used).
     batch_size_source : str
@@ -129,6 +136,8 @@ class LLCSettings(ChainSettings):
     converged: bool | None = None
     max_steps: int | None = None
     max_seconds: float | None = None
+    precision: float | None = None
+    target_bias: float | None = None
     compile: str = "off"
     batch_size_source: str = "given"
 
@@ -818,10 +827,11 @@ def _length_problems(s: LLCSettings, checks: LLCChecks, d: ChainDiagnostics | No
         )
     if estimates and checks.segment_stderrs and estimates[-1]:
         relative = checks.segment_stderrs[-1] / abs(estimates[-1])
-        if relative > DEFAULT_PRECISION:
+        precision = s.precision if s.precision is not None else DEFAULT_PRECISION
+        if relative > precision:
             moved += (
                 f" and its standard error is {relative:.0%} of it (the automatic length asks for "
-                f"{DEFAULT_PRECISION:.0%}; more chains, num_chains, shrink it too)"
+                f"{precision:.0%}; more chains, num_chains, shrink it too)"
             )
     budget = f"max_steps={s.max_steps}" + (f", max_seconds={s.max_seconds:g}" if s.max_seconds else "")
     gain = _noise_gain(s)
@@ -1017,6 +1027,8 @@ def estimate_llc(
     num_steps_bw_draws: int = 1,
     max_steps: int | None = DEFAULT_MAX_STEPS,
     max_seconds: float | None = None,
+    precision: float = DEFAULT_PRECISION,
+    target_bias: float = DEFAULT_TARGET_BIAS,
     batch_size: int | None = None,
     sampler: str | Kernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
@@ -1095,6 +1107,16 @@ def estimate_llc(
         Budget of steps per chain for the automatic length (``None``: unlimited).
     max_seconds : float or None
         Budget of wall time for the chains of the automatic length (``None``: unlimited).
+    precision : float
+        Largest standard error of :math:`\hat\lambda` across chains, relative to it, that the automatic
+        length accepts as converged (default 5%). Halving it costs about four times the draws.
+    target_bias : float
+        Relative step-size bias the automatic step aims at, as predicted by
+        :func:`slt.tuning.bias_indicator` (default 5%; an upper bound, reached on normal crossings).
+        Halving it halves the step and about doubles the steps the run needs: on the normal crossing
+        :math:`w_1^2 w_2^2` (n = 10,000) 2.5% moved the mean error over four seeds against the exact
+        target from +4.9% to 0.0% (``benchmarks/results/defaults_target_bias_nc.md``). Ignored with a
+        given ``step_size``.
     batch_size : int, optional
         Minibatch size; not allowed with a ``DataLoader``. By default sized for nβ: at least
         ``min(n, 256)``, up to nβ samples (capped at 4096 and at 2^20 / parameters), since minibatch
@@ -1155,6 +1177,8 @@ def estimate_llc(
         n_beta=n_beta,
         localization=localization,
         step_size=step_size,
+        precision=precision,
+        target_bias=target_bias,
         num_chains=num_chains,
         num_draws=num_draws,
         num_burnin=num_burnin,
@@ -1168,6 +1192,7 @@ def estimate_llc(
             max_steps=max_steps,
             max_seconds=max_seconds,
             min_simulated_time=min_simulated_time(localization),
+            precision=precision,
         )
         num_burnin = policy.first_segment
     elif num_burnin is None:
@@ -1202,6 +1227,7 @@ def estimate_llc(
                 localization=localization,
                 sampler=get_kernel(sampler).bind(sampler_options),
                 seed=seed,
+                target_bias=target_bias,
                 run_chains=num_chains,
             )
         else:
@@ -1221,6 +1247,7 @@ def estimate_llc(
                 observables=observables,
                 control_variate=control_variate,
                 recheck_step=step_size_source != "given",
+                target_bias=target_bias,
                 progress="LLC" if progress else False,
             )
             if report.step_history:
@@ -1276,6 +1303,8 @@ def estimate_llc(
         converged=report.converged if report else None,
         max_steps=max_steps if auto_length else None,
         max_seconds=max_seconds if auto_length else None,
+        precision=precision if auto_length else None,
+        target_bias=float(target_bias) if step_size_source != "given" else None,
     )
     if report is not None:
         checks = dataclasses.replace(

@@ -34,6 +34,8 @@ def validate_settings(
     num_burnin: int | None = None,
     num_steps_bw_draws: int | None = None,
     seed: int | None = None,
+    precision: float | None = None,
+    target_bias: float | None = None,
 ) -> None:
     """Raise ``ValueError`` with a suggestion for any out-of-range sampling setting."""
     if seed is not None:
@@ -57,6 +59,21 @@ def validate_settings(
             not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low
         ):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if precision is not None and not (_is_real(precision) and 0 < precision <= 1):
+        raise ValueError(
+            f"precision must be a relative standard error in (0, 1], got {precision!r}; 0.05 is the default, "
+            "0.025 asks for about four times the draws"
+        )
+    if target_bias is not None and not (_is_real(target_bias) and 0 < target_bias <= 0.25):
+        raise ValueError(
+            f"target_bias must be a relative step-size bias in (0, 0.25], got {target_bias!r}; 0.05 is the "
+            "default, 0.025 halves the step"
+        )
+
+
+def _is_real(value: object) -> bool:
+    real = isinstance(value, (int, float, np.floating, np.integer))
+    return real and not isinstance(value, (bool, np.bool_))
 
 
 def check_seed(seed: object) -> int:

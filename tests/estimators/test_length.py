@@ -215,3 +215,34 @@ def test_a_step_shrunk_near_the_end_of_the_budget_gets_what_is_left_of_it(monkey
     # less than a quarter of the segment left: the last segment stays the draws, flagged by the budget
     _, short = run_with_late_stiffening(790)
     assert short.segment_steps == [100, 200, 400] and short.step_size == pytest.approx(1e-3)
+
+
+def test_a_tighter_precision_and_target_bias_are_met_and_recorded():
+    n_beta = 100.0
+    exact = quadratic_target(6, n_beta, 1.0)
+    kwargs = dict(loss_fn=quadratic_loss, n_beta=n_beta, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        default = slt.estimate_llc(Quadratic(6), DUMMY, **kwargs)
+        tight = slt.estimate_llc(Quadratic(6), DUMMY, precision=0.01, target_bias=0.0125, **kwargs)
+    assert (default.settings.precision, default.settings.target_bias) == (0.05, 0.05)
+    assert (tight.settings.precision, tight.settings.target_bias) == (0.01, 0.0125)
+    assert tight.settings.converged
+    # the last segment (the draws) meets the asked-for precision, at a step about a quarter of the default's
+    assert tight.checks.segment_stderrs[-1] <= 0.01 * tight.mean
+    assert tight.settings.step_size < 0.5 * default.settings.step_size
+    assert tight.checks.bias_indicator < 2 * 0.0125
+    assert abs(tight.mean - exact) < max(0.03 * exact, 3 * tight.stderr)
+    # a given step has no target; a given length no precision
+    given = slt.estimate_llc(Quadratic(6), DUMMY, step_size=1e-3, num_draws=200, **kwargs)
+    assert given.settings.target_bias is None and given.settings.precision is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [("precision", 0.0, "precision must be"), ("precision", True, "precision must be"),
+     ("target_bias", 0.5, "target_bias must be"), ("target_bias", float("nan"), "0.025 halves the step")],
+)  # fmt: skip
+def test_out_of_range_precision_or_target_bias_is_refused(setting, value, words):
+    with pytest.raises(ValueError, match=words):
+        slt.estimate_llc(Quadratic(2), DUMMY, loss_fn=quadratic_loss, progress=False, **{setting: value})
