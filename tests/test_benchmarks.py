@@ -109,3 +109,33 @@ def test_batch_rule_table_scores_each_batch_against_256():
     assert lines[2].endswith("| 1.00× |")
     assert "1,086 (rule)" in lines[3] and lines[3].endswith("| 4.00× |")
     assert "10,000 (all)" in lines[4] and lines[4].endswith("| 2.00× |")
+
+
+def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
+    def family(worst, mean=0.02, coverage=1.0):
+        return dict(
+            runs=4,
+            mean_abs_error_vs_exact=mean,
+            worst_abs_error_vs_exact=worst,
+            coverage=coverage,
+            max_grad_evals=1000,
+            unconverged=0,
+        )
+
+    env = {"time": "2026-12-03 10:00:00"}
+    summary = {"dln": family(0.09, coverage=0.75)}
+    common.write_json("defaults_lastsegment_dln.json", {"environment": env, "summary": summary}, tmp_path)
+    summary = {"normal_crossing": family(0.077), "regression": family(0.02, mean=0.01)}
+    common.write_json("defaults_minibatch_nc_reg.json", {"environment": env, "summary": summary}, tmp_path)
+    lines = report.build(tmp_path).splitlines()
+
+    def goal(title):
+        return next(line for line in lines if line.startswith(f"| {title}, defaults"))
+
+    assert goal("deep linear networks").endswith("| yes |")
+    crossing = goal("normal crossings")
+    assert "every run within 5%" in crossing and "worst 7.7%" in crossing and crossing.endswith("| **no** |")
+    assert goal("regressions").endswith("| yes |")
+    # coverage pooled over runs: (3 + 4 + 4) / 12
+    assert "| 92% of 12 | yes |" in "\n".join(lines)
+    assert "## The defaults against exact finite-nβ targets (current code)" in lines
