@@ -151,7 +151,7 @@ def regression_cases() -> list[dict[str, Any]]:
         exact = linear_regression_target(x, n / math.log(n), 1.0, loss="gaussian_nll")
         cases.append(
             dict(
-                name=f"linear regression d=4 n={n} (batch 256)",
+                name=f"linear regression d=4 n={n}",
                 family="regression",
                 make=lambda model=model, x=x, y=y: (model, (x, y)),
                 exact=exact,

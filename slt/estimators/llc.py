@@ -1118,9 +1118,9 @@ def estimate_llc(
         target from +4.9% to 0.0% (``benchmarks/results/defaults_target_bias_nc.md``). Ignored with a
         given ``step_size``.
     batch_size : int, optional
-        Minibatch size; not allowed with a ``DataLoader``. By default sized for nβ: at least
-        ``min(n, 256)``, up to nβ samples (capped at 4096 and at 2^20 / parameters), since minibatch
-        noise in the step grows as nβ / batch (see
+        Minibatch size; not allowed with a ``DataLoader``. By default the whole data when n is at most
+        the cap (4096 samples and 2^20 / parameters), otherwise sized for nβ: at least 256, up to nβ
+        samples and the cap, since minibatch noise in the step grows as nβ / batch (see
         :meth:`~slt.sampling.driver.PosteriorSampler.size_batch_for`); recorded in
         ``settings.batch_size_source``.
     sampler : {"sgld", "rmsprop_sgld", "sgnht"}, any registered name, or Kernel

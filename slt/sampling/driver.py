@@ -294,12 +294,16 @@ class PosteriorSampler:
         Minibatch gradient noise adds to the SGLD step a variance of about
         :math:`(\varepsilon/2)^2 n\beta^2\,\mathrm{tr}\,\Sigma / B` per step against the injected
         :math:`\varepsilon d`, so its share of the step-size bias grows as :math:`n\beta / B`
-        (Welling & Teh, ICML 2011; Vollmer, Zygalakis & Teh, JMLR 2016). The default batch is therefore
+        (Welling & Teh, ICML 2011; Vollmer, Zygalakis & Teh, JMLR 2016). With
+        :math:`B_{max} = \max(256, \min(4096, 2^{20} / d))` bounding a step's cost, the default batch is
+        therefore the whole data when :math:`n \le B_{max}` (no minibatch bias, at the
+        cost of a step the rule accepts anyway: on a linear regression with n = 1,000 the error against
+        the exact target went from +1.8% to +4.0% at batch 256 to −0.7% to +1.1% over four seeds,
+        ``benchmarks/results/defaults_fullbatch_reg.md``), and otherwise
         :math:`B = \min(n, \max(256, \min(\lceil n\beta / u \rceil, B_{max})))`, with :math:`u` the
-        units of ``n`` per sample (tokens per sequence, or 1) and
-        :math:`B_{max} = \max(256, \min(4096, 2^{20} / d))` bounding a step's cost; the automatic
-        step then grows with the batch (``benchmarks/results/batch_rule.md``). Deterministic, so every
-        run and checkpoint with the same nβ gets the same batch.
+        units of ``n`` per sample (tokens per sequence, or 1); the automatic step then grows with the
+        batch (``benchmarks/results/batch_rule.md``). Deterministic, so every run and checkpoint with the
+        same nβ gets the same batch.
 
         Parameters
         ----------
@@ -315,6 +319,10 @@ class PosteriorSampler:
             return self.batch_size
         units_per_sample = self.n / self.num_samples if self.n_source == "counted" else 1.0
         cap = max(self.DEFAULT_BATCH_SIZE, min(self.AUTO_BATCH_MAX, self.AUTO_BATCH_WORK // self.num_params))
+        if self.num_samples * max(units_per_sample, 1.0) <= cap:
+            self.batch_size = self.num_samples
+            self.batch_size_source = f"full data (n ≤ the batch cap {cap})"
+            return self.batch_size
         wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
         self.batch_size = min(self.num_samples, max(self.DEFAULT_BATCH_SIZE, min(wanted, cap)))
         self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap})"

@@ -52,11 +52,12 @@ def test_a_step_far_too_large_is_flagged_by_the_bound_the_basin_and_the_bias(cla
     model, data = classifier
     result, found = caught(
         lambda: slt.estimate_llc(
-            model, data, loss_fn="cross_entropy", step_size=0.1, num_draws=200, progress=False
+            model, data, loss_fn="cross_entropy", step_size=0.1, batch_size=256, num_draws=200, progress=False
         )
     )
     messages = " ".join(m for _, m in found)
-    # it used to return λ̂ ≈ 436 ± 1.8 (above d = 323) with R-hat ≈ 1 and no warning
+    # it used to return λ̂ ≈ 436 ± 1.8 (above d = 323) with R-hat ≈ 1 and no warning, at batch 256 (the
+    # default batch then; on the full data, today's default here, the same step gives λ̂ ≈ 176)
     assert result.mean > result.settings.num_params / 2
     assert {slt.warnings.StepSizeWarning, slt.warnings.LeftBasinWarning} <= categories(found)
     assert "exceeds d/2" in messages and "predicted discretization bias" in messages
@@ -66,9 +67,9 @@ def test_a_step_far_too_large_is_flagged_by_the_bound_the_basin_and_the_bias(cla
 
 def test_the_default_step_on_the_same_classifier_is_quiet(classifier):
     model, data = classifier
-    result, found = caught(
-        lambda: slt.estimate_llc(model, data, loss_fn="cross_entropy", num_draws=300, progress=False)
-    )
+    # the automatic length: a given 300 draws at the full-data default step (6.2e-3) is short enough
+    # that split R-hat reaches 1.1-1.2 on some seeds, which the convergence guard then reports
+    result, found = caught(lambda: slt.estimate_llc(model, data, loss_fn="cross_entropy", progress=False))
     assert found == set() and result.problems == ()
     assert 0 < result.mean < result.settings.num_params / 2
     assert result.checks.zero_weights_loss == pytest.approx(float(torch.log(torch.tensor(3.0))), rel=0.1)
@@ -147,7 +148,9 @@ def tanh_regression():
 @pytest.mark.filterwarnings("ignore::slt.warnings.ShortChainWarning")
 def test_a_bfloat16_model_is_sampled_with_a_float32_position():
     model, x, y = tanh_regression()
-    kw = dict(loss_fn="mse", step_size=1e-4, num_chains=4, num_draws=500, seed=3, progress=False)
+    kw = dict(
+        loss_fn="mse", step_size=1e-4, batch_size=256, num_chains=4, num_draws=500, seed=3, progress=False
+    )
     full = slt.estimate_llc(model, (x, y), **kw)
     half = slt.estimate_llc(model.to(torch.bfloat16), (x.bfloat16(), y.bfloat16()), **kw)
     # a bfloat16 position loses every update below its resolution (measured +33% before this)
@@ -159,7 +162,10 @@ def test_a_given_length_too_short_for_the_chains_to_relax_is_flagged():
     # 3,500 steps), with R-hat and the halves test quiet; the chains had spread 88% as far as free diffusion
     model, x, y = tanh_regression()
     kw = dict(loss_fn="mse", num_chains=4, seed=3, progress=False)
-    short, found = caught(lambda: slt.estimate_llc(model, (x, y), step_size=1e-4, num_draws=500, **kw))
+    # batch 256 (the former default): on the full data the same run also splits R-hat (1.1-1.2)
+    short, found = caught(
+        lambda: slt.estimate_llc(model, (x, y), step_size=1e-4, batch_size=256, num_draws=500, **kw)
+    )
     assert categories(found) == {slt.ShortChainWarning}
     (message,) = [m for _, m in found]
     assert "still spreading from w*" in message and "ε·steps = 0.1," in message

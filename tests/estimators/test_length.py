@@ -1,6 +1,7 @@
 """The automatic length: chains doubled until the estimate holds, a budget, and an honest interval."""
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -52,8 +53,11 @@ def test_default_length_runs_until_two_doublings_agree_on_a_quadratic():
 def test_a_budget_that_stops_the_chains_early_warns_with_the_simulated_time():
     model = deep_linear_network([5, 5, 5, 5, 5], 1)
     x, y = linear_regression_data(model, 2000)
-    with pytest.warns(ConvergenceWarning, match="had not settled.*simulated time") as record:
+    # on the full data (the default batch here) chains stopped this early also split R-hat: that warning
+    # may come too
+    with pytest.warns(ConvergenceWarning) as record:
         result = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, max_steps=1500, progress=False)
+    assert any(re.search("had not settled.*simulated time", str(w.message)) for w in record)
     assert any("max_steps=1500" in str(w.message) for w in record)
     assert result.settings.converged is False and result.settings.max_steps == 1500
     assert sum(result.checks.segment_steps) <= 1500

@@ -501,6 +501,7 @@ def test_the_step_size_correction_removes_sgld_bias_on_a_regression_with_a_close
                 (x, y),
                 loss_fn=gaussian_nll,
                 step_size=2e-3,
+                batch_size=256,
                 sampler_options={"leimkuhler_matthews": averaged},
                 num_draws=2000,
                 num_burnin=500,
@@ -555,6 +556,10 @@ def test_the_default_batch_is_sized_for_n_beta_and_recorded():
     assert (given.settings.batch_size, given.settings.batch_size_source) == (256, "given")
     small = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, n_beta=100.0, **FAST)
     assert small.settings.batch_size == 256  # the former default is the floor
+    model, x, y = least_squares_regression(2000, 4)  # 2,000 samples fit under the cap (4096)
+    full = slt.estimate_llc(model, (x, y), loss_fn=gaussian_nll, **FAST)
+    assert full.settings.batch_size == 2000 and full.settings.batch_size_source.startswith("full data")
+    assert full.checks.minibatch_noise == 0.0
 
 
 def test_stacked_chains_on_batches_of_unequal_size_hit_the_closed_form():

@@ -217,6 +217,18 @@ def test_the_default_batch_grows_with_n_beta_up_to_its_caps():
     assert small.size_batch_for(1e6) == 500  # never more than the data
 
 
+def test_the_default_batch_is_the_whole_data_when_it_fits_under_the_cap():
+    model, data = _regression(4096)
+    posterior = PosteriorSampler(model, data, "mse")
+    assert posterior.size_batch_for(100.0) == 4096 == PosteriorSampler.AUTO_BATCH_MAX
+    assert posterior.batch_size_source == "full data (n ≤ the batch cap 4096)"
+    bigger = PosteriorSampler(model, _regression(4097)[1], "mse")
+    assert bigger.size_batch_for(100.0) == 256 and bigger.batch_size_source.startswith("nβ rule")
+    x = torch.randn(600, 64, generator=torch.Generator().manual_seed(0))
+    mlp = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 1))  # 2,113 parameters: cap 496
+    assert PosteriorSampler(mlp, (x, x[:, :1]), "mse").size_batch_for(100.0) == 256
+
+
 def test_the_default_batch_is_capped_by_the_work_of_a_step():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10_000, 64, generator=g)
