@@ -91,7 +91,8 @@ print("diverged chains:", result.diagnostics.diverged)
 # %% [markdown]
 # ## Look at the chains
 #
-# The left panel shows the minibatch loss of each chain (burn-in shaded); the right panel the running
+# The left panel shows the loss of each chain on its batch (here the whole data: 3,000 samples fit under
+# the default batch's cap, `result.settings.batch_size_source`; burn-in shaded); the right panel the running
 # estimate of each chain. Healthy chains rise from $L_n(w^*)$ during burn-in, then fluctuate around a
 # common level.
 
