@@ -1119,7 +1119,8 @@ def estimate_llc(
         given ``step_size``.
     batch_size : int, optional
         Minibatch size; not allowed with a ``DataLoader``. By default the whole data when n is at most
-        the cap (4096 samples and 2^20 / parameters), otherwise sized for nβ: at least 256, up to nβ
+        the cap (4096 samples and 2^20 / the work per sample: the parameters, or half the forward pass's
+        FLOPs when more, as for convolutions), otherwise sized for nβ: at least 256, up to nβ
         samples and the cap, since minibatch noise in the step grows as nβ / batch (see
         :meth:`~slt.sampling.driver.PosteriorSampler.size_batch_for`); recorded in
         ``settings.batch_size_source``.

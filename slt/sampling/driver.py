@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from slt.samplers import BoundKernel, Kernel, LocalPosterior, get_kernel
 from slt.sampling.compiled import CompiledGradient, CompileFailed
@@ -29,6 +30,7 @@ from slt.sampling.data import (
     TensorData,
     as_data_source,
     batch_length,
+    batch_slice,
     check_finite,
 )
 from slt.sampling.flat import FlatModel, Mask
@@ -185,9 +187,11 @@ class PosteriorSampler:
     DEFAULT_BATCH_SIZE = 256
     #: Largest batch :meth:`size_batch_for` chooses, in samples.
     AUTO_BATCH_MAX = 4096
-    #: Cap on batch × parameters for :meth:`size_batch_for` (keeps a step's cost near a 4096-sample
-    #: step of a 256-parameter model).
+    #: Cap on batch × work per sample for :meth:`size_batch_for` (keeps a step's cost near a 4096-sample
+    #: step of a 256-parameter dense model); see :meth:`work_per_unit`.
     AUTO_BATCH_WORK = 2**20
+    #: Samples whose forward pass :meth:`work_per_unit` counts.
+    FLOP_COUNT_SAMPLES = 8
 
     def __init__(
         self,
@@ -244,6 +248,7 @@ class PosteriorSampler:
             self.batch_size_source = "given"
         self.batch_size = batch_size
         self._default_batch = self.batch_size_source == "min(n, 256)"
+        self._work_per_unit: tuple[int, str] | None = None
 
     def resolve_n_beta(self, n_beta: float | None) -> tuple[float, str]:
         """Resolve nβ (given, or ``n / log n``) and size the default batch for it.
@@ -295,7 +300,9 @@ class PosteriorSampler:
         :math:`(\varepsilon/2)^2 n\beta^2\,\mathrm{tr}\,\Sigma / B` per step against the injected
         :math:`\varepsilon d`, so its share of the step-size bias grows as :math:`n\beta / B`
         (Welling & Teh, ICML 2011; Vollmer, Zygalakis & Teh, JMLR 2016). With
-        :math:`B_{max} = \max(256, \min(4096, 2^{20} / d))` bounding a step's cost, the default batch is
+        :math:`B_{max} = \max(256, \min(4096, 2^{20} / c))` bounding a step's cost (:math:`c`, the work per
+        unit of ``n``, :meth:`work_per_unit`: the parameters :math:`d` for a dense network, more for one whose
+        forward pass costs more than :math:`2d` operations per sample), the default batch is
         therefore the whole data when :math:`n \le B_{max}` (no minibatch bias, at the
         cost of a step the rule accepts anyway: on a linear regression with n = 1,000 the error against
         the exact target went from +1.8% to +4.0% at batch 256 to −0.7% to +1.1% over four seeds,
@@ -318,15 +325,66 @@ class PosteriorSampler:
         if not self._default_batch:
             return self.batch_size
         units_per_sample = self.n / self.num_samples if self.n_source == "counted" else 1.0
-        cap = max(self.DEFAULT_BATCH_SIZE, min(self.AUTO_BATCH_MAX, self.AUTO_BATCH_WORK // self.num_params))
+        wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
+        n_units = self.num_samples * max(units_per_sample, 1.0)
+        cap = self._batch_cap(self.num_params)
+        # the forward pass is counted only where its work can change the batch (a first count costs ~1 s)
+        floor = self.DEFAULT_BATCH_SIZE
+        counted = cap > floor < n_units and (n_units <= cap or wanted > floor)
+        work, basis = self.work_per_unit() if counted else (self.num_params, "parameters")
+        cap = self._batch_cap(work)
+        by = "" if basis == "parameters" else f", set by {basis}"
         if self.num_samples * max(units_per_sample, 1.0) <= cap:
             self.batch_size = self.num_samples
-            self.batch_size_source = f"full data (n ≤ the batch cap {cap})"
+            self.batch_size_source = f"full data (n ≤ the batch cap {cap}{by})"
             return self.batch_size
-        wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
         self.batch_size = min(self.num_samples, max(self.DEFAULT_BATCH_SIZE, min(wanted, cap)))
-        self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap})"
+        self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap}{by})"
         return self.batch_size
+
+    def _batch_cap(self, work: int) -> int:
+        return max(self.DEFAULT_BATCH_SIZE, min(self.AUTO_BATCH_MAX, self.AUTO_BATCH_WORK // max(work, 1)))
+
+    def work_per_unit(self) -> tuple[int, str]:
+        r"""The work of one unit of ``n`` in a step, in parameter-equivalents, and what set it.
+
+        A dense network's forward pass costs about :math:`2d` floating-point operations per sample, so
+        the parameters :math:`d` measure a step's work per sample; a convolution or attention reuses its
+        weights across positions and costs more. The forward pass of the loss on the first
+        :data:`FLOP_COUNT_SAMPLES` samples at :math:`w^*` is therefore counted once
+        (:class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix products, convolutions
+        and attention) and the work is :math:`\max(d, \text{FLOPs per unit} / 2)`. Measured on a
+        416-parameter convolutional classifier of 8×8 images (1,500 samples, about 48,000 FLOPs per
+        sample): the whole data cost about 49 ms per chain-step against 6.9 ms at batch 256; by parameters its
+        cap was 2,520 samples, by FLOPs it is 256. Deterministic (no timing), so every run gets the same
+        batch. Data that cannot be read twice (a stream) and a forward pass the counter cannot run fall
+        back to the parameters.
+
+        Returns
+        -------
+        (int, str)
+            The work per unit (at least :attr:`num_params`), and ``"parameters"`` or
+            ``"the forward pass's FLOPs"``.
+        """
+        if self._work_per_unit is None:
+            self._work_per_unit = self._count_work_per_unit()
+        return self._work_per_unit
+
+    def _count_work_per_unit(self) -> tuple[int, str]:
+        params = (max(self.num_params, 1), "parameters")
+        if not isinstance(self.data, TensorData):
+            return params
+        batch = next(iter(self.data.full_batches()))
+        count = min(batch_length(batch), self.FLOP_COUNT_SAMPLES)
+        units = count * (self.n / self.num_samples if self.n_source == "counted" else 1.0)
+        fm = self.flat_model
+        try:
+            with FlopCounterMode(display=False) as counter, torch.no_grad(), fm.at(fm.center):
+                fm.loss(batch_slice(batch, 0, count))
+        except Exception:  # a custom op the counter cannot dispatch: the parameters still bound the work
+            return params
+        per_unit = math.ceil(counter.get_total_flops() / (2 * max(units, 1.0)))
+        return (per_unit, "the forward pass's FLOPs") if per_unit > params[0] else params
 
     @property
     def runs_compiled(self) -> bool:

@@ -237,6 +237,31 @@ def test_the_default_batch_is_capped_by_the_work_of_a_step():
     assert posterior.size_batch_for(5000.0) == 2**20 // 2113 == 496
 
 
+def test_the_cap_counts_the_forward_pass_of_a_model_that_reuses_its_weights():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1500, 1, 8, 8, generator=g), torch.randint(0, 2, (1500,), generator=g)
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 2),
+    )  # 404 parameters: by them the cap would be 2,595 samples and the default the whole data
+    posterior = PosteriorSampler(cnn, (x, y), "cross_entropy")
+    work, basis = posterior.work_per_unit()
+    # each 8×8 output position costs a multiply-add per weight: (54 + 324) × 64 + 12 per sample
+    assert (work, basis) == (24_204, "the forward pass's FLOPs")
+    assert posterior.size_batch_for(205.0) == 256
+    assert (
+        posterior.batch_size_source
+        == "nβ rule (nβ/1 samples, capped at 256, set by the forward pass's FLOPs)"
+    )
+    dense = PosteriorSampler(nn.Linear(4, 1), _regression(2000)[1], "mse")
+    assert dense.work_per_unit() == (5, "parameters")  # a dense model's forward pass costs 2 × its weights
+
+
 def test_a_given_batch_or_a_loaders_own_is_kept():
     model, data = _regression(5000)
     given = PosteriorSampler(model, data, "mse", batch_size=64)
