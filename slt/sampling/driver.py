@@ -330,11 +330,11 @@ class PosteriorSampler:
         cap = self._batch_cap(self.num_params)
         # the forward pass is counted only where its work can change the batch (a first count costs ~1 s)
         floor = self.DEFAULT_BATCH_SIZE
-        counted = cap > floor < n_units and (n_units <= cap or wanted > floor)
+        counted = cap > floor and n_units > floor and (n_units <= cap or wanted > floor)
         work, basis = self.work_per_unit() if counted else (self.num_params, "parameters")
         cap = self._batch_cap(work)
         by = "" if basis == "parameters" else f", set by {basis}"
-        if self.num_samples * max(units_per_sample, 1.0) <= cap:
+        if n_units <= cap:
             self.batch_size = self.num_samples
             self.batch_size_source = f"full data (n ≤ the batch cap {cap}{by})"
             return self.batch_size
@@ -357,8 +357,8 @@ class PosteriorSampler:
         416-parameter convolutional classifier of 8×8 images (1,500 samples, about 48,000 FLOPs per
         sample): the whole data cost about 49 ms per chain-step against 6.9 ms at batch 256; by parameters its
         cap was 2,520 samples, by FLOPs it is 256. Deterministic (no timing), so every run gets the same
-        batch. Data that cannot be read twice (a stream) and a forward pass the counter cannot run fall
-        back to the parameters.
+        batch. Data not held as tensors (a ``Dataset`` read through a loader, a stream) and a forward pass
+        the counter cannot run fall back to the parameters.
 
         Returns
         -------
