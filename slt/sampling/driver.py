@@ -324,11 +324,12 @@ class PosteriorSampler:
         """
         if not self._default_batch:
             return self.batch_size
-        units_per_sample = self.n / self.num_samples if self.n_source == "counted" else 1.0
+        units_per_sample = self._units_per_sample
         wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
         n_units = self.num_samples * max(units_per_sample, 1.0)
         cap = self._batch_cap(self.num_params)
-        # the forward pass is counted only where its work can change the batch (a first count costs ~1 s)
+        # the forward pass is counted only where its work can change the batch (the first count in a
+        # process imports torch._dynamo: 1.6 s on a slow 2-core machine)
         floor = self.DEFAULT_BATCH_SIZE
         counted = cap > floor and n_units > floor and (n_units <= cap or wanted > floor)
         work, basis = self.work_per_unit() if counted else (self.num_params, "parameters")
@@ -341,6 +342,11 @@ class PosteriorSampler:
         self.batch_size = min(self.num_samples, max(self.DEFAULT_BATCH_SIZE, min(wanted, cap)))
         self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap}{by})"
         return self.batch_size
+
+    @property
+    def _units_per_sample(self) -> float:
+        """Units of ``n`` per sample: tokens per sequence when ``n`` was counted, else 1."""
+        return self.n / self.num_samples if self.n_source == "counted" else 1.0
 
     def _batch_cap(self, work: int) -> int:
         return max(self.DEFAULT_BATCH_SIZE, min(self.AUTO_BATCH_MAX, self.AUTO_BATCH_WORK // max(work, 1)))
@@ -376,7 +382,7 @@ class PosteriorSampler:
             return params
         batch = next(iter(self.data.full_batches()))
         count = min(batch_length(batch), self.FLOP_COUNT_SAMPLES)
-        units = count * (self.n / self.num_samples if self.n_source == "counted" else 1.0)
+        units = count * self._units_per_sample
         fm = self.flat_model
         try:
             with FlopCounterMode(display=False) as counter, torch.no_grad(), fm.at(fm.center):
