@@ -47,7 +47,9 @@ for _ in range(1500):
 # *same simulated time* (half the step, twice the steps), so small steps are not penalized for moving
 # less. With a bias linear in the step, halving the step changes the estimate by half the bias of the
 # larger step: `bias_estimate` is that measured bias. The recommendation is the largest healthy step
-# whose bias, plus one standard error, is within 10%; `max_seconds` caps the whole calibration.
+# whose bias, plus one standard error, is within 10%; where no step can be certified only because the
+# comparisons are too noisy, the rungs are lengthened first (below). `max_seconds` caps the whole
+# calibration.
 
 # %%
 calibration = slt.calibrate(model, (x, y), loss_fn="mse", progress=False)
@@ -59,11 +61,13 @@ print(calibration.estimate_kwargs())
 fig = calibration.plot()
 
 # %% [markdown]
-# In this run no rung passes, and `calibrate` says so with a `ConvergenceWarning`: from 8.7e-4 down to
-# 1.1e-4 the rungs' estimates stay within 12.2-13.1, but the biases measured from halving the step (−3%,
-# −11%, +9%) each come with a standard error too large to certify one below 10%. It then recommends its smallest
-# healthy step, the cautious choice (the slowest, with the smallest bias); longer rungs (`base_steps`)
-# would narrow that noise.
+# In this run the first ladder certified no rung: the biases measured by halving the step (−3%, −11%,
+# +9%) each came with a standard error too large to certify one below 10%. `calibrate` then continued
+# every healthy rung from where it ended for as many steps again and pooled the draws (`num_steps` counts
+# them all; `settings["ladder_doublings"]` says how many doublings ran: one here). With twice the draws,
+# the step 8.7e-4 measured a bias of −3% with a standard error small enough to certify it, so it is
+# recommended: twice the automatic step (4.4e-4) at which the length stage ran. The top rung, 1.7e-3, is
+# unhealthy: three of its four chains passed the step's stability limit.
 #
 # Every rung continues the same four chains, so chain `c` of one rung and chain `c` of the next share
 # where they started: calibrate compares rungs chain by chain (the standard error of the per-chain
@@ -79,30 +83,30 @@ result.summary()[["llc_mean", "llc_stderr", "rhat", "ess", "step_size", "num_dra
 # %% [markdown]
 # ## What a bad chain looks like
 #
-# **Step too large.** At the top of the ladder (four times the recommended step here) the loss climbs
-# far above the level the calibrated chains settle at, and the estimate is inflated (or the chains
-# diverge, which slt reports and excludes):
+# **Step too large.** At 1.5 times the recommended step, run from $w^*$ for 500 draws, the estimate is
+# inflated (15.8 against 12.8 at the recommended step) and its standard error is four times larger (2.4
+# against 0.58). No warning fires: only the wide interval (2.8 to 23.3) and the loss trace below say it.
+# At twice the recommended step, the ladder's top rung, every chain diverges from $w^*$ and `estimate_llc`
+# raises a `ChainDivergenceError` that names a smaller step.
 
 # %%
 import warnings
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    too_large = slt.estimate_llc(model, (x, y), loss_fn="mse", step_size=calibration.step_size * 4,
+    too_large = slt.estimate_llc(model, (x, y), loss_fn="mse", step_size=calibration.step_size * 1.5,
                                  num_draws=500, progress=False)
 print(too_large)
 for w in caught:
     print(type(w.message).__name__, ":", w.message)
 
 # %% [markdown]
-# Both bad runs below also raise a `ShortChainWarning`: their 500 draws (and burn-in) at these steps
-# cover less simulated time $\varepsilon T$ than the automatic length's floor (0.5 at γ = 1), and the chains
-# travelled more than 30% of drift-free diffusion's squared distance from $w^*$, so many directions had not
-# relaxed (see "How long, and how sure" in the theory page).
-#
-# **Step too small.** The chains are still climbing when the draws begin: the running estimates keep
-# rising, the trend statistic is large, R-hat flags the disagreement, and the chains have spread from
-# $w^*$ as if the posterior had no shape (99% of free diffusion's distance, a `ShortChainWarning`).
+# **Step too small.** At a fiftieth of the recommended step the chains are still climbing when the draws
+# begin: the running estimates keep rising, R-hat (2.3) flags the disagreement, and the chains have spread
+# from $w^*$ as if the posterior had no shape. Its 500 draws (and burn-in) cover less simulated time
+# $\varepsilon T$ than the automatic length's floor (0.5 at γ = 1) while the chains travelled 94% of
+# drift-free diffusion's squared distance from $w^*$ (more than 30%), so many directions had not relaxed:
+# a `ShortChainWarning` (see "How long, and how sure" in the theory page).
 
 # %%
 with warnings.catch_warnings(record=True) as caught:
@@ -117,7 +121,7 @@ for w in caught:
 fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
 too_large.plot(ax=axes[0])
 too_small.plot(ax=axes[1])
-axes[0, 0].set_title("step ×4: loss trace")
+axes[0, 0].set_title("step ×1.5: loss trace")
 axes[1, 0].set_title("step ÷50: loss trace")
 
 # %% [markdown]

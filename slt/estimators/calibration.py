@@ -79,7 +79,8 @@ class CalibrationResult(JSONResult):
         ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``chains_unstable`` (chains past the
         step's stability limit, :func:`slt.tuning.unstable_chains`; any makes the step unhealthy),
         ``bias_estimate`` (relative change when the step halves, times two), ``healthy``, ``stable``,
-        ``note``.
+        ``note``; ``per_chain`` (the chains' estimates) and ``doublings`` (how many times stage 3 of
+        :func:`calibrate` doubled the rung's draws) where they apply.
     criteria : str
         The rule that made the recommendation.
     n_beta : float
@@ -176,6 +177,7 @@ def calibrate(
     max_seconds: float | None = None,
     check_length: bool = True,
     tolerance: float = 0.1,
+    ladder_doublings: int = 3,
     batch_size: int | None = None,
     sampler: str | Kernel = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
@@ -217,6 +219,14 @@ def calibrate(
           rungs share; compared as independent estimates, rungs with 3-5% standard errors could never
           certify 10%).
 
+    3. **Longer rungs where the comparison is too noisy.** When no step is stable but some pair of
+       healthy rungs measured a bias within ``tolerance`` (only its standard error stood in the way),
+       every healthy rung continues from where it ended for as many steps again (fresh noise, the same
+       for every rung, so the comparisons stay paired) and its draws are pooled with the earlier ones;
+       up to ``ladder_doublings`` times, and never past ``max_seconds``. On the tanh regression of the
+       hyperparameters tutorial the first ladder certified no step (measured biases −3%, −11%, +9%, each
+       with a standard error of 10-15% of the estimate); see ``settings["ladder_doublings"]``.
+
     The recommendation is the largest step that is healthy (a-c) and stable (d) at the smallest healthy
     localization, with chain lengths for the same simulated times as the reference (burn-in: what the
     chains needed to equilibrate from :math:`w^*`; draws: the last segment); if none is stable, the
@@ -256,6 +266,9 @@ def calibrate(
         burn-in), and so does every step of the ladder, for the same simulated time.
     tolerance : float
         Largest acceptable relative step-size bias.
+    ladder_doublings : int
+        How many times the rungs may double their length when their comparisons are too noisy to certify
+        a step (stage 3; 0 turns it off). Needs ``check_length``.
     progress : bool
         Show a progress bar; its total is an upper bound (the budget) until the length stage settles,
         then exact.
@@ -290,6 +303,10 @@ def calibrate(
             raise ValueError("step_sizes is empty; pass at least one or leave it None")
         for s in step_sizes:
             validate_settings(step_size=s)
+    if not (
+        isinstance(ladder_doublings, int) and not isinstance(ladder_doublings, bool) and ladder_doublings >= 0
+    ):
+        raise ValueError(f"ladder_doublings must be a non-negative integer, got {ladder_doublings!r}")
     if not (isinstance(base_steps, int) and base_steps >= 16):
         raise ValueError(f"base_steps must be an integer of at least 16, got {base_steps!r}")
     if max_steps is not None and max_steps < 2 * base_steps:
@@ -304,6 +321,7 @@ def calibrate(
     problems: list[Problem] = []
     lengths: dict[float, _Lengths] = {}
     skipped: list[str] = []
+    doublings: dict[str, int] = {}
     with prepared_sampler(
         model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
     ) as posterior:
@@ -401,6 +419,7 @@ def calibrate(
                     bar.total = bar.n + num_chains * remaining + most_per_localization * later
                     bar.refresh()
                 per_step_seconds = None
+                rungs: list[_Rung] = []
                 for step in steps_grid:
                     num_steps = max(8, round(draws_steps * reference / step))
                     left = seconds_left()
@@ -416,7 +435,7 @@ def calibrate(
                         continue
                     burn = int(num_steps * burn_fraction)
                     clock = time.perf_counter()
-                    row = _try_setting(
+                    row, run = _try_setting(
                         posterior,
                         nb,
                         loc,
@@ -433,8 +452,28 @@ def calibrate(
                     per_step_seconds = (time.perf_counter() - clock) / num_steps
                     row["kind"] = "step"
                     table.append(row)
+                    rungs.append(_Rung(row, _healthy_states(run), num_steps - burn))
                     if bar is not None:
                         bar.update(num_steps * num_chains)
+                if check_length and ladder_doublings:
+                    doublings[f"{loc:g}"] = _lengthen_rungs(
+                        posterior,
+                        nb,
+                        loc,
+                        rungs,
+                        table,
+                        tolerance,
+                        ladder_doublings,
+                        num_chains,
+                        sampler,
+                        sampler_options,
+                        seed,
+                        chain_mode,
+                        per_step_seconds,
+                        seconds_left,
+                        skipped,
+                        bar,
+                    )
         finally:
             if bar is not None:
                 bar.close()
@@ -466,6 +505,7 @@ def calibrate(
             simulated_time={f"{loc:g}": lengths[loc].simulated_time for loc in lengths},
             max_steps=max_steps,
             max_seconds=max_seconds,
+            ladder_doublings=doublings,
             compile=posterior.compile_status,
             seconds=time.perf_counter() - started,
         ),
@@ -601,7 +641,7 @@ def _try_setting(
     chain_mode,
     initial_states=None,
 ):
-    """Run one rung of the ladder (from ``initial_states`` or w*) and judge it; a table row."""
+    """Run one rung of the ladder (from ``initial_states`` or w*) and judge it: (table row, run)."""
     kernel = bind_kernel(sampler, options, burn)
     run = posterior.run(
         n_beta=n_beta,
@@ -617,7 +657,7 @@ def _try_setting(
         record_grad_norm=True,
         initial_states=initial_states,
     )
-    return _row_from_run(
+    row = _row_from_run(
         run,
         posterior,
         n_beta,
@@ -631,6 +671,148 @@ def _try_setting(
         run.chain_mode,
         equilibrated=initial_states is not None,
     )
+    return row, run
+
+
+@dataclass
+class _Rung:
+    """One rung of the ladder: its (pooled) table row, its chains' final states and its draws so far."""
+
+    row: dict[str, Any]
+    states: list[Any] | None
+    draws: int
+
+
+#: Offset between the seeds of successive doublings of the ladder's rungs (every rung of one doubling
+#: shares its seed, so chain c of every rung gets the same noise and the comparisons stay paired).
+DOUBLING_SEED_STRIDE = 1_000_003
+
+
+def _could_certify(rows: list[dict[str, Any]], tolerance: float) -> bool:
+    """No rung is stable, but a healthy pair measured a bias within ``tolerance``: more draws may certify."""
+    if any(r["stable"] for r in rows):
+        return False
+    return any(
+        big["healthy"] and small["healthy"] and abs(big["bias_estimate"]) <= tolerance
+        for big, small in itertools.pairwise(rows)
+    )
+
+
+def _lengthen_rungs(
+    posterior,
+    n_beta,
+    loc,
+    rungs,
+    table,
+    tolerance,
+    max_doublings,
+    num_chains,
+    sampler,
+    options,
+    seed,
+    chain_mode,
+    per_step_seconds,
+    seconds_left,
+    skipped,
+    bar,
+) -> int:
+    """Stage 3 of :func:`calibrate`: double the healthy rungs' draws while that may certify a step.
+
+    Each doubling continues every healthy rung from its chains' final states for as many steps as it has
+    drawn so far (no burn-in: the chains are already at this step's stationary state) and pools the
+    per-chain estimates, weighted by draws; the row's standard error is then the spread of the pooled
+    per-chain estimates. Returns the number of doublings run.
+    """
+    for doubling in range(1, max_doublings + 1):
+        rows = [r.row for r in rungs]
+        _mark_stability(rows, tolerance)
+        if not _could_certify(rows, tolerance):
+            return doubling - 1
+        todo = [r for r in rungs if r.row["healthy"] and r.states is not None]
+        cost = sum(r.draws for r in todo)
+        left = seconds_left()
+        if left is not None and per_step_seconds is not None and cost * per_step_seconds > left:
+            skipped.append(f"doubling {doubling} of the ladder at γ={loc:g}")
+            return doubling - 1
+        if bar is not None:
+            bar.total += cost * num_chains
+            bar.refresh()
+        for rung in todo:
+            kernel = bind_kernel(sampler, options, 0)
+            run = posterior.run(
+                n_beta=n_beta,
+                localization=loc,
+                step_size=rung.row["step_size"],
+                sampler=kernel,
+                num_chains=num_chains,
+                num_draws=rung.draws,
+                num_burnin=0,
+                seed=seed + doubling * DOUBLING_SEED_STRIDE,
+                chain_mode=chain_mode,
+                control_variate=True,
+                record_grad_norm=True,
+                initial_states=rung.states,
+            )
+            more = _row_from_run(
+                run,
+                posterior,
+                n_beta,
+                loc,
+                rung.row["step_size"],
+                num_chains,
+                rung.draws,
+                0,
+                kernel,
+                seed,
+                run.chain_mode,
+                equilibrated=True,
+            )
+            pooled = _pool_rows(rung.row, rung.draws, more, rung.draws)
+            table[next(i for i, r in enumerate(table) if r is rung.row)] = pooled
+            rung.row, rung.states, rung.draws = pooled, _healthy_states(run), 2 * rung.draws
+            if bar is not None:
+                bar.update(rung.draws // 2 * num_chains)
+    _mark_stability([r.row for r in rungs], tolerance)
+    return max_doublings
+
+
+def _pool_rows(
+    first: dict[str, Any], first_draws: int, more: dict[str, Any], more_draws: int
+) -> dict[str, Any]:
+    """One row for a rung run in two parts: per-chain estimates pooled by draws, health from both.
+
+    The estimate is the mean of the pooled per-chain estimates and its standard error their spread over
+    the square root of their number, as in :func:`slt.estimate_llc`. A chain missing from either part
+    (diverged) is missing from the pool; a problem of either part makes the row unhealthy.
+    """
+    a, b = first.get("per_chain"), more.get("per_chain")
+    per_chain = None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        total = first_draws + more_draws
+        per_chain = [
+            (x * first_draws + y * more_draws) / total if x is not None and y is not None else None
+            for x, y in zip(a, b, strict=True)
+        ]
+    values = np.array([v for v in per_chain or [] if v is not None], dtype=float)
+    notes = [n for n in (first["note"], more["note"]) if n]
+    pooled = dict(
+        first,
+        num_steps=first["num_steps"] + more["num_steps"],
+        chains_diverged=max(first["chains_diverged"], more["chains_diverged"]),
+        chains_unstable=max(first["chains_unstable"], more["chains_unstable"]),
+        rhat=more["rhat"],
+        trend_z=more["trend_z"],
+        bias_indicator=more["bias_indicator"],
+        per_chain=per_chain,
+        llc_mean=float(values.mean()) if values.size else float("nan"),
+        llc_stderr=float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan"),
+        healthy=bool(first["healthy"] and more["healthy"] and values.size > 0),
+        note=", ".join(dict.fromkeys(notes)),
+        doublings=first.get("doublings", 0) + 1,
+    )
+    if pooled["healthy"] and pooled["llc_mean"] <= 0:
+        pooled.update(healthy=False, note=", ".join([*notes, "estimate not positive"]))
+    return pooled
 
 
 def _row_from_run(
@@ -714,6 +896,8 @@ def _mark_stability(table: list[dict[str, Any]], tolerance: float) -> None:
     ladder = [r for r in table if r.get("kind", "step") == "step"]
     for loc in {r["localization"] for r in ladder}:
         rows = sorted((r for r in ladder if r["localization"] == loc), key=lambda r: -r["step_size"])
+        for row in rows:  # judged afresh: a rung lengthened since may have changed
+            row.update(stable=False, bias_estimate=float("nan"))
         for big, small in itertools.pairwise(rows):
             if not (big["healthy"] and small["healthy"]):
                 continue

@@ -420,3 +420,57 @@ def test_a_calibration_step_with_a_chain_past_the_stability_limit_is_unhealthy()
     assert not past["healthy"] and past["chains_unstable"] == 1
     assert "1 chain(s) past the stability limit" in past["note"]
     assert past["llc_mean"] == pytest.approx(clean["llc_mean"], rel=0.02)  # chain 3 is left out of it
+
+
+def test_rungs_too_noisy_to_certify_a_step_are_lengthened_until_one_is():
+    """On L = ||w||² with the Euler step (bias 5.3% at ε = 1e-3, 11.2% at 2e-3) short rungs measure
+    biases whose standard errors are too large to certify any step; doubling them certifies 1e-3."""
+    kwargs = dict(
+        n_beta=100.0,
+        sampler_options={"leimkuhler_matthews": False},
+        step_sizes=[4e-3, 2e-3, 1e-3, 5e-4],
+        num_chains=4,
+        base_steps=100,
+        progress=False,
+    )
+    with pytest.warns(slt.ConvergenceWarning, match="no step was stable within 10%"):
+        short = slt.calibrate(Quadratic(10), DUMMY, loss_fn=quadratic_loss, ladder_doublings=0, **kwargs)
+    assert short.step_size == 5e-4 and short.settings["ladder_doublings"] == {}
+    cal = slt.calibrate(Quadratic(10), DUMMY, loss_fn=quadratic_loss, **kwargs)
+    assert not cal.problems and cal.step_size == 1e-3 and "largest step" in cal.criteria
+    ladder = [r for r in cal.table if r["kind"] == "step"]
+    doublings = cal.settings["ladder_doublings"]["1"]
+    assert doublings >= 1 and all(r["doublings"] == doublings for r in ladder)
+    # every rung ran its first draws 2^k times over (burn-in once), each the same simulated time
+    for first, now in zip([r for r in short.table if r["kind"] == "step"], ladder, strict=True):
+        burn = first["num_steps"] // 4
+        assert now["num_steps"] == burn + (first["num_steps"] - burn) * 2**doublings
+    assert [r["stable"] for r in ladder] == [False, False, True, False]
+    assert -0.05 < ladder[2]["bias_estimate"] < 0.1
+    assert ladder[1]["bias_estimate"] > 0.05  # 2e-3's bias (11.2%) is still seen
+    assert all(len(r["per_chain"]) == 4 for r in ladder)
+
+
+def test_pooled_rungs_weigh_per_chain_estimates_by_draws_and_keep_every_problem():
+    from slt.estimators.calibration import _could_certify, _pool_rows
+
+    base = dict(step_size=1e-3, num_steps=400, chains_diverged=0, chains_unstable=0, rhat=1.0, trend_z=0.0)
+    base.update(bias_indicator=0.05)
+    first = dict(base, per_chain=[10.0, 12.0, None, 14.0], healthy=True, note="", llc_mean=12.0)
+    more = dict(base, num_steps=300, per_chain=[13.0, 12.0, 11.0, 8.0], healthy=True, note="", llc_mean=11.0)
+    pooled = _pool_rows(first, 300, more, 600)
+    assert pooled["per_chain"] == [pytest.approx(12.0), pytest.approx(12.0), None, pytest.approx(10.0)]
+    assert pooled["llc_mean"] == pytest.approx(34 / 3)
+    assert pooled["llc_stderr"] == pytest.approx(np.std([12.0, 12.0, 10.0], ddof=1) / np.sqrt(3))
+    assert pooled["num_steps"] == 700 and pooled["doublings"] == 1 and pooled["healthy"]
+    sick = _pool_rows(first, 300, dict(more, healthy=False, note="trend z 5.0", chains_unstable=1), 300)
+    assert not sick["healthy"] and sick["note"] == "trend z 5.0" and sick["chains_unstable"] == 1
+    # more draws can certify only where a healthy pair measured a bias within the tolerance
+    rows = [
+        dict(healthy=True, stable=False, bias_estimate=0.08),
+        dict(healthy=True, stable=False, bias_estimate=float("nan")),
+    ]
+    assert _could_certify(rows, 0.1)
+    assert not _could_certify([dict(rows[0], bias_estimate=0.2), rows[1]], 0.1)
+    assert not _could_certify([dict(rows[0], stable=True), rows[1]], 0.1)
+    assert not _could_certify([dict(rows[0], healthy=False), rows[1]], 0.1)
