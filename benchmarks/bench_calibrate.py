@@ -45,6 +45,7 @@ def run(case: dict, seed: int = 0) -> dict:
         covers=bool(result.interval[0] <= case["exact"] <= result.interval[1]),
         llc_extrapolated=cal.llc_extrapolated,
         extrapolation=cal.settings["extrapolation"],
+        ladder_doublings=cal.settings["ladder_doublings"],
         ladder=[
             (r["step_size"], r["llc_mean"], r["llc_stderr"], r["bias_estimate"], r["healthy"], r["stable"])
             for r in cal.table
@@ -53,6 +54,24 @@ def run(case: dict, seed: int = 0) -> dict:
         warnings=sorted({f"{w.category.__name__}: {str(w.message)[:140]}" for w in caught}),
     )
     return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | calibrate s | ladder doublings | step | burn-in + draws | λ̂ (calibrated) | 95% interval "
+        "| exact | vs exact | extrapolated | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        doublings = ", ".join(f"γ={k}: {v}" for k, v in r.get("ladder_doublings", {}).items()) or "0"
+        lines.append(
+            f"| {r['case']} | {r['calibrate_seconds']:.0f} | {doublings} | {r['step_size']:.3g} "
+            f"| {r['num_burnin']} + {r['num_draws']} | {r['llc']:.4g} ± {r['stderr']:.2g} "
+            f"| [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] | {r['exact']:.4g} "
+            f"| {r['error_vs_exact']:+.1%} "
+            f"| {r['llc_extrapolated']:.4g} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -65,22 +84,10 @@ def main() -> None:
         if any(name in case["name"] for name in args.cases):
             rows.append(run(case))
             print(rows[-1], flush=True)
-    write_json("calibrate.json", {"environment": environment("cpu"), "rows": rows})
-    lines = [
-        "| case | calibrate s | step | burn-in + draws | λ̂ (calibrated) | 95% interval | exact | vs exact "
-        "| extrapolated | warnings |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['calibrate_seconds']:.0f} | {r['step_size']:.3g} "
-            f"| {r['num_burnin']} + {r['num_draws']} | {r['llc']:.4g} ± {r['stderr']:.2g} "
-            f"| [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] | {r['exact']:.4g} "
-            f"| {r['error_vs_exact']:+.1%} "
-            f"| {r['llc_extrapolated']:.4g} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
-        )
-    (RESULTS / "calibrate.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            # written after every case, so a long run keeps what it finished
+            write_json("calibrate.json", {"environment": environment("cpu"), "rows": rows})
+            (RESULTS / "calibrate.md").write_text(markdown(rows))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

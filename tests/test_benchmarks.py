@@ -144,3 +144,27 @@ def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
     # coverage pooled over runs: (3 + 4 + 4) / 12
     assert "| 92% of 12 | yes |" in "\n".join(lines)
     assert "## The defaults against exact finite-nβ targets (current code)" in lines
+
+
+def test_calibrate_table_shows_how_many_times_the_ladder_doubled():
+    import bench_calibrate
+
+    row = dict(
+        case="dln 10-5-10 r=1 n=1e4",
+        calibrate_seconds=95.3,
+        ladder_doublings={"1": 1},
+        step_size=4.33e-5,
+        num_burnin=6350,
+        num_draws=6400,
+        llc=20.23,
+        stderr=0.32,
+        interval=[18.64, 22.64],
+        exact=20.25,
+        error_vs_exact=-0.001,
+        llc_extrapolated=19.05,
+        warnings=["ConvergenceWarning: calibrate: no step was stable"],
+    )
+    lines = bench_calibrate.markdown([row, dict(row, ladder_doublings={}, warnings=[])]).splitlines()
+    assert lines[2].startswith("| dln 10-5-10 r=1 n=1e4 | 95 | γ=1: 1 | 4.33e-05 | 6350 + 6400 | 20.23 ± 0.3")
+    assert lines[2].endswith("| -0.1% | 19.05 | ConvergenceWarning |")
+    assert "| 95 | 0 |" in lines[3] and lines[3].endswith("| — |")
