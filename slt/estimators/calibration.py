@@ -738,41 +738,25 @@ def _lengthen_rungs(
             bar.total += cost * num_chains
             bar.refresh()
         for rung in todo:
-            kernel = bind_kernel(sampler, options, 0)
-            run = posterior.run(
-                n_beta=n_beta,
-                localization=loc,
-                step_size=rung.row["step_size"],
-                sampler=kernel,
-                num_chains=num_chains,
-                num_draws=rung.draws,
-                num_burnin=0,
-                seed=seed + doubling * DOUBLING_SEED_STRIDE,
-                chain_mode=chain_mode,
-                control_variate=True,
-                record_grad_norm=True,
-                initial_states=rung.states,
-            )
-            more = _row_from_run(
-                run,
+            more, run = _try_setting(
                 posterior,
                 n_beta,
                 loc,
                 rung.row["step_size"],
                 num_chains,
+                0,  # no burn-in: the chains are already at this step's stationary state
                 rung.draws,
-                0,
-                kernel,
-                seed,
-                run.chain_mode,
-                equilibrated=True,
+                sampler,
+                options,
+                seed + doubling * DOUBLING_SEED_STRIDE,
+                chain_mode,
+                initial_states=rung.states,
             )
             pooled = _pool_rows(rung.row, rung.draws, more, rung.draws)
             table[next(i for i, r in enumerate(table) if r is rung.row)] = pooled
-            rung.row, rung.states, rung.draws = pooled, _healthy_states(run), 2 * rung.draws
             if bar is not None:
-                bar.update(rung.draws // 2 * num_chains)
-    _mark_stability([r.row for r in rungs], tolerance)
+                bar.update(rung.draws * num_chains)
+            rung.row, rung.states, rung.draws = pooled, _healthy_states(run), 2 * rung.draws
     return max_doublings
 
 
