@@ -85,8 +85,9 @@ result.summary()[["llc_mean", "llc_stderr", "rhat", "ess", "step_size", "num_dra
 #
 # **Step too large.** At 1.5 times the recommended step, run from $w^*$ for 500 draws, the estimate reads
 # 15.8 against 12.8 at the recommended step, and its standard error is four times larger (2.4 against
-# 0.58): the chains disagree far more, so the difference is not even measurable. No warning fires; the
-# wide interval (2.8 to 23.3) and the loss trace below say it.
+# 0.58): the chains disagree far more, and the interval is wide (2.8 to 23.3). The step's predicted bias,
+# measured from the draws' gradients, is 31% (10% at the recommended step), above the 20% at which
+# `estimate_llc` warns (`StepSizeWarning`) and suggests a smaller step.
 # At twice the recommended step, the ladder's top rung, every chain diverges from $w^*$ and `estimate_llc`
 # raises a `ChainDivergenceError` that names a smaller step.
 
@@ -132,6 +133,7 @@ axes[1, 0].set_title("step ÷50: loss trace")
 # |---|---|---|
 # | chains diverge (`DivergenceWarning`) | step too large | a smaller `step_size`, or `calibrate` |
 # | a chain passed the step's stability limit (`DivergenceWarning`, left out of the estimate) | step too large where that chain went | a smaller `step_size` |
+# | predicted bias above 20% (`StepSizeWarning`) | step too large | the step the warning suggests, or `calibrate` |
 # | estimate moves when the step halves | step-size bias | the step `calibrate` recommends |
 # | R-hat > 1.1, large `trend_z` | chains too short for the step | more `num_burnin`/`num_draws`, a larger step |
 # | chains still spreading (`ShortChainWarning`) | a given length too short to relax | `num_draws=None` (the automatic length), or more steps |

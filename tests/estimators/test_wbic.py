@@ -95,7 +95,7 @@ def test_wbic_is_n_times_the_mean_sampled_loss(fitted_regression):
                 (x, y),
                 loss_fn=gaussian_nll,
                 localization=0.0,
-                step_size=2e-4,
+                step_size=5e-5,
                 control_variate=control_variate,
                 num_chains=2,
                 num_draws=50,

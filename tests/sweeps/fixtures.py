@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 #: Estimator settings small enough to keep every test fast.
-TINY = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-4, batch_size=32, localization=1.0)
+TINY = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=2e-5, batch_size=32, localization=1.0)
 
 
 def make_model() -> nn.Module:
