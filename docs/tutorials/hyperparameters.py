@@ -67,7 +67,8 @@ fig = calibration.plot()
 # them all; `settings["ladder_doublings"]` says how many doublings ran: one here). With twice the draws,
 # the step 8.7e-4 measured a bias of −3% with a standard error small enough to certify it, so it is
 # recommended: twice the automatic step (4.4e-4) at which the length stage ran. The top rung, 1.7e-3, is
-# unhealthy: three of its four chains passed the step's stability limit.
+# unhealthy: three of its four chains passed the step's stability limit, and its predicted step bias is
+# above 20%, where `estimate_llc` would warn (a rung it would warn about is never recommended).
 #
 # Every rung continues the same four chains, so chain `c` of one rung and chain `c` of the next share
 # where they started: calibrate compares rungs chain by chain (the standard error of the per-chain

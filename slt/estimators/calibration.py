@@ -41,7 +41,7 @@ from slt.estimators.length import (
     min_simulated_time,
     run_until_converged,
 )
-from slt.estimators.llc import LLCSettings, summarize_run
+from slt.estimators.llc import MAX_BIAS_INDICATOR, LLCSettings, summarize_run
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.samplers import Kernel, get_kernel
@@ -78,6 +78,8 @@ class CalibrationResult(JSONResult):
         One row per setting tried: ``step_size``, ``localization``, ``num_steps``, ``llc_mean``,
         ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``chains_unstable`` (chains past the
         step's stability limit, :func:`slt.tuning.unstable_chains`; any makes the step unhealthy),
+        ``bias_indicator`` (the predicted step bias, :func:`slt.tuning.bias_indicator`; above
+        :data:`~slt.estimators.llc.MAX_BIAS_INDICATOR`, where ``estimate_llc`` warns, the step is unhealthy),
         ``bias_estimate`` (relative change when the step halves, times two), ``healthy``, ``stable``,
         ``note``; ``per_chain`` (the chains' estimates) and ``doublings`` (how many times stage 3 of
         :func:`calibrate` doubled the rung's draws) where they apply.
@@ -871,6 +873,8 @@ def _row_from_run(
         problems.append(f"trend z {d.trend_z:.1f}")
     if result.mean <= 0:
         problems.append("estimate not positive")
+    if row["bias_indicator"] > MAX_BIAS_INDICATOR:  # estimate_llc would warn at this step (StepSizeWarning)
+        problems.append(f"predicted step bias {row['bias_indicator']:.0%} > {MAX_BIAS_INDICATOR:.0%}")
     row["healthy"] = not problems
     row["note"] = ", ".join(problems)
     return row

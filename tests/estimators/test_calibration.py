@@ -6,6 +6,7 @@ import torch
 
 import slt
 from slt.estimators.calibration import CalibrationResult
+from slt.estimators.llc import MAX_BIAS_INDICATOR
 from slt.sampling import PosteriorSampler
 from slt.tuning import STABILITY_LIMIT, bias_indicator, top_curvature, unstable_chains
 from tests.conftest import Quadratic, finished_run, quadratic_loss
@@ -64,6 +65,29 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
         "sampler_options": {"leimkuhler_matthews": False},
         "batch_size": 4,
     }
+
+
+def test_a_rung_estimate_llc_would_warn_about_is_never_healthy():
+    """A rung whose predicted step bias is above MAX_BIAS_INDICATOR (where estimate_llc raises a
+    StepSizeWarning) is unhealthy, so calibrate cannot recommend a step the estimate then warns about.
+    L = ||w||², Euler step, nβ = 100: the exact bias at 6e-3 is 43%, its prediction 30%."""
+    assert quadratic_bias(6e-3, 100) == pytest.approx(0.43, abs=0.01)
+    cal = slt.calibrate(
+        Quadratic(10),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=100.0,
+        sampler_options={"leimkuhler_matthews": False},
+        step_sizes=[6e-3, 3e-3, 1.5e-3, 7.5e-4],
+        num_chains=16,
+        base_steps=1000,
+        progress=False,
+    )
+    rows = {r["step_size"]: r for r in cal.table if r["kind"] == "step"}
+    assert rows[6e-3]["bias_indicator"] > MAX_BIAS_INDICATOR and not rows[6e-3]["healthy"]
+    assert "predicted step bias" in rows[6e-3]["note"] and rows[6e-3]["chains_diverged"] == 0
+    assert all(rows[e]["healthy"] and rows[e]["bias_indicator"] <= MAX_BIAS_INDICATOR for e in (3e-3, 1.5e-3))
+    assert cal.step_size == 1.5e-3
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains: no stable step
