@@ -23,6 +23,7 @@ __all__ = [
     "LocalizationWarning",
     "StepSizeWarning",
     "LossFunctionWarning",
+    "DataWarning",
     "WBICWarning",
     "ConstantLossWarning",
     "UnsafeCheckpointWarning",
@@ -80,6 +81,10 @@ class StepSizeWarning(SLTWarning):
 
 class LossFunctionWarning(SLTWarning):
     """The loss does not behave as a mean loss per sample, which the estimator assumes."""
+
+
+class DataWarning(SLTWarning):
+    """The data is read differently from how it is likely meant (a loader that resamples with replacement)."""
 
 
 class WBICWarning(SLTWarning):

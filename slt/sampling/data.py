@@ -22,6 +22,8 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from slt.warnings import DataWarning, Problem
+
 __all__ = [
     "DataSource",
     "TensorData",
@@ -151,6 +153,9 @@ class DataSource:
 
     #: Whether :meth:`full_batches` reads only part of the data (a stream), so ``n`` cannot be counted.
     bounded: bool = False
+
+    #: How the data is read that the user may not expect (kept on results; see :class:`LoaderData`).
+    problems: tuple[Problem, ...] = ()
 
     def mean_over_batches(
         self, fn: Callable[[Batch], Any], counter: Callable[[Batch], int] = batch_length
@@ -583,6 +588,7 @@ class LoaderData(DataSource):
                 )
             self._loader: DataLoader | None = data
             self._dataset = None
+            self.problems = _resampling_problems(data)
         else:
             self._loader = None
             self._dataset = data
@@ -627,6 +633,34 @@ class LoaderData(DataSource):
                 generator,
             )
         return _LoaderStream(loader, self.device, self.dtype)
+
+
+def _resampling_problems(loader: DataLoader) -> tuple[Problem, ...]:
+    """A :class:`~slt.warnings.DataWarning` for a loader whose own sampler draws with replacement.
+
+    Such a loader is read as configured, so one pass of it (which sets ``n`` and :math:`L_n(w^*)`) is a
+    random resample of the dataset: draws counted as samples, some samples twice, others never. A
+    subset sampler without replacement (``SubsetRandomSampler``) is taken to mean its subset, quietly.
+    """
+    sampler = loader.sampler
+    if _default_sampling(loader) or loader.batch_size is None or not getattr(sampler, "replacement", False):
+        return ()
+    try:
+        size, draws = len(loader.dataset), len(sampler)  # type: ignore[arg-type]
+    except TypeError:
+        return ()
+    return (
+        Problem.of(
+            DataWarning,
+            f"the DataLoader's own sampler ({type(sampler).__name__}, replacement=True) draws {draws} "
+            f"samples per pass from a dataset of {size}: slt reads a loader with its own sampler as "
+            f"configured, so n counts those {draws} draws (and nβ follows it unless n= is given) and L_n(w*) "
+            "is the loss over one random resample, with some samples twice and others not at all. For every "
+            "sample once and "
+            f"n = {size}, pass the dataset itself or a DataLoader without a sampler (shuffle=True or False); "
+            "slt draws its own minibatches",
+        ),
+    )
 
 
 def _default_sampling(loader: DataLoader) -> bool:

@@ -240,6 +240,7 @@ class PosteriorSampler:
         self.n_unit = self._counter.unit
         self.n, self.n_source = (int(n), "given") if n is not None else (counted, "counted")
         if isinstance(data, DataLoader):
+            batch_size = data.batch_size  # recorded in the settings (None for a batch sampler of its own)
             self.batch_size_source = "the DataLoader's"
         elif batch_size is None:
             batch_size = min(self.num_samples, self.DEFAULT_BATCH_SIZE)
@@ -320,7 +321,7 @@ class PosteriorSampler:
         Returns
         -------
         int or None
-            :attr:`batch_size` after the call (``None`` when a ``DataLoader`` keeps its own batches).
+            :attr:`batch_size` after the call (a ``DataLoader``'s own, ``None`` for its own batch sampler).
         """
         if not self._default_batch:
             return self.batch_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,7 +63,14 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
     :func:`check_batch`, on the full-data pass before sampling).
     """
     x, y = _inputs_targets(batch, "cross_entropy")
-    return F.cross_entropy(model(x), y)
+    logits = model(x)
+    if torch.is_floating_point(y) and y.shape != logits.shape:
+        raise ValueError(
+            f'loss_fn="cross_entropy": the targets are {y.dtype} of shape {tuple(y.shape)} but the logits '
+            f"have shape {tuple(logits.shape)}. Class indices must be integers (y.long()); floating targets "
+            "are read as class probabilities and need the logits' shape"
+        )
+    return F.cross_entropy(logits, y)
 
 
 def extract_loss(output: Any, source: str = "loss_fn") -> Tensor:

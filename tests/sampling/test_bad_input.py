@@ -83,6 +83,18 @@ def test_non_finite_data_in_a_dataset_is_blamed_on_the_data():
         PosteriorSampler(nn.Linear(3, 1), Rows(x, y), "mse")
 
 
+def test_cross_entropy_names_float_class_labels():
+    x = torch.randn(30, 4)
+    y = torch.randint(0, 3, (30,))
+    with pytest.raises(
+        ValueError, match=r"targets are torch.float32 of shape \(30,\).*Class indices must be integers"
+    ):
+        slt.estimate_llc(nn.Linear(4, 3), (x, y.float()), loss_fn="cross_entropy", **QUICK)
+    PosteriorSampler(
+        nn.Linear(4, 3), (x, nn.functional.one_hot(y, 3).float()), "cross_entropy"
+    )  # probabilities
+
+
 def test_cross_entropy_refuses_ignored_labels_it_would_count_in_n():
     x = torch.randn(30, 4)
     y = torch.randint(0, 3, (30,))

@@ -1,10 +1,13 @@
 import itertools
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+import slt
 import slt.sampling.data
 from slt.sampling.data import (
     LoaderData,
@@ -15,6 +18,7 @@ from slt.sampling.data import (
     move_to,
     partition_copies,
 )
+from slt.warnings import DataWarning
 
 CPU = torch.device("cpu")
 
@@ -222,6 +226,34 @@ def test_a_loader_with_its_own_sampler_is_read_as_configured():
     assert sorted(int(v) for b in data.full_batches() for v in b[0].flatten()) == [1, 3, 5]
     stream = data.stream(torch.Generator().manual_seed(0), None)
     assert all(sorted(batch) == [1, 3, 5] for batch in _sample_ids(stream, 5))
+
+
+def test_a_loader_resampling_with_replacement_is_flagged_and_the_flag_stays_on_the_result():
+    x = torch.randn(100, 3)
+    y = x @ torch.tensor([[1.0], [0.5], [-1.0]]) + 0.1 * torch.randn(100, 1)
+    dataset = TensorDataset(x, y)
+    resampled = DataLoader(dataset, batch_size=20, sampler=torch.utils.data.RandomSampler(dataset, True, 60))
+    (problem,) = as_data_source(resampled, CPU).problems
+    assert problem.category == "DataWarning"
+    assert "draws 60 samples per pass from a dataset of 100" in problem.message
+    assert "pass the dataset itself" in problem.message
+    subset = DataLoader(dataset, batch_size=20, sampler=torch.utils.data.SubsetRandomSampler(range(50)))
+    assert as_data_source(subset, CPU).problems == ()  # a subset without replacement means that subset
+    assert as_data_source(DataLoader(dataset, batch_size=20, shuffle=True), CPU).problems == ()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = slt.estimate_llc(
+            nn.Linear(3, 1),
+            resampled,
+            loss_fn="mse",
+            step_size=1e-4,
+            num_chains=2,
+            num_draws=20,
+            progress=False,
+        )
+    assert any(w.category is DataWarning and "draws 60 samples" in str(w.message) for w in caught)
+    assert result.n == 60 and "DataWarning" in {p.category for p in result.problems}
+    assert result.settings.batch_size == 20  # the loader's, recorded
 
 
 def test_a_data_loader_subclass_is_read_as_it_makes_its_batches():

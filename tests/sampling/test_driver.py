@@ -268,7 +268,7 @@ def test_a_given_batch_or_a_loaders_own_is_kept():
     assert given.size_batch_for(1e4) == 64 and given.batch_size_source == "given"
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=32)
     from_loader = PosteriorSampler(model, loader, "mse")
-    assert from_loader.size_batch_for(1e4) is None and from_loader.batch_size_source == "the DataLoader's"
+    assert from_loader.size_batch_for(1e4) == 32 and from_loader.batch_size_source == "the DataLoader's"
 
 
 def test_token_data_sizes_the_batch_in_sequences():
