@@ -168,3 +168,23 @@ def test_calibrate_table_shows_how_many_times_the_ladder_doubled():
     assert lines[2].startswith("| dln 10-5-10 r=1 n=1e4 | 95 | γ=1: 1 | 4.33e-05 | 6350 + 6400 | 20.23 ± 0.3")
     assert lines[2].endswith("| -0.1% | 19.05 | ConvergenceWarning |")
     assert "| 95 | 0 |" in lines[3] and lines[3].endswith("| — |")
+
+
+def test_step_multiples_table_counts_false_alarms_and_misses_at_the_threshold():
+    import bench_step_multiples
+
+    base = dict(case="nc", step_size=1e-3, llc=1.0, stderr=0.01, exact=1.0, warnings=[])
+    rows = [
+        dict(base, multiple=1, predicted_bias=0.05, error_vs_exact=0.01),
+        dict(base, multiple=4, predicted_bias=0.25, error_vs_exact=0.02, warnings=["StepSizeWarning"]),
+        dict(base, multiple=6, predicted_bias=0.35, error_vs_exact=0.30, warnings=["StepSizeWarning"]),
+        dict(base, multiple=3, predicted_bias=0.15, error_vs_exact=0.12),
+        dict(case="nc", multiple=8, raised="ChainDivergenceError: all 4 chains diverged"),
+    ]
+    text = bench_step_multiples.markdown(rows, threshold=0.2)
+    assert "| nc | 4 | 0.001 | 25% | 1 ± 0.01 | 1 | +2.0% | StepSizeWarning |" in text
+    assert "raised: ChainDivergenceError" in text
+    assert "At 20% (the warning's threshold): 2 of 4 runs above it, 1 of those within 5% of the exact" in text
+    assert (
+        "At 50% (the former threshold): 0 of 4 runs above it, 0 of those" in text and "2 runs at or" in text
+    )
