@@ -51,7 +51,7 @@ from slt.sampling.losses import LossFn
 from slt.sampling.progress import progress_bar
 from slt.sampling.settings import validate_settings
 from slt.sampling.setup import prepared_sampler
-from slt.tuning import bias_indicator, default_step_size
+from slt.tuning import default_step_size
 from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
 
 __all__ = ["calibrate", "CalibrationResult"]
@@ -127,6 +127,8 @@ class CalibrationResult(JSONResult):
         for key in ("sampler", "sampler_options", "batch_size"):
             if self.settings.get(key) is not None:
                 kwargs[key] = self.settings[key]
+        if self.settings.get("batch_size_source") == "the DataLoader's":  # the loader brings its own again
+            kwargs.pop("batch_size", None)
         if self.settings.get("compile", "off") != "off":  # compilation was asked for: keep it on
             kwargs["compile"] = True
         return kwargs
@@ -501,6 +503,7 @@ def calibrate(
             sampler=get_kernel(sampler).name,
             sampler_options=dict(sampler_options or {}),
             batch_size=posterior.batch_size,
+            batch_size_source=posterior.batch_size_source,
             seed=seed,
             reference_step={f"{loc:g}": lengths[loc].reference for loc in lengths},
             length_converged=all(v.converged is not False for v in lengths.values()),
@@ -513,7 +516,7 @@ def calibrate(
         ),
         lengths,
     )
-    result.problems = (*problems, *result.problems)
+    result.problems = (*posterior.data.problems, *problems, *result.problems)
     emit(result.problems, stacklevel=2)
     return result
 
@@ -858,7 +861,7 @@ def _row_from_run(
         llc_stderr=result.stderr,
         rhat=d.rhat,
         trend_z=d.trend_z,
-        bias_indicator=bias_indicator(step, n_beta, run.grad_norm_sq, result.mean),
+        bias_indicator=result.checks.bias_indicator,  # over the healthy chains, as estimate_llc judges it
         per_chain=[float(v) if math.isfinite(v) else None for v in result.per_chain],
     )
     row["chains_unstable"] = int(np.sum(d.unstable)) if d.unstable.shape == d.diverged.shape else 0

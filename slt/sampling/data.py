@@ -642,8 +642,10 @@ def _resampling_problems(loader: DataLoader) -> tuple[Problem, ...]:
     random resample of the dataset: draws counted as samples, some samples twice, others never. A
     subset sampler without replacement (``SubsetRandomSampler``) is taken to mean its subset, quietly.
     """
-    sampler = loader.sampler
-    if _default_sampling(loader) or loader.batch_size is None or not getattr(sampler, "replacement", False):
+    sampler = (
+        loader.sampler if loader.batch_size is not None else getattr(loader.batch_sampler, "sampler", None)
+    )
+    if _default_sampling(loader) or getattr(sampler, "replacement", False) is not True:
         return ()
     try:
         size, draws = len(loader.dataset), len(sampler)  # type: ignore[arg-type]

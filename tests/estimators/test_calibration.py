@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -65,6 +66,34 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
         "sampler_options": {"leimkuhler_matthews": False},
         "batch_size": 4,
     }
+
+
+def test_calibrating_on_a_data_loader_hands_estimate_llc_kwargs_it_accepts():
+    """The loader's batch size is recorded, not passed back: estimate_llc refuses batch_size with a loader.
+    A loader that resamples with replacement keeps its DataWarning on the calibration too."""
+    x = torch.randn(200, 3)
+    y = x @ torch.tensor([[1.0], [0.5], [-1.0]]) + 0.1 * torch.randn(200, 1)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    model = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+        model.bias.zero_()
+    kw = dict(loss_fn="mse", step_sizes=[2e-4, 1e-4], base_steps=40, check_length=False, num_chains=2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=50, shuffle=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", slt.warnings.ConvergenceWarning)
+        cal = slt.calibrate(model, loader, progress=False, **kw)
+        assert cal.settings["batch_size"] == 50 and "batch_size" not in cal.estimate_kwargs()
+        result = slt.estimate_llc(model, loader, loss_fn="mse", progress=False, **cal.estimate_kwargs())
+    assert result.settings.batch_size == 50
+    resampling = torch.utils.data.DataLoader(
+        dataset, batch_size=50, sampler=torch.utils.data.RandomSampler(dataset, True, 100)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cal = slt.calibrate(model, resampling, progress=False, **kw)
+    assert "DataWarning" in {p.category for p in cal.problems}
+    assert any(w.category is slt.warnings.DataWarning for w in caught)
 
 
 def test_a_rung_estimate_llc_would_warn_about_is_never_healthy():

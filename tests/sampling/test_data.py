@@ -237,6 +237,9 @@ def test_a_loader_resampling_with_replacement_is_flagged_and_the_flag_stays_on_t
     assert problem.category == "DataWarning"
     assert "draws 60 samples per pass from a dataset of 100" in problem.message
     assert "pass the dataset itself" in problem.message
+    batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, True, 60), 20, False)
+    (problem,) = as_data_source(DataLoader(dataset, batch_sampler=batches), CPU).problems  # its own batches
+    assert "draws 60 samples per pass" in problem.message
     subset = DataLoader(dataset, batch_size=20, sampler=torch.utils.data.SubsetRandomSampler(range(50)))
     assert as_data_source(subset, CPU).problems == ()  # a subset without replacement means that subset
     assert as_data_source(DataLoader(dataset, batch_size=20, shuffle=True), CPU).problems == ()
