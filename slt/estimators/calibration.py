@@ -45,7 +45,7 @@ from slt.estimators.llc import MAX_BIAS_INDICATOR, LLCSettings, summarize_run
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.samplers import Kernel, get_kernel
-from slt.sampling.driver import bind_kernel
+from slt.sampling.driver import LOADER_BATCH_SOURCE, bind_kernel
 from slt.sampling.flat import Mask
 from slt.sampling.losses import LossFn
 from slt.sampling.progress import progress_bar
@@ -127,7 +127,7 @@ class CalibrationResult(JSONResult):
         for key in ("sampler", "sampler_options", "batch_size"):
             if self.settings.get(key) is not None:
                 kwargs[key] = self.settings[key]
-        if self.settings.get("batch_size_source") == "the DataLoader's":  # the loader brings its own again
+        if self.settings.get("batch_size_source") == LOADER_BATCH_SOURCE:  # the loader brings its own again
             kwargs.pop("batch_size", None)
         if self.settings.get("compile", "off") != "off":  # compilation was asked for: keep it on
             kwargs["compile"] = True

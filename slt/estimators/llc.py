@@ -563,7 +563,7 @@ def summarize_run(
         localization_share_stderr=share_stderr,
     )
     problems = llc_problems(diagnostics, mean, stderr, settings, checks, sampler.init_loss, trace)
-    problems = (*getattr(getattr(sampler, "data", None), "problems", ()), *problems)
+    problems = (*sampler.data.problems, *problems)  # how the data is read (a resampling loader)
     if diagnostics.unstable.any():
         problems = (_unstable_problem(diagnostics, trace, own_indicators, mean, settings), *problems)
     interval = llc_interval(

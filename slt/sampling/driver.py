@@ -47,6 +47,8 @@ from slt.sampling.vmap import (
 __all__ = ["PosteriorSampler", "ChainRun", "chain_seeds", "bind_kernel", "observable_array", "CHAIN_MODES"]
 
 CHAIN_MODES = ("auto", "sequential", "vectorized")
+#: :attr:`PosteriorSampler.batch_size_source` when a DataLoader brings its own batches.
+LOADER_BATCH_SOURCE = "the DataLoader's"
 #: Steps between checks for non-finite losses (each check synchronizes with the device).
 CHECK_EVERY = 64
 
@@ -241,7 +243,7 @@ class PosteriorSampler:
         self.n, self.n_source = (int(n), "given") if n is not None else (counted, "counted")
         if isinstance(data, DataLoader):
             batch_size = data.batch_size  # recorded in the settings (None for a batch sampler of its own)
-            self.batch_size_source = "the DataLoader's"
+            self.batch_size_source = LOADER_BATCH_SOURCE
         elif batch_size is None:
             batch_size = min(self.num_samples, self.DEFAULT_BATCH_SIZE)
             self.batch_size_source = "min(n, 256)"

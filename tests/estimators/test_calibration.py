@@ -20,6 +20,20 @@ def quadratic_bias(step: float, n_beta: float, gamma: float = 1.0) -> float:
     return 1 / (1 - step * a / 4) - 1
 
 
+def calibrate_euler_quadratic(**kwargs):
+    """``calibrate`` on L = ||w||² (d = 10, nβ = 100) with the Euler step, whose bias :func:`quadratic_bias`
+    gives in closed form (SGLD's default Leimkuhler-Matthews noise has none on a quadratic)."""
+    return slt.calibrate(
+        Quadratic(10),
+        DUMMY,
+        loss_fn=quadratic_loss,
+        n_beta=100.0,
+        sampler_options={"leimkuhler_matthews": False},
+        progress=False,
+        **kwargs,
+    )
+
+
 def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     """On L = ||w||² the Euler step's bias is known: 5.3% at ε = 1e-3, 11.2% at 2e-3, 25% at 4e-3 (nβ = 100).
 
@@ -27,17 +41,8 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     """
     assert quadratic_bias(1e-3, 100) == pytest.approx(0.0531, abs=1e-3)
     assert quadratic_bias(2e-3, 100) == pytest.approx(0.1117, abs=1e-3)
-    cal = slt.calibrate(
-        Quadratic(10),
-        DUMMY,
-        loss_fn=quadratic_loss,
-        n_beta=100.0,
-        sampler_options={"leimkuhler_matthews": False},
-        step_sizes=[4e-3, 2e-3, 1e-3, 5e-4],
-        num_chains=16,
-        base_steps=2000,
-        tolerance=0.1,
-        progress=False,
+    cal = calibrate_euler_quadratic(
+        step_sizes=[4e-3, 2e-3, 1e-3, 5e-4], num_chains=16, base_steps=2000, tolerance=0.1
     )
     assert cal.step_size == 1e-3
     ladder = [r for r in cal.table if r["kind"] == "step"]
@@ -101,17 +106,7 @@ def test_a_rung_estimate_llc_would_warn_about_is_never_healthy():
     StepSizeWarning) is unhealthy, so calibrate cannot recommend a step the estimate then warns about.
     L = ||w||², Euler step, nβ = 100: the exact bias at 6e-3 is 43%, its prediction 30%."""
     assert quadratic_bias(6e-3, 100) == pytest.approx(0.43, abs=0.01)
-    cal = slt.calibrate(
-        Quadratic(10),
-        DUMMY,
-        loss_fn=quadratic_loss,
-        n_beta=100.0,
-        sampler_options={"leimkuhler_matthews": False},
-        step_sizes=[6e-3, 3e-3, 1.5e-3, 7.5e-4],
-        num_chains=16,
-        base_steps=1000,
-        progress=False,
-    )
+    cal = calibrate_euler_quadratic(step_sizes=[6e-3, 3e-3, 1.5e-3, 7.5e-4], num_chains=16, base_steps=1000)
     rows = {r["step_size"]: r for r in cal.table if r["kind"] == "step"}
     assert rows[6e-3]["bias_indicator"] > MAX_BIAS_INDICATOR and not rows[6e-3]["healthy"]
     assert "predicted step bias" in rows[6e-3]["note"] and rows[6e-3]["chains_diverged"] == 0
@@ -478,18 +473,11 @@ def test_a_calibration_step_with_a_chain_past_the_stability_limit_is_unhealthy()
 def test_rungs_too_noisy_to_certify_a_step_are_lengthened_until_one_is():
     """On L = ||w||² with the Euler step (bias 5.3% at ε = 1e-3, 11.2% at 2e-3) short rungs measure
     biases whose standard errors are too large to certify any step; doubling them certifies 1e-3."""
-    kwargs = dict(
-        n_beta=100.0,
-        sampler_options={"leimkuhler_matthews": False},
-        step_sizes=[4e-3, 2e-3, 1e-3, 5e-4],
-        num_chains=4,
-        base_steps=100,
-        progress=False,
-    )
+    kwargs = dict(step_sizes=[4e-3, 2e-3, 1e-3, 5e-4], num_chains=4, base_steps=100)
     with pytest.warns(slt.ConvergenceWarning, match="no step was stable within 10%"):
-        short = slt.calibrate(Quadratic(10), DUMMY, loss_fn=quadratic_loss, ladder_doublings=0, **kwargs)
+        short = calibrate_euler_quadratic(ladder_doublings=0, **kwargs)
     assert short.step_size == 5e-4 and short.settings["ladder_doublings"] == {}
-    cal = slt.calibrate(Quadratic(10), DUMMY, loss_fn=quadratic_loss, **kwargs)
+    cal = calibrate_euler_quadratic(**kwargs)
     assert not cal.problems and cal.step_size == 1e-3 and "largest step" in cal.criteria
     ladder = [r for r in cal.table if r["kind"] == "step"]
     doublings = cal.settings["ladder_doublings"]["1"]
