@@ -27,7 +27,7 @@ class ChainSettings:
     num_chains, num_draws, num_burnin, num_steps_bw_draws : int
         Chains, draws per chain, burn-in steps, and steps per draw.
     batch_size : int or None
-        Minibatch size (``None`` for a data loader's own batches or full-batch samplers).
+        Minibatch size (a DataLoader's own; ``None`` for a loader's own batch sampler or full-batch samplers).
     seed : int
     chain_mode : str
         ``"sequential"`` or ``"vectorized"``: how the chains ran.
