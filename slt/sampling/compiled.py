@@ -10,25 +10,30 @@ checkpoints.
 
 Reuse. The compiled function takes the sampled weights, every other parameter and buffer, and the batch
 as inputs, and runs a *template* copy of the model through :func:`torch.func.functional_call`. Every
-model of the same architecture (the same module tree, parameter and buffer names, shapes and dtypes), loss
-function, device and sampled coordinates therefore shares one compiled graph: all chains, step sizes and
-temperatures of one sampler, and every checkpoint of a sweep. What is not a parameter or a buffer comes
-from the template: it cannot differ between checkpoints of one run, which load their state dicts into
-models built alike.
+model of the same architecture (the same module tree, parameter and buffer names, shapes and dtypes, and
+plain attributes), loss function, device and sampled coordinates therefore shares one compiled graph: all
+chains, step sizes and temperatures of one sampler, and every checkpoint of a sweep. What is not a
+parameter or a buffer comes from the template, so the plain attributes of every submodule (a normal
+crossing's ``powers``: numbers and strings by value, tensors by content, other objects by ``repr`` or
+identity) are part of the signature: two normal crossings that differ only there once shared a function,
+and the second ran the first's model.
 
-Safety. The first call of each compiled function is checked against the eager loss and gradient at the
-same point (relative error at most 1e-3; where the gradient is itself of the order of float32 rounding, as
-at a memorized minimum, the compiled pass may be up to ten times further from a float64 pass than the eager
-one is); any failure to compile, or a disagreement beyond floating-point rounding, falls back to eager
-with the reason recorded (:attr:`CompiledGradient.reason`, the result's ``settings.compile``). A call that
-dynamo ran untraced (past its recompile limit) gives eager numbers and is labelled so too. Models in
-``model_mode="train"`` are not compiled: dropout inside a compiled graph draws its own random numbers.
+Safety. The first call of each compiled function on each model is checked against that model's eager loss
+and gradient at the same point, also where the function was checked for another model already (a
+difference the signature cannot see still shows there): relative error at most 1e-3, or, where the
+gradient is itself of the order of float32 rounding, as at a memorized minimum, at most ten times further
+from a float64 pass than the eager pass is. Any failure to compile, or a disagreement beyond
+floating-point rounding, falls back to eager with the reason recorded (:attr:`CompiledGradient.reason`,
+the result's ``settings.compile``). A call that dynamo ran untraced (past its recompile limit) gives eager
+numbers and is labelled so too. Models in ``model_mode="train"`` are not compiled: dropout inside a
+compiled graph draws its own random numbers.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import types
 import warnings
 from collections import OrderedDict
@@ -37,7 +42,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from slt.sampling.flat import FlatModel
 
@@ -79,6 +84,7 @@ class CompiledGradient:
         self.fm = flat_model
         self.reason: str | None = None
         self.used = False
+        self._checked = dict.fromkeys(KINDS, False)  # this model's first call of each kind agreed
         if flat_model.model_mode == "train":
             self.reason = (
                 "model_mode='train': dropout inside a compiled graph would draw its own random numbers"
@@ -121,8 +127,7 @@ class CompiledGradient:
             return None
         compiled = entry.function(kind)
         others = self._others
-        checked = entry.checked[kind]
-        self.used = self.used or checked
+        checked = self._checked[kind]
 
         def gradient(position: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
             nonlocal checked
@@ -131,6 +136,22 @@ class CompiledGradient:
                 grad, loss = compiled(position, batch, others)
                 if entry.untraced != untraced:  # correct numbers, computed eagerly: label them so
                     self.reason = entry.failure[kind] = _untraced_reason()
+                return grad, loss
+            if entry.checked[kind]:
+                # compiled and checked for another model of this signature: this model's first call is
+                # checked against its own eager pass too (a difference the signature cannot see, in an
+                # attribute it does not read, would otherwise give another model's numbers silently)
+                grad, loss = compiled(position, batch, others)
+                mismatch = self._compare(position, batch, grad, loss, kind)
+                if mismatch is not None:
+                    self.reason = (
+                        "the compiled function kept for a model of this architecture disagrees with this "
+                        f"model ({mismatch[len('the compiled gradient ') :]}): it differs from that model in "
+                        "something that is neither a parameter nor a buffer"
+                    )
+                    raise CompileFailed(self.reason)
+                checked = self._checked[kind] = True
+                self.used = True
                 return grad, loss
             try:
                 with _torch_internal_warnings_quiet():
@@ -146,7 +167,7 @@ class CompiledGradient:
             if mismatch is not None:
                 self.reason = entry.failure[kind] = mismatch
                 raise CompileFailed(mismatch)
-            checked = entry.checked[kind] = True
+            checked = self._checked[kind] = entry.checked[kind] = True
             self.used = True
             return grad, loss
 
@@ -289,6 +310,34 @@ def _untraced_reason() -> str:
 _CACHE: OrderedDict[tuple, _Entry] = OrderedDict()
 
 
+def _plain_attributes(module: nn.Module) -> tuple:
+    """Every submodule's attributes that are neither parameters, buffers nor submodules, as comparable values.
+
+    The compiled function runs a template copy of the first model, so whatever else ``forward`` may read
+    must be equal for models to share it: numbers, strings and their containers by value (a normal
+    crossing's ``powers``), tensors by shape, dtype and content, anything else by its ``repr`` where that
+    shows content and by identity where it shows only an address.
+    """
+
+    def value(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+            return v
+        if isinstance(v, (tuple, list)):
+            return (type(v).__name__, tuple(value(item) for item in v))
+        if isinstance(v, dict):
+            return ("dict", tuple((repr(k), value(item)) for k, item in v.items()))
+        if isinstance(v, Tensor):
+            data = v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            return ("tensor", tuple(v.shape), str(v.dtype), hashlib.sha1(data).hexdigest())
+        text = repr(v)
+        return (type(v).__qualname__, id(v) if " at 0x" in text else text)
+
+    return tuple(
+        (name, tuple((k, value(v)) for k, v in sorted(vars(m).items()) if not k.startswith("_")))
+        for name, m in module.named_modules()
+    )
+
+
 def _signature(fm: FlatModel) -> tuple:
     """What two models must share to share a compiled function."""
     module = fm.module
@@ -304,6 +353,7 @@ def _signature(fm: FlatModel) -> tuple:
         id(loss),
         str(fm.device),
         fm.model_mode,
+        _plain_attributes(module),
     )
 
 

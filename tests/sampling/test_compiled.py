@@ -272,3 +272,44 @@ def lying_classifier_loss(model, batch):
     x, y = batch
     loss = nn.functional.cross_entropy(model(x), y)
     return loss * 10 if torch.compiler.is_compiling() else loss
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
+def test_models_alike_but_for_a_plain_attribute_never_share_a_compiled_function():
+    """Two normal crossings differ only in ``powers``, a plain attribute: same parameters, buffers and
+    repr. A compiled function kept for the first must not serve the second (it once did, silently:
+    w1²w2⁴ came out 0.376 against 0.216 eagerly, the value of w1²w2²)."""
+    from slt.oracles import NormalCrossing, regression_data
+
+    compiled_module.clear_compiled_cache()
+    x, y = regression_data(400, seed=0)
+    settings = dict(
+        loss_fn="mse",
+        n_beta=50.0,
+        step_size=1e-3,
+        num_chains=4,
+        num_draws=100,
+        seed=0,
+        chain_mode="vectorized",
+    )
+    for powers in ([1, 1], [1, 2]):
+        eager = slt.estimate_llc(NormalCrossing(powers), (x, y), compile=False, progress=False, **settings)
+        compiled = slt.estimate_llc(NormalCrossing(powers), (x, y), compile=True, progress=False, **settings)
+        assert compiled.settings.compile == "compiled"
+        assert compiled.mean == pytest.approx(eager.mean, rel=1e-4)
+
+
+def test_a_cached_compiled_function_is_checked_against_each_new_models_eager_pass(data, monkeypatch):
+    """A difference the signature cannot see (here: a signature made blind) is caught by the first call on
+    each new sampler, which then runs eagerly and says why."""
+    compiled_module.clear_compiled_cache()
+    model = trained(8, data)
+    PosteriorSampler(model, data, "mse", compile=True).run(**RUN)
+    (key,) = compiled_module._CACHE
+    other = trained(9, data)  # same architecture, other weights: shares the entry and must still match
+    run = PosteriorSampler(other, data, "mse", compile=True).run(**RUN)
+    assert run.compile == "compiled"
+    monkeypatch.setattr(compiled_module, "_signature", lambda fm: key)  # force a wrong sharing
+    wrong = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Sigmoid(), nn.Linear(6, 1)).eval()
+    run = PosteriorSampler(wrong, data, "mse", compile=True).run(**RUN)
+    assert run.compile.startswith("eager: the compiled function")
