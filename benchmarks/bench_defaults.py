@@ -263,6 +263,8 @@ def run(
         minibatch_noise_share=result.checks.minibatch_noise,
         minibatch_bias=result.checks.minibatch_bias,
         seconds=seconds,
+        compile=s.compile,
+        chain_mode=s.chain_mode,
         warnings=sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught}),
     )
 

@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run the loss and its gradient through torch.compile, one compiled function reused by every "
         "checkpoint (seconds to compile once; pays on sweeps of small models, see slt.estimate_llc); "
-        "default: on from 24 checkpoints (slt.sweeps.trajectory.compiles_by_default), --no-compile keeps "
-        "the chains eager",
+        "default: on from 24 checkpoints (slt.sweeps.trajectory.compiles_by_default), below that only for "
+        "long runs of stacked chains (slt.estimate_llc's compile=None); --no-compile keeps the chains eager",
     )
     analyze.add_argument(
         "--seed", type=int, default=0, help="base seed; the same seed gives the same numbers on this machine"

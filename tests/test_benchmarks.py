@@ -188,3 +188,24 @@ def test_step_multiples_table_counts_false_alarms_and_misses_at_the_threshold():
     assert (
         "At 50% (the former threshold): 0 of 4 runs above it, 0 of those" in text and "2 runs at or" in text
     )
+
+
+def test_auto_compile_table_compares_the_default_with_eager_chains():
+    import bench_auto_compile
+
+    row = dict(
+        case="nc",
+        seed=0,
+        exact=0.36,
+        eager=dict(llc=0.37, stderr=0.01, seconds=20.0, steps_per_chain=32000, warnings=[]),
+        default=dict(llc=0.371, stderr=0.01, seconds=8.0, steps_per_chain=32000, warnings=[]),
+        ratio=0.4,
+        difference_in_stderrs=0.07,
+        compile="compiled from step 7500",
+        chain_mode=("vectorized", "vectorized"),
+    )
+    raised = dict(case="broken", seed=0, exact=math.nan, eager=dict(raised="ValueError: x"), default={})
+    text = bench_auto_compile.markdown([row, raised], {"torch": "2.13", "device": "cpu"})
+    assert "| nc | 32,000 / 32,000 | 20.0 | 8.0 | 0.40 | compiled from step 7500 |" in text
+    assert "raised: ValueError: x" in text
+    assert "All cases: 20 s eager, 8 s with the default (0.40×); 1 of 2 switched" in text

@@ -54,12 +54,20 @@ __all__ = [
     "noise_at_chain_ends",
     "min_simulated_time",
     "DEFAULT_MAX_STEPS",
+    "AUTO_COMPILE_MIN_STEPS",
 ]
 
 #: Largest relative standard error of the estimate the automatic length accepts as converged.
 DEFAULT_PRECISION = 0.05
 #: Default budget of steps per chain for the automatic length.
 DEFAULT_MAX_STEPS = 100_000
+#: Steps per chain from which ``slt.estimate_llc``'s default (``compile=None``) runs stacked chains through
+#: the compiled gradient: the automatic length's first segment that long (after 7,500 steps) or a given
+#: length that long. Measured on one CPU core (see ``benchmarks/results/compile.md``): stacked compiled
+#: chains take 0.13x (16 chains of a normal crossing: 121 against 915 µs per step) to 0.49x eager per step
+#: after a warm-up of 2-4 s per architecture and about 11 s for the first compilation of a process; at this
+#: length the saving pays the first warm-up of a process on the smallest models.
+AUTO_COMPILE_MIN_STEPS = 8_000
 #: Segments within which an automatic step may grow; it shrinks after any segment whose predicted bias
 #: exceeds twice the target (on 5-10-10-10-10-5 the chains kept spreading into stiffer places: the
 #: predicted bias rose from 5% to 49% over six doublings and λ̂ came out +93% when only the first segment
@@ -156,6 +164,9 @@ class LengthReport:
         The step of the draws (smaller than the one given if the recheck shrank it).
     step_history : list of str
         Step-size changes, in words.
+    compiled_from : int or None
+        Steps per chain after which the chains ran through the compiled gradient (``compile_from``), or
+        ``None`` where the run did not switch.
     """
 
     converged: bool
@@ -167,6 +178,7 @@ class LengthReport:
     simulated_time: float = 0.0
     step_size: float = float("nan")
     step_history: list[str] = field(default_factory=list)
+    compiled_from: int | None = None
 
 
 def _step_factor(indicator: float, target_bias: float) -> float:
@@ -262,12 +274,16 @@ def run_until_converged(
     target_bias: float = DEFAULT_TARGET_BIAS,
     progress: bool | str | Any = False,
     stop: Callable[[float], str | None] | None = None,
+    compile_from: int | None = None,
 ) -> tuple[ChainRun, LengthReport]:
     """Run chains in doubling segments until two successive segments agree (see the module docstring).
 
     ``progress`` may be an open progress bar (then advanced, not closed) instead of a flag or a label.
     ``stop(estimate)``, called with each segment's estimate, ends the run early when it returns a reason
-    (the report's ``reason``; ``converged`` stays ``False``).
+    (the report's ``reason``; ``converged`` stays ``False``). ``compile_from``: steps per chain from which a
+    segment of at least that length runs through the compiled gradient, where compiling would stack the
+    chains (:meth:`~slt.sampling.PosteriorSampler.compile_pays`); the chain mode is then chosen again, and
+    the report's ``compiled_from`` says when it switched. ``None`` never switches.
 
     Returns
     -------
@@ -293,10 +309,20 @@ def run_until_converged(
     states = None
     diverged_at = np.full(num_chains, -1, dtype=np.int64)
     steps_done, seconds, length, segment = 0, 0.0, first, 0
+    requested_mode = chain_mode
     # simulated time that counts towards the floor: all of it, or since the last restart of the states
     since_restart = 0.0
     try:
         while True:
+            if (
+                compile_from is not None
+                and posterior.compiled is None
+                and length >= compile_from
+                and posterior.compile_pays(num_chains, requested_mode)
+            ):
+                posterior.enable_compile()
+                chain_mode = requested_mode  # chosen again, now for compiled chains
+                report.compiled_from = steps_done
             started = time.perf_counter()
             run = posterior.run(
                 n_beta=n_beta,

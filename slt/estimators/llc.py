@@ -23,9 +23,11 @@ from torch import nn
 
 from slt.estimators.diagnostics import RHAT_MAX, ChainDiagnostics, diagnose, import_arviz, trend_threshold
 from slt.estimators.length import (
+    AUTO_COMPILE_MIN_STEPS,
     DEFAULT_MAX_STEPS,
     DEFAULT_PRECISION,
     LengthPolicy,
+    LengthReport,
     llc_trace,
     min_simulated_time,
     noise_at_chain_ends,
@@ -119,7 +121,9 @@ class LLCSettings(ChainSettings):
         Predicted relative step-size bias (:func:`slt.tuning.bias_indicator`) the automatic step aimed at
         and was rechecked against; ``None`` for a given step.
     compile : str
-        ``"off"``, ``"compiled"`` or ``"eager: <reason>"`` (compilation asked for and not used).
+        ``"off"``, ``"compiled"``, ``"compiled from step N"`` (the default ``compile=None`` switched a long
+        run to the compiled gradient after N steps per chain) or ``"eager: <reason>"`` (compilation
+        tried and not used).
     batch_size_source : str
         ``"given"``, ``"the DataLoader's"``, or the rule that sized the default batch for nβ
         (:meth:`slt.sampling.driver.PosteriorSampler.size_batch_for`).
@@ -903,6 +907,13 @@ def _halves_rise(trace: np.ndarray) -> tuple[float, float]:
     return float(second.mean() / first.mean() - 1), float(z)
 
 
+def _compile_record(status: str, report: LengthReport | None) -> str:
+    """``settings.compile``: the run's compile status, with the step a long automatic run switched at."""
+    if report is not None and report.compiled_from is not None and status == "compiled":
+        return f"compiled from step {report.compiled_from}"
+    return status
+
+
 def _plausibility_problems(
     mean: float,
     stderr: float,
@@ -1061,7 +1072,7 @@ def estimate_llc(
     seed: int = 0,
     device: torch.device | str | None = None,
     chain_mode: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
     observables: Mapping[str, Observable] | None = None,
     control_variate: bool = True,
     progress: bool = True,
@@ -1164,13 +1175,18 @@ def estimate_llc(
     chain_mode : {"auto", "sequential", "vectorized"}
         Run chains one after another or batched with ``torch.func.vmap``; ``"auto"`` picks the faster
         for the model size and device.
-    compile : bool
+    compile : bool or None
         Run the loss and its gradient through ``torch.compile`` (see :mod:`slt.sampling.compiled`). It
         costs seconds of compilation once per architecture and process (tens of seconds for the first),
         then runs each step in 0.2-0.9x the eager time on small networks (``benchmarks/bench_compile.py``):
         worth it for long runs and sweeps, which reuse the compiled function across checkpoints. The
         compiled gradient is checked against the eager one at its first call; where compilation fails or
-        disagrees, the chains run eagerly and ``settings.compile`` says why.
+        disagrees, the chains run eagerly and ``settings.compile`` says why. ``True`` compiles from the
+        first step, ``False`` never. ``None`` (the default) compiles only what is long and gains most: from
+        :data:`~slt.estimators.length.AUTO_COMPILE_MIN_STEPS` steps per chain on (the automatic length's
+        first segment that long; a given length that long as a whole), where compiled chains would run
+        stacked (:meth:`slt.sampling.PosteriorSampler.compile_pays`); ``settings.compile`` then reads
+        ``"compiled from step N"``. The rule counts steps, not seconds, so a seed gives the same run.
     observables : dict of str to callable, optional
         ``fn(model)`` evaluated on the sampled model at every draw, returning a number, tensor or numeric
         array of a fixed shape; stored in ``result.observables`` as ``(chains, draws, ...)``. Each is
@@ -1237,7 +1253,7 @@ def estimate_llc(
         n_unit=n_unit,
         eval_samples=eval_samples,
         model_mode=model_mode,
-        compile=compile,
+        compile=bool(compile),
     ) as posterior:
         checks = LLCChecks(
             zero_weights_loss=zero_weights_loss(posterior),
@@ -1275,6 +1291,7 @@ def estimate_llc(
                 recheck_step=step_size_source != "given",
                 target_bias=target_bias,
                 progress="LLC" if progress else False,
+                compile_from=AUTO_COMPILE_MIN_STEPS if compile is None else None,
             )
             if report.step_history:
                 step_size_source += "; rechecked: " + "; ".join(report.step_history)
@@ -1282,6 +1299,10 @@ def estimate_llc(
             num_draws = run.loss_trace.shape[1]
             num_burnin = sum(report.segment_steps) - num_draws * num_steps_bw_draws
         else:
+            total = num_burnin + num_draws * num_steps_bw_draws
+            long_run = compile is None and total >= AUTO_COMPILE_MIN_STEPS
+            if long_run and posterior.compile_pays(num_chains, chain_mode):
+                posterior.enable_compile()
             run = posterior.run(
                 n_beta=n_beta_value,
                 localization=localization,
@@ -1320,7 +1341,7 @@ def estimate_llc(
         chain_mode=run.chain_mode,
         num_params=posterior.num_params,
         device=str(posterior.device),
-        compile=run.compile,
+        compile=_compile_record(run.compile, report),
         control_variate=control_variate,
         length_source="auto" if auto_length else "given",
         simulated_time=report.simulated_time

@@ -150,7 +150,8 @@ def analyze_checkpoints(
         ``step_size``, ``n_beta``, ``batch_size``, ``sampler``, ...). Those given are used as they are.
         ``compile``, when not given, is ``True`` for sweeps of :data:`AUTO_COMPILE_MIN_CHECKPOINTS` (24)
         checkpoints or more (:func:`compiles_by_default`; one compiled function serves every checkpoint)
-        and ``False`` below; pass ``compile=False`` to keep the chains eager.
+        and :func:`slt.estimate_llc`'s default below (``None``: only a checkpoint's long run of stacked
+        chains compiles); pass ``compile=False`` to keep the chains eager.
 
     Returns
     -------

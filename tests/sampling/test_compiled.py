@@ -275,6 +275,58 @@ def lying_classifier_loss(model, batch):
 
 
 @pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
+def test_the_default_compiles_only_long_runs_whose_compiled_chains_would_stack(data, monkeypatch):
+    """``compile=None``: a given length of at least AUTO_COMPILE_MIN_STEPS steps per chain runs compiled
+    (stacked), a shorter one eagerly, and ``compile=False`` never compiles."""
+    from slt.estimators import llc as llc_module
+
+    monkeypatch.setattr(llc_module, "AUTO_COMPILE_MIN_STEPS", 200)
+    model = trained(8, data)
+    settings = dict(loss_fn="mse", localization=10.0, step_size=1e-3, num_chains=4, seed=1, progress=False)
+    long = slt.estimate_llc(model, data, num_draws=150, num_burnin=50, **settings)
+    short = slt.estimate_llc(model, data, num_draws=149, num_burnin=50, **settings)
+    never = slt.estimate_llc(model, data, num_draws=150, num_burnin=50, compile=False, **settings)
+    assert (long.settings.compile, long.settings.chain_mode) == ("compiled", "vectorized")
+    assert (short.settings.compile, short.settings.chain_mode) == ("off", "sequential")
+    assert (never.settings.compile, never.settings.chain_mode) == ("off", "sequential")
+    # one chain after another: compiling would not stack them, so a long run stays eager
+    alone = slt.estimate_llc(model, data, num_draws=150, num_burnin=50, chain_mode="sequential", **settings)
+    assert alone.settings.compile == "off"
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # a budget of a few segments
+def test_a_long_automatic_run_switches_to_compiled_chains_mid_run_and_keeps_its_estimate(data, monkeypatch):
+    from slt.estimators import llc as llc_module
+
+    monkeypatch.setattr(llc_module, "AUTO_COMPILE_MIN_STEPS", 1000)
+    model = trained(8, data)
+    settings = dict(loss_fn="mse", localization=10.0, num_chains=4, seed=2, max_steps=3500, progress=False)
+    switched = slt.estimate_llc(model, data, **settings)
+    again = slt.estimate_llc(model, data, **settings)
+    eager = slt.estimate_llc(model, data, compile=False, **settings)
+    # segments of 500, 1000 and 2000 steps: the second is the first that long, after 500 steps
+    assert switched.checks.segment_steps[:2] == [500, 1000]
+    assert switched.settings.compile == "compiled from step 500"
+    assert switched.settings.chain_mode == "vectorized" and eager.settings.chain_mode == "sequential"
+    assert eager.settings.compile == "off"
+    # stacked chains draw their noise in another order: agreement within sampling error, not equality
+    assert abs(switched.mean - eager.mean) < 4 * np.hypot(switched.stderr, eager.stderr)
+    # the rule counts steps, not seconds: the same seed gives the same numbers
+    np.testing.assert_array_equal(again.loss_trace, switched.loss_trace)
+
+
+def test_compile_pays_only_where_compiled_chains_would_stack(data):
+    model = trained(8, data)
+    sampler = PosteriorSampler(model, data, "mse")
+    assert sampler.compile_pays(4)
+    assert not sampler.compile_pays(1)  # nothing to stack
+    assert not sampler.compile_pays(4, chain_mode="sequential")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=32)
+    assert not PosteriorSampler(model, loader, "mse").compile_pays(4)  # stacked chains need in-memory data
+    assert not PosteriorSampler(model, data, "mse", model_mode="train").compile_pays(4)
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # short chains
 def test_models_alike_but_for_a_plain_attribute_never_share_a_compiled_function():
     """Two normal crossings differ only in ``powers``, a plain attribute: same parameters, buffers and
     repr. A compiled function kept for the first must not serve the second (it once did, silently:
