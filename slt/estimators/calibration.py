@@ -35,6 +35,7 @@ from torch import nn
 
 from slt.estimators.diagnostics import CALIBRATION_TREND_Z, RHAT_MAX
 from slt.estimators.length import (
+    AUTO_COMPILE_MIN_STEPS,
     DEFAULT_MAX_STEPS,
     LengthPolicy,
     LengthReport,
@@ -189,7 +190,7 @@ def calibrate(
     seed: int = 0,
     device: torch.device | str | None = None,
     chain_mode: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
     r"""Recommend a step size, chain lengths (and a localization) by running chains and measuring.
@@ -247,7 +248,10 @@ def calibrate(
     model, data, loss_fn, n_beta, batch_size, sampler, sampler_options, mask, seed, device
         As in :func:`slt.estimate_llc`.
     chain_mode, compile
-        As in :func:`slt.estimate_llc`; :meth:`CalibrationResult.estimate_kwargs` keeps ``compile`` on.
+        As in :func:`slt.estimate_llc` (``compile=None``: the length stage's first segment of
+        :data:`~slt.estimators.length.AUTO_COMPILE_MIN_STEPS` steps per chain or more switches to compiled
+        stacked chains where they stack, and the ladder after it stays compiled);
+        :meth:`CalibrationResult.estimate_kwargs` keeps ``compile`` on once it ran compiled.
     step_sizes : sequence of float, optional
         Steps to try. Default: a halving ladder of five steps from four times the reference step down to
         a quarter of it.
@@ -327,7 +331,14 @@ def calibrate(
     skipped: list[str] = []
     doublings: dict[str, int] = {}
     with prepared_sampler(
-        model, data, loss_fn, batch_size=batch_size, mask=mask, device=device, seed=seed, compile=compile
+        model,
+        data,
+        loss_fn,
+        batch_size=batch_size,
+        mask=mask,
+        device=device,
+        seed=seed,
+        compile=bool(compile),
     ) as posterior:
         nb, _ = posterior.resolve_n_beta(n_beta)
         if step_sizes is None:
@@ -383,6 +394,7 @@ def calibrate(
                         chain_mode,
                         recheck=step_sizes is None,
                         bar=bar,
+                        compile_from=AUTO_COMPILE_MIN_STEPS if compile is None else None,
                     )
                     table.extend(stage.rows)
                     if not stage.report.converged:
@@ -572,6 +584,7 @@ def _length_stage(
     *,
     recheck,
     bar,
+    compile_from=None,
 ) -> _LengthStage:
     """The automatic length of :func:`slt.estimate_llc` at ``step``: chains equilibrated from w*."""
     policy = LengthPolicy(
@@ -594,6 +607,7 @@ def _length_stage(
         control_variate=True,
         recheck_step=recheck,
         progress=bar if bar is not None else False,
+        compile_from=compile_from,
     )
     rows = [
         {

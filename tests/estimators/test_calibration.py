@@ -515,3 +515,27 @@ def test_pooled_rungs_weigh_per_chain_estimates_by_draws_and_keep_every_problem(
     assert not _could_certify([dict(rows[0], bias_estimate=0.2), rows[1]], 0.1)
     assert not _could_certify([dict(rows[0], stable=True), rows[1]], 0.1)
     assert not _could_certify([dict(rows[0], healthy=False), rows[1]], 0.1)
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # a budget of three segments
+def test_a_long_length_stage_switches_to_compiled_chains_by_default(monkeypatch):
+    """``compile=None``: the length stage's first segment of AUTO_COMPILE_MIN_STEPS steps or more runs
+    compiled, the ladder after it stays so, and estimate_kwargs keeps compile on; ``False`` never."""
+    from slt.estimators import calibration as calibration_module
+
+    monkeypatch.setattr(calibration_module, "AUTO_COMPILE_MIN_STEPS", 400)
+    settings = dict(
+        loss_fn=quadratic_loss,
+        n_beta=50.0,
+        step_sizes=[2e-3, 1e-3],
+        localizations=[1.0],
+        num_chains=4,
+        base_steps=200,
+        max_steps=1400,
+        progress=False,
+    )
+    cal = slt.calibrate(Quadratic(4), DUMMY, **settings)
+    assert cal.settings["compile"] == "compiled"
+    assert cal.estimate_kwargs()["compile"] is True
+    eager = slt.calibrate(Quadratic(4), DUMMY, compile=False, **settings)
+    assert eager.settings["compile"] == "off" and "compile" not in eager.estimate_kwargs()
