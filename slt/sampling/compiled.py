@@ -316,21 +316,29 @@ def _plain_attributes(module: nn.Module) -> tuple:
     The compiled function runs a template copy of the first model, so whatever else ``forward`` may read
     must be equal for models to share it: numbers, strings and their containers by value (a normal
     crossing's ``powers``), tensors by shape, dtype and content, anything else by its ``repr`` where that
-    shows content and by identity where it shows only an address.
+    shows content and by identity where it shows only an address (or where the value cannot be read
+    otherwise: a ``repr`` that raises, a sparse tensor, containers nested deeper than four levels). Identity
+    never makes two different models share; the first-call check of each model backs up the rest.
     """
 
-    def value(v: Any) -> Any:
+    def value(v: Any, depth: int = 0) -> Any:
         if v is None or isinstance(v, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
             return v
-        if isinstance(v, (tuple, list)):
-            return (type(v).__name__, tuple(value(item) for item in v))
-        if isinstance(v, dict):
-            return ("dict", tuple((repr(k), value(item)) for k, item in v.items()))
-        if isinstance(v, Tensor):
-            data = v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-            return ("tensor", tuple(v.shape), str(v.dtype), hashlib.sha1(data).hexdigest())
-        text = repr(v)
-        return (type(v).__qualname__, id(v) if " at 0x" in text else text)
+        try:
+            if depth < 4 and isinstance(v, (tuple, list)):
+                return (type(v).__name__, tuple(value(item, depth + 1) for item in v))
+            if depth < 4 and isinstance(v, dict):
+                return ("dict", tuple((repr(k), value(item, depth + 1)) for k, item in v.items()))
+            if isinstance(v, Tensor):
+                data = v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                return ("tensor", tuple(v.shape), str(v.dtype), hashlib.sha1(data).hexdigest())
+            if depth < 4:
+                text = repr(v)
+                if " at 0x" not in text:
+                    return (type(v).__qualname__, text)
+        except Exception:  # an unreadable value: compare by identity
+            pass
+        return (type(v).__qualname__, id(v))
 
     return tuple(
         (name, tuple((k, value(v)) for k, v in sorted(vars(m).items()) if not k.startswith("_")))

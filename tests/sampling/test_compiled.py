@@ -365,3 +365,30 @@ def test_a_cached_compiled_function_is_checked_against_each_new_models_eager_pas
     wrong = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Sigmoid(), nn.Linear(6, 1)).eval()
     run = PosteriorSampler(wrong, data, "mse", compile=True).run(**RUN)
     assert run.compile.startswith("eager: the compiled function")
+
+
+def test_the_signature_reads_odd_attributes_without_failing():
+    """A repr that raises, a self-containing list, a sparse tensor: compared by identity, never an error."""
+
+    class Odd:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    def odd_net():
+        model = net(0)
+        model.odd = Odd()
+        model.loop = [1]
+        model.loop.append(model.loop)
+        model.sparse = torch.eye(3).to_sparse()
+        model.powers = (1, 2)
+        return model
+
+    first, second = odd_net(), odd_net()
+    signature = compiled_module._plain_attributes(first)
+    assert signature == compiled_module._plain_attributes(first)  # stable for one model
+    assert signature != compiled_module._plain_attributes(second)  # other objects: never shared by accident
+    plain = net(0)
+    plain.powers = (1, 2)
+    other = net(0)
+    other.powers = (1, 3)
+    assert compiled_module._plain_attributes(plain) != compiled_module._plain_attributes(other)
