@@ -283,7 +283,8 @@ def run_until_converged(
     (the report's ``reason``; ``converged`` stays ``False``). ``compile_from``: steps per chain from which a
     segment of at least that length runs through the compiled gradient, where compiling would stack the
     chains (:meth:`~slt.sampling.PosteriorSampler.compile_pays`); the chain mode is then chosen again, and
-    the report's ``compiled_from`` says when it switched. ``None`` never switches.
+    the report's ``compiled_from`` says when it switched (not after a chain diverged). ``None`` never
+    switches. The first compilation (seconds) counts against ``max_seconds`` like any other step.
 
     Returns
     -------
@@ -318,6 +319,7 @@ def run_until_converged(
                 compile_from is not None
                 and posterior.compiled is None
                 and length >= compile_from
+                and not (diverged_at >= 0).any()  # a diverged chain's state is not a point to check at
                 and posterior.compile_pays(num_chains, requested_mode)
             ):
                 posterior.enable_compile()

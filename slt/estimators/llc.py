@@ -121,9 +121,10 @@ class LLCSettings(ChainSettings):
         Predicted relative step-size bias (:func:`slt.tuning.bias_indicator`) the automatic step aimed at
         and was rechecked against; ``None`` for a given step.
     compile : str
-        ``"off"``, ``"compiled"``, ``"compiled from step N"`` (the default ``compile=None`` switched a long
-        run to the compiled gradient after N steps per chain) or ``"eager: <reason>"`` (compilation
-        tried and not used).
+        ``"off"``, ``"compiled"`` (from the first step: ``compile=True``, or a given length the default
+        compiled), ``"compiled from step N"`` (the default ``compile=None`` switched an automatic length to
+        the compiled gradient after N steps per chain) or ``"eager: <reason>"`` (compilation tried and not
+        used).
     batch_size_source : str
         ``"given"``, ``"the DataLoader's"``, or the rule that sized the default batch for nβ
         (:meth:`slt.sampling.driver.PosteriorSampler.size_batch_for`).
@@ -1186,7 +1187,8 @@ def estimate_llc(
         :data:`~slt.estimators.length.AUTO_COMPILE_MIN_STEPS` steps per chain on (the automatic length's
         first segment that long; a given length that long as a whole), where compiled chains would run
         stacked (:meth:`slt.sampling.PosteriorSampler.compile_pays`); ``settings.compile`` then reads
-        ``"compiled from step N"``. The rule counts steps, not seconds, so a seed gives the same run.
+        ``"compiled from step N"`` (an automatic length) or ``"compiled"`` (a given length). The rule
+        counts steps, not seconds, so a seed gives the same run.
     observables : dict of str to callable, optional
         ``fn(model)`` evaluated on the sampled model at every draw, returning a number, tensor or numeric
         array of a fixed shape; stored in ``result.observables`` as ``(chains, draws, ...)``. Each is

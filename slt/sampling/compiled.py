@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -141,7 +142,15 @@ class CompiledGradient:
                 # compiled and checked for another model of this signature: this model's first call is
                 # checked against its own eager pass too (a difference the signature cannot see, in an
                 # attribute it does not read, would otherwise give another model's numbers silently)
-                grad, loss = compiled(position, batch, others)
+                try:
+                    with _torch_internal_warnings_quiet():
+                        grad, loss = compiled(position, batch, others)
+                except Exception as error:  # a recompilation (a new batch shape) that failed
+                    self.reason = f"torch.compile failed ({type(error).__name__}: {_first_line(error)})"
+                    raise CompileFailed(self.reason) from error
+                if entry.untraced != untraced:
+                    self.reason = _untraced_reason()
+                    raise CompileFailed(self.reason)
                 mismatch = self._compare(position, batch, grad, loss, kind)
                 if mismatch is not None:
                     self.reason = (
@@ -180,6 +189,17 @@ class CompiledGradient:
             eager = torch.func.vmap(eager, in_dims=(0, 0 if kind == "vectorized" else None))
         with torch.no_grad():
             expected_grad, expected_loss = eager(position, batch)
+        if kind != "sequential":  # stacked positions: compare the chains whose eager pass is finite
+            finite = torch.isfinite(expected_loss) & torch.isfinite(expected_grad).all(dim=-1)
+            if not bool(finite.all()):
+                kept = (t[finite] for t in (grad, loss, expected_grad, expected_loss))
+                grad, loss, expected_grad, expected_loss = kept
+                position = position[finite]
+                batch = torch.utils._pytree.tree_map(
+                    lambda t: t[finite] if isinstance(t, Tensor) and kind == "vectorized" else t, batch
+                )
+                if not bool(finite.any()):
+                    return None  # nothing finite to compare: the next model's first call checks again
         grad_error = _relative(grad, expected_grad)
         loss_error = _relative(loss, expected_loss)
         if grad_error <= COMPILE_TOLERANCE and loss_error <= COMPILE_TOLERANCE:
@@ -317,8 +337,11 @@ def _plain_attributes(module: nn.Module) -> tuple:
     must be equal for models to share it: numbers, strings and their containers by value (a normal
     crossing's ``powers``), tensors by shape, dtype and content, anything else by its ``repr`` where that
     shows content and by identity where it shows only an address (or where the value cannot be read
-    otherwise: a ``repr`` that raises, a sparse tensor, containers nested deeper than four levels). Identity
-    never makes two different models share; the first-call check of each model backs up the rest.
+    otherwise: a ``repr`` that raises, a sparse tensor, containers nested deeper than four levels); numpy
+    arrays by content, modules kept outside the module tree by their state and attributes. Attributes
+    named with an underscore count too; only those ``nn.Module`` sets itself are left out. Identity holds
+    the object (its address cannot be reused while the cache keeps the key), so it never makes two
+    different models share; the first-call check of each model backs up the rest.
     """
 
     def value(v: Any, depth: int = 0) -> Any:
@@ -330,20 +353,47 @@ def _plain_attributes(module: nn.Module) -> tuple:
             if depth < 4 and isinstance(v, dict):
                 return ("dict", tuple((repr(k), value(item, depth + 1)) for k, item in v.items()))
             if isinstance(v, Tensor):
-                data = v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                data = v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
                 return ("tensor", tuple(v.shape), str(v.dtype), hashlib.sha1(data).hexdigest())
+            if isinstance(v, np.ndarray):
+                return ("array", v.shape, str(v.dtype), hashlib.sha1(np.ascontiguousarray(v)).hexdigest())
+            if depth < 4 and isinstance(v, nn.Module):  # a module outside the tree (in a plain list)
+                state = tuple((k, value(t, depth + 1)) for k, t in v.state_dict().items())
+                return ("module", repr(v), state, _plain_attributes(v))
             if depth < 4:
                 text = repr(v)
                 if " at 0x" not in text:
                     return (type(v).__qualname__, text)
         except Exception:  # an unreadable value: compare by identity
             pass
-        return (type(v).__qualname__, id(v))
+        return (type(v).__qualname__, _Same(v))
 
     return tuple(
-        (name, tuple((k, value(v)) for k, v in sorted(vars(m).items()) if not k.startswith("_")))
+        (name, tuple((k, value(v)) for k, v in sorted(vars(m).items()) if k not in _MODULE_OWN))
         for name, m in module.named_modules()
     )
+
+
+#: The attributes ``nn.Module`` sets on every module (parameters, buffers, submodules, hooks, mode).
+_MODULE_OWN = frozenset(vars(nn.Module()))
+
+
+class _Same:
+    """Equal only to a wrapper of the same object, which it keeps alive.
+
+    So its address is never reused by another object while a cache key holds it.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
 def _signature(fm: FlatModel) -> tuple:

@@ -413,7 +413,8 @@ class PosteriorSampler:
         """Whether compiling would stack ``num_chains`` chains, where it measured 0.13-0.49x eager per step.
 
         The compiled rule of :meth:`choose_mode` (vectorized from 2 chains on in-memory data in eval mode,
-        up to :data:`VECTORIZE_COMPILED_CPU_MAX_WORK` on CPU; on CUDA while the stacked state fits), for
+        up to :data:`VECTORIZE_COMPILED_CPU_MAX_WORK` on CPU; on CUDA while the stacked state fits; never on
+        other devices), for
         ``chain_mode`` ``"auto"`` or ``"vectorized"``. One chain after another, compiled chains measured
         0.6-0.9x eager with warm-ups of 7-36 s, too little to turn compilation on without being asked.
         """
@@ -423,7 +424,8 @@ class PosteriorSampler:
             return False
         if self.device.type == "cuda":
             return num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
-        return self._step_work() <= VECTORIZE_COMPILED_CPU_MAX_WORK
+        # measured on CPU and CUDA only: elsewhere (MPS, ...) compile only when asked
+        return self.device.type == "cpu" and self._step_work() <= VECTORIZE_COMPILED_CPU_MAX_WORK
 
     @property
     def compile_status(self) -> str:

@@ -392,3 +392,40 @@ def test_the_signature_reads_odd_attributes_without_failing():
     other = net(0)
     other.powers = (1, 3)
     assert compiled_module._plain_attributes(plain) != compiled_module._plain_attributes(other)
+
+
+def test_the_signature_sees_underscored_attributes_arrays_and_loose_modules_and_holds_identities():
+    def variant(**attributes):
+        model = net(0)
+        for name, value in attributes.items():
+            setattr(model, name, value)
+        return compiled_module._plain_attributes(model)
+
+    assert variant(_powers=(1, 1)) != variant(_powers=(1, 2))
+    big = np.zeros(2000)
+    changed = big.copy()
+    changed[1500] = 1.0  # numpy's repr would elide it
+    assert variant(table=big) != variant(table=changed)
+    assert variant(table=big) == variant(table=big.copy())
+    torch.manual_seed(0)
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert variant(helpers=[a]) != variant(helpers=[b])  # same architecture, other weights
+    # an object compared by identity stays referenced by the signature: its address cannot be reused
+    signature = variant(config=object())
+    import gc
+
+    gc.collect()
+    assert signature != variant(config=object())
+
+
+def test_a_nonfinite_stacked_chain_does_not_fail_the_first_call_check(data):
+    model = trained(8, data)
+    sampler = PosteriorSampler(model, data, "mse", compile=True)
+    gradient = torch.func.vmap(torch.func.grad_and_value(sampler.flat_model.functional_loss()))
+    position = sampler.flat_model.center.expand(3, -1).clone()
+    position[1] = float("nan")
+    batch = tuple(t[:32].expand(3, *t[:32].shape) for t in data)
+    grad, loss = gradient(position, batch)
+    assert sampler.compiled._compare(position, batch, grad, loss, "vectorized") is None
+    grad[2] += 1.0  # a finite chain that disagrees is still caught
+    assert sampler.compiled._compare(position, batch, grad, loss, "vectorized") is not None
