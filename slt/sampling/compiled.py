@@ -138,44 +138,34 @@ class CompiledGradient:
                 if entry.untraced != untraced:  # correct numbers, computed eagerly: label them so
                     self.reason = entry.failure[kind] = _untraced_reason()
                 return grad, loss
-            if entry.checked[kind]:
-                # compiled and checked for another model of this signature: this model's first call is
-                # checked against its own eager pass too (a difference the signature cannot see, in an
-                # attribute it does not read, would otherwise give another model's numbers silently)
-                try:
-                    with _torch_internal_warnings_quiet():
-                        grad, loss = compiled(position, batch, others)
-                except Exception as error:  # a recompilation (a new batch shape) that failed
-                    self.reason = f"torch.compile failed ({type(error).__name__}: {_first_line(error)})"
-                    raise CompileFailed(self.reason) from error
-                if entry.untraced != untraced:
-                    self.reason = _untraced_reason()
-                    raise CompileFailed(self.reason)
-                mismatch = self._compare(position, batch, grad, loss, kind)
-                if mismatch is not None:
-                    self.reason = (
-                        "the compiled function kept for a model of this architecture disagrees with this "
-                        f"model ({mismatch[len('the compiled gradient ') :]}): it differs from that model in "
-                        "something that is neither a parameter nor a buffer"
-                    )
-                    raise CompileFailed(self.reason)
-                checked = self._checked[kind] = True
-                self.used = True
-                return grad, loss
+            # the first call on this model is checked against its own eager pass, also where the function
+            # was checked for another model of this signature (a difference the signature cannot see, in
+            # an attribute it does not read, would otherwise give another model's numbers silently); only a
+            # failure of the function itself is kept for the architecture
+            shared = entry.checked[kind]
+
+            def fail(reason: str) -> CompileFailed:
+                self.reason = reason
+                if not shared:
+                    entry.failure[kind] = reason
+                return CompileFailed(reason)
+
             try:
                 with _torch_internal_warnings_quiet():
                     grad, loss = compiled(position, batch, others)
             except Exception as error:  # any failure of dynamo or inductor: run eagerly instead
-                reason = f"torch.compile failed ({type(error).__name__}: {_first_line(error)})"
-                self.reason = entry.failure[kind] = reason
-                raise CompileFailed(reason) from error
+                raise fail(f"torch.compile failed ({type(error).__name__}: {_first_line(error)})") from error
             if entry.untraced != untraced:
-                self.reason = entry.failure[kind] = _untraced_reason()
-                raise CompileFailed(self.reason)
+                raise fail(_untraced_reason())
             mismatch = self._compare(position, batch, grad, loss, kind)
             if mismatch is not None:
-                self.reason = entry.failure[kind] = mismatch
-                raise CompileFailed(mismatch)
+                if shared:
+                    mismatch = (
+                        "the compiled function kept for a model of this architecture disagrees with this "
+                        f"model ({mismatch[len('the compiled gradient ') :]}): it differs from that model in "
+                        "something that is neither a parameter nor a buffer"
+                    )
+                raise fail(mismatch)
             checked = self._checked[kind] = entry.checked[kind] = True
             self.used = True
             return grad, loss

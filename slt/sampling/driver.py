@@ -414,18 +414,14 @@ class PosteriorSampler:
 
         The compiled rule of :meth:`choose_mode` (vectorized from 2 chains on in-memory data in eval mode,
         up to :data:`VECTORIZE_COMPILED_CPU_MAX_WORK` on CPU; on CUDA while the stacked state fits; never on
-        other devices), for
-        ``chain_mode`` ``"auto"`` or ``"vectorized"``. One chain after another, compiled chains measured
-        0.6-0.9x eager with warm-ups of 7-36 s, too little to turn compilation on without being asked.
+        other devices), for ``chain_mode`` ``"auto"`` or ``"vectorized"``. One chain after another, compiled
+        chains measured 0.6-0.9x eager with warm-ups of 7-36 s, too little to turn compilation on without
+        being asked.
         """
-        if chain_mode == "sequential" or self.flat_model.model_mode == "train":
-            return False
-        if num_chains < 2 or not isinstance(self.data, TensorData) or self.batching_rules_missing:
-            return False
-        if self.device.type == "cuda":
-            return num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
         # measured on CPU and CUDA only: elsewhere (MPS, ...) compile only when asked
-        return self.device.type == "cpu" and self._step_work() <= VECTORIZE_COMPILED_CPU_MAX_WORK
+        if chain_mode == "sequential" or self.device.type not in ("cpu", "cuda"):
+            return False
+        return self._stacks(num_chains, compiled=True)
 
     @property
     def compile_status(self) -> str:
@@ -552,19 +548,20 @@ class PosteriorSampler:
                     "model_mode='train'"
                 )
             return chain_mode
+        return "vectorized" if self._stacks(num_chains, self.runs_compiled) else "sequential"
+
+    def _stacks(self, num_chains: int, compiled: bool) -> bool:
+        """The automatic rule: whether ``num_chains`` chains, compiled or eager, run stacked."""
         if num_chains < 2 or not isinstance(self.data, TensorData) or self.flat_model.model_mode == "train":
-            return "sequential"
+            return False
         if self.batching_rules_missing:  # found on an earlier run: vmap would fall back op by op
-            return "sequential"
+            return False
         if self.device.type == "cuda":
-            fits = num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
-            return "vectorized" if fits else "sequential"
+            return num_chains >= VECTORIZE_CUDA_MIN_CHAINS and self._stacked_state_fits(num_chains)
         work = self._step_work()
-        if self.runs_compiled:
-            return "vectorized" if work <= VECTORIZE_COMPILED_CPU_MAX_WORK else "sequential"
-        if num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK:
-            return "vectorized"
-        return "sequential"
+        if compiled:
+            return work <= VECTORIZE_COMPILED_CPU_MAX_WORK
+        return num_chains >= VECTORIZE_CPU_MIN_CHAINS and work <= VECTORIZE_CPU_MAX_WORK
 
     def _stacked_state_fits(self, num_chains: int) -> bool:
         """Whether vectorized chains' state fits in a share of the free device memory.
