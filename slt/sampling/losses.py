@@ -42,10 +42,39 @@ def _inputs_targets(batch: Any, name: str) -> tuple[Any, Tensor]:
     return batch[0], batch[1]
 
 
+def _model_tensor(output: Any, name: str) -> Tensor:
+    """``output`` if the model returned a tensor; otherwise a message that says how to pick one out."""
+    if isinstance(output, Tensor):
+        return output
+    kind = type(output).__name__
+    if isinstance(output, (tuple, list)):
+        held, pick = f" of length {len(output)}", "[0]"
+    elif isinstance(output, Mapping):
+        keys = [str(k) for k in output]
+        chosen = "logits" if "logits" in keys or not keys else keys[0]
+        held, pick = f" (fields: {_fields(output)})", f'["{chosen}"]'
+    else:
+        held, pick = "", ".logits"
+    function = "mse_loss" if name == "mse" else "cross_entropy"
+    raise TypeError(
+        f'loss_fn="{name}" needs a model that returns a tensor, but it returned a {kind}{held}. Pass a '
+        "callable loss_fn(model, batch) that picks the outputs, for example "
+        f"lambda model, batch: torch.nn.functional.{function}(model(batch[0]){pick}, batch[1])"
+    )
+
+
 def mse(model: nn.Module, batch: Any) -> Tensor:
-    """Mean squared error ``mean((model(x) - y)**2)`` over a batch ``(x, y)``."""
+    """Mean squared error ``mean((model(x) - y)**2)`` over a batch ``(x, y)``.
+
+    Raises
+    ------
+    ValueError
+        When the outputs' shape differs from the targets' (they would broadcast to a wrong loss).
+    TypeError
+        When the model returns something other than a tensor.
+    """
     x, y = _inputs_targets(batch, "mse")
-    out = model(x)
+    out = _model_tensor(model(x), "mse")
     if out.shape != y.shape:
         raise ValueError(
             f'loss_fn="mse": the model\'s outputs have shape {tuple(out.shape)} but the targets have shape '
@@ -61,9 +90,15 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
 
     Every sample counts in ``n``, so labels equal to the ignore value -100 are refused (by
     :func:`check_batch`, on the full-data pass before sampling).
+
+    Raises
+    ------
+    TypeError
+        When the model returns something other than a tensor (a dict, a tuple): the message says to pass a
+        callable ``loss_fn`` that picks the logits.
     """
     x, y = _inputs_targets(batch, "cross_entropy")
-    logits = model(x)
+    logits = _model_tensor(model(x), "cross_entropy")
     if torch.is_floating_point(y) and y.shape != logits.shape:
         raise ValueError(
             f'loss_fn="cross_entropy": the targets are {y.dtype} of shape {tuple(y.shape)} but the logits '

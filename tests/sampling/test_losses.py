@@ -71,3 +71,31 @@ def test_a_callable_returning_an_output_is_wrapped_and_still_pickles():
     assert torch.equal(loss_fn(model, batch), mse(model, batch))
     assert resolve_loss(loss_fn) is loss_fn and resolve_loss("mse") is mse
     assert torch.equal(pickle.loads(pickle.dumps(loss_fn))(model, batch), mse(model, batch))
+
+
+class _DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return {"hidden": x, "logits": self.linear(x)}
+
+
+class _TupleOutput(_DictOutput):
+    def forward(self, x):
+        return self.linear(x), x
+
+
+def test_a_string_loss_on_a_model_that_returns_a_dict_or_tuple_says_to_pick_the_outputs():
+    x, labels = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    picked = r'returned a dict \(fields: hidden, logits\).*\["logits"\], batch\[1\]'
+    with pytest.raises(TypeError, match=picked):
+        resolve_loss("cross_entropy")(_DictOutput(), (x, labels))
+    with pytest.raises(TypeError, match=r"returned a tuple of length 2.*mse_loss\(model\(batch\[0\]\)\[0\]"):
+        resolve_loss("mse")(_TupleOutput(), (x, torch.randn(8, 2)))
+    # through the estimator: the same message before any sampling
+    import slt
+
+    with pytest.raises(TypeError, match='loss_fn="cross_entropy" needs a model that returns a tensor'):
+        slt.estimate_llc(_DictOutput(), (x, labels), loss_fn="cross_entropy", num_draws=10, progress=False)
