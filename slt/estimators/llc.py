@@ -752,6 +752,9 @@ def llc_problems(
         # chains still spreading from w* raise loss and distance together, which the share reads as a
         # dependence on γ: the short-chain warning is the one to act on
         problems = [p for p in problems if p.category != LocalizationWarning.__name__]
+    # a loss that is not a mean per sample corrupts every other number (a summed loss gave λ̂ = -110 with
+    # NotAMinimumWarning first): its warning leads
+    problems.sort(key=lambda p: p.category != LossFunctionWarning.__name__)
     return tuple(problems)
 
 

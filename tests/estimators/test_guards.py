@@ -125,6 +125,8 @@ def test_a_summed_loss_is_flagged():
     )
     assert slt.warnings.LossFunctionWarning in categories(found)
     assert any("grows with the batch size" in m and "reduction='mean'" in m for _, m in found)
+    # the cause leads whatever else went wrong (the other warnings are its consequences)
+    assert result.problems[0].category == "LossFunctionWarning"
     assert result.checks.batch_size_dependence == pytest.approx(2.0, rel=0.05)
     # at a given step the summed loss's gradient is batch-size times too large: every chain diverges, and
     # the error names the loss rather than only the step
