@@ -142,6 +142,7 @@ def exact_llc_target(
     num_chains: int = 16,
     seed: int = 0,
     max_steps: int = 100_000,
+    max_seconds: float | None = None,
     burnin_steps: int = 500,
     min_steps: int = 1000,
     tolerance: float = 0.01,
@@ -162,7 +163,8 @@ def exact_llc_target(
     the last half against the quarter before it agree within ``tolerance`` relative plus two standard
     errors of the per-chain differences, and (c) the standard error of the value is within ``tolerance``
     relative (without it the test of (a) and (b) has too little power to see a slow drift), or until
-    burn-in plus draws would exceed ``max_steps``. The
+    burn-in plus draws would exceed ``max_steps``, or the next doubling would end past ``max_seconds`` at the
+    pace of the steps so far. The
     value is the mean over the last half of the draws (DESIGN.md §9: chains started at :math:`w^*`
     drift together for a long time, which comparing successive doublings detects).
 
@@ -190,6 +192,9 @@ def exact_llc_target(
         Seed of the chains' noise.
     max_steps : int
         Most steps per chain, burn-in included.
+    max_seconds : float, optional
+        Wall-time budget: no doubling starts that would end past it (measured from the call's start, at
+        the pace of the steps run so far). Default none.
     burnin_steps : int
         Steps of step-size adaptation, discarded.
     min_steps : int
@@ -234,6 +239,8 @@ def exact_llc_target(
         )
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance}")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
 
@@ -274,6 +281,8 @@ def exact_llc_target(
             length = min_steps
             history: list[tuple[int, float, float]] = []
             converged = False
+            stopped_by = ""
+            draws_start = time.perf_counter()
             while True:
                 for _ in range(length - done):
                     state, prob = _mala_step(state, target, full_loss, generator, step_size)
@@ -289,7 +298,13 @@ def exact_llc_target(
                     converged = True
                     break
                 if burnin_steps + 2 * length > max_steps:
+                    stopped_by = f"max_steps={max_steps}"
                     break
+                if max_seconds is not None:
+                    pace = (time.perf_counter() - draws_start) / length
+                    if time.perf_counter() - start + pace * length > max_seconds:
+                        stopped_by = f"max_seconds={max_seconds:g}"
+                        break
                 length *= 2
         finally:
             if bar is not None:
@@ -305,12 +320,14 @@ def exact_llc_target(
         )
     problems: tuple[Problem, ...] = ()
     if not converged:
+        stopper = f" ({stopped_by} stopped it)" if stopped_by else ""
+        seconds = " and max_seconds" if stopped_by.startswith("max_seconds") else ""
         problems = (
             Problem.of(
                 ConvergenceWarning,
-                f"the exact target has not converged after {burnin_steps + done} steps per chain: "
-                f"{check.reason}. Raise max_steps (to at least {burnin_steps + 4 * done}) or the number "
-                "of chains, and do not use this value as a reference until it converges",
+                f"the exact target has not converged after {burnin_steps + done} steps per chain{stopper}: "
+                f"{check.reason}. Raise max_steps (to at least {burnin_steps + 4 * done}){seconds} "
+                "or the number of chains, and do not use this value as a reference until it converges",
             ),
         )
         emit(problems, stacklevel=2)

@@ -156,6 +156,7 @@ def test_too_few_steps_warn_with_what_to_do_and_round_trip_through_json(tmp_path
         )
     assert not result.converged and result.steps == 16
     assert [p.category for p in result.problems] == ["ConvergenceWarning"]
+    assert "(max_steps=36 stopped it)" in result.problems[0].message
     path = tmp_path / "exact.json"
     result.to_json(path)
     json.loads(path.read_text())
@@ -167,6 +168,23 @@ def test_too_few_steps_warn_with_what_to_do_and_round_trip_through_json(tmp_path
     assert again.history == result.history
 
 
+def test_a_time_budget_stops_the_doublings_and_says_so():
+    model = deep_linear_network([4, 3, 4], 1, dtype=torch.float64)
+    data = linear_regression_data(model, 200)
+    with pytest.warns(ConvergenceWarning, match=r"\(max_seconds=0.001 stopped it\).*and max_seconds"):
+        result = exact_llc_target(
+            model,
+            data,
+            gaussian_nll,
+            num_chains=4,
+            burnin_steps=20,
+            min_steps=16,
+            tolerance=0,
+            max_seconds=1e-3,
+        )
+    assert not result.converged and result.steps == 16  # the first window only: no doubling fits
+
+
 def test_bad_settings_are_refused():
     model, data = fitted_regression(50)
     with pytest.raises(ValueError, match="num_chains"):
@@ -175,3 +193,5 @@ def test_bad_settings_are_refused():
         exact_llc_target(model, data, "mse", burnin_steps=100, min_steps=100, max_steps=150)
     with pytest.raises(ValueError, match="target_acceptance"):
         exact_llc_target(model, data, "mse", target_acceptance=1.0)
+    with pytest.raises(ValueError, match="max_seconds"):
+        exact_llc_target(model, data, "mse", max_seconds=0)
