@@ -24,6 +24,7 @@ evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
         [--sampler sgnht] [--only 'n=5000'] [--precision 0.025] [--target-bias 0.025] [--batch-size 4096]
+        [--max-steps 200000]
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precision", type=float, help="estimate_llc's precision (default 0.05)")
     parser.add_argument("--target-bias", type=float, help="estimate_llc's target_bias (default 0.05)")
     parser.add_argument("--batch-size", type=int, help="estimate_llc's batch_size (default: its batch rule)")
+    parser.add_argument("--max-steps", type=int, help="estimate_llc's max_steps (default 100,000)")
     parser.add_argument(
         "--render",
         action="store_true",
@@ -404,7 +406,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nets": net_cases,
     }
     cases = [c for key in args.cases for c in builders[key]() if args.only is None or args.only in c["name"]]
-    given = {"precision": args.precision, "target_bias": args.target_bias, "batch_size": args.batch_size}
+    given = {
+        "precision": args.precision,
+        "target_bias": args.target_bias,
+        "batch_size": args.batch_size,
+        "max_steps": args.max_steps,
+    }
     tuning = {name: value for name, value in given.items() if value is not None}
     rows = []
     for case in cases:
