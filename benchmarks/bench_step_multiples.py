@@ -35,7 +35,7 @@ from bench_defaults import net_cases, normal_crossing_cases, regression_cases
 from common import RESULTS, environment, gaussian_nll, write_json
 
 import slt
-from slt.estimators.llc import MAX_BIAS_INDICATOR
+from slt.estimators.llc_guards import MAX_BIAS_INDICATOR
 from slt.oracles import exact_llc_target
 
 #: The StepSizeWarning's threshold before this benchmark (0.5), for comparison.

@@ -42,7 +42,9 @@ from slt.estimators.length import (
     min_simulated_time,
     run_until_converged,
 )
-from slt.estimators.llc import MAX_BIAS_INDICATOR, LLCSettings, summarize_run
+from slt.estimators.llc import summarize_run
+from slt.estimators.llc_guards import MAX_BIAS_INDICATOR
+from slt.estimators.llc_result import LLCSettings
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.samplers import Kernel, get_kernel
@@ -80,7 +82,8 @@ class CalibrationResult(JSONResult):
         ``llc_stderr``, ``rhat``, ``trend_z``, ``chains_diverged``, ``chains_unstable`` (chains past the
         step's stability limit, :func:`slt.tuning.unstable_chains`; any makes the step unhealthy),
         ``bias_indicator`` (the predicted step bias, :func:`slt.tuning.bias_indicator`; above
-        :data:`~slt.estimators.llc.MAX_BIAS_INDICATOR`, where ``estimate_llc`` warns, the step is unhealthy),
+        :data:`~slt.estimators.llc_guards.MAX_BIAS_INDICATOR`, where ``estimate_llc`` warns, the step is
+        unhealthy),
         ``bias_estimate`` (relative change when the step halves, times two), ``healthy``, ``stable``,
         ``note``; ``per_chain`` (the chains' estimates) and ``doublings`` (how many times stage 3 of
         :func:`calibrate` doubled the rung's draws) where they apply.

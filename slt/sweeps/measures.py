@@ -427,8 +427,8 @@ def measure_model(
         ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
         ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``,
         ``llc_chains_unstable`` (left out past the step's stability limit), ``llc_localization_share``
-        (minus d ln λ̂ / d ln γ, :attr:`slt.estimators.llc.LLCChecks.localization_share`), ``step_size``,
-        ``train_loss``,
+        (minus d ln λ̂ / d ln γ, :attr:`slt.estimators.llc_result.LLCChecks.localization_share`),
+        ``step_size``, ``train_loss``,
         ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).
     payload : dict

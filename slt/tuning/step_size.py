@@ -182,7 +182,7 @@ def unstable_chains(
 
     Never every chain: when every chain with a finite indicator is past the limit, none is (there is
     no stable chain to keep; the predicted bias of the whole run, :data:`MAX_BIAS_INDICATOR
-    <slt.estimators.llc.MAX_BIAS_INDICATOR>`, reports it).
+    <slt.estimators.llc_guards.MAX_BIAS_INDICATOR>`, reports it).
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ import torch
 
 import slt
 from slt.estimators.calibration import CalibrationResult
-from slt.estimators.llc import MAX_BIAS_INDICATOR
+from slt.estimators.llc_guards import MAX_BIAS_INDICATOR
 from slt.sampling import PosteriorSampler
 from slt.tuning import STABILITY_LIMIT, bias_indicator, top_curvature, unstable_chains
 from tests.conftest import Quadratic, finished_run, quadratic_loss

@@ -10,7 +10,8 @@ import torch
 
 import slt
 from slt.estimators.length import LengthPolicy, run_until_converged
-from slt.estimators.llc import LLCChecks, llc_interval
+from slt.estimators.llc import llc_interval
+from slt.estimators.llc_result import LLCChecks
 from slt.oracles import deep_linear_network, linear_regression_data
 from slt.samplers import get_kernel
 from slt.sampling import PosteriorSampler

@@ -647,7 +647,8 @@ def test_an_unsettled_run_says_its_segments_include_the_chain_the_estimate_leave
     from dataclasses import replace
 
     from slt.estimators.diagnostics import diagnose
-    from slt.estimators.llc import LLCChecks, LLCSettings, llc_problems
+    from slt.estimators.llc_guards import llc_problems
+    from slt.estimators.llc_result import LLCChecks, LLCSettings
 
     rng = np.random.default_rng(0)
     trace = 8.4 + 0.1 * rng.standard_normal((4, 200))

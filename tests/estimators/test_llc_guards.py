@@ -320,7 +320,7 @@ def test_chains_worse_than_zero_weights_left_the_basin_even_when_not_far(tiny_re
     import dataclasses
     import warnings
 
-    from slt.estimators.llc import _plausibility_problems
+    from slt.estimators.llc_guards import _plausibility_problems
 
     model, x, y = tiny_regression
     with warnings.catch_warnings():  # a short run, only for a result's settings and checks
@@ -397,7 +397,8 @@ def test_an_estimate_the_localization_sets_is_flagged_and_the_share_matches_its_
 
 def test_a_run_still_spreading_from_w_star_shows_the_short_chain_warning_not_the_localization_one():
     from slt.estimators.diagnostics import diagnose
-    from slt.estimators.llc import LLCChecks, llc_problems
+    from slt.estimators.llc_guards import llc_problems
+    from slt.estimators.llc_result import LLCChecks
 
     settings = given_sgld_settings(step_size=1e-4, num_chains=4, num_draws=100, num_params=20)
     trace = np.random.default_rng(0).normal(10.0, 0.5, size=(4, 100))
@@ -414,7 +415,8 @@ def test_the_localization_warning_allows_for_how_few_chains_measured_the_share()
     # Student's t over the chains: 2.0 ± 0.4 clears 0.5 with four chains (t = 3.18), not with two
     # (t = 12.7); with two chains a transformer read 5.5 ± 2 where doubling γ changed λ̂ by 0.72
     from slt.estimators.diagnostics import diagnose
-    from slt.estimators.llc import LLCChecks, llc_problems
+    from slt.estimators.llc_guards import llc_problems
+    from slt.estimators.llc_result import LLCChecks
 
     checks = LLCChecks(localization_share=2.0, localization_share_stderr=0.4)
     for chains, expected in ((4, ["LocalizationWarning"]), (2, [])):
