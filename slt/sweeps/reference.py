@@ -15,6 +15,11 @@ them, a sweep chooses:
   checkpoints of the grokking tutorial's run diverge while test accuracy climbed);
 * **the chain lengths**: the longest of the chosen γ's automatic lengths at the probes.
 
+A probe whose chains find lower loss than its weights (an early checkpoint, not yet at a minimum: λ̂ ≤ 0)
+is left out of the step and the lengths, with a :class:`~slt.warnings.NotAMinimumWarning` (its gradient
+makes the step small and its estimate never converges); when no probe is a minimum the warning says to
+choose at a trained checkpoint.
+
 The choice is recorded in the sweep's settings (``Trajectory.settings["reference"]``), which the store
 hashes, and kept in the store under everything it depends on (data, settings, seed, model code, the
 checkpoints' identities): a rerun reads it back instead of choosing again and skips the checkpoints it
@@ -45,7 +50,7 @@ from slt.sampling.rng import isolated_rng
 from slt.sweeps.checkpoints import Checkpoint, build_model
 from slt.sweeps.measures import checkpoint_seed
 from slt.sweeps.store import ResultStore, settings_hash
-from slt.warnings import CheckpointError, SLTWarning
+from slt.warnings import CheckpointError, NotAMinimumWarning, SLTWarning
 
 __all__ = [
     "probe_indices",
@@ -195,7 +200,10 @@ def choose_settings_at(
             stacklevel=stacklevel,
         )
         return {}, {"skipped": reason}
-    return _fixed_settings(choice, given, choose_gamma, llc_settings, [int(s) for s in steps])
+    fixed, record = _fixed_settings(choice, given, choose_gamma, llc_settings, [int(s) for s in steps])
+    for message in record["problems"][len(choice.problems) :]:  # choose_localization warned of its own
+        warnings.warn(message, NotAMinimumWarning, stacklevel=stacklevel)
+    return fixed, record
 
 
 def _given_settings(llc_settings: Mapping[str, Any]) -> set[str]:
@@ -244,6 +252,30 @@ def _fixed_settings(
     usable = [t for t in chosen_trials if t.passed and math.isfinite(t.step_size)]
     if not usable:  # the given γ leaves the basin: its trial still sized the step and the length
         usable = [t for t in chosen_trials if math.isfinite(t.step_size)]
+    problems = [p.message for p in choice.problems]
+    # a probe whose chains found lower loss than its weights is not at a minimum (an early checkpoint): its
+    # gradient makes the automatic step small and its estimate drifts down without converging, so it would
+    # set a small step and leave every checkpoint's length to itself (measured: a tanh MLP's step-100
+    # checkpoint, λ̂ = -1.84, gave a step 5.3x smaller than its trained probes' and an unconverged length)
+    at_minimum = [t for t in usable if t.llc > 0]
+    not_minima = [t for t in usable if not t.llc > 0]
+    if not_minima:
+        where = ", ".join(f"step {probe_steps[t.model]} (λ̂ = {t.llc:.3g})" for t in not_minima)
+        if at_minimum:
+            usable = at_minimum
+            kept = ", ".join(str(probe_steps[t.model]) for t in at_minimum)
+            problems.append(
+                f"the probe checkpoint at {where} is not a minimum (its chains found lower loss than its "
+                f"weights) and was left out of the choice of step size and lengths, which the probes at "
+                f"step {kept} made"
+            )
+        else:
+            problems.append(
+                f"no probe checkpoint is a minimum ({where}: the chains found lower loss than the weights), "
+                "so the step size and lengths were chosen where the chains drift downhill and may not suit "
+                "trained checkpoints: choose them at a trained checkpoint (reference= a later one), or give "
+                "step_size, num_burnin and num_draws"
+            )
     if "step_size" not in given and usable:
         fixed["step_size"] = float(min(t.step_size for t in usable))
     converged = [t for t in usable if t.converged]
@@ -269,7 +301,7 @@ def _fixed_settings(
             }
             for t in choice.trials
         ],
-        "problems": [p.message for p in choice.problems],
+        "problems": problems,
     }
     if "num_draws" not in given and "num_draws" not in fixed:
         unsettled = [t for t in usable if not t.converged]

@@ -213,3 +213,36 @@ def test_another_run_in_the_same_store_or_a_retrained_folder_chooses_its_own_set
             path.write_bytes(path.read_bytes())
         analyze_checkpoints(tmp_path / "a", make_model, regression_data(), **common)
     assert not [w for w in caught if "reused" in str(w.message)]
+
+
+def test_a_probe_that_is_not_a_minimum_is_left_out_of_the_step_and_lengths_and_said_so():
+    from slt.sweeps.reference import choose_settings_at
+    from slt.warnings import NotAMinimumWarning
+
+    x, y = regression_data()
+    torch.manual_seed(0)
+    trained = make_model()
+    optimizer = torch.optim.Adam(trained.parameters(), lr=0.01)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(trained(x), y).backward()
+        optimizer.step()
+    torch.manual_seed(1)
+    untrained = make_model()  # the chains go downhill from its weights: λ̂ < 0
+    with pytest.warns(
+        NotAMinimumWarning, match=r"step 1 \(λ̂ = -[\d.]+\) is not a minimum.*at step 1500 made"
+    ):
+        fixed, record = choose_settings_at(
+            [untrained, trained], [1, 1500], (x, y), gaussian_nll, {"num_chains": 2}, seed=0
+        )
+    early, late = record["trials"]
+    assert early["llc"] < 0 < late["llc"]
+    # measured: the untrained probe's automatic step was 5.7x smaller and its length 300 + 400 steps
+    assert early["step_size"] < late["step_size"] / 2
+    assert fixed["step_size"] == pytest.approx(late["step_size"], rel=1e-5)
+    assert (fixed["num_burnin"], fixed["num_draws"]) == (late["num_burnin"], late["num_draws"])
+    assert "left out of the choice" in record["problems"][-1]
+    # with no minimum among the probes the choice stands, and the warning says where to choose instead
+    with pytest.warns(NotAMinimumWarning, match="no probe checkpoint is a minimum.*a trained checkpoint"):
+        fixed, record = choose_settings_at([untrained], [1], (x, y), gaussian_nll, {"num_chains": 2}, seed=0)
+    assert fixed["step_size"] == pytest.approx(early["step_size"], rel=1e-5)
