@@ -429,7 +429,7 @@ def _transitions(trajectory: Any) -> tuple[list[Any], list[str]]:
         notes.append(f"{len(trajectory.failures)} failed checkpoint(s) were left out")
     if not usable:
         return [], [*notes, "no transitions sought: no checkpoint has a usable λ̂"]
-    try:
+    try:  # Trajectory.transitions leaves the same checkpoints out (and says so, as notes[0] does)
         events = dataclasses.replace(trajectory, records=usable).transitions("llc")
     except ValueError as exc:
         return [], [*notes, f"no transitions sought: {exc}"]

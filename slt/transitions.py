@@ -39,6 +39,8 @@ __all__ = [
 _AXES = ("log", "linear")
 #: How far (in checkpoints) a candidate change may reach into its flank segments.
 REFINE = 2
+#: Signal-to-noise an event needs by default (``min_snr``); ``confidence`` counts resamples at least at it.
+DEFAULT_MIN_SNR = 3.0
 _VALUE_SUFFIXES = ("", "_mean", "_value")
 _ERROR_SUFFIXES = ("_stderr", "_se", "_err", "_error", "_std_err")
 _PER_CHAIN_SUFFIXES = ("_per_chain", "_chains")
@@ -71,8 +73,9 @@ class Transition:
         The excess change (``delta`` minus what the flanks' own trends explain over the interval) divided
         by its standard error from the error bars.
     confidence : float
-        Share of bootstrap resamples that detect an event of the same direction overlapping this one
-        (NaN when ``n_bootstrap=0``).
+        Share of bootstrap resamples that detect an event of the same direction overlapping this one at a
+        signal-to-noise of at least the default ``min_snr`` (3, or the one given if higher), so that an
+        event found only because ``min_snr`` was lowered scores low (NaN when ``n_bootstrap=0``).
     start_index, end_index : int
         Positions of ``start`` and ``end`` among the checkpoints.
     step_index : float
@@ -593,7 +596,7 @@ def detect_transitions(
     *,
     measure: str | None = "llc",
     axis: str = "log",
-    min_snr: float = 3.0,
+    min_snr: float = DEFAULT_MIN_SNR,
     min_rel_change: float = 0.1,
     value_scale: str = "linear",
     penalty: float | None = None,
@@ -794,13 +797,22 @@ def detect_transitions(
         log_values=log_values,
     )
     events, fit = _find_events(u, y, e, **settings)
+    edge = _edge_jump(steps, y, e, events, threshold=threshold, min_size=int(min_size), log_values=log_values)
     if not events:
         notes.append(_why_nothing(u, y, e, fit, settings, min_snr=threshold, min_rel_change=min_rel_change))
-        return Transitions([], notes)
+        return Transitions([], [*notes, *edge])
+    notes += edge
     confidence = np.full(len(events), np.nan)
     if n_bootstrap > 0:
+        # resamples count an event found at the default signal-to-noise or the given one if higher: with
+        # min_snr lowered nearly every resample finds *some* overlapping change, and an event at snr 0.41
+        # (a fall where the values rose) scored 96%
+        floor = DEFAULT_MIN_SNR
+        if error_dof is not None and errors is not None:
+            floor = student_threshold(DEFAULT_MIN_SNR, error_dof * max(1, int(error_smoothing)))
+        resampled = {**settings, "min_snr": max(threshold, floor)}
         confidence = _bootstrap_confidence(
-            events, u, y, e, fit.curve, chains, settings, n_bootstrap, drop_fraction, seed
+            events, u, y, e, fit.curve, chains, resampled, n_bootstrap, drop_fraction, seed
         )
     slopes = _smoothed_slopes(u, y, e) / xscale
     return Transitions(
@@ -823,6 +835,44 @@ class Transitions(list):
     def __init__(self, events: Sequence[Transition] = (), notes: Sequence[str] = ()):
         super().__init__(events)
         self.notes = list(notes)
+
+
+def _edge_jump(
+    steps: np.ndarray,
+    y: np.ndarray,
+    e: np.ndarray,
+    events: list,
+    *,
+    threshold: float,
+    min_size: int,
+    log_values: bool,
+) -> list[str]:
+    """A note on a jump between neighbours too near an end of the series for an event to be tested there.
+
+    An event needs ``min_size`` checkpoints on each side, so a change between the first (or last)
+    ``min_size`` checkpoints is never flagged; the note names the largest such jump when it exceeds the
+    signal-to-noise ``threshold`` and no event covers it (empty list otherwise).
+    """
+    n = len(y)
+    if n < 2:
+        return []
+    gaps = [i for i in range(n - 1) if i + 1 < min_size or n - 1 - i < min_size]
+    gaps = [i for i in gaps if not any(ev.i0 <= i < ev.i1 for ev in events)]
+    if not gaps:
+        return []
+    z = np.array([abs(y[i + 1] - y[i]) / math.hypot(e[i], e[i + 1]) for i in gaps])
+    k = int(np.nanargmax(z)) if np.isfinite(z).any() else -1
+    if k < 0 or not z[k] >= threshold:
+        return []
+    i = gaps[k]
+    a, b = (10 ** y[i], 10 ** y[i + 1]) if log_values else (y[i], y[i + 1])
+    side = "start" if i + 1 < min_size else "end"
+    more = f"before step {steps[i]:g}" if side == "start" else f"after step {steps[i + 1]:g}"
+    return [
+        f"the change from {a:.4g} to {b:.4g} between steps {steps[i]:g} and {steps[i + 1]:g} "
+        f"({z[k]:.1f} standard errors) lies within min_size={min_size} checkpoints of the series' {side}, "
+        f"where no event can be tested (each side needs {min_size}): measure checkpoints {more} to test it"
+    ]
 
 
 def _why_nothing(
@@ -852,7 +902,8 @@ def _why_nothing(
     rel = 1 - 10 ** -abs(best.excess) if log_values else abs(best.excess) / max(best.level, 1e-300)
     return (
         f"no transition: the strongest change has signal-to-noise {best.snr:.2f} (needed {min_snr:.2f}) and "
-        f"relative size {rel:.1%} (needed {min_rel_change:.0%}); lower min_snr or min_rel_change to see it"
+        f"relative size {rel:.1%} (needed {min_rel_change:.0%}); lower min_snr or min_rel_change to see it "
+        "(its confidence then counts the resamples that find it at the default signal-to-noise)"
     )
 
 

@@ -295,7 +295,11 @@ def test_report_marks_bad_points_handles_step_zero_and_lists_warnings_and_transi
     assert rows[1]["warnings"] == "NotAMinimumWarning: λ̂ = -251.0 is negative"
 
     trajectory = Trajectory.load(store)
-    fig = trajectory.plot(events=trajectory.transitions())
+    # in Python as in the report: the not-a-minimum points are left out (-251 -> -55 would read as a rise)
+    events = trajectory.transitions()
+    assert [(e.direction, 100 < e.step < 200) for e in events] == [("rise", True)]
+    assert "3 not-a-minimum checkpoint(s) were left out" in events.notes
+    fig = trajectory.plot(events=events)
     lin, log = fig.axes[0], fig.axes[1]
     assert lin.get_ylim()[0] > 1.0  # -251, -197 and -55 do not set the scale
     assert log.get_xscale() == "log" and fig.axes[3].get_xscale() == "log"

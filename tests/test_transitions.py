@@ -369,3 +369,24 @@ def test_finding_nothing_says_why():
     values = np.where(steps > 20, 3.15, 3.0) + 0.05 * rng.standard_normal(40)
     small = detect_transitions((steps, values, np.full(40, 0.05)), axis="linear", n_bootstrap=0)
     assert small == [] and "relative size" in small.notes[-1] and "(needed 10%)" in small.notes[-1]
+
+
+def test_a_jump_at_the_edge_is_named_and_a_lowered_threshold_does_not_buy_confidence():
+    # measured on a tanh MLP's sweep (steps 200-3000, not-a-minimum checkpoints before left out): λ̂ rose
+    # 2.1 -> 10.5 at the very start, which no event can test, and the note advised lowering min_snr, which
+    # found a "fall" at snr 0.41, where the values rose, with confidence 96%
+    steps = np.array([200.0, 400, 700, 1000, 1500, 2000, 3000])
+    values = np.array([2.10, 10.48, 12.62, 12.82, 13.39, 12.52, 13.89])
+    errors = np.array([0.15, 0.45, 0.5, 0.61, 0.5, 0.55, 0.6])
+    events = detect_transitions((steps, values, errors))
+    assert list(events) == []
+    edge = [n for n in events.notes if "series' start" in n]
+    assert len(edge) == 1 and "from 2.1 to 10.48 between steps 200 and 400" in edge[0]
+    assert "measure checkpoints before step 200" in edge[0]
+    loose = detect_transitions((steps, values, errors), min_snr=1e-6, min_rel_change=1e-6, n_bootstrap=50)
+    assert loose and all(ev.snr < 3 for ev in loose)
+    assert all(ev.confidence <= 0.1 for ev in loose)
+    # an event strong enough for the default gate keeps its confidence with a lowered threshold
+    strong = plateau_jump()
+    default, lowered = (detect_transitions(strong, n_bootstrap=50, min_snr=m)[0] for m in (3.0, 1.0))
+    assert default.confidence >= 0.9 and lowered.confidence == pytest.approx(default.confidence, abs=0.1)

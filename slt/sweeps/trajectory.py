@@ -634,12 +634,23 @@ class Trajectory:
 
         ``measure`` is ``"llc"`` (λ̂, with its standard errors and per-chain estimates), or any summary
         column (``"train_loss"``, ``"test_loss"``, ``"dos_llc"``, ...). Failed checkpoints are left
-        out. Pass the result to :meth:`plot` as ``events`` to mark them.
+        out, and for ``"llc"`` so are those that are not a minimum (:attr:`not_a_minimum`: their λ̂ is
+        not a learning coefficient, and a jump between two of them, -64.6 to -13.1 on an early tanh MLP,
+        was reported as a rise), as in ``slt report``; the result's ``notes`` say how many. Pass the
+        result to :meth:`plot` as ``events`` to mark them.
         """
-        from slt.transitions import detect_transitions
+        import dataclasses
+
+        from slt.transitions import Transitions, detect_transitions
 
         options.setdefault("dropna", True)
-        return detect_transitions(self, measure=measure, **options)
+        off = self.not_a_minimum if measure == "llc" else np.zeros(len(self.records), dtype=bool)
+        if not off.any():
+            return detect_transitions(self, measure=measure, **options)
+        kept = dataclasses.replace(self, records=[r for r, bad in zip(self.records, off) if not bad])
+        events = detect_transitions(kept, measure=measure, **options)
+        note = f"{int(off.sum())} not-a-minimum checkpoint(s) were left out"
+        return Transitions(list(events), [note, *events.notes])
 
     # -- loading ----------------------------------------------------------------------------------
 
