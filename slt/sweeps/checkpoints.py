@@ -484,7 +484,8 @@ def build_model(model_factory: Callable[[], nn.Module], state_dict: StateDict, s
     Raises
     ------
     CheckpointError
-        Naming every mismatched shape, missing and unexpected key when the checkpoint does not fit.
+        Naming every mismatched shape, missing and unexpected key when the checkpoint does not fit, and
+        every tensor holding NaN or infinite values.
     """
     model = model_factory()
     if not isinstance(model, nn.Module):
@@ -510,6 +511,17 @@ def build_model(model_factory: Callable[[], nn.Module], state_dict: StateDict, s
             + ", ".join(problems)
             + ". Check that model_factory builds the architecture the checkpoint was saved from."
             + _prefix_hint(list(expected), list(state_dict))
+        )
+    bad = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)"
+        for k, v in state_dict.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} holds non-finite weights (NaN or infinite) in {', '.join(bad[:5])}"
+            f"{_more(bad)}: the training had diverged by this step, or the file is damaged. It cannot be "
+            "measured; the other checkpoints are not affected"
         )
     model.load_state_dict(state_dict)
     return model

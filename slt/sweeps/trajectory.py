@@ -272,8 +272,8 @@ def analyze_checkpoints(
         )
         others = "; the others completed" if len(failed) < len(records) else ""
         warnings.warn(
-            f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}){others}. "
-            f"First error (step {failed[0].step}): {failed[0].error}. See Trajectory.failures.{again}",
+            f"{len(failed)} of {len(records)} checkpoints failed (steps {steps}){others}. First error "
+            f"(step {failed[0].step}): {failed[0].error.rstrip('.')}. See Trajectory.failures.{again}",
             CheckpointFailedWarning,
             stacklevel=2,
         )

@@ -191,6 +191,14 @@ def test_build_model_names_every_mismatch(tmp_path):
         build_model(make_model, partial, "partial.pt")
     with pytest.raises(TypeError, match=r"must return a torch\.nn\.Module"):
         build_model(lambda: "not a model", _state(), "x")
+    diverged = dict(_state())
+    diverged["0.weight"] = diverged["0.weight"].clone()
+    diverged["0.weight"][0, :2] = float("nan")
+    diverged["2.bias"] = torch.full_like(diverged["2.bias"], float("inf"))
+    with pytest.raises(
+        CheckpointError, match=r"nan.pt holds non-finite weights .* in 0\.weight \(2 of 24 values\), 2\.bias"
+    ):
+        build_model(make_model, diverged, "nan.pt")
     model = build_model(make_model, _state(), "good")
     assert isinstance(model, nn.Module)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in _state().items())
