@@ -265,6 +265,7 @@ def _measure_llc(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any],
         "llc_chains_diverged": int(result.diagnostics.diverged.sum()),
         "llc_chains_unstable": int(np.asarray(result.diagnostics.unstable, dtype=bool).sum()),
         "llc_localization_share": result.checks.localization_share,
+        "llc_localization_share_stderr": result.checks.localization_share_stderr,
         "step_size": result.settings.step_size,
         "train_loss": result.init_loss,
     }
@@ -427,7 +428,9 @@ def measure_model(
         ``llc_std``, ``llc_stderr``, ``llc_ess``, ``llc_rhat``,
         ``llc_low``, ``llc_high`` (the 95% interval), ``llc_chains_diverged``,
         ``llc_chains_unstable`` (left out past the step's stability limit), ``llc_localization_share``
-        (minus d ln λ̂ / d ln γ, :attr:`slt.estimators.llc_result.LLCChecks.localization_share`),
+        (minus d ln λ̂ / d ln γ, :attr:`slt.estimators.llc_result.LLCChecks.localization_share`) and
+        ``llc_localization_share_stderr`` (its standard error over chains: the warning needs the share
+        above 0.5 by a Student-t margin of it),
         ``step_size``, ``train_loss``,
         ``test_loss``, ``dos_llc``,
         ``dos_multiplicity`` for the built-in ones (those that were measured).

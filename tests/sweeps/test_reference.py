@@ -98,7 +98,9 @@ def test_a_classifier_sweep_chooses_a_stronger_pull_once_and_holds_every_setting
     # at the chosen pull the memorizing network's λ̂ is set by γ as much as by the loss, and it says so
     assert any(w.category is LocalizationWarning for w in caught)
     shares = [r.checks.localization_share for r in trajectory.llc]
-    assert max(shares) > 0.5 and "llc_localization_share" in trajectory.to_dataframe().columns
+    frame = trajectory.to_dataframe()
+    assert max(shares) > 0.5 and "llc_localization_share" in frame.columns
+    assert (frame["llc_localization_share_stderr"] > 0).all()
 
     # a rerun reads the choice back from the store (it does not choose again) and finds every checkpoint done
     def no_second_choice(*args, **kwargs):
