@@ -61,11 +61,10 @@ def test_recommends_the_largest_step_whose_measured_bias_is_within_tolerance():
     assert cal.llc_extrapolated == pytest.approx(4.975, rel=0.03)
     assert cal.settings["extrapolation"].startswith("weighted line through 3 steps")
     assert "largest step" in cal.criteria
-    assert cal.estimate_kwargs() == {
+    assert (cal.num_burnin, cal.num_draws) == (2000, 4000)  # to equilibrate from w*; the last segment
+    assert cal.estimate_kwargs() == {  # the estimate sizes its own length at that step
         "step_size": 1e-3,
         "localization": 1.0,
-        "num_burnin": 2000,  # what the chains took to equilibrate from w*
-        "num_draws": 4000,  # the last segment
         "n_beta": 100.0,
         "sampler": "sgld",
         "sampler_options": {"leimkuhler_matthews": False},
