@@ -139,7 +139,8 @@ def llc_problems(
     :data:`MAX_BIAS_INDICATOR`; a loss that grows or shrinks with the batch size; an estimate still
     rising between the halves of the draws (``trace``, the per-draw estimates); a given length shorter than
     the automatic length's floor whose chains were still spreading almost freely
-    (:class:`~slt.warnings.ShortChainWarning`).
+    (:class:`~slt.warnings.ShortChainWarning`); a loss that never moved from :math:`L_n(w^*)` (every
+    draw of ``trace`` zero).
     """
     checks = checks or LLCChecks()
     healthy_trace = None if trace is None else np.asarray(trace)[d.healthy_chains]
@@ -150,6 +151,19 @@ def llc_problems(
         # chains still spreading from w* raise loss and distance together, which the share reads as a
         # dependence on γ: the short-chain warning is the one to act on
         problems = [p for p in problems if p.category != LocalizationWarning.__name__]
+    if healthy_trace is not None and healthy_trace.size and not np.any(healthy_trace):
+        # every draw's loss equal to L(w*): a loss_fn that does not depend on the sampled weights (a
+        # cross-entropy over one class gave λ̂ = 0 ± 0 with only a length warning)
+        problems = [p for p in problems if p.category != ConvergenceWarning.__name__]
+        problems.append(
+            Problem.of(
+                LossFunctionWarning,
+                "the loss never moved from L(w*) while the chains moved: every draw's loss equals it, so "
+                "λ̂ = 0 measures nothing. loss_fn does not depend on the sampled weights (a cross-entropy "
+                "over a single output is identically zero; a mask that samples only weights the loss does "
+                "not use): check the loss and the model's outputs",
+            )
+        )
     # a loss that is not a mean per sample corrupts every other number (a summed loss gave λ̂ = -110 with
     # NotAMinimumWarning first): its warning leads
     problems.sort(key=lambda p: p.category != LossFunctionWarning.__name__)

@@ -96,9 +96,19 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
     TypeError
         When the model returns something other than a tensor (a dict, a tuple): the message says to pass a
         callable ``loss_fn`` that picks the logits.
+    ValueError
+        When the logits have a single class (a cross-entropy over one class is identically zero).
     """
     x, y = _inputs_targets(batch, "cross_entropy")
     logits = _model_tensor(model(x), "cross_entropy")
+    if logits.ndim < 1 or logits.shape[-1 if logits.ndim <= 2 else 1] == 1:
+        raise ValueError(
+            f'loss_fn="cross_entropy": the model has a single output (logits of shape '
+            f"{tuple(logits.shape)}), "
+            'and a cross-entropy over one class is identically zero. For regression use loss_fn="mse"; '
+            "for a binary classifier with one logit pass loss_fn=lambda model, batch: "
+            "torch.nn.functional.binary_cross_entropy_with_logits(model(batch[0]), batch[1])"
+        )
     if torch.is_floating_point(y) and y.shape != logits.shape:
         raise ValueError(
             f'loss_fn="cross_entropy": the targets are {y.dtype} of shape {tuple(y.shape)} but the logits '

@@ -424,3 +424,19 @@ def test_the_localization_warning_allows_for_how_few_chains_measured_the_share()
         trace = np.random.default_rng(0).normal(10.0, 0.5, size=(chains, 100))
         d = diagnose(trace, np.full(chains, -1), np.zeros(chains, dtype=bool))
         assert [p.category for p in llc_problems(d, 10.0, 0.1, settings, checks)] == expected
+
+
+def test_a_loss_that_never_moves_is_flagged_instead_of_reading_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(200, 3), torch.randn(200, 1)
+
+    def ignores_the_weights(m, batch):
+        return (m(batch[0]) * 0).mean() + 1.0
+
+    result, found = caught(
+        lambda: slt.estimate_llc(model, (x, y), loss_fn=ignores_the_weights, num_draws=200, progress=False)
+    )
+    assert result.mean == 0 and [p.category for p in result.problems] == ["LossFunctionWarning"]
+    assert "the loss never moved from L(w*)" in result.problems[0].message
+    assert slt.warnings.LossFunctionWarning in categories(found)

@@ -99,3 +99,10 @@ def test_a_string_loss_on_a_model_that_returns_a_dict_or_tuple_says_to_pick_the_
 
     with pytest.raises(TypeError, match='loss_fn="cross_entropy" needs a model that returns a tensor'):
         slt.estimate_llc(_DictOutput(), (x, labels), loss_fn="cross_entropy", num_draws=10, progress=False)
+
+
+def test_cross_entropy_over_a_single_output_is_refused_with_what_to_use():
+    # it is identically zero: an estimate with it read λ̂ = 0 ± 0 and only a length warning
+    model = nn.Linear(3, 1)
+    with pytest.raises(ValueError, match=r'single output \(logits of shape \(8, 1\)\).*loss_fn="mse"'):
+        resolve_loss("cross_entropy")(model, (torch.randn(8, 3), torch.randn(8, 1)))
