@@ -38,7 +38,14 @@ from slt.sampling.driver import bind_kernel
 from slt.sampling.losses import LossFn
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import default_step_size
-from slt.warnings import ChainDivergenceError, DivergenceWarning, LeftBasinWarning, Problem, emit
+from slt.warnings import (
+    ChainDivergenceError,
+    DivergenceWarning,
+    LeftBasinWarning,
+    NotAMinimumWarning,
+    Problem,
+    emit,
+)
 
 __all__ = [
     "choose_localization",
@@ -212,6 +219,9 @@ def choose_localization(
     DivergenceWarning
         When the chains at the last candidate diverge even at a hundredth of the automatic step (a trial
         whose chains diverge is rerun at a tenth of its step, up to twice).
+    NotAMinimumWarning
+        When a model's chains at the chosen γ found lower loss than its weights (λ̂ ≤ 0): it passes any γ,
+        which says nothing about it (also in the returned choice's ``problems``).
 
     Raises
     ------
@@ -259,7 +269,9 @@ def choose_localization(
     )
     for gamma in candidates:
         if all(trial.passes(trials, i, gamma, model) for i, model in enumerate(models)):
-            return LocalizationChoice(gamma, rule, trials, time.perf_counter() - started)
+            problems = _not_minima(trials, gamma)
+            emit(problems, stacklevel=2)
+            return LocalizationChoice(gamma, rule, trials, time.perf_counter() - started, problems)
     last = [t for t in trials if t.localization == candidates[-1]]
     diverged = [t for t in last if not math.isfinite(t.gap_fraction) and not t.passed]
     if diverged:
@@ -279,6 +291,26 @@ def choose_localization(
         )
     emit((problem,), stacklevel=2)
     return LocalizationChoice(candidates[-1], rule, trials, time.perf_counter() - started, (problem,))
+
+
+def _not_minima(trials: list[LocalizationTrial], gamma: float) -> tuple[Problem, ...]:
+    """A warning for the models whose chains found lower loss than their weights at ``gamma``.
+
+    Their gap fraction is negative, so they pass any γ: the pass says nothing about them (an untrained
+    regression MLP passed γ = 1 at λ̂ = -50.6, silently).
+    """
+    below = [t for t in trials if t.localization == gamma and t.llc <= 0]
+    if not below:
+        return ()
+    where = ", ".join(f"model {t.model} (λ̂ = {t.llc:.3g})" for t in below)
+    return (
+        Problem.of(
+            NotAMinimumWarning,
+            f"at γ = {gamma:g} the chains of {where} found lower loss than the given weights: they are not a "
+            "minimum, so passing the climb test says nothing about them. Train further, or choose γ at "
+            "trained weights",
+        ),
+    )
 
 
 @dataclass(frozen=True)

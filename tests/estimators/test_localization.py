@@ -8,7 +8,7 @@ from torch import nn
 
 import slt
 from slt.estimators.localization import MAX_GAP_FRACTION, LocalizationChoice
-from slt.warnings import LeftBasinWarning
+from slt.warnings import LeftBasinWarning, NotAMinimumWarning
 
 
 def memorizing_classifier() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -64,6 +64,19 @@ def test_a_regression_keeps_gamma_one_after_a_single_trial_per_model(capsys):
     assert choice.localization == 1.0
     assert [(t.model, t.localization, t.passed) for t in choice.trials] == [(0, 1.0, True), (1, 1.0, True)]
     assert all(t.gap_fraction < 0.01 for t in choice.trials)
+    assert choice.problems == ()
+
+
+@pytest.mark.filterwarnings("ignore::slt.warnings.ConvergenceWarning")  # the pilot cannot size a step there
+def test_weights_that_are_not_a_minimum_pass_but_are_named():
+    # the chains go downhill from untrained weights, so the climb test passes at γ = 1 whatever it is
+    model, data = regression()
+    with torch.no_grad():
+        model.weight.zero_()
+    with pytest.warns(NotAMinimumWarning, match=r"chains of model 0 \(λ̂ = -[\d.]+\) found lower loss"):
+        choice = slt.choose_localization(model, data, loss_fn="mse", first_segment=100, progress=False)
+    assert choice.localization == 1.0 and choice.trials[0].passed and choice.trials[0].llc < 0
+    assert [p.category for p in choice.problems] == ["NotAMinimumWarning"]
 
 
 def test_when_no_candidate_holds_the_chains_the_choice_says_so():
