@@ -308,7 +308,7 @@ class DOSResult(JSONResult):
             ms=2.5,
             lw=1,
             color=color,
-            label=label or r"$\ln\hat v(t)$",
+            label=label or r"$\log_{10}\hat v(t)$",
         )
         band = ok & np.isfinite(self.log_density_lower) & np.isfinite(self.log_density_upper)
         if band.any():

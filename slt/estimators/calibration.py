@@ -76,7 +76,10 @@ class CalibrationResult(JSONResult):
         automatic length, since these, fixed and run with another seed, often fail split R-hat.
     llc_extrapolated : float
         Estimate extrapolated to step size 0 by a weighted linear fit over the healthy steps at the
-        recommended localization no larger than twice the recommended step (NaN with fewer than two).
+        recommended localization no larger than twice the recommended step; NaN where it was not done,
+        with the reason in ``settings["extrapolation"]`` (fewer than three such steps; no measurable
+        dependence on the step, a slope within two standard errors of zero, where the rungs agree and the
+        recommended step's estimate is the one to use; or a line that reaches a negative value).
     llc_extrapolated_stderr : float
         Its standard error.
     table : list of dict
