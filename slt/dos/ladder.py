@@ -106,8 +106,9 @@ def default_temperatures(
 def reference_temperature(temperatures: np.ndarray) -> float:
     r"""The reference rung of the step-size rule.
 
-    The geometric centre of the positive temperatures (:math:`n\beta^*` for the default ladder),
-    snapped to the nearest rung.
+    The geometric centre of the positive temperatures, snapped to the nearest rung. The default ladder
+    is centred on :math:`n\beta^*`, but with an even number of rungs (12) no rung sits there and the
+    reference is the one beside it (197.2 for :math:`n\beta^*` = 144.8).
     """
     positive = temperatures[temperatures > 0]
     centre = math.exp(float(np.mean(np.log(positive))))
