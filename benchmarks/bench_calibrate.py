@@ -2,7 +2,8 @@
 
 On the deep linear networks of ``bench_defaults.py`` (n = 1e4, γ = 1, nβ = n/log n), each scored against the
 exact finite-nβ target, with calibrate's own time, the step it chose, its criteria and warnings, and the
-estimate with the settings it carried.
+estimate with the settings it carried (the estimate sizes its own length at that step: the burn-in +
+draws column is the estimate's).
 
     PYTHONPATH=. python benchmarks/bench_calibrate.py [--cases "10-5-10 r=1" ...]   # results/calibrate.*
 """
@@ -10,6 +11,7 @@ estimate with the settings it carried.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -36,8 +38,9 @@ def run(case: dict, seed: int = 0) -> dict:
         step_size=cal.step_size,
         reference_step=cal.settings["reference_step"],
         criteria=cal.criteria,
-        num_burnin=kwargs["num_burnin"],
-        num_draws=kwargs["num_draws"],
+        calibrated_lengths=[cal.num_burnin, cal.num_draws],  # calibration's own, not carried (a6df39e)
+        num_burnin=result.settings.num_burnin,  # the estimate's automatic length at the calibrated step
+        num_draws=result.settings.num_draws,
         llc=result.mean,
         stderr=result.stderr,
         interval=list(result.interval),
@@ -58,14 +61,17 @@ def run(case: dict, seed: int = 0) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| case | calibrate s | ladder doublings | step | burn-in + draws | λ̂ (calibrated) | 95% interval "
-        "| exact | vs exact | extrapolated | warnings |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | calibrate s | ladder doublings | step | calibration's burn-in + draws | estimate s "
+        "| estimate's burn-in + draws | λ̂ (calibrated) | 95% interval | exact | vs exact | extrapolated "
+        "| warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         doublings = ", ".join(f"γ={k}: {v}" for k, v in r.get("ladder_doublings", {}).items()) or "0"
+        own = " + ".join(map(str, r["calibrated_lengths"])) if "calibrated_lengths" in r else "—"
         lines.append(
             f"| {r['case']} | {r['calibrate_seconds']:.0f} | {doublings} | {r['step_size']:.3g} "
+            f"| {own} | {r['estimate_seconds']:.0f} "
             f"| {r['num_burnin']} + {r['num_draws']} | {r['llc']:.4g} ± {r['stderr']:.2g} "
             f"| [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] | {r['exact']:.4g} "
             f"| {r['error_vs_exact']:+.1%} "
@@ -76,8 +82,14 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cases", nargs="*", default=["10-5-10 r=1", "10-5-10 r=2"])
+    parser.add_argument("--cases", nargs="*", default=["10-5-10 r=1", "10-5-10 r=2", "5-5-5-5-5"])
+    parser.add_argument("--render", action="store_true", help="rewrite calibrate.md from calibrate.json")
     args = parser.parse_args()
+    if args.render:
+        (RESULTS / "calibrate.md").write_text(
+            markdown(json.loads((RESULTS / "calibrate.json").read_text())["rows"])
+        )
+        return
     torch.set_num_threads(1)
     rows = []
     for case in dln_cases():
