@@ -59,6 +59,11 @@ def run(case: dict, seed: int = 0) -> dict:
     return row
 
 
+def _number(value: float | None) -> float:
+    """A number from JSON, where NaN was written as null."""
+    return float("nan") if value is None else value
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| case | calibrate s | ladder doublings | step | calibration's burn-in + draws | estimate s "
@@ -69,13 +74,14 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         doublings = ", ".join(f"γ={k}: {v}" for k, v in r.get("ladder_doublings", {}).items()) or "0"
         own = " + ".join(map(str, r["calibrated_lengths"])) if "calibrated_lengths" in r else "—"
+        warned = "; ".join(w.split(":")[0] for w in r["warnings"]) or "—"
         lines.append(
             f"| {r['case']} | {r['calibrate_seconds']:.0f} | {doublings} | {r['step_size']:.3g} "
             f"| {own} | {r['estimate_seconds']:.0f} "
             f"| {r['num_burnin']} + {r['num_draws']} | {r['llc']:.4g} ± {r['stderr']:.2g} "
             f"| [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] | {r['exact']:.4g} "
             f"| {r['error_vs_exact']:+.1%} "
-            f"| {r['llc_extrapolated']:.4g} | {'; '.join(w.split(':')[0] for w in r['warnings']) or '—'} |"
+            f"| {_number(r['llc_extrapolated']):.4g} | {warned} |"
         )
     return "\n".join(lines) + "\n"
 
