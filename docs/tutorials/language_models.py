@@ -154,8 +154,9 @@ fig = result.plot()
 # are short on purpose (with 100 draws instead of 200 the estimate was about 177, so λ̂ is still growing
 # with the length). For a number to report, leave
 # `num_draws` at its default (`None`: the chains run in doubling segments until the estimate stops moving,
-# within a `max_steps`/`max_seconds` budget) or choose the step and length with `slt.calibrate`. The
-# warning stays on `result.problems`, and in the JSON of the result.
+# within a `max_steps`/`max_seconds` budget) or choose the step with `slt.calibrate` (its
+# `estimate_kwargs()` keep the automatic length). The warning stays on `result.problems`, and in the JSON
+# of the result.
 
 # %% [markdown]
 # ## One LLC per attention head
