@@ -154,8 +154,10 @@ def test_calibrate_table_shows_how_many_times_the_ladder_doubled():
         calibrate_seconds=95.3,
         ladder_doublings={"1": 1},
         step_size=4.33e-5,
-        num_burnin=6350,
-        num_draws=6400,
+        calibrated_lengths=[6350, 6400],
+        estimate_seconds=12.4,
+        num_burnin=7500,
+        num_draws=8000,
         llc=20.23,
         stderr=0.32,
         interval=[18.64, 22.64],
@@ -164,10 +166,14 @@ def test_calibrate_table_shows_how_many_times_the_ladder_doubled():
         llc_extrapolated=19.05,
         warnings=["ConvergenceWarning: calibrate: no step was stable"],
     )
-    lines = bench_calibrate.markdown([row, dict(row, ladder_doublings={}, warnings=[])]).splitlines()
-    assert lines[2].startswith("| dln 10-5-10 r=1 n=1e4 | 95 | γ=1: 1 | 4.33e-05 | 6350 + 6400 | 20.23 ± 0.3")
+    # calibration's own lengths, then the estimate's seconds and its automatic length at the calibrated step
+    others = dict(row, ladder_doublings={}, warnings=[], llc_extrapolated=None)  # NaN is null in the JSON
+    lines = bench_calibrate.markdown([row, others]).splitlines()
+    assert lines[2].startswith(
+        "| dln 10-5-10 r=1 n=1e4 | 95 | γ=1: 1 | 4.33e-05 | 6350 + 6400 | 12 | 7500 + 8000 | 20.23 ± 0.3"
+    )
     assert lines[2].endswith("| -0.1% | 19.05 | ConvergenceWarning |")
-    assert "| 95 | 0 |" in lines[3] and lines[3].endswith("| — |")
+    assert "| 95 | 0 |" in lines[3] and lines[3].endswith("| nan | — |")
 
 
 def test_step_multiples_table_counts_false_alarms_and_misses_at_the_threshold():
