@@ -422,17 +422,19 @@ def _transitions(trajectory: Any) -> tuple[list[Any], list[str]]:
     """The λ̂ transitions of a trajectory and notes on them (why none, or why they were not sought)."""
     import dataclasses
 
-    off = trajectory.not_a_minimum
-    usable = [r for r, bad in zip(trajectory.records, off) if r.ok and not bad]
-    notes = [f"{int(off.sum())} not-a-minimum checkpoint(s) were left out"] if off.any() else []
-    if len(usable) < len(trajectory.records) - int(off.sum()):
-        notes.append(f"{len(trajectory.failures)} failed checkpoint(s) were left out")
-    if not usable:
-        return [], [*notes, "no transitions sought: no checkpoint has a usable λ̂"]
-    try:  # Trajectory.transitions leaves the same checkpoints out (and says so, as notes[0] does)
-        events = dataclasses.replace(trajectory, records=usable).transitions("llc")
+    from slt.sweeps.trajectory import not_a_minimum_note
+
+    done = [r for r in trajectory.records if r.ok]
+    notes = [f"{len(trajectory.failures)} failed checkpoint(s) were left out"] if trajectory.failures else []
+    kept = dataclasses.replace(trajectory, records=done)
+    off = kept.not_a_minimum
+    left = [not_a_minimum_note(int(off.sum()))] if off.any() else []
+    if off.all():
+        return [], [*notes, *left, "no transitions sought: no checkpoint has a usable λ̂"]
+    try:  # Trajectory.transitions leaves out the not-a-minimum checkpoints and notes how many
+        events = kept.transitions("llc")
     except ValueError as exc:
-        return [], [*notes, f"no transitions sought: {exc}"]
+        return [], [*notes, *left, f"no transitions sought: {exc}"]
     return list(events), [*notes, *getattr(events, "notes", [])]
 
 

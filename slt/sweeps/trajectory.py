@@ -471,6 +471,11 @@ def run_key(records: Sequence[Checkpoint]) -> str:
     return common + (" and state dicts in memory" if in_memory else "")
 
 
+def not_a_minimum_note(count: int) -> str:
+    """The note saying how many checkpoints λ̂'s transitions left out for not being a minimum."""
+    return f"{count} not-a-minimum checkpoint(s) were left out"
+
+
 def _latest_per_step(rows: Iterable[StoredResult]) -> list[StoredResult]:
     """One row per step: the latest (a step can have several rows when its file was replaced)."""
     latest: dict[int, StoredResult] = {}
@@ -649,8 +654,7 @@ class Trajectory:
             return detect_transitions(self, measure=measure, **options)
         kept = dataclasses.replace(self, records=[r for r, bad in zip(self.records, off) if not bad])
         events = detect_transitions(kept, measure=measure, **options)
-        note = f"{int(off.sum())} not-a-minimum checkpoint(s) were left out"
-        return Transitions(list(events), [note, *events.notes])
+        return Transitions(list(events), [not_a_minimum_note(int(off.sum())), *events.notes])
 
     # -- loading ----------------------------------------------------------------------------------
 
