@@ -55,7 +55,7 @@ from slt.sampling.progress import progress_bar
 from slt.sampling.settings import validate_settings
 from slt.sampling.setup import prepared_sampler
 from slt.tuning import default_step_size
-from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, emit
+from slt.warnings import ChainDivergenceError, ConvergenceWarning, Problem, StepSizeWarning, emit
 
 __all__ = ["calibrate", "CalibrationResult"]
 
@@ -246,13 +246,16 @@ def calibrate(
     The recommendation is the largest step that is healthy (a-c) and stable (d) at the smallest healthy
     localization, with chain lengths for the same simulated times as the reference (burn-in: what the
     chains needed to equilibrate from :math:`w^*`; draws: the last segment); if none is stable, the
-    smallest healthy step, with a warning. :meth:`CalibrationResult.estimate_kwargs` carries every choice
-    (step, localization, lengths, nβ, sampler, its options, batch size) into :func:`slt.estimate_llc`.
+    smallest healthy step, with a warning. :meth:`CalibrationResult.estimate_kwargs` carries the choices
+    (step, localization, nβ, sampler, its options, batch size) into :func:`slt.estimate_llc`, which sizes
+    its own length at that step.
 
     ``llc_extrapolated`` (the estimate extrapolated to step 0) is given only where it measurably helps:
     a weighted line through at least three healthy steps no larger than twice the recommended one whose
     slope differs from zero by more than two standard errors and whose intercept is positive; otherwise
-    NaN, with the reason in ``settings["extrapolation"]``.
+    NaN, with the reason in ``settings["extrapolation"]``. Where it is given and differs from the
+    recommended step's estimate by more than ``tolerance`` plus two standard errors (the bias grows
+    faster below the step than one halving measured), a ``StepSizeWarning`` in ``problems`` says so.
 
     Parameters
     ----------
@@ -991,6 +994,7 @@ def _recommend(full_table, n_beta, tolerance, n, settings, lengths) -> Calibrati
     lam0, lam0_se, extrapolation = _extrapolate(
         [r for r in healthy if r["step_size"] <= 2 * chosen["step_size"]]
     )
+    problems.extend(_extrapolation_disagrees(chosen, lam0, lam0_se, tolerance, rows))
     burn, draws = lengths[loc].at(chosen["step_size"])
     return CalibrationResult(
         step_size=chosen["step_size"],
@@ -1005,6 +1009,39 @@ def _recommend(full_table, n_beta, tolerance, n, settings, lengths) -> Calibrati
         settings={**settings, "n": n, "tolerance": tolerance, "extrapolation": extrapolation},
         problems=tuple(problems),
     )
+
+
+def _extrapolation_disagrees(
+    chosen: dict[str, Any], lam0: float, lam0_se: float, tolerance: float, rows: list[dict[str, Any]]
+) -> list[Problem]:
+    """A ``StepSizeWarning`` where the recommended step's estimate and the extrapolation to step 0 differ.
+
+    The recommendation is certified by one halving of the step; the extrapolation fits every healthy rung
+    at or below twice it. Where the two disagree by more than ``tolerance`` of the extrapolated value plus
+    two standard errors of the difference, the bias keeps growing below the halving (it is not linear
+    there) and the recommended step's estimate carries more of it than the halving measured.
+    """
+    if not math.isfinite(lam0):
+        return []
+    gap = chosen["llc_mean"] - lam0
+    noise = math.hypot(_nz(chosen["llc_stderr"]), _nz(lam0_se))
+    if abs(gap) - 2 * noise <= tolerance * abs(lam0):
+        return []
+    smaller = [r["step_size"] for r in rows if r["healthy"] and r["step_size"] < chosen["step_size"]]
+    advice = (
+        f"pass step_size={max(smaller):.3g} (the next healthy step below it) to estimate_llc"
+        if smaller
+        else "calibrate with smaller step_sizes"
+    )
+    return [
+        Problem.of(
+            StepSizeWarning,
+            f"calibrate: the recommended step's estimate {chosen['llc_mean']:.4g} is {gap / lam0:+.0%} from "
+            f"the estimate extrapolated to step 0 ({lam0:.4g} ± {lam0_se:.2g}), beyond the tolerance of "
+            f"{tolerance:.0%} plus two standard errors: the step's bias is larger than halving it measured. "
+            f"Report llc_extrapolated, or {advice}.",
+        )
+    ]
 
 
 def _extrapolate(rows: list[dict[str, Any]]) -> tuple[float, float, str]:

@@ -421,6 +421,47 @@ def test_extrapolation_is_refused_where_the_step_makes_no_measurable_difference(
     assert np.isnan(_extrapolate(steep[:2])[0])  # two points never make a line to trust
 
 
+def _ladder_row(step: float, llc: float, stderr: float = 0.05) -> dict:
+    return {
+        "kind": "step",
+        "step_size": step,
+        "localization": 1.0,
+        "llc_mean": llc,
+        "llc_stderr": stderr,
+        "chains_diverged": 0,
+        "healthy": True,
+    }
+
+
+def _recommend_from(rows: list[dict], tolerance: float = 0.1) -> CalibrationResult:
+    from slt.estimators.calibration import _Lengths, _mark_stability, _recommend
+
+    _mark_stability(rows, tolerance)
+    lengths = {1.0: _Lengths(reference=1e-3, draws_steps=1000, simulated_time=2.0, converged=True)}
+    return _recommend(rows, 100.0, tolerance, 1000, {}, lengths)
+
+
+def test_an_extrapolation_far_from_the_recommended_step_is_flagged():
+    """One halving certifies 4e-3 (a measured bias of 8%), but the rungs below keep falling: 8.6 at step 0."""
+    curved = [_ladder_row(s, v) for s, v in [(8e-3, 12.0), (4e-3, 10.4), (2e-3, 10.0), (1e-3, 8.5)]]
+    cal = _recommend_from(curved)
+    assert cal.step_size == 4e-3 and [r["step_size"] for r in curved if r["stable"]] == [4e-3]
+    assert cal.llc_extrapolated == pytest.approx(8.565, abs=0.01)
+    [problem] = cal.problems
+    assert problem.category == "StepSizeWarning"
+    assert "the recommended step's estimate 10.4 is +21% from the estimate extrapolated to step 0" in str(
+        problem.message
+    )
+    assert "Report llc_extrapolated, or pass step_size=0.002 (the next healthy step below it)" in str(
+        problem.message
+    )
+    # a straight line through the same recommendation: the halving measured the bias it has, no warning
+    linear = [_ladder_row(s, 10.0 + 100 * s) for s in (8e-3, 4e-3, 2e-3, 1e-3)]
+    cal = _recommend_from(linear)
+    assert cal.step_size == 8e-3  # its bias, 8%, is within the tolerance of 10%
+    assert cal.llc_extrapolated == pytest.approx(10.0, rel=1e-6) and cal.problems == ()
+
+
 def test_rungs_are_compared_chain_by_chain():
     """Chains that continue the same states share their slow part: the paired difference sees through it."""
     from slt.estimators.calibration import _difference_stderr
