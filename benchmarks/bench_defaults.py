@@ -24,7 +24,7 @@ evaluations (chains and pilot) and the warnings.
 
     PYTHONPATH=. python benchmarks/bench_defaults.py [--seeds 0 1] [--cases dln dln1e5 nc reg nets] [--euler]
         [--sampler sgnht] [--only 'n=5000'] [--precision 0.025] [--target-bias 0.025] [--batch-size 4096]
-        [--max-steps 200000]
+        [--max-steps 200000] [--batch-per-n-beta 4]
 
 Writes ``results/defaults.json`` and ``results/defaults.md`` (``--name`` for another name).
 """
@@ -141,7 +141,7 @@ def normal_crossing_cases() -> list[dict[str, Any]]:
 
 def regression_cases() -> list[dict[str, Any]]:
     cases = []
-    for n in (500, 501, 1000):
+    for n in (500, 501, 1000, 5001):  # 5001: above the whole-data cap (4096), minibatches of nβ = 588
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, 4, generator=g, dtype=torch.float64)
         y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]], dtype=torch.float64)
@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, help="estimate_llc's batch_size (default: its batch rule)")
     parser.add_argument("--max-steps", type=int, help="estimate_llc's max_steps (default 100,000)")
     parser.add_argument(
+        "--batch-per-n-beta",
+        type=float,
+        help="samples per unit of nβ in the default batch (PosteriorSampler.BATCH_PER_N_BETA, default 1)",
+    )
+    parser.add_argument(
         "--render",
         action="store_true",
         help="rewrite defaults.md and the summary from defaults.json, no runs",
@@ -398,6 +403,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (RESULTS / "defaults.md").write_text(markdown(payload["rows"], payload["summary"]))
         return payload
     torch.set_num_threads(1)
+    if args.batch_per_n_beta is not None:
+        from slt.sampling.driver import PosteriorSampler
+
+        PosteriorSampler.BATCH_PER_N_BETA = args.batch_per_n_beta
     builders = {
         "reg": regression_cases,
         "nc": normal_crossing_cases,
@@ -431,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
     summary = summarize(rows)
     payload = {"environment": environment("cpu"), "rows": rows, "summary": summary}
+    if args.batch_per_n_beta is not None:
+        payload["batch_per_n_beta"] = args.batch_per_n_beta
     write_json(f"{args.name}.json", payload)
     (RESULTS / f"{args.name}.md").write_text(markdown(rows, summary))
     print(markdown(rows, summary))

@@ -29,7 +29,7 @@ CONFIG_TITLES = {
 CURRENT_DEFAULTS = (
     "defaults_lastsegment_dln.json",
     "defaults_minibatch_nc_reg.json",
-    "defaults_fullbatch_reg.json",
+    "defaults_reg_all.json",
 )
 #: Issue 10's bars per family against the exact target: (largest mean absolute error, largest one-run error).
 DEFAULTS_BARS = {"dln": (0.05, 0.10), "normal_crossing": (0.05, 0.05), "regression": (0.03, 0.03)}

@@ -128,7 +128,7 @@ def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
     summary = {"normal_crossing": family(0.077), "regression": family(0.02, mean=0.01)}
     common.write_json("defaults_minibatch_nc_reg.json", {"environment": env, "summary": summary}, tmp_path)
     later = {"regression": family(0.011, mean=0.005)}  # a later run of one family replaces its row
-    common.write_json("defaults_fullbatch_reg.json", {"environment": env, "summary": later}, tmp_path)
+    common.write_json("defaults_reg_all.json", {"environment": env, "summary": later}, tmp_path)
     lines = report.build(tmp_path).splitlines()
 
     def goal(title):
@@ -138,7 +138,7 @@ def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
     crossing = goal("normal crossings")
     assert "every run within 5%" in crossing and "worst 7.7%" in crossing and crossing.endswith("| **no** |")
     regressions = goal("regressions")
-    assert "worst 1.1%" in regressions and "defaults_fullbatch_reg.json" in regressions
+    assert "worst 1.1%" in regressions and "defaults_reg_all.json" in regressions
     assert regressions.endswith("| yes |")
     assert sum(line.startswith("| regressions, defaults") for line in lines) == 1
     # coverage pooled over runs: (3 + 4 + 4) / 12

@@ -192,6 +192,9 @@ class PosteriorSampler:
     #: Cap on batch × work per sample for :meth:`size_batch_for` (keeps a step's cost near a 4096-sample
     #: step of a 256-parameter dense model); see :meth:`work_per_unit`.
     AUTO_BATCH_WORK = 2**20
+    #: Samples per unit of nβ in the batch :meth:`size_batch_for` chooses above the whole-data cap. Four
+    #: was measured and not adopted (docs/theory.md, "How big a batch").
+    BATCH_PER_N_BETA = 1
     #: Samples whose forward pass :meth:`work_per_unit` counts.
     FLOP_COUNT_SAMPLES = 8
 
@@ -328,7 +331,7 @@ class PosteriorSampler:
         if not self._default_batch:
             return self.batch_size
         units_per_sample = self._units_per_sample
-        wanted = math.ceil(n_beta / max(units_per_sample, 1.0))
+        wanted = math.ceil(self.BATCH_PER_N_BETA * n_beta / max(units_per_sample, 1.0))
         n_units = self.num_samples * max(units_per_sample, 1.0)
         cap = self._batch_cap(self.num_params)
         # the forward pass is counted only where its work can change the batch (the first count in a
@@ -343,7 +346,8 @@ class PosteriorSampler:
             self.batch_size_source = f"full data (n ≤ the batch cap {cap}{by})"
             return self.batch_size
         self.batch_size = min(self.num_samples, max(self.DEFAULT_BATCH_SIZE, min(wanted, cap)))
-        self.batch_size_source = f"nβ rule (nβ/{units_per_sample:.3g} samples, capped at {cap}{by})"
+        per = "" if self.BATCH_PER_N_BETA == 1 else f"{self.BATCH_PER_N_BETA:g}·"
+        self.batch_size_source = f"nβ rule ({per}nβ/{units_per_sample:.3g} samples, capped at {cap}{by})"
         return self.batch_size
 
     @property

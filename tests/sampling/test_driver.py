@@ -217,6 +217,14 @@ def test_the_default_batch_grows_with_n_beta_up_to_its_caps():
     assert small.size_batch_for(1e6) == 500  # never more than the data
 
 
+def test_the_samples_per_unit_of_n_beta_can_be_set_for_a_comparison(monkeypatch):
+    model, data = _regression(20_000)
+    monkeypatch.setattr(PosteriorSampler, "BATCH_PER_N_BETA", 4)
+    posterior = PosteriorSampler(model, data, "mse")
+    assert posterior.size_batch_for(250.1) == 1001
+    assert posterior.batch_size_source == "nβ rule (4·nβ/1 samples, capped at 4096)"
+
+
 def test_the_default_batch_is_the_whole_data_when_it_fits_under_the_cap():
     model, data = _regression(4096)
     posterior = PosteriorSampler(model, data, "mse")
