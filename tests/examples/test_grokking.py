@@ -28,10 +28,14 @@ def test_one_seed_groks_and_the_llc_falls_while_test_accuracy_climbs(tmp_path):
     lo, hi = window
     assert 1000 <= record.steps[lo] < record.steps[hi] <= 10_000
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # short chains at early checkpoints may be flagged as unconverged
-        trajectory = g.llc_curve(record, num_draws=100, num_burnin=50)
+    # the main job's path: every setting chosen by the library once for the run and held fixed
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")  # a checkpoint may be flagged (unconverged, γ-dependent): kept below
+        trajectory = g.llc_curve(record)
     assert (tmp_path / "run" / "slt-results.sqlite").exists() and len(trajectory) == len(steps)
+    chosen_settings = record.llc_reference["chosen"]
+    assert chosen_settings["localization"] >= 10 and chosen_settings["num_draws"] >= 100
+    assert [w for w in trajectory.warnings if w[1] in ("LeftBasinWarning", "NotAMinimumWarning")] == []
     llc = np.asarray(record.llc)
     assert np.isfinite(llc).all() and (np.asarray(record.llc_stderr) > 0).all()
     np.testing.assert_array_equal(llc, trajectory.llc_mean)
