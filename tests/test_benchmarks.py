@@ -129,7 +129,12 @@ def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
     common.write_json("defaults_minibatch_nc_reg.json", {"environment": env, "summary": summary}, tmp_path)
     later = {"regression": family(0.011, mean=0.005)}  # a later run of one family replaces its row
     common.write_json("defaults_reg_all.json", {"environment": env, "summary": later}, tmp_path)
+    large = {"dln_1e5": family(0.031, mean=0.03)}  # reported beside the others, with no bar of its own
+    common.write_json("defaults_lm_dln1e5.json", {"environment": env, "summary": large}, tmp_path)
     lines = report.build(tmp_path).splitlines()
+    large_title = "| deep linear network 8-8-8-8, n = 1e5 (reported, no bar)"
+    assert not any(line.startswith(f"{large_title}, defaults") for line in lines)
+    assert any(line.startswith(f"{large_title} | 4 | 3.0% | 3.1% |") for line in lines)
 
     def goal(title):
         return next(line for line in lines if line.startswith(f"| {title}, defaults"))
@@ -141,8 +146,8 @@ def test_report_scores_the_current_defaults_against_issue_10s_bars(tmp_path):
     assert "worst 1.1%" in regressions and "defaults_reg_all.json" in regressions
     assert regressions.endswith("| yes |")
     assert sum(line.startswith("| regressions, defaults") for line in lines) == 1
-    # coverage pooled over runs: (3 + 4 + 4) / 12
-    assert "| 92% of 12 | yes |" in "\n".join(lines)
+    # coverage pooled over runs, the family without a bar included: (3 + 4 + 4 + 4) / 16
+    assert "| 94% of 16 | yes |" in "\n".join(lines)
     assert "## The defaults against exact finite-nβ targets (current code)" in lines
 
 
