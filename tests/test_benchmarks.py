@@ -220,3 +220,32 @@ def test_auto_compile_table_compares_the_default_with_eager_chains():
     assert "| nc | 32,000 / 32,000 | 20.0 | 8.0 | 0.40 | compiled from step 7500 |" in text
     assert "raised: ValueError: x" in text
     assert "All cases: 20 s eager, 8 s with the default (0.40×); 1 of 2 switched" in text
+
+
+def test_dos_defaults_table_shows_the_form_used_and_the_log_forms_reading():
+    import bench_dos_defaults
+
+    row = dict(
+        case="tanh MLP 8-24-1",
+        params=241,
+        n=1000,
+        dos_seconds=46.6,
+        fit_form="power",
+        dos_llc=17.75,
+        dos_llc_stderr=0.11,
+        fit_window=[0.0045, 1.9],
+        log_llc=83.68,
+        log_multiplicity=291.0,
+        dos_warnings=["ConvergenceWarning", "FitWarning"],
+        llc=17.14,
+        llc_stderr=0.17,
+        llc_seconds=7.0,
+        llc_warnings=[],
+    )
+    resolved = dict(row, fit_form="log", log_llc=None, log_multiplicity=None, dos_warnings=[])
+    lines = bench_dos_defaults.markdown([row, resolved]).splitlines()
+    assert lines[2] == (
+        "| tanh MLP 8-24-1 | 241 | 1000 | 46.6 | 17.75 ± 0.11 (power, t in [0.0045, 1.9]) | 83.68, 291 "
+        "| ConvergenceWarning, FitWarning | 17.14 ± 0.17 | — |"
+    )
+    assert "| 17.75 ± 0.11 (log, t in [0.0045, 1.9]) | – | — |" in lines[3]

@@ -97,9 +97,12 @@ print(f"crossing:     λ = {dos.llc:.3f} ± {dos.llc_stderr:.3f}, m = {dos.multi
 # - **Where the power law stops** (large $t$): the localizer and the global shape of the loss take over;
 #   only the small-$t$ end is about the singularity.
 # - **Warnings**: `OverlapWarning` when neighbouring rungs share too few samples for reweighting (add
-#   rungs), `FitWarning` when the fit window spans too few decades (extend the ladder to colder
-#   temperatures), `ConvergenceWarning` when replicas rarely travel between the hottest and coldest rung.
+#   rungs), `FitWarning` when the fit window spans too few decades to tell λ from m (extend the ladder to
+#   colder temperatures), `ConvergenceWarning` when replicas rarely travel between the hottest and coldest
+#   rung.
 #
 # For trained networks, pass a ladder that reaches well below the loss scale you care about; the default
 # ($n\beta^*/30$ to $30\,n\beta^*$) covers the temperatures an LLC estimate uses, which is often too narrow a
-# window to separate $\lambda$ from $m$ — slt then says so rather than report a fit it cannot support.
+# window to separate $\lambda$ from $m$. There the default `fit_form="auto"` reports the power form's local
+# slope ($m = 1$ assumed) instead of a three-term fit it cannot support, and its `FitWarning` gives the log
+# form's numbers and says how much colder the ladder must go for them (`fit_form="log"` insists on them).

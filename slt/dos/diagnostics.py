@@ -129,6 +129,39 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
     return tuple(problems)
 
 
+def log_form_unresolved(analysis: Any) -> str:
+    """Why a ``"log"``-form fit cannot be reported (empty when it can): no fit, or λ and m not separable.
+
+    The same conditions as the ``FitWarning`` of :func:`result_problems`: a window of fewer than
+    :data:`MIN_FIT_DECADES` decades of t, or a standard error of m above 1.
+    """
+    lo, hi = analysis.fit_window
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    fit = analysis.fit
+    if not math.isfinite(fit.llc):
+        return f"too few populated bins in its window [{lo:.3g}, {hi:.3g}] to fit it"
+    if decades < MIN_FIT_DECADES or analysis.multiplicity_stderr > 1:
+        return (
+            f"its window [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ from m "
+            f"(it read λ = {fit.llc:.4g} ± {analysis.llc_stderr:.2g}, m = {fit.multiplicity:.3g} ± "
+            f"{analysis.multiplicity_stderr:.2g})"
+        )
+    return ""
+
+
+def power_fallback_problem(unresolved: str, power: Any) -> Problem:
+    """The ``FitWarning`` of ``fit_form="auto"`` reporting the power form where the log form failed."""
+    lo, hi = power.fit_window
+    return Problem.of(
+        FitWarning,
+        f"the 'log' form (λ with its multiplicity m) could not be read from this ladder: {unresolved}. "
+        f"Reported instead: the 'power' form's local slope over t in [{lo:.3g}, {hi:.3g}], λ = "
+        f"{power.fit.llc:.4g} ± {power.llc_stderr:.2g} with m = 1 assumed. To separate λ from m, extend the "
+        "ladder to colder temperatures (larger x, so that the curve reaches t two decades below 1e-2) and "
+        "refit with result.refit(fit_form='log'); pass fit_form='log' or 'power' to choose the form yourself",
+    )
+
+
 def _rungs_needed(result: Any) -> str:
     r"""``"; about N rungs over this span"`` from the rungs' :math:`x E_x[t]` (empty when unknown).
 

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from slt.dos.analysis import FIT_FORMS, analyze
-from slt.dos.diagnostics import divergence_problems, result_problems
+from slt.dos.diagnostics import (
+    divergence_problems,
+    log_form_unresolved,
+    power_fallback_problem,
+    result_problems,
+)
 from slt.dos.ladder import (
     DEFAULT_NUM_RUNGS,
     as_temperatures,
@@ -60,7 +65,7 @@ def estimate_dos(
     exact_loss: bool | None = None,
     mask: Mask = None,
     fit_window: tuple[float, float] | None = None,
-    fit_form: str = "log",
+    fit_form: str = "auto",
     bins_per_decade: int = 10,
     min_count: int = 20,
     num_bootstrap: int = 200,
@@ -149,11 +154,15 @@ def estimate_dos(
         Sample only these parameters (the weight-restricted density of states).
     fit_window : (float, float), optional
         ``(t_low, t_high)`` of the fit; default :func:`slt.dos.analysis.default_fit_window`.
-    fit_form : {"log", "log2", "power"}
+    fit_form : {"auto", "log", "log2", "power"}
         ``"log"``: :math:`\ln c + (\lambda-1)\ln t + (m-1)\ln(-\ln t)`; ``"log2"`` adds the next
         lower-order term :math:`b/(-\ln t)`; ``"power"`` fixes :math:`m = 1`, and its default window
         is not capped at :math:`t = 10^{-2}`, so it also reads the local slope of a trained network whose
-        ladder samples :math:`t \approx \lambda / x` well above that.
+        ladder samples :math:`t \approx \lambda / x` well above that. ``"auto"`` (default): ``"log"``
+        where its window spans at least two decades of :math:`t` and pins :math:`m` (standard error at
+        most 1), otherwise ``"power"`` with a ``FitWarning`` that gives the log form's numbers and says
+        how to reach them. On a 241-parameter tanh MLP (LLC 17.1) the default ladder's log fit read
+        λ = 83.7, m = 291 ± 62 over 0.3 decades; the power form read 17.75 ± 0.11.
     bins_per_decade : int
         Output bins per decade of :math:`t`.
     min_count : int
@@ -192,7 +201,8 @@ def estimate_dos(
     slt.warnings.NotAMinimumWarning
         When more than 5% of the reweighted volume lies below the trained loss.
     slt.dos.FitWarning
-        When the fit window holds too few populated bins.
+        When the fit window holds too few populated bins, or (``fit_form="auto"``) when the log form
+        could not tell λ from m and the power form's λ is reported.
     """
     validate_settings(
         localization=localization,
@@ -268,16 +278,30 @@ def estimate_dos(
                 progress=progress,
             )
     sampling_problems = divergence_problems(run.diverged, ladder, run.step_sizes)
-    analysis = analyze(
-        run.t,
-        ladder,
-        bins_per_decade=bins_per_decade,
-        fit_window=fit_window,
-        fit_form=fit_form,
-        min_count=min_count,
-        num_bootstrap=num_bootstrap,
-        seed=seed,
-    )
+
+    def analyzed(form: str):
+        return analyze(
+            run.t,
+            ladder,
+            bins_per_decade=bins_per_decade,
+            fit_window=fit_window,
+            fit_form=form,
+            min_count=min_count,
+            num_bootstrap=num_bootstrap,
+            seed=seed,
+        )
+
+    if fit_form != "auto":
+        analysis = analyzed(fit_form)
+    elif fit_window is not None and fit_window[1] >= 1:  # only the power form holds up to t = 1
+        analysis = analyzed("power")
+    else:
+        analysis = analyzed("log")
+        unresolved = log_form_unresolved(analysis)
+        power = analyzed("power") if unresolved else None
+        if power is not None and math.isfinite(power.fit.llc):  # else the log form's own warning stays
+            analysis = power
+            sampling_problems += (power_fallback_problem(unresolved, power),)
     settings = DOSSettings(
         temperatures_source=ladder_source,
         reference_temperature=reference,
@@ -353,8 +377,8 @@ def _validate_dos_settings(
     ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-    if fit_form not in FIT_FORMS:
-        raise ValueError(f"fit_form must be one of {FIT_FORMS}, got {fit_form!r}")
+    if fit_form not in ("auto", *FIT_FORMS):
+        raise ValueError(f"fit_form must be one of {('auto', *FIT_FORMS)}, got {fit_form!r}")
     if fit_window is not None:
         try:
             lo, hi = (float(v) for v in fit_window)
@@ -362,7 +386,7 @@ def _validate_dos_settings(
             raise ValueError(f"fit_window must be a pair (t_low, t_high), got {fit_window!r}") from None
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
             raise ValueError(f"fit_window must satisfy 0 < t_low < t_high, got {fit_window!r}")
-        if fit_form != "power" and hi >= 1:
+        if fit_form not in ("power", "auto") and hi >= 1:
             raise ValueError(
                 f"fit_window reaches t = {hi:g} >= 1, where ln(-ln t) is undefined; keep t_high < 1 or use "
                 "fit_form='power'"

@@ -313,7 +313,7 @@ def test_json_round_trip_refit_and_plot(tmp_path):
 # -- warnings ----------------------------------------------------------------------------------
 
 
-def quadratic_dos_warning(category, dim, temperatures, num_draws):
+def quadratic_dos_warning(category, dim, temperatures, num_draws, **options):
     """estimate_dos on ||w||^2 in ``dim`` dimensions (λ = dim/2), and the one message of ``category``."""
     with warnings.catch_warnings(record=True) as found:
         warnings.simplefilter("always")
@@ -326,6 +326,7 @@ def quadratic_dos_warning(category, dim, temperatures, num_draws):
             num_draws=num_draws,
             num_bootstrap=0,
             progress=False,
+            **options,
         )
     (message,) = [str(w.message) for w in found if w.category is category]
     return result, message
@@ -349,7 +350,8 @@ def test_the_overlap_warning_says_how_many_rungs_the_span_needs():
 def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_power_form():
     # λ = 20 sampled down to x = 1000 only: t ≈ 20/x stays near 2e-2, never a decade below the 1e-2
     # under which the log form holds (a 243-parameter classifier near zero loss did this at defaults)
-    result, message = quadratic_dos_warning(slt.dos.FitWarning, 40, np.geomspace(10, 1000, 9), num_draws=300)
+    ladder = np.geomspace(10, 1000, 9)
+    result, message = quadratic_dos_warning(slt.dos.FitWarning, 40, ladder, num_draws=300, fit_form="log")
     assert math.isnan(result.llc)
     coldest = float(result.rung_llc[-1])
     assert "too few populated bins" in message and "The coldest rung (x = 1000) samples t ≈ 0.0" in message
@@ -358,6 +360,14 @@ def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_powe
     assert "result.refit(fit_form='power')" in message
     assert coldest == pytest.approx(20.0, rel=0.15)
     assert result.refit(fit_form="power").llc == pytest.approx(20.0, rel=0.15)
+    # by default the power form is reported, with the log form's failure and the way to reach it
+    result, message = quadratic_dos_warning(slt.dos.FitWarning, 40, ladder, num_draws=300)
+    assert result.fit_form == "power" and result.llc == pytest.approx(20.0, rel=0.15)
+    assert message.startswith(
+        "the 'log' form (λ with its multiplicity m) could not be read from this ladder: "
+    )
+    assert "too few populated bins" in message and f"λ = {result.llc:.4g}" in message
+    assert "result.refit(fit_form='log')" in message
 
 
 @pytest.mark.filterwarnings("ignore::slt.dos.FitWarning")
@@ -393,8 +403,15 @@ def test_well_spaced_long_enough_ladder_does_not_warn():
 
 def test_narrow_fit_window_warns_that_lambda_and_m_are_not_separable():
     with pytest.warns(slt.dos.FitWarning, match="too few to tell λ from m"):
-        result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, **FAST)
+        result = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, fit_form="log", **FAST)
     assert np.log10(result.fit_window[1] / result.fit_window[0]) < 2
+    # by default the power form's slope is reported instead, with the same reason (λ = 2 here)
+    with pytest.warns(
+        slt.dos.FitWarning, match="too few to tell λ from m.*Reported instead: the 'power' form"
+    ):
+        auto = slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, **FAST)
+    assert auto.fit_form == "power" and auto.multiplicity == 1.0
+    assert auto.llc == pytest.approx(2.0, rel=0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt.dos.FitWarning)
         slt.estimate_dos(Quadratic(4), DUMMY, loss_fn=quadratic_loss, fit_form="power", **FAST)
@@ -521,7 +538,6 @@ def test_estimating_leaves_model_optimizer_and_global_rng_untouched(sampler):
         ("num_rungs", 1, "num_rungs must be an integer >= 2"),
         ("fit_form", "cubic", "fit_form must be one of"),
         ("fit_window", (1e-2, 1e-4), "0 < t_low < t_high"),
-        ("fit_window", (1e-4, 2.0), "ln\\(-ln t\\) is undefined"),
         ("sampler", "hmc", "unknown sampler 'hmc'"),
         ("num_bootstrap", -1, "num_bootstrap must be an integer >= 0"),
         ("step_size", 0.0, "step_size must be a positive number"),
@@ -534,6 +550,18 @@ def test_out_of_range_settings_are_rejected(setting, value, message):
     kwargs[setting] = value
     with pytest.raises(ValueError, match=message):
         slt.estimate_dos(Quadratic(2), DUMMY, loss_fn=quadratic_loss, **kwargs)
+
+
+def test_a_window_up_to_t_one_is_refused_by_the_log_forms_and_fitted_by_the_power_form():
+    for form in ("log", "log2"):
+        with pytest.raises(ValueError, match="ln\\(-ln t\\) is undefined"):
+            slt.estimate_dos(
+                Quadratic(2), DUMMY, loss_fn=quadratic_loss, fit_window=(1e-4, 2.0), fit_form=form
+            )
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        result = slt.estimate_dos(Quadratic(2), DUMMY, loss_fn=quadratic_loss, fit_window=(1e-4, 2.0), **FAST)
+    assert result.fit_form == "power" and result.settings.fit_form == "auto"
 
 
 def test_temperature_zero_needs_a_localizer():
