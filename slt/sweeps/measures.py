@@ -298,11 +298,19 @@ def _check_no_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+#: The density of states' fit form in sweeps unless ``dos_settings`` gives one: the local power-law slope
+#: (m = 1) over the fit window, read the same way at every checkpoint.
+SWEEP_DOS_FIT_FORM = "power"
+
+
 def _measure_dos(model: nn.Module, given: MeasureInput) -> tuple[dict[str, Any], Any]:
     from slt.dos import estimate_dos
 
     kwargs = dict(given.settings)
     kwargs.setdefault("progress", False)
+    # one form at every checkpoint, so that the column compares like with like ("auto" could switch between
+    # the log and the power form from one checkpoint to the next); each stored result can be refitted
+    kwargs.setdefault("fit_form", SWEEP_DOS_FIT_FORM)
     dos = estimate_dos(model, given.data, loss_fn=given.loss_fn, seed=given.seed, **kwargs)
     return {"dos_llc": float(dos.llc), "dos_multiplicity": float(dos.multiplicity)}, dos.to_dict()
 

@@ -62,7 +62,8 @@ class LLCMonitor:
     seed : int
         Base seed; step ``s`` uses :func:`slt.sweeps.measures.checkpoint_seed` ``(seed, s)``.
     dos_settings : dict, optional
-        Keyword arguments of :func:`slt.estimate_dos`.
+        Keyword arguments of :func:`slt.estimate_dos` (``fit_form`` defaults to ``"power"``, as in
+        :func:`slt.analyze_checkpoints`).
     measure_settings : dict of str to dict, optional
         Settings of other registered measures, by name.
     on_error : {"warn", "raise"}

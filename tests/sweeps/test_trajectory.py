@@ -476,7 +476,10 @@ def test_dos_results_are_stored_per_checkpoint_through_estimate_dos(tmp_path, mo
             progress=False,
             **TINY,
         )
-    assert calls == [(checkpoint_seed(0, s, 1), settings, False) for s in (0, 5)]
+    # one fit form at every checkpoint unless the settings give one
+    swept = {**settings, "fit_form": "power"}
+    assert calls == [(checkpoint_seed(0, s, 1), swept, False) for s in (0, 5)]
+    assert all(d.fit_form == "power" for d in trajectory.dos)
     assert trajectory.ok.all(), trajectory.failures
     results = trajectory.dos
     assert all(isinstance(d, slt.DOSResult) for d in results)
