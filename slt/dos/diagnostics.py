@@ -106,7 +106,6 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
             )
         )
     lo, hi = result.fit_window
-    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
     if not math.isfinite(result.llc):
         problems.append(
             Problem.of(
@@ -116,12 +115,12 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
                 f"result.bin_counts), colder temperatures, or more draws{_log_form_out_of_reach(result)}",
             )
         )
-    elif result.fit_form != "power" and (decades < MIN_FIT_DECADES or result.multiplicity_stderr > 1):
+    elif result.fit_form != "power" and _separation_failure(result.fit_window, result.multiplicity_stderr):
         problems.append(
             Problem.of(
                 FitWarning,
-                f"the fit window [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ "
-                f"from m (m = {result.multiplicity:.2f} ± {result.multiplicity_stderr:.2g}); extend the "
+                f"the fit window {_separation_failure(result.fit_window, result.multiplicity_stderr)} "
+                f"(m = {result.multiplicity:.2f} ± {result.multiplicity_stderr:.2g}); extend the "
                 "ladder to colder temperatures so that the curve reaches smaller t, or refit with "
                 "fit_form='power' if m = 1 is expected (result.refit(fit_form='power'))",
             )
@@ -129,36 +128,99 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
     return tuple(problems)
 
 
-def log_form_unresolved(analysis: Any) -> str:
-    """Why a ``"log"``-form fit cannot be reported (empty when it can): no fit, or λ and m not separable.
+def _separation_failure(window: tuple[float, float], multiplicity_stderr: float) -> str:
+    """How a log-form window fails to tell λ from m (empty when it does not fail).
 
-    The same conditions as the ``FitWarning`` of :func:`result_problems`: a window of fewer than
-    :data:`MIN_FIT_DECADES` decades of t, or a standard error of m above 1.
+    Fewer than :data:`MIN_FIT_DECADES` decades of t, or a bootstrap standard error of m above 1 (not
+    judged without a bootstrap, ``num_bootstrap=0``).
+    """
+    lo, hi = window
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    if decades < MIN_FIT_DECADES:
+        return f"[{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ from m"
+    if multiplicity_stderr > 1:
+        return f"[{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, yet leaves m undetermined"
+    return ""
+
+
+def log_form_unresolved(analysis: Any) -> str:
+    """Why a ``"log"``-form analysis cannot be reported (empty when it can): no fit, or λ and m not separated.
+
+    The conditions of the ``FitWarning`` of :func:`result_problems`.
     """
     lo, hi = analysis.fit_window
-    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
     fit = analysis.fit
     if not math.isfinite(fit.llc):
         return f"too few populated bins in its window [{lo:.3g}, {hi:.3g}] to fit it"
-    if decades < MIN_FIT_DECADES or analysis.multiplicity_stderr > 1:
+    failure = _separation_failure(analysis.fit_window, analysis.multiplicity_stderr)
+    if failure:
         return (
-            f"its window [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades of t, too few to tell λ from m "
-            f"(it read λ = {fit.llc:.4g} ± {analysis.llc_stderr:.2g}, m = {fit.multiplicity:.3g} ± "
-            f"{analysis.multiplicity_stderr:.2g})"
+            f"its window {failure} (it read λ = {fit.llc:.4g} ± {analysis.llc_stderr:.2g}, m = "
+            f"{fit.multiplicity:.3g} ± {analysis.multiplicity_stderr:.2g})"
         )
     return ""
 
 
-def power_fallback_problem(unresolved: str, power: Any) -> Problem:
-    """The ``FitWarning`` of ``fit_form="auto"`` reporting the power form where the log form failed."""
-    lo, hi = power.fit_window
+def analyze_with_form(
+    samples: np.ndarray,
+    temperatures: np.ndarray,
+    fit_form: str,
+    fit_window: tuple[float, float] | None,
+    **options: Any,
+) -> tuple[Any, str]:
+    """:func:`slt.dos.analysis.analyze` with ``fit_form`` ``"auto"`` resolved; (analysis, why not log).
+
+    ``"auto"``: the ``"log"`` form where :func:`log_form_unresolved` finds nothing wrong with it, else the
+    ``"power"`` form where that one fits (the second value says why the log form was not reported; the
+    caller turns it into a warning with :func:`power_fallback_problem`). A given window reaching t = 1,
+    where only the power form holds, takes the power form. Other forms are analyzed as given, with ``""``.
+    """
+    from slt.dos.analysis import analyze
+
+    def analyzed(form: str) -> Any:
+        return analyze(samples, temperatures, fit_window=fit_window, fit_form=form, **options)
+
+    if fit_form != "auto":
+        return analyzed(fit_form), ""
+    if fit_window is not None and fit_window[1] >= 1:
+        return analyzed("power"), ""
+    log = analyzed("log")
+    unresolved = log_form_unresolved(log)
+    if not unresolved:
+        return log, ""
+    power = analyzed("power")
+    if not math.isfinite(power.fit.llc):  # the log form's own warning says what to change
+        return log, ""
+    return power, unresolved
+
+
+def power_fallback_problem(unresolved: str, result: Any) -> Problem:
+    """The ``FitWarning`` of ``fit_form="auto"`` reporting the power form: why, and how to get λ and m."""
+    lo, hi = result.fit_window
     return Problem.of(
         FitWarning,
         f"the 'log' form (λ with its multiplicity m) could not be read from this ladder: {unresolved}. "
         f"Reported instead: the 'power' form's local slope over t in [{lo:.3g}, {hi:.3g}], λ = "
-        f"{power.fit.llc:.4g} ± {power.llc_stderr:.2g} with m = 1 assumed. To separate λ from m, extend the "
-        "ladder to colder temperatures (larger x, so that the curve reaches t two decades below 1e-2) and "
-        "refit with result.refit(fit_form='log'); pass fit_form='log' or 'power' to choose the form yourself",
+        f"{result.llc:.4g} ± {result.llc_stderr:.2g} with m = 1 assumed. To separate λ from m, rerun "
+        f"estimate_dos with colder temperatures, so that the curve reaches t two decades below "
+        f"{MAX_FIT_T:g}{_colder_ladder(result)} ('auto' then reports the log form), or pass fit_form='log' "
+        "to insist on it here",
+    )
+
+
+def _colder_ladder(result: Any) -> str:
+    """``" (... takes x ≈ N)"``: the coldest x at which t reaches two decades below the log form's cap."""
+    x = np.asarray(result.temperatures, dtype=float)
+    if not x.size:
+        return ""
+    coldest = int(np.argmax(x))
+    coldest_llc = float(np.asarray(result.rung_llc, dtype=float)[coldest])
+    if not (x[coldest] > 0 and math.isfinite(coldest_llc) and coldest_llc > 0):
+        return ""
+    target = MAX_FIT_T / 10**MIN_FIT_DECADES
+    return (
+        f": the coldest rung (x = {x[coldest]:.4g}) samples t ≈ {coldest_llc / x[coldest]:.3g}, and since "
+        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {target:g} takes x ≈ {coldest_llc / target:.3g}"
     )
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt.dos.analysis import FIT_FORMS, analyze
+from slt.dos.analysis import FIT_FORMS
 from slt.dos.diagnostics import (
+    analyze_with_form,
     divergence_problems,
-    log_form_unresolved,
     power_fallback_problem,
     result_problems,
 )
@@ -159,10 +159,12 @@ def estimate_dos(
         lower-order term :math:`b/(-\ln t)`; ``"power"`` fixes :math:`m = 1`, and its default window
         is not capped at :math:`t = 10^{-2}`, so it also reads the local slope of a trained network whose
         ladder samples :math:`t \approx \lambda / x` well above that. ``"auto"`` (default): ``"log"``
-        where its window spans at least two decades of :math:`t` and pins :math:`m` (standard error at
-        most 1), otherwise ``"power"`` with a ``FitWarning`` that gives the log form's numbers and says
-        how to reach them. On a 241-parameter tanh MLP (LLC 17.1) the default ladder's log fit read
-        λ = 83.7, m = 291 ± 62 over 0.3 decades; the power form read 17.75 ± 0.11.
+        where its window spans at least two decades of :math:`t` and pins :math:`m` (a bootstrap standard
+        error at most 1; not judged with ``num_bootstrap=0``), otherwise ``"power"`` with a ``FitWarning``
+        that gives the log form's numbers and the colder ladder that would reach them; ``"power"`` without
+        a warning for a given ``fit_window`` reaching :math:`t = 1`, where only it holds. On a 241-parameter
+        tanh MLP (LLC 17.1) the default ladder's log fit read λ = 83.7, m = 291 ± 62 over 0.3 decades; the
+        power form read 17.75 ± 0.11 (``benchmarks/results/dos_defaults.md``).
     bins_per_decade : int
         Output bins per decade of :math:`t`.
     min_count : int
@@ -278,30 +280,16 @@ def estimate_dos(
                 progress=progress,
             )
     sampling_problems = divergence_problems(run.diverged, ladder, run.step_sizes)
-
-    def analyzed(form: str):
-        return analyze(
-            run.t,
-            ladder,
-            bins_per_decade=bins_per_decade,
-            fit_window=fit_window,
-            fit_form=form,
-            min_count=min_count,
-            num_bootstrap=num_bootstrap,
-            seed=seed,
-        )
-
-    if fit_form != "auto":
-        analysis = analyzed(fit_form)
-    elif fit_window is not None and fit_window[1] >= 1:  # only the power form holds up to t = 1
-        analysis = analyzed("power")
-    else:
-        analysis = analyzed("log")
-        unresolved = log_form_unresolved(analysis)
-        power = analyzed("power") if unresolved else None
-        if power is not None and math.isfinite(power.fit.llc):  # else the log form's own warning stays
-            analysis = power
-            sampling_problems += (power_fallback_problem(unresolved, power),)
+    analysis, unresolved = analyze_with_form(
+        run.t,
+        ladder,
+        fit_form,
+        fit_window,
+        bins_per_decade=bins_per_decade,
+        min_count=min_count,
+        num_bootstrap=num_bootstrap,
+        seed=seed,
+    )
     settings = DOSSettings(
         temperatures_source=ladder_source,
         reference_temperature=reference,
@@ -341,7 +329,8 @@ def estimate_dos(
         settings,
         run.seconds,
     )
-    result = dataclasses.replace(result, problems=sampling_problems + result_problems(result))
+    fallback = (power_fallback_problem(unresolved, result),) if unresolved else ()
+    result = dataclasses.replace(result, problems=sampling_problems + fallback + result_problems(result))
     emit(result.problems, stacklevel=2)
     return result
 

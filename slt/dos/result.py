@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slt.dos.analysis import DOSAnalysis, analyze, design_matrix
-from slt.dos.diagnostics import result_problems
+from slt.dos.analysis import DOSAnalysis, design_matrix
+from slt.dos.diagnostics import analyze_with_form, power_fallback_problem, result_problems
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -73,6 +73,8 @@ class DOSResult(JSONResult):
         Bootstrap standard deviations.
     fit_window : (float, float)
     fit_form : str
+        The form fitted (``"log"``, ``"log2"`` or ``"power"``); ``settings.fit_form`` keeps the one asked
+        for, which may be ``"auto"``.
     fit_coefficients : ndarray
         See :class:`slt.dos.analysis.FitResult`.
     slope, slope_stderr : float
@@ -239,16 +241,18 @@ class DOSResult(JSONResult):
     ) -> DOSResult:
         """Re-analyze the stored samples with another fit window, fit form or binning (no new sampling).
 
-        The new result's problems are checked afresh (those of the sampling, such as diverged chains,
-        are kept) and emitted as warnings.
+        ``fit_form`` ``None`` keeps what was asked for: ``"auto"`` is decided afresh on the new window (see
+        :func:`slt.estimate_dos`), any other form is kept. The new result's problems are checked afresh
+        (those of the sampling, such as diverged chains, are kept) and emitted as warnings.
         """
         s = self.settings
-        analysis = analyze(
+        requested = fit_form or (s.fit_form if s.fit_form == "auto" else self.fit_form)
+        analysis, unresolved = analyze_with_form(
             self.samples,
             self.temperatures,
+            requested,
+            fit_window,
             bins_per_decade=bins_per_decade or s.bins_per_decade,
-            fit_window=fit_window,
-            fit_form=fit_form or self.fit_form,
             min_count=min_count or s.min_count,
             num_bootstrap=s.num_bootstrap if num_bootstrap is None else num_bootstrap,
             seed=s.seed,
@@ -256,7 +260,7 @@ class DOSResult(JSONResult):
         settings = dataclasses.replace(
             s,
             bins_per_decade=bins_per_decade or s.bins_per_decade,
-            fit_form=analysis.fit_form,
+            fit_form=requested,
             min_count=min_count or s.min_count,
             num_bootstrap=s.num_bootstrap if num_bootstrap is None else num_bootstrap,
         )
@@ -274,7 +278,8 @@ class DOSResult(JSONResult):
             self.seconds,
         )
         kept = tuple(p for p in self.problems if p.category == DivergenceWarning.__name__)
-        refitted = dataclasses.replace(refitted, problems=kept + result_problems(refitted))
+        fallback = (power_fallback_problem(unresolved, refitted),) if unresolved else ()
+        refitted = dataclasses.replace(refitted, problems=kept + fallback + result_problems(refitted))
         emit(refitted.problems, stacklevel=2)
         return refitted
 

@@ -117,8 +117,9 @@ def analyze_checkpoints(
         chosen at reference checkpoints (which can take minutes).
     dos_settings : dict, optional
         Keyword arguments of :func:`slt.estimate_dos`. Its ``fit_form`` defaults to ``"power"`` here (the
-        local slope over the fit window, the same form at every checkpoint; ``estimate_dos``'s own
-        ``"auto"`` could switch forms between checkpoints); each checkpoint's stored result can be refitted.
+        local slope over the fit window, the same form at every checkpoint, so ``dos_multiplicity`` is 1;
+        ``estimate_dos``'s own ``"auto"`` could switch forms between checkpoints); each checkpoint's stored
+        result can be refitted.
     measure_settings : dict of str to dict, optional
         Settings of other registered measures, by name.
     allow_pickle : bool

@@ -367,7 +367,17 @@ def test_a_log_fit_without_a_ladder_cold_enough_says_how_cold_or_to_fit_the_powe
         "the 'log' form (λ with its multiplicity m) could not be read from this ladder: "
     )
     assert "too few populated bins" in message and f"λ = {result.llc:.4g}" in message
-    assert "result.refit(fit_form='log')" in message
+    assert "rerun estimate_dos with colder temperatures" in message
+    assert f"reaching t = 0.0001 takes x ≈ {float(result.rung_llc[-1]) / 1e-4:.3g}" in message
+    # a refit keeps "auto" (decided afresh, with its warning); a form asked for is fitted as asked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = result.refit()
+        log = result.refit(fit_form="log")
+    assert again.fit_form == "power" and again.settings.fit_form == "auto" and again.llc == result.llc
+    assert again.problems == result.problems
+    assert log.fit_form == "log" and log.settings.fit_form == "log" and math.isnan(log.llc)
+    assert next(str(w.message) for w in caught if w.category is slt.dos.FitWarning) == message
 
 
 @pytest.mark.filterwarnings("ignore::slt.dos.FitWarning")
