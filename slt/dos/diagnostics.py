@@ -208,19 +208,31 @@ def power_fallback_problem(unresolved: str, result: Any) -> Problem:
     )
 
 
-def _colder_ladder(result: Any) -> str:
-    """``" (... takes x ≈ N)"``: the coldest x at which t reaches two decades below the log form's cap."""
+def _coldest_rung(result: Any) -> tuple[float, float] | None:
+    """(x, x·E_x[t]) of the coldest rung, or ``None`` where that rung's estimate is not positive."""
     x = np.asarray(result.temperatures, dtype=float)
     if not x.size:
-        return ""
+        return None
     coldest = int(np.argmax(x))
     coldest_llc = float(np.asarray(result.rung_llc, dtype=float)[coldest])
     if not (x[coldest] > 0 and math.isfinite(coldest_llc) and coldest_llc > 0):
+        return None
+    return float(x[coldest]), coldest_llc
+
+
+#: The t the log form's window should reach: :data:`MIN_FIT_DECADES` decades below its cap.
+LOG_FORM_TARGET_T = MAX_FIT_T / 10**MIN_FIT_DECADES
+
+
+def _colder_ladder(result: Any) -> str:
+    """``": the coldest rung ... takes x ≈ N"``: the x at which t reaches :data:`LOG_FORM_TARGET_T`."""
+    coldest = _coldest_rung(result)
+    if coldest is None:
         return ""
-    target = MAX_FIT_T / 10**MIN_FIT_DECADES
+    x, llc = coldest
     return (
-        f": the coldest rung (x = {x[coldest]:.4g}) samples t ≈ {coldest_llc / x[coldest]:.3g}, and since "
-        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {target:g} takes x ≈ {coldest_llc / target:.3g}"
+        f": the coldest rung (x = {x:.4g}) samples t ≈ {llc / x:.3g}, and since t ≈ x·E[t]/x ≈ "
+        f"{llc:.3g}/x, reaching t = {LOG_FORM_TARGET_T:g} takes x ≈ {llc / LOG_FORM_TARGET_T:.3g}"
     )
 
 
@@ -255,24 +267,18 @@ def _rungs_needed(result: Any) -> str:
 
 def _log_form_out_of_reach(result: Any) -> str:
     """Why a ``"log"`` form found no window: the coldest rung never samples t far below 1e-2."""
-    if result.fit_form == "power":
+    coldest = _coldest_rung(result) if result.fit_form != "power" else None
+    if coldest is None:
         return ""
-    x = np.asarray(result.temperatures, dtype=float)
-    if not x.size:
-        return ""
-    coldest = int(np.argmax(x))
-    coldest_llc = float(np.asarray(result.rung_llc, dtype=float)[coldest])
-    if not (x[coldest] > 0 and math.isfinite(coldest_llc) and coldest_llc > 0):
-        return ""
-    coldest_t = coldest_llc / float(x[coldest])
-    target = MAX_FIT_T / 10**MIN_FIT_DECADES  # the window should span MIN_FIT_DECADES below the cap
-    if not coldest_t > target:
+    x, llc = coldest
+    coldest_t = llc / x
+    if not coldest_t > LOG_FORM_TARGET_T:
         return ""
     where = "above" if coldest_t > MAX_FIT_T else f"less than {MIN_FIT_DECADES:g} decades below"
     return (
-        f". The coldest rung (x = {x[coldest]:.4g}) samples t ≈ {coldest_t:.3g} on average, {where} the "
+        f". The coldest rung (x = {x:.4g}) samples t ≈ {coldest_t:.3g} on average, {where} the "
         f"{MAX_FIT_T:g} under which the {result.fit_form!r} form's ln(-ln t) term holds: since "
-        f"t ≈ x·E[t]/x ≈ {coldest_llc:.3g}/x, reaching t = {target:g} takes x ≈ {coldest_llc / target:.3g}. "
-        "For the local slope at the t this ladder samples, refit with fit_form='power' "
-        "(result.refit(fit_form='power'))"
+        f"t ≈ x·E[t]/x ≈ {llc:.3g}/x, reaching t = {LOG_FORM_TARGET_T:g} takes x ≈ "
+        f"{llc / LOG_FORM_TARGET_T:.3g}. For the local slope at the t this ladder samples, refit with "
+        "fit_form='power' (result.refit(fit_form='power'))"
     )
