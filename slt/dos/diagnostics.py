@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from slt.dos.analysis import MAX_FIT_T, MIN_OVERLAP
+from slt.dos.analysis import MAX_FIT_T, MIN_OVERLAP, analyze
 from slt.warnings import (
     ChainDivergenceError,
     ConvergenceWarning,
@@ -62,12 +62,14 @@ def divergence_problems(
     )
 
 
-def result_problems(result: Any) -> tuple[Problem, ...]:
+def result_problems(result: Any, unresolved: str = "") -> tuple[Problem, ...]:
     """Thin overlap between rungs, few replica round trips, samples below the trained loss, a failed fit.
 
-    ``result`` is a :class:`slt.DOSResult`; each problem names what to change.
+    ``result`` is a :class:`slt.DOSResult`; each problem names what to change. ``unresolved``, the second
+    value of :func:`analyze_with_form`, puts first the warning that the power form stands in for the log
+    form, and why.
     """
-    problems = []
+    problems = [power_fallback_problem(unresolved, result)] if unresolved else []
     x = result.temperatures
     if len(x) > 1:
         overlap = result.neighbour_overlap
@@ -115,11 +117,13 @@ def result_problems(result: Any) -> tuple[Problem, ...]:
                 f"result.bin_counts), colder temperatures, or more draws{_log_form_out_of_reach(result)}",
             )
         )
-    elif result.fit_form != "power" and _separation_failure(result.fit_window, result.multiplicity_stderr):
+    elif result.fit_form != "power" and (
+        failure := _separation_failure(result.fit_window, result.multiplicity_stderr)
+    ):
         problems.append(
             Problem.of(
                 FitWarning,
-                f"the fit window {_separation_failure(result.fit_window, result.multiplicity_stderr)} "
+                f"the fit window {failure} "
                 f"(m = {result.multiplicity:.2f} ± {result.multiplicity_stderr:.2g}); extend the "
                 "ladder to colder temperatures so that the curve reaches smaller t, or refit with "
                 "fit_form='power' if m = 1 is expected (result.refit(fit_form='power'))",
@@ -175,7 +179,6 @@ def analyze_with_form(
     caller turns it into a warning with :func:`power_fallback_problem`). A given window reaching t = 1,
     where only the power form holds, takes the power form. Other forms are analyzed as given, with ``""``.
     """
-    from slt.dos.analysis import analyze
 
     def analyzed(form: str) -> Any:
         return analyze(samples, temperatures, fit_window=fit_window, fit_form=form, **options)

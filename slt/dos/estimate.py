@@ -15,7 +15,6 @@ from slt.dos.analysis import FIT_FORMS
 from slt.dos.diagnostics import (
     analyze_with_form,
     divergence_problems,
-    power_fallback_problem,
     result_problems,
 )
 from slt.dos.ladder import (
@@ -329,8 +328,7 @@ def estimate_dos(
         settings,
         run.seconds,
     )
-    fallback = (power_fallback_problem(unresolved, result),) if unresolved else ()
-    result = dataclasses.replace(result, problems=sampling_problems + fallback + result_problems(result))
+    result = dataclasses.replace(result, problems=sampling_problems + result_problems(result, unresolved))
     emit(result.problems, stacklevel=2)
     return result
 

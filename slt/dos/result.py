@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slt.dos.analysis import DOSAnalysis, design_matrix
-from slt.dos.diagnostics import analyze_with_form, power_fallback_problem, result_problems
+from slt.dos.diagnostics import analyze_with_form, result_problems
 from slt.results.base import JSONResult
 from slt.results.plotting import panels
 from slt.results.settings import ChainSettings
@@ -278,8 +278,7 @@ class DOSResult(JSONResult):
             self.seconds,
         )
         kept = tuple(p for p in self.problems if p.category == DivergenceWarning.__name__)
-        fallback = (power_fallback_problem(unresolved, refitted),) if unresolved else ()
-        refitted = dataclasses.replace(refitted, problems=kept + fallback + result_problems(refitted))
+        refitted = dataclasses.replace(refitted, problems=kept + result_problems(refitted, unresolved))
         emit(refitted.problems, stacklevel=2)
         return refitted
 
