@@ -88,6 +88,66 @@ def floor_seconds_per_step(
     return (time.perf_counter() - start) / steps
 
 
+def gradient_seconds_per_step(
+    model: nn.Module,
+    data,
+    batch_size: int,
+    steps: int,
+    loss_fn=_mse,
+    device: str | torch.device | None = None,
+    compiled: bool = False,
+    chains: int = 1,
+) -> float:
+    """One chain's gradient alone on one fixed batch: the compute floor of a step, in seconds per chain.
+
+    Forward and backward and nothing else (no update, no noise, no new batch, nothing recorded). Eager:
+    ``torch.autograd.grad`` of ``loss_fn(model, batch)``. ``compiled``: slt's compiled gradient of the
+    flat weights (:class:`slt.sampling.compiled.CompiledGradient`), the fastest gradient slt has: one
+    chain, or with ``chains`` > 1 that many stacked (its vectorized function, time divided by ``chains``);
+    its compilation is paid before the clock starts. Every SGLD step of any implementation pays at
+    least a gradient, so ``peer seconds per step / this`` bounds the per-step speedup any sampler built
+    on this gradient can reach over the peer on this model and machine. On CUDA the clock stops after a
+    synchronize.
+    """
+    import copy
+
+    from slt.sampling.setup import prepared_sampler
+
+    model = copy.deepcopy(model)
+    if device is not None:
+        model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = tuple(t[:batch_size].to(params[0].device) for t in data)
+    if compiled:
+        with prepared_sampler(
+            model, data, loss_fn, batch_size=batch_size, device=device, compile=True
+        ) as post:
+            position = post.flat_model.center.clone()
+            if chains == 1:
+                compiled_gradient = post.compiled.sequential()
+                return _time_per_call(lambda: compiled_gradient(position, batch), steps, batch[0].device)
+            compiled_gradient = post.compiled.vectorized()
+            positions = position.expand(chains, -1).clone()
+            stacked = tuple(t.expand(chains, *t.shape).clone() for t in batch)
+            seconds = _time_per_call(lambda: compiled_gradient(positions, stacked), steps, batch[0].device)
+            return seconds / chains
+    return _time_per_call(lambda: torch.autograd.grad(loss_fn(model, batch), params), steps, batch[0].device)
+
+
+def _time_per_call(call, steps: int, device: torch.device) -> float:
+    for _ in range(3):  # compilation and lazy initialization before the clock
+        call()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        call()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
 def slt_seconds_per_step(model, data, batch_size, steps, step_size, n_beta, chains, control_variate):
     start = time.perf_counter()
     result = slt.estimate_llc(

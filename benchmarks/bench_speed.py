@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_floor import floor_seconds_per_step
+from bench_floor import floor_seconds_per_step, gradient_seconds_per_step
 from common import (
     LOSSES,
     RESULTS,
@@ -174,6 +174,9 @@ def measure(
     short_steps = chains * short["num_draws"]
     slt_wall, slt_chain, peer_wall, floors, ratios, mode = [], [], [], [], [], ""
     slt_short, peer_short, marginal_ratios = [], [], []
+    gradients_eager: list[float] = []
+    gradients_compiled: list[float] = []
+    gradients_stacked: list[float] = []
     for r in range(repeats):
         order = ("slt", "peer") if r % 2 == 0 else ("peer", "slt")
         times: dict[str, float] = {}
@@ -210,6 +213,26 @@ def measure(
         )
         if "peer" in times:
             ratios.append(times["peer"] / times["slt"])
+        # the compute floor: one chain's gradient alone, eager and compiled (no update, noise or bookkeeping)
+        # (one chain, and the run's chains stacked: the faster per chain is the floor)
+        for compiled_gradient, stacked, into in (
+            (False, 1, gradients_eager),
+            (True, 1, gradients_compiled),
+            (True, chains, gradients_stacked),
+        ):
+            collect()
+            into.append(
+                gradient_seconds_per_step(
+                    case["model"],
+                    case["data"],
+                    case["batch_size"],
+                    max(steps // 4, 20) // stacked,
+                    loss,
+                    device,
+                    compiled=compiled_gradient,
+                    chains=stacked,
+                )
+            )
     row = {
         "model": case["name"],
         "parameters": num_params(case["model"]),
@@ -226,6 +249,13 @@ def measure(
         "floor_us_per_step": median(floors) * 1e6,
         "ratio_slt_chains_to_floor": median([c / steps / f for c, f in zip(slt_chain, floors)]),
         "ratio_slt_call_to_floor": median([w / steps / f for w, f in zip(slt_wall, floors)]),
+        "gradient_eager_us": median(gradients_eager) * 1e6,
+        "gradient_compiled_us": median(gradients_compiled) * 1e6,
+        "gradient_stacked_us": median(gradients_stacked) * 1e6,
+        "gradient_floor_us": min(median(gradients_compiled), median(gradients_stacked)) * 1e6,
+        "ratio_slt_chains_to_compiled_gradient": median(slt_chain)
+        / steps
+        / min(median(gradients_compiled), median(gradients_stacked)),
         "slt_seconds_all": slt_wall,
         "floor_us_all": [f * 1e6 for f in floors],
     }
@@ -236,6 +266,7 @@ def measure(
         slt_fixed_seconds=median([s - (w - s) / extra * short_steps for w, s in zip(slt_wall, slt_short)]),
         short_draws=short["num_draws"],
     )
+    best_gradient = row["gradient_floor_us"] * 1e-6
     if peer:
         peer_marginal = median([(w - s) / extra for w, s in zip(peer_wall, peer_short)])
         row.update(
@@ -245,6 +276,10 @@ def measure(
             ),
             marginal_speedup_vs_peer=median(marginal_ratios),
             peer_seconds=median(peer_wall),
+            # the best any sampler built on slt's compiled gradient could do against the peer: per step,
+            # and for the whole call with no fixed cost at all
+            ceiling_per_step_vs_peer=peer_marginal / best_gradient,
+            ceiling_whole_call_vs_peer=median(peer_wall) / (steps * best_gradient),
             peer_us_per_chain_step=median(peer_wall) / steps * 1e6,
             speedup_vs_peer=median(ratios),
             speedup_vs_peer_all=ratios,
@@ -337,6 +372,37 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{r.get('speedup_vs_peer', float('nan')):.1f}x | "
             f"{r.get('marginal_speedup_vs_peer', float('nan')):.1f}x |"
         )
+    if any("gradient_compiled_us" in r for r in payload["rows"]):
+        nan = float("nan")
+        lines += [
+            "",
+            "## The compute floor: what a step cannot avoid",
+            "",
+            "The gradient alone per chain on one fixed batch (forward and backward; no update, noise, "
+            "new batch or bookkeeping): eager (`torch.autograd.grad`, one chain) and slt's compiled "
+            "gradient, one chain and the run's chains stacked (`vmap`); the faster compiled one is the "
+            "compute floor. devinterp's per step is the difference between its long and short calls. The "
+            "ceilings are the most any sampler built on that gradient could gain over devinterp here: per "
+            "step, devinterp's per step over the floor; whole call, devinterp's call over the floor times "
+            "the chain-steps, with no fixed cost at all.",
+            "",
+            "| model | gradient eager µs | compiled, 1 chain µs | compiled, stacked µs | slt µs/chain-step "
+            "| slt / compute floor | devinterp per step µs | per step vs devinterp | ceiling per step "
+            "| whole call vs devinterp | ceiling whole call |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in payload["rows"]:
+            if "gradient_compiled_us" not in r:
+                continue
+            lines.append(
+                f"| {r['model']} | {r['gradient_eager_us']:.0f} | {r['gradient_compiled_us']:.0f} | "
+                f"{r.get('gradient_stacked_us', nan):.0f} | "
+                f"{r['slt_us_per_chain_step']:.0f} | {r['ratio_slt_chains_to_compiled_gradient']:.2f} | "
+                f"{r.get('peer_marginal_us_per_chain_step', nan):.0f} | "
+                f"{r.get('marginal_speedup_vs_peer', nan):.1f}x | "
+                f"{r.get('ceiling_per_step_vs_peer', nan):.1f}x | "
+                f"{r.get('speedup_vs_peer', nan):.1f}x | {r.get('ceiling_whole_call_vs_peer', nan):.1f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -287,7 +287,79 @@ def speed_section(speed: dict[str, Any], title: str) -> list[str]:
             f"| {_f(r['floor_us_per_step'], '.0f')} | {_f(r['ratio_slt_chains_to_floor'], '.2f')} "
             f"| {_f(r['ratio_slt_call_to_floor'], '.2f')} |"
         )
+    return [*lines, "", *compute_floor_table(speed["rows"])]
+
+
+def compute_floor_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The gradient alone against slt and devinterp, and the ceilings it sets (rows that measured it)."""
+    rows = [r for r in rows if r.get("gradient_compiled_us")]
+    if not rows:
+        return []
+    lines = [
+        "The compute floor: the gradient alone per chain on one fixed batch (forward and backward, nothing "
+        "else), eager, and slt's compiled gradient for one chain and for the run's chains stacked; the "
+        "faster compiled one is the floor. The ceilings are the most any sampler built on that gradient "
+        "could gain over devinterp: per step, devinterp's per step over the floor; whole call, devinterp's "
+        "whole call over the floor times the chain-steps.",
+        "",
+        "| model | gradient eager µs | compiled, 1 chain µs | compiled, stacked µs | slt µs/chain-step "
+        "| slt / compute floor | devinterp per step µs | per step vs devinterp (ceiling) "
+        "| whole call vs devinterp (ceiling) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {_f(r['gradient_eager_us'], '.0f')} | {_f(r['gradient_compiled_us'], '.0f')} "
+            f"| {_f(r.get('gradient_stacked_us'), '.0f')} "
+            f"| {_f(r['slt_us_per_chain_step'], '.0f')} "
+            f"| {_f(r['ratio_slt_chains_to_compiled_gradient'], '.2f')} "
+            f"| {_f(r.get('peer_marginal_us_per_chain_step'), '.0f')} "
+            f"| {_f(r.get('marginal_speedup_vs_peer'), '.1f')}× "
+            f"({_f(r.get('ceiling_per_step_vs_peer'), '.1f')}×) "
+            f"| {_f(r.get('speedup_vs_peer'), '.1f')}× ({_f(r.get('ceiling_whole_call_vs_peer'), '.1f')}×) |"
+        )
     return [*lines, ""]
+
+
+def compiled_goals(compiled: dict[str, Any] | None) -> list[str]:
+    """Issue 11's bars for compiled chains on CPU, from ``speed_compiled.json``, with the ceilings."""
+    rows = (compiled or {}).get("rows", [])
+    if not rows:
+        return []
+
+    def ceiling(r: dict[str, Any], key: str) -> str:
+        return f" (ceiling {r[key]:.1f}×)" if r.get(key) else ""
+
+    lines = []
+    small = [r for r in rows if r.get("speedup_vs_peer") and r["parameters"] <= 12_000]
+    if small:
+        ok = all(r["speedup_vs_peer"] >= 10 and r.get("marginal_speedup_vs_peer", 0) >= 5 for r in small)
+        text = "; ".join(
+            f"{r['model']} {r['speedup_vs_peer']:.1f}×{ceiling(r, 'ceiling_whole_call_vs_peer')} whole call, "
+            f"{_f(r.get('marginal_speedup_vs_peer'), '.1f')}×"
+            f"{ceiling(r, 'ceiling_per_step_vs_peer')} per step"
+            for r in small
+        )
+        lines.append(
+            "| compiled, ≤ 10k parameters: ≥ 10× devinterp whole call, ≥ 5× per step (CPU) "
+            f"| {text} | {'yes' if ok else '**no**'} |"
+        )
+    big = [r for r in rows if r.get("speedup_vs_peer") and 50_000 <= r["parameters"] <= 200_000]
+    for r in big:
+        lines.append(
+            f"| compiled, {r['model']}: ≥ 2× devinterp whole call (CPU) "
+            f"| {r['speedup_vs_peer']:.1f}×{ceiling(r, 'ceiling_whole_call_vs_peer')} "
+            f"| {'yes' if r['speedup_vs_peer'] >= 2 else '**no**'} |"
+        )
+    for r in rows:
+        if r["model"] == "mlp-10k" and r.get("ratio_slt_chains_to_floor"):
+            lines.append(
+                "| compiled, mlp-10k: ≤ 0.5× the eager floor per chain-step (CPU) "
+                f"| {r['ratio_slt_chains_to_floor']:.2f} (the compiled gradient alone: "
+                f"{_f(r.get('gradient_floor_us', math.nan) / r['floor_us_per_step'], '.2f')}) "
+                f"| {'yes' if r['ratio_slt_chains_to_floor'] <= 0.5 else '**no**'} |"
+            )
+    return lines
 
 
 def scaling_section(scaling: dict[str, Any], title: str) -> list[str]:
@@ -368,7 +440,8 @@ def build(folder: Path = RESULTS) -> str:
         ]
     defaults = current_defaults(folder)
     goal_lines = goals(acc, speed, scaling)
-    lines += goal_lines[:-1] + defaults_goals(defaults) + [""]
+    compiled = _load(folder, "speed_compiled.json")
+    lines += goal_lines[:-1] + compiled_goals(compiled) + defaults_goals(defaults) + [""]
     if defaults:
         lines += defaults_section(defaults)
     if acc:

@@ -85,6 +85,39 @@ def test_speed_and_scaling_measure_without_the_peer(tmp_path, no_devinterp):
     text = report.build(tmp_path)
     assert "## Goals" in text and "| dln-100 | 100 |" in text
     assert "devinterp not measured" in text
+    # the compute floor: the gradient alone, eager and compiled, beside slt's full step
+    assert row["gradient_eager_us"] > 0 and row["gradient_compiled_us"] > 0 and row["gradient_stacked_us"] > 0
+    assert row["gradient_floor_us"] == min(row["gradient_compiled_us"], row["gradient_stacked_us"])
+    assert "| dln-100 | " + format(row["gradient_eager_us"], ".0f") + " | " in text
+
+
+def test_compiled_goals_score_issue_11s_bars_with_the_ceilings():
+    def row(model, parameters, whole, per_step, ceiling_whole, ceiling_step, floor_ratio=0.6):
+        return {
+            "model": model,
+            "parameters": parameters,
+            "speedup_vs_peer": whole,
+            "marginal_speedup_vs_peer": per_step,
+            "ceiling_whole_call_vs_peer": ceiling_whole,
+            "ceiling_per_step_vs_peer": ceiling_step,
+            "ratio_slt_chains_to_floor": floor_ratio,
+            "gradient_floor_us": 200.0,
+            "floor_us_per_step": 400.0,
+        }
+
+    lines = report.compiled_goals(
+        {"rows": [row("mlp-1k", 1027, 17.0, 12.0, 90.0, 12.0), row("mlp-10k", 9997, 6.4, 3.4, 7.0, 3.7)]}
+    )
+    small = next(line for line in lines if line.startswith("| compiled, ≤ 10k"))
+    assert "mlp-10k 6.4× (ceiling 7.0×) whole call, 3.4× (ceiling 3.7×) per step" in small
+    assert small.endswith("| **no** |")
+    floor = next(line for line in lines if "0.5× the eager floor" in line)
+    assert "0.60 (the compiled gradient alone: 0.50)" in floor and floor.endswith("| **no** |")
+    lines = report.compiled_goals({"rows": [row("transformer-110k", 109440, 2.1, 1.5, 3.0, 1.6)]})
+    assert lines == [
+        "| compiled, transformer-110k: ≥ 2× devinterp whole call (CPU) | 2.1× (ceiling 3.0×) | yes |"
+    ]
+    assert report.compiled_goals(None) == []
 
 
 def test_batch_rule_table_scores_each_batch_against_256():
