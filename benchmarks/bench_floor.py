@@ -107,10 +107,12 @@ def gradient_seconds_per_step(
     its compilation is paid before the clock starts. Every SGLD step of any implementation pays at
     least a gradient, so ``peer seconds per step / this`` bounds the per-step speedup any sampler built
     on this gradient can reach over the peer on this model and machine. On CUDA the clock stops after a
-    synchronize.
+    synchronize. NaN where the compiled gradient is not available (it failed, disagreed with the eager
+    pass, or ran untraced): eager numbers must not be reported as compiled ones.
     """
     import copy
 
+    from slt.sampling.compiled import CompileFailed
     from slt.sampling.setup import prepared_sampler
 
     model = copy.deepcopy(model)
@@ -123,18 +125,22 @@ def gradient_seconds_per_step(
             model, data, loss_fn, batch_size=batch_size, device=device, compile=True
         ) as post:
             position = post.flat_model.center.clone()
-            if chains == 1:
-                compiled_gradient = post.compiled.sequential()
-                return _time_per_call(lambda: compiled_gradient(position, batch), steps, batch[0].device)
-            compiled_gradient = post.compiled.vectorized()
-            positions = position.expand(chains, -1).clone()
-            stacked = tuple(t.expand(chains, *t.shape).clone() for t in batch)
-            seconds = _time_per_call(lambda: compiled_gradient(positions, stacked), steps, batch[0].device)
-            return seconds / chains
+            compiled_gradient = post.compiled.sequential() if chains == 1 else post.compiled.vectorized()
+            if compiled_gradient is None:
+                return math.nan
+            if chains > 1:
+                position = position.expand(chains, -1).clone()
+                batch = tuple(t.expand(chains, *t.shape).clone() for t in batch)
+            try:
+                seconds = _time_per_call(lambda: compiled_gradient(position, batch), steps, batch[0].device)
+            except CompileFailed:
+                return math.nan
+            return seconds / chains if post.compiled.reason is None else math.nan
     return _time_per_call(lambda: torch.autograd.grad(loss_fn(model, batch), params), steps, batch[0].device)
 
 
 def _time_per_call(call, steps: int, device: torch.device) -> float:
+    steps = max(int(steps), 1)
     for _ in range(3):  # compilation and lazy initialization before the clock
         call()
     cuda = device.type == "cuda"
