@@ -86,7 +86,10 @@ print("identical final weights:", all(torch.equal(a, b) for a, b in zip(monitore
 #
 # Choosing costs a few of these measurements (two minutes for this classifier, whose pilot run has not
 # settled, so its lengths are still chosen per step); `reference=None`, the default, lets each step choose
-# its own step size and length.
+# its own step size and length. Either way a step whose length is left to slt runs the automatic length,
+# which stops only when the estimate holds to a 5% standard error: 40-102 s per point on this classifier
+# (16,000-32,000 draws per chain), against 0.75 s for the whole training run. The fixed `num_draws` and
+# `step_size` above measure the 8 steps in about 7 s.
 #
 # The first measurements come with warnings: a few steps into training the weights are not a local
 # minimum, the chains find lower loss and the estimate is negative. slt records these numbers and says so
