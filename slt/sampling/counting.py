@@ -175,13 +175,16 @@ class UnitCounter:
     shift : bool
         Whether each sequence's first label is left out: for a causal language model by its class name
         (:func:`shifts_labels`), or, decided on the first batch, for labels that are the token ids
-        themselves (:func:`labels_are_inputs`).
+        themselves (:func:`labels_are_inputs`) unless the loss compares every position with its own
+        label (``labels_per_position``, slt's built-in ``"cross_entropy"``: a model trained that way
+        on labels equal to its inputs copies them, and every position is a term of the loss).
     """
 
-    def __init__(self, n_unit: str, model: nn.Module):
+    def __init__(self, n_unit: str, model: nn.Module, *, labels_per_position: bool = False):
         self.requested = n_unit
         self.unit = resolve_n_unit(n_unit, None) if n_unit != "auto" else "auto"
         self.shift = shifts_labels(model)
+        self._labels_per_position = labels_per_position
         self._first = True
 
     def __call__(self, batch: Any) -> int:
@@ -190,7 +193,7 @@ class UnitCounter:
             self.unit = resolve_n_unit("auto", batch)
         if self._first:
             self._first = False
-            self.shift = self.shift or labels_are_inputs(batch)
+            self.shift = self.shift or (not self._labels_per_position and labels_are_inputs(batch))
         if self.unit == "samples":
             return batch_length(batch)
         return count_tokens(batch, self.shift)

@@ -34,7 +34,7 @@ from slt.sampling.data import (
     check_finite,
 )
 from slt.sampling.flat import FlatModel, Mask
-from slt.sampling.losses import LossFn, check_batch, check_scalar, resolve_loss
+from slt.sampling.losses import LossFn, check_batch, check_scalar, cross_entropy, resolve_loss
 from slt.sampling.progress import progress_bar
 from slt.sampling.settings import check_seed, default_n_beta
 from slt.sampling.vmap import (
@@ -236,7 +236,7 @@ class PosteriorSampler:
                 "n_unit (sequences with n_unit='samples', tokens with n_unit='tokens'); L_n(w*) is then "
                 f"evaluated on the stream's first eval_samples={eval_samples} samples"
             )
-        self._counter = UnitCounter(n_unit, model)
+        self._counter = UnitCounter(n_unit, model, labels_per_position=self.loss_fn is cross_entropy)
         self.compiled = CompiledGradient(self.flat_model) if compile else None
         self.batching_rules_missing = False
         self._reference_tables: dict[int, _ReferenceLosses] = {}

@@ -88,7 +88,10 @@ def mse(model: nn.Module, batch: Any) -> Tensor:
 def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
     """Mean cross-entropy of logits ``model(x)`` against class indices ``y`` over a batch ``(x, y)``.
 
-    Every sample counts in ``n``, so labels equal to the ignore value -100 are refused (by
+    Logits of shape ``(N, C)`` against labels ``(N,)``; for sequences, one label per position, either
+    with the classes last, ``(N, L, C)`` against ``(N, L)`` (a language model's layout: the mean over
+    every position), or with the classes second, ``(N, C, d1, ...)`` against ``(N, d1, ...)`` (torch's
+    layout). Every sample counts in ``n``, so labels equal to the ignore value -100 are refused (by
     :func:`check_batch`, on the full-data pass before sampling).
 
     Raises
@@ -97,11 +100,29 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
         When the model returns something other than a tensor (a dict, a tuple): the message says to pass a
         callable ``loss_fn`` that picks the logits.
     ValueError
-        When the logits have a single class (a cross-entropy over one class is identically zero).
+        When the logits have a single class (a cross-entropy over one class is identically zero); when
+        the labels fit neither layout; when they fit both (``(N, L, L)`` logits against ``(N, L)``
+        labels: torch would read the positions as classes); for floating targets of more than two
+        dimensions (class probabilities, whose class dimension is as ambiguous).
     """
     x, y = _inputs_targets(batch, "cross_entropy")
     logits = _model_tensor(model(x), "cross_entropy")
-    if logits.ndim < 1 or logits.shape[-1 if logits.ndim <= 2 else 1] == 1:
+    if torch.is_floating_point(y):
+        if y.shape != logits.shape:
+            raise ValueError(
+                f'loss_fn="cross_entropy": the targets are {y.dtype} of shape {tuple(y.shape)} but the '
+                f"logits have shape {tuple(logits.shape)}. Class indices must be integers (y.long()); "
+                "floating targets are read as class probabilities and need the logits' shape"
+            )
+        if logits.ndim > 2:
+            raise ValueError(
+                f'loss_fn="cross_entropy": class probabilities of shape {tuple(y.shape)} leave it open '
+                "which dimension holds the classes. Pass a callable loss_fn, for example "
+                "lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]).flatten(0, -2), "
+                "batch[1].flatten(0, -2)) for classes last"
+            )
+    class_dim = _class_dim(logits, y) if not torch.is_floating_point(y) else logits.ndim - 1
+    if logits.ndim < 1 or logits.shape[class_dim] == 1:
         raise ValueError(
             f'loss_fn="cross_entropy": the model has a single output (logits of shape '
             f"{tuple(logits.shape)}), "
@@ -109,13 +130,51 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
             "for a binary classifier with one logit pass loss_fn=lambda model, batch: "
             "torch.nn.functional.binary_cross_entropy_with_logits(model(batch[0]), batch[1])"
         )
-    if torch.is_floating_point(y) and y.shape != logits.shape:
-        raise ValueError(
-            f'loss_fn="cross_entropy": the targets are {y.dtype} of shape {tuple(y.shape)} but the logits '
-            f"have shape {tuple(logits.shape)}. Class indices must be integers (y.long()); floating targets "
-            "are read as class probabilities and need the logits' shape"
-        )
+    if logits.ndim > 2 and class_dim == logits.ndim - 1:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     return F.cross_entropy(logits, y)
+
+
+def _class_dim(logits: Tensor, labels: Tensor) -> int:
+    """The dimension of ``logits`` holding the classes for integer ``labels``: last or second.
+
+    Raises
+    ------
+    ValueError
+        When the labels fit neither layout, or both (then torch's layout would silently read the
+        positions as classes).
+    """
+    if logits.ndim <= 2:
+        return logits.ndim - 1
+    last = tuple(logits.shape[:-1]) == tuple(labels.shape)
+    second = (
+        labels.ndim == logits.ndim - 1
+        and logits.shape[0] == labels.shape[0]
+        and tuple(logits.shape[2:]) == tuple(labels.shape[1:])
+    )
+    flatten = (
+        "lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]).flatten(0, -2), "
+        "batch[1].flatten())"
+    )
+    if last and second:
+        raise ValueError(
+            f'loss_fn="cross_entropy": logits of shape {tuple(logits.shape)} against labels of shape '
+            f"{tuple(labels.shape)} fit both layouts, classes last (a language model's (N, L, C)) and "
+            "classes second (torch's (N, C, L)), and the two give different losses. Pass a callable "
+            f"loss_fn: {flatten} for classes last, or lambda model, batch: "
+            "torch.nn.functional.cross_entropy(model(batch[0]), batch[1]) for classes second"
+        )
+    if last:
+        return logits.ndim - 1
+    if second:
+        return 1
+    raise ValueError(
+        f'loss_fn="cross_entropy": logits of shape {tuple(logits.shape)} do not fit labels of shape '
+        f"{tuple(labels.shape)}: expected one label per row of logits with the classes last (logits "
+        "(N, L, C) against labels (N, L)) or second (torch's (N, C, L) against (N, L)). For a model that "
+        "predicts the next token, give the labels it predicts ((ids[:, :-1], ids[:, 1:])), or pass a "
+        f"callable loss_fn, for example {flatten}"
+    )
 
 
 def extract_loss(output: Any, source: str = "loss_fn") -> Tensor:

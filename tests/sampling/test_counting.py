@@ -98,6 +98,15 @@ def test_a_pair_of_token_sequences_counts_tokens_and_labels_equal_to_the_ids_los
     assert classifier.n_unit == "samples" and classifier.n == 40
 
 
+def test_the_built_in_cross_entropy_counts_every_position_of_labels_equal_to_the_ids():
+    # slt's "cross_entropy" compares each position with its own label (a copying model), so no position
+    # is unused: labels equal to the ids do not mean a shift there (n was 40 * 5, 17% short)
+    ids = torch.randint(0, 8, (40, 6), generator=torch.Generator().manual_seed(0))
+    copying = PosteriorSampler(TinyLM(), (ids, ids), "cross_entropy")
+    assert copying.n_unit == "tokens" and copying.n == 40 * 6
+    assert PosteriorSampler(TinyLM(), (ids, ids), next_token_loss).n == 40 * 5
+
+
 def test_dict_labels_equal_to_the_ids_lose_each_sequences_first_whatever_the_class_name():
     ids = torch.ones(4, 6, dtype=torch.long)
     assert labels_are_inputs({"input_ids": ids, "labels": ids.clone()})
