@@ -369,8 +369,47 @@ def _analyze(args: argparse.Namespace) -> int:
     print(f"{len(trajectory)} checkpoints in {args.out}: {done} done, {len(trajectory) - done} failed")
     for row in trajectory.failures:
         print(f"  failed step {row.step} ({row.source}): {row.error}", file=sys.stderr)
+    line = llc_settings_line(trajectory.settings)
+    if line:
+        print(f"LLC settings: {line}")
     print(f"settings hash {trajectory.settings_hash}; next: slt report {args.out} --out DIR")
     return 0 if not trajectory.failures else 1
+
+
+def llc_settings_line(settings: Any) -> str | None:
+    """One line saying how a sweep's LLC was measured: γ, step, lengths, nβ, chains, and what was chosen.
+
+    Reads the sweep's stored ``settings`` (``settings["llc"]`` and, when the sweep chose settings at
+    reference checkpoints, ``settings["reference"]``); ``None`` when the sweep did not measure the LLC.
+    """
+    llc = settings.get("llc") if isinstance(settings, dict) else None
+    if not isinstance(llc, dict):
+        return None
+    reference = settings.get("reference") if isinstance(settings.get("reference"), dict) else {}
+    chosen = set(reference.get("chosen") or {})
+
+    def mark(name: str) -> str:
+        return " (chosen)" if name in chosen else ""
+
+    gamma = llc.get("localization")
+    step = llc.get("step_size")
+    burnin, draws = llc.get("num_burnin"), llc.get("num_draws")
+    n_beta, chains = llc.get("n_beta"), llc.get("num_chains")
+    parts = [
+        f"γ = {float(gamma):g}{mark('localization')}" if gamma is not None else "γ = 1",
+        f"step {float(step):.3g}{mark('step_size')}" if step is not None else "step chosen per checkpoint",
+        f"{burnin} burn-in + {draws} draws per chain{mark('num_draws')}"
+        if draws is not None
+        else "automatic length per checkpoint",
+        f"nβ = {float(n_beta):g}" if n_beta is not None else "nβ = n/log n",
+        f"{chains} chains" if chains is not None else "default chains",
+        f"sampler {llc.get('sampler', 'sgld')}",
+    ]
+    if reference.get("probe_steps"):
+        parts.append("chosen at steps " + ", ".join(str(s) for s in reference["probe_steps"]))
+    if reference.get("skipped"):
+        parts.append(f"no settings chosen ({reference['skipped']})")
+    return "; ".join(parts)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -461,6 +500,7 @@ def markdown_report(
         + (f", run {_md(trajectory.run)}" if trajectory.run else "")
         + ").",
         "",
+        *([f"LLC settings: {_md(line)}.", ""] if (line := llc_settings_line(trajectory.settings)) else []),
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---:" if h not in ("status", "note") else "---" for h in header) + "|",
     ]

@@ -43,6 +43,12 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
     )  # fmt: skip
     assert analyzed.returncode == 1, analyzed.stderr  # one checkpoint failed, the others completed
     assert "6 checkpoints in results.sqlite: 5 done, 1 failed" in analyzed.stdout
+    given = (
+        f"LLC settings: γ = {TINY['localization']:g}; step {TINY['step_size']:.3g}; "
+        f"{TINY['num_burnin']} burn-in + {TINY['num_draws']} draws per chain; nβ = n/log n; "
+        f"{TINY['num_chains']} chains; sampler sgld"
+    )
+    assert given in analyzed.stdout
     assert "failed step 10" in analyzed.stderr and "corrupt or truncated" in analyzed.stderr
 
     reported = run_slt("report", "results.sqlite", "--out", "report", cwd=tmp_path)
@@ -62,6 +68,7 @@ def test_analyze_then_report_end_to_end_in_a_subprocess(tmp_path):
 
     markdown = (report / "trajectory.md").read_text()
     assert "6 checkpoints, 5 done, 1 failed" in markdown
+    assert given + "." in markdown
     assert "| step | status | λ̂ | ± stderr | train loss | test loss | note |" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ") and "status" not in line]
     assert len(table) == 6
@@ -384,3 +391,23 @@ def test_ctrl_c_exits_130_with_one_line_that_says_how_to_resume(tmp_path, monkey
         f"slt analyze: interrupted; every finished checkpoint is kept in {store}: run the same command "
         "again to resume"
     )
+
+
+def test_the_settings_line_says_what_the_sweep_chose_and_where():
+    settings = {
+        "llc": {"localization": 100.0, "step_size": 0.00208, "num_burnin": 300, "num_draws": 400,
+                "n_beta": None, "num_chains": None, "sampler": "sgld"},
+        "reference": {"chosen": {"localization": 100.0, "step_size": 0.00208, "num_burnin": 300,
+                                 "num_draws": 400}, "probe_steps": [961, 1800, 6000]},
+    }  # fmt: skip
+    assert cli.llc_settings_line(settings) == (
+        "γ = 100 (chosen); step 0.00208 (chosen); 300 burn-in + 400 draws per chain (chosen); nβ = n/log n; "
+        "default chains; sampler sgld; chosen at steps 961, 1800, 6000"
+    )
+    skipped = {"llc": {"localization": None, "step_size": None, "num_draws": None, "num_burnin": None},
+               "reference": {"skipped": "ChainDivergenceError: every chain diverged"}}  # fmt: skip
+    assert cli.llc_settings_line(skipped) == (
+        "γ = 1; step chosen per checkpoint; automatic length per checkpoint; nβ = n/log n; default chains; "
+        "sampler sgld; no settings chosen (ChainDivergenceError: every chain diverged)"
+    )
+    assert cli.llc_settings_line({"measures": ["loss"]}) is None
