@@ -54,7 +54,8 @@ def main() -> None:
     )
 
     result = slt.estimate_llc(model, (x, y), loss_fn="mse")
-    print(result.summary().T.to_string(header=False))
+    print(result.summary().drop(columns="problems").T.to_string(header=False))
+    print("problems:", "; ".join(map(str, result.problems)) or "none")
     result.plot().savefig(out / "llc_trace.png", dpi=120)
     result.to_json(out / "llc.json")
     written = [out / "llc_trace.png", out / "llc.json"]
