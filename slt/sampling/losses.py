@@ -121,7 +121,9 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
                 "lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]).flatten(0, -2), "
                 "batch[1].flatten(0, -2)) for classes last"
             )
-    class_dim = _class_dim(logits, y) if not torch.is_floating_point(y) else logits.ndim - 1
+        class_dim = logits.ndim - 1
+    else:
+        class_dim = _class_dim(logits, y)
     if logits.ndim < 1 or logits.shape[class_dim] == 1:
         raise ValueError(
             f'loss_fn="cross_entropy": the model has a single output (logits of shape '
